@@ -1,0 +1,268 @@
+//! `frontdesk-config`: the configuration contract of the Frontdesk gateway.
+//!
+//! It owns the YAML model ([`Config`]), loading with `${VAR}` substitution ([`load_str`]), validation
+//! that reports **every** error with its field path ([`Diagnostic`]), and the JSON Schema
+//! ([`json_schema`]). It does no I/O: callers pass the text and the environment.
+
+mod env;
+pub mod model;
+mod units;
+mod validate;
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+pub use model::plugin::{HeaderOps, HeadersConfig, RespondConfig};
+pub use model::{
+    Config, LimitsConfig, ListenerConfig, MatchConfig, PathMatch, PluginsConfig, RouteConfig,
+    ServerConfig, TargetConfig, UpstreamConfig,
+};
+pub use units::{ByteSize, Dur};
+
+/// How bad a [`Diagnostic`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The config is refused.
+    Error,
+    /// The config is accepted, but probably not what was meant.
+    Warning,
+}
+
+/// One finding about a config, located by field path (and by line and column for YAML syntax).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// Field path such as `routes[2].upstream`; empty for the document itself.
+    pub path: String,
+    /// What is wrong, and where it helps, what to write instead.
+    pub message: String,
+    /// 1-based line and column in the file, when known.
+    pub position: Option<(u64, u64)>,
+}
+
+impl Diagnostic {
+    /// An error at `path`.
+    pub fn error(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Error, path: path.into(), message: message.into(), position: None }
+    }
+
+    /// A warning at `path`.
+    pub fn warning(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Warning, path: path.into(), message: message.into(), position: None }
+    }
+
+    /// True for errors.
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{label}: ")?;
+        if let Some((line, col)) = self.position {
+            write!(f, "line {line}, column {col}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// A dotted field path under construction, e.g. `routes[2].match.paths[0]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldPath(String);
+
+impl FieldPath {
+    /// The document root.
+    pub fn root() -> Self {
+        FieldPath(String::new())
+    }
+
+    /// The path of a map key below this one.
+    pub fn key(&self, k: &str) -> Self {
+        if self.0.is_empty() {
+            FieldPath(k.to_string())
+        } else {
+            FieldPath(format!("{}.{k}", self.0))
+        }
+    }
+
+    /// The path of a list element below this one.
+    pub fn index(&self, i: usize) -> Self {
+        FieldPath(format!("{}[{i}]", self.0))
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A config that passed validation, with the warnings found on the way.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The typed config.
+    pub config: Config,
+    /// Findings that do not refuse the config.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parses, substitutes variables, and validates a YAML config.
+///
+/// Never panics on any input. On failure, returns every error found (and the warnings), errors first.
+/// `lookup` resolves environment variables (pass `|k| std::env::var(k).ok()` in the binary).
+pub fn load_str(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let mut doc: Value = match parse_yaml(text) {
+        Ok(v) => v,
+        Err(d) => return Err(vec![d]),
+    };
+    env::substitute(&mut doc, &FieldPath::root(), lookup, &mut diags);
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let config = typed(doc, &mut diags);
+    if let Some(cfg) = &config {
+        validate::validate(cfg, &mut diags);
+    }
+    diags.sort_by_key(|d| !d.is_error());
+    match config {
+        Some(config) if !diags.iter().any(Diagnostic::is_error) => Ok(Loaded { config, warnings: diags }),
+        _ => Err(diags),
+    }
+}
+
+/// Parses YAML into a generic tree, reporting syntax errors with line and column.
+fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
+    if text.trim().is_empty() {
+        return Err(Diagnostic::error("", "the config is empty; it needs at least `version: 1`"));
+    }
+    match serde_saphyr::from_str::<Value>(text) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let position = e.location().map(|l| (l.line(), l.column()));
+            let full = e.to_string();
+            // The crate renders a source snippet after the first line; keep the message itself.
+            let message = full.lines().next().unwrap_or("invalid YAML").to_string();
+            Err(Diagnostic { severity: Severity::Error, path: String::new(), message, position })
+        }
+    }
+}
+
+/// Deserializes the tree section by section, so that one bad route does not hide errors in others.
+fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
+    let Value::Object(mut top) = doc else {
+        diags.push(Diagnostic::error("", "the config must be a mapping with `version`, `listeners`, `upstreams`, `routes`"));
+        return None;
+    };
+    const KNOWN: [&str; 6] = ["version", "server", "listeners", "upstreams", "routes", "plugins"];
+    for key in top.keys() {
+        if !KNOWN.contains(&key.as_str()) {
+            diags.push(Diagnostic::error(
+                key.clone(),
+                format!("unknown field, expected one of {}", KNOWN.join(", ")),
+            ));
+        }
+    }
+    let root = FieldPath::root();
+    let before = diags.len();
+    let version = match top.remove("version") {
+        None => {
+            diags.push(Diagnostic::error("version", "missing field; write `version: 1`"));
+            None
+        }
+        Some(v) => part::<u32>(v, &root.key("version"), diags),
+    };
+    let server = take(&mut top, "server").map_or(Some(Default::default()), |v| part(v, &root.key("server"), diags));
+    let listeners = list(take(&mut top, "listeners"), &root.key("listeners"), diags);
+    let upstreams = take(&mut top, "upstreams").map(|v| map(v, &root.key("upstreams"), diags)).unwrap_or_default();
+    let routes = list(take(&mut top, "routes"), &root.key("routes"), diags);
+    let plugins = take(&mut top, "plugins").map_or(Some(Default::default()), |v| part(v, &root.key("plugins"), diags));
+    let ok = diags.len() == before;
+    let cfg = Config {
+        version: version.unwrap_or(1),
+        server: server.unwrap_or_default(),
+        listeners,
+        upstreams: upstreams.into_iter().collect(),
+        routes,
+        plugins: plugins.unwrap_or_default(),
+    };
+    if ok {
+        Some(cfg)
+    } else {
+        // Still check what did parse, so every error is reported in one go; but never accept it.
+        validate::validate(&cfg, diags);
+        None
+    }
+}
+
+fn take(top: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    top.remove(key).filter(|v| !v.is_null())
+}
+
+fn part<T: DeserializeOwned>(v: Value, at: &FieldPath, diags: &mut Vec<Diagnostic>) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." {
+                at.to_string()
+            } else if inner.starts_with('[') {
+                format!("{at}{inner}")
+            } else {
+                at.key(&inner).to_string()
+            };
+            diags.push(Diagnostic::error(path, e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+fn list<T: DeserializeOwned>(v: Option<Value>, at: &FieldPath, diags: &mut Vec<Diagnostic>) -> Vec<T> {
+    match v {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, item)| part(item, &at.index(i), diags))
+            .collect(),
+        Some(_) => {
+            diags.push(Diagnostic::error(at.to_string(), "expected a list"));
+            Vec::new()
+        }
+    }
+}
+
+fn map<T: DeserializeOwned>(v: Value, at: &FieldPath, diags: &mut Vec<Diagnostic>) -> Vec<(String, T)> {
+    match v {
+        Value::Object(m) => m
+            .into_iter()
+            .filter_map(|(k, item)| {
+                let t = part(item, &at.key(&k), diags)?;
+                Some((k, t))
+            })
+            .collect(),
+        _ => {
+            diags.push(Diagnostic::error(at.to_string(), "expected a mapping of names to values"));
+            Vec::new()
+        }
+    }
+}
+
+/// The config's JSON Schema (draft-07, which YAML language servers understand).
+pub fn json_schema() -> Value {
+    let schema = schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<Config>();
+    schema.to_value()
+}

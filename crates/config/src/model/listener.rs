@@ -1,0 +1,52 @@
+//! Listener settings: where the gateway accepts connections and the limits it enforces there.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::units::{ByteSize, Dur};
+
+/// A socket that accepts HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and to match listeners across reloads.
+    pub name: String,
+    /// `IP:PORT` to bind, e.g. `127.0.0.1:8080` or `[::]:80`.
+    pub address: String,
+    /// Request limits enforced before any route or plugin runs.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Limits on what a client may send. Requests over a limit never reach an upstream.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Request line plus all header lines; over it the client gets 431.
+    pub max_request_head: ByteSize,
+    /// Number of header fields; over it the client gets 431.
+    pub max_headers: usize,
+    /// Length of the request target; over it the client gets 414.
+    pub max_uri: ByteSize,
+    /// Time from the first byte of a request to the end of its head; over it: 408 and close.
+    pub head_timeout: Dur,
+    /// How long a keep-alive connection may wait, with no request in flight, for its next request.
+    pub idle_timeout: Dur,
+    /// Largest request body accepted; over it the client gets 413. Absent means no limit.
+    #[serde(default)]
+    pub max_request_body: Option<ByteSize>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        use std::time::Duration;
+        LimitsConfig {
+            max_request_head: ByteSize(32 * 1024),
+            max_headers: 100,
+            max_uri: ByteSize(8 * 1024),
+            head_timeout: Dur(Duration::from_secs(10)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            max_request_body: None,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The external configuration model: what the YAML file says, typed and documented.
+//!
+//! These types are the public contract (versioned by `version: 1`). The gateway compiles them into
+//! runtime types; nothing here does I/O.
+
+mod listener;
+pub mod plugin;
+mod route;
+mod upstream;
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+pub use listener::{LimitsConfig, ListenerConfig};
+pub use plugin::PluginsConfig;
+pub use route::{MatchConfig, PathMatch, RouteConfig};
+pub use upstream::{TargetConfig, UpstreamConfig};
+
+use crate::units::Dur;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Schema version; must be 1.
+    pub version: u32,
+    /// Process-wide settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Sockets the gateway accepts connections on.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// Named groups of targets that routes send traffic to.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Rules that map requests to upstreams, in declaration order.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Global plugins: run on every route, before the route's own plugins of the same kind.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+/// Process-wide settings.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Worker threads; 0 means one per available core (respecting CPU affinity). Read at start only.
+    pub worker_threads: usize,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub drain_timeout: Dur,
+    /// The pseudonym in the `Via` header added to forwarded requests (`Via: 1.1 <via>`).
+    pub via: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            worker_threads: 0,
+            drain_timeout: Dur(std::time::Duration::from_secs(30)),
+            via: "frontdesk".into(),
+        }
+    }
+}
+
+/// Deserializers that accept any YAML scalar where a string is meant (`x-api-version: 2`).
+pub(crate) mod lenient {
+    use std::collections::BTreeMap;
+
+    use serde::{de, Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Str(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+
+    impl Scalar {
+        fn into_string(self) -> String {
+            match self {
+                Scalar::Str(s) => s,
+                Scalar::Int(n) => n.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            }
+        }
+    }
+
+    /// A string, or a number or boolean taken as its text.
+    pub(crate) fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Scalar::deserialize(d)
+            .map(Scalar::into_string)
+            .map_err(|_| de::Error::custom("expected a string"))
+    }
+
+    /// A map of strings to scalars, each taken as text.
+    pub(crate) fn string_map<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, String>, D::Error> {
+        let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
+        Ok(raw.into_iter().map(|(k, v)| (k, v.into_string())).collect())
+    }
+}

@@ -1,0 +1,89 @@
+//! Loading whole documents: the contract file, every error with its path, syntax positions, env.
+
+use frontdesk_config::{load_str, PathMatch, Severity};
+
+const CONTRACT: &str = include_str!("../../../examples/contract.yaml");
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+#[test]
+fn accepts_the_contract_file_as_written() {
+    let loaded = load_str(CONTRACT, &no_env).expect("contract must load");
+    let cfg = loaded.config;
+    assert_eq!(cfg.listeners[0].limits.max_request_head.0, 32 * 1024);
+    assert_eq!(cfg.upstreams["users"].targets[1].weight, 3);
+    assert_eq!(cfg.routes[1].matcher.paths[1], PathMatch::Template("/orders/{id}".into()));
+    assert_eq!(cfg.routes[0].matcher.headers["x-api-version"], "2");
+    assert!(cfg.routes[2].plugins.respond.is_some());
+    assert_eq!(cfg.server.drain_timeout.0.as_secs(), 30);
+}
+
+#[test]
+fn reports_every_error_with_its_field_path() {
+    let text = r#"
+version: 1
+listeners:
+  - { name: a, address: "not-an-address" }
+upstreams:
+  users: { targets: [{ url: "http://127.0.0.1:1" }] }
+routes:
+  - { name: r1, match: { paths: ["/a"] }, upstream: users }
+  - { name: r1, match: { paths: ["/b"] }, upstream: users }
+  - { name: r3, match: { paths: [{ regex: "(" }] }, upstream: userz }
+  - { name: r4, match: { paths: ["/d"] }, upstream: users, bogus: 1 }
+"#;
+    let errs = load_str(text, &no_env).unwrap_err();
+    let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+    assert!(has("listeners[0].address: invalid address"), "{lines:#?}");
+    assert!(has("routes[1].name: duplicate route name \"r1\""), "{lines:#?}");
+    assert!(has("routes[2].upstream: unknown upstream \"userz\" (did you mean \"users\"?)"), "{lines:#?}");
+    assert!(has("routes[2].match.paths[0]: invalid regex"), "{lines:#?}");
+    assert!(has("routes[3].bogus: unknown field `bogus`"), "{lines:#?}");
+}
+
+#[test]
+fn syntax_errors_carry_line_and_column() {
+    let errs = load_str("version: 1\nroutes: [\n  - a: b\n", &no_env).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    let (line, _col) = errs[0].position.expect("position");
+    assert!(line >= 2, "{:?}", errs[0]);
+    assert!(errs[0].to_string().starts_with("error: line "), "{}", errs[0]);
+}
+
+#[test]
+fn substitutes_environment_variables_and_refuses_unset_ones() {
+    let text = "version: 1\nserver: { worker_threads: \"${THREADS:-2}\", via: \"${VIA}\" }\n";
+    let env = |k: &str| (k == "VIA").then(|| "edge".to_string());
+    let cfg = load_str(text, &env).expect("loads").config;
+    assert_eq!(cfg.server.worker_threads, 2);
+    assert_eq!(cfg.server.via, "edge");
+    let errs = load_str(text, &no_env).unwrap_err();
+    assert!(errs[0].to_string().contains("server.via: environment variable \"VIA\" is not set"), "{}", errs[0]);
+}
+
+#[test]
+fn respond_route_with_upstream_is_only_a_warning() {
+    let text = r#"
+version: 1
+listeners: [{ name: a, address: "127.0.0.1:0" }]
+upstreams: { u: { targets: [{ url: "http://127.0.0.1:1" }] } }
+routes:
+  - { name: s, match: { paths: ["/"] }, upstream: u, plugins: { respond: { body: hi } } }
+"#;
+    let loaded = load_str(text, &no_env).expect("warnings do not refuse");
+    assert_eq!(loaded.warnings.len(), 1);
+    assert_eq!(loaded.warnings[0].severity, Severity::Warning);
+    assert_eq!(loaded.warnings[0].path, "routes[0].upstream");
+}
+
+#[test]
+fn schema_is_draft_07_and_lists_top_level_fields() {
+    let schema = frontdesk_config::json_schema();
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    for field in ["version", "server", "listeners", "upstreams", "routes", "plugins"] {
+        assert!(schema["properties"].get(field).is_some(), "missing {field}");
+    }
+}
