@@ -1,1 +1,119 @@
-fn main() {}
+//! The `frontdesk` binary: parse the command line, set up logging and the runtime, and hand over to
+//! the library. The only place that uses `anyhow` and exits the process.
+
+mod cli;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use frontdesk::config::Diagnostic;
+use frontdesk::snapshot::Snapshot;
+use frontdesk::Gateway;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FRONTDESK_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Validate { config } => return validate(&config),
+        Command::Schema => {
+            println!("{:#}", frontdesk::config::json_schema());
+            Ok(())
+        }
+        Command::Run { config } => run(&config),
+        Command::Demo { listen } => demo(&listen),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let print = |d: &[Diagnostic]| d.iter().for_each(|d| eprintln!("{d}"));
+    match frontdesk::config::load_str(&text, &|k| std::env::var(k).ok()) {
+        Err(diags) => {
+            print(&diags);
+            ExitCode::FAILURE
+        }
+        Ok(loaded) => {
+            let routes = loaded.config.routes.len();
+            let upstreams = loaded.config.upstreams.len();
+            let listeners = loaded.config.listeners.len();
+            print(&loaded.warnings);
+            match Snapshot::build(loaded.config, None) {
+                Err(errs) => {
+                    print(&errs);
+                    ExitCode::FAILURE
+                }
+                Ok((_, warnings)) => {
+                    print(&warnings);
+                    println!(
+                        "{}: ok ({listeners} listeners, {upstreams} upstreams, {routes} routes, {} warnings)",
+                        path.display(),
+                        loaded.warnings.len() + warnings.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+    }
+}
+
+fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let rt = if worker_threads == 1 {
+        // One worker: a current-thread runtime has no work-stealing overhead.
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if worker_threads > 0 {
+            b.worker_threads(worker_threads);
+        }
+        // 0: tokio defaults to available_parallelism, which honours the CPU affinity mask.
+        b.enable_all().build()
+    };
+    rt.context("cannot start the async runtime")
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    // The worker count is read before the runtime exists; errors surface again, fully, at start.
+    let threads = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| frontdesk::config::load_str(&t, &|k| std::env::var(k).ok()).ok())
+        .map_or(0, |l| l.config.server.worker_threads);
+    runtime(threads)?.block_on(async {
+        let gw = Gateway::start(path).await?;
+        gw.run_until_signal().await?;
+        Ok(())
+    })
+}
+
+fn demo(listen: &str) -> anyhow::Result<()> {
+    runtime(0)?.block_on(async {
+        let path = frontdesk::demo::write_config(listen).await?;
+        let gw = Gateway::start(&path).await?;
+        if let Some(addr) = gw.local_addr("public").await {
+            println!("{}", frontdesk::demo::tour(addr));
+        }
+        gw.run_until_signal().await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,148 @@
+//! Body types that flow through the proxy without copies: the request body forwarded upstream and
+//! the response body sent downstream.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::server::InflightGuard;
+
+/// Boxed error type of bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The downstream request body on its way upstream, with an optional size limit.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    seen: u64,
+    limit: u64,
+}
+
+/// A body that went over the route's or listener's size limit mid-stream.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+impl RequestBody {
+    /// Wraps a downstream body; `limit` of `u64::MAX` means none.
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        RequestBody { inner: Some(inner), seen: 0, limit }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        RequestBody { inner: None, seen: 0, limit: u64::MAX }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.seen += d.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// The response body sent downstream: an upstream's streamed body or a small gateway-made one.
+///
+/// It carries the connection's in-flight guard, so the connection knows when the response has
+/// been fully sent (or abandoned) and its idle timer may start.
+#[derive(Debug)]
+pub struct ResponseBody {
+    kind: Kind,
+    _guard: Option<InflightGuard>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// Streams an upstream body through.
+    pub fn upstream(b: Incoming) -> Self {
+        ResponseBody { kind: Kind::Upstream(b), _guard: None }
+    }
+
+    /// A complete body.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        ResponseBody { kind: Kind::Full((!b.is_empty()).then_some(b)), _guard: None }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        ResponseBody { kind: Kind::Full(None), _guard: None }
+    }
+
+    /// Attaches the in-flight guard, released when the body is done or dropped.
+    pub fn with_guard(mut self, guard: Option<InflightGuard>) -> Self {
+        self._guard = guard;
+        self
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let out = match &mut this.kind {
+            Kind::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let Poll::Ready(None) = out {
+            // Release the connection's in-flight mark as soon as the last frame is out.
+            this._guard = None;
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream(b) => b.size_hint(),
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Builds plugin chains from typed config. The list of kinds lives in `plugins::register_all`.
+
+use std::sync::Arc;
+
+use frontdesk_config::{Diagnostic, FieldPath};
+
+use super::{Plugin, PluginChain};
+
+/// Turns one kind's typed config into a plugin instance.
+pub trait PluginFactory {
+    /// The kind name: config key and file name.
+    const KIND: &'static str;
+    /// Position of the kind in the chain; lower runs first on the request. Documented in docs/plugins.md.
+    const ORDER: u16;
+    /// The kind's config struct (from `frontdesk-config`).
+    type Config;
+    /// Builds an instance; an `Err` is a config error at the plugin's field path.
+    fn build(cfg: &Self::Config) -> Result<Arc<dyn Plugin>, String>;
+}
+
+/// Where a plugin was configured. Global plugins run before the route's own of the same kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Top-level `plugins:`.
+    Global,
+    /// A route's `plugins:`.
+    Route,
+}
+
+/// Collects built plugins of one scope (or both) and the errors met building them.
+#[derive(Default)]
+pub struct ChainBuilder {
+    items: Vec<(u16, Scope, Arc<dyn Plugin>)>,
+    /// Build failures, with field paths.
+    pub errors: Vec<Diagnostic>,
+}
+
+impl ChainBuilder {
+    /// Builds the plugin for `cfg` if present.
+    pub fn add<F: PluginFactory>(&mut self, cfg: Option<&F::Config>, scope: Scope, at: &FieldPath) {
+        let Some(cfg) = cfg else { return };
+        match F::build(cfg) {
+            Ok(p) => self.items.push((F::ORDER, scope, p)),
+            Err(msg) => self.errors.push(Diagnostic::error(at.key(F::KIND).to_string(), msg)),
+        }
+    }
+
+    /// Adds already-built plugins (the global ones, shared by every route).
+    pub fn extend_from(&mut self, other: &ChainBuilder) {
+        self.items.extend(other.items.iter().cloned());
+    }
+
+    /// The chain in run order: by kind order, then global before route.
+    pub fn finish(mut self) -> PluginChain {
+        self.items.sort_by_key(|(order, scope, _)| (*order, *scope));
+        PluginChain::new(self.items.into_iter().map(|(_, _, p)| p).collect())
+    }
+}

@@ -1,0 +1,153 @@
+//! Header rules for forwarding: hop-by-hop removal (RFC 9110 §7.6.1), `X-Forwarded-*`, `Via`,
+//! `Host`, and the request id.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The request id header.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes hop-by-hop headers: every name listed in `Connection`, then the standard ones.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
+    }
+    for n in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::TRAILER,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+    ] {
+        h.remove(n);
+    }
+}
+
+/// True for an HTTP/1.1 upgrade request (`Connection: upgrade` and an `Upgrade` header).
+pub fn wants_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
+    let conn_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if conn_upgrade {
+        h.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Adds the forwarding headers for a request from `peer` that arrived with `host`.
+pub fn add_forwarding(h: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>, via: &HeaderValue) {
+    let peer = peer.to_canonical().to_string();
+    let xff = match h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).fold(String::new(), |mut acc, v| {
+        if !acc.is_empty() {
+            acc.push_str(", ");
+        }
+        acc.push_str(v);
+        acc
+    }) {
+        prior if prior.is_empty() => peer,
+        prior => format!("{prior}, {peer}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    match host {
+        Some(host) => {
+            h.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            h.remove(&X_FORWARDED_HOST);
+        }
+    }
+    match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prior) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("{prior}, {}", via.to_str().unwrap_or("1.1 frontdesk"))) {
+                h.insert(header::VIA, v);
+            }
+        }
+        None => {
+            h.insert(header::VIA, via.clone());
+        }
+    }
+}
+
+/// Keeps a well-formed inbound request id (1 to 128 of `A-Z a-z 0-9 . _ : -`), or makes a new one.
+pub fn request_id(h: &HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if (1..=128).contains(&b.len()) && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c)) {
+            return v.clone();
+        }
+    }
+    generate_id()
+}
+
+fn generate_id() -> HeaderValue {
+    let n = fastrand::u128(..);
+    // 32 lowercase hex digits: always a valid header value.
+    HeaderValue::from_str(&format!("{n:032x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_headers_named_in_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn appends_to_forwarded_for_and_via() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.insert(header::VIA, HeaderValue::from_static("1.0 edge"));
+        let via = HeaderValue::from_static("1.1 frontdesk");
+        add_forwarding(&mut h, "10.1.2.3".parse().expect("ip"), Some(&HeaderValue::from_static("a.example")), &via);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert_eq!(h[header::VIA], "1.0 edge, 1.1 frontdesk");
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn keeps_well_formed_request_ids_only() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123:x.y_z"));
+        assert_eq!(request_id(&h), "abc-123:x.y_z");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("bad id!"));
+        let fresh = request_id(&h);
+        assert_eq!(fresh.len(), 32);
+        assert_ne!(fresh, "bad id!");
+    }
+}

@@ -1,0 +1,123 @@
+//! The running gateway: owns the live snapshot and the listeners, and is the only place that
+//! changes them (start, reload, shutdown).
+
+mod reload;
+mod signals;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use frontdesk_config::Diagnostic;
+use tokio::sync::Mutex;
+
+pub use reload::{load_file, ReloadOutcome};
+
+use crate::listener::RunningListener;
+use crate::server::Tunnels;
+use crate::snapshot::{Live, Snapshot};
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    live: Arc<Live>,
+    config_path: PathBuf,
+    listeners: Mutex<HashMap<Arc<str>, RunningListener>>,
+    tunnels: Arc<Tunnels>,
+    /// Hash of the file text last applied, so a watcher event without a change is a no-op.
+    last_text: Mutex<u64>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config was refused.
+    #[error("invalid config:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<Diagnostic>),
+    /// A listener could not bind.
+    #[error(transparent)]
+    Listener(#[from] crate::listener::ListenerError),
+    /// Other I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Gateway {
+    /// Loads `path`, binds every listener and starts serving. Must run inside a tokio runtime.
+    pub async fn start(path: &Path) -> Result<Arc<Gateway>, StartError> {
+        let (text, loaded) = load_file(path).await.map_err(StartError::Config)?;
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let (snap, warnings) = Snapshot::build(loaded.config, None).map_err(StartError::Config)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let live = Arc::new(ArcSwap::from_pointee(snap));
+        let gw = Arc::new(Gateway {
+            live,
+            config_path: path.to_path_buf(),
+            listeners: Mutex::new(HashMap::new()),
+            tunnels: Arc::new(Tunnels::default()),
+            last_text: Mutex::new(reload::hash(&text)),
+        });
+        let specs = gw.live.load().listeners.clone();
+        let mut running = gw.listeners.lock().await;
+        for spec in specs {
+            let sock = crate::listener::bind(&spec)?;
+            let l = RunningListener::start(sock, spec, gw.live.clone(), gw.tunnels.clone())?;
+            tracing::info!(listener = %l.name, address = %l.local, "listening");
+            running.insert(l.name.clone(), l);
+        }
+        drop(running);
+        Ok(gw)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// The bound address of a listener, by name.
+    pub async fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.lock().await.get(name).map(|l| l.local)
+    }
+
+    /// Re-reads the config file and applies it; on any error the running config keeps serving.
+    pub async fn reload(&self) -> Result<ReloadOutcome, Vec<Diagnostic>> {
+        reload::apply(self).await
+    }
+
+    /// Open tunnels (upgraded connections).
+    pub fn open_tunnels(&self) -> usize {
+        self.tunnels.count()
+    }
+
+    /// Stops every listener and waits up to the drain timeout for requests and tunnels to finish.
+    pub async fn shutdown(&self) {
+        let drain = self.snapshot().drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain;
+        let listeners: Vec<RunningListener> = self.listeners.lock().await.drain().map(|(_, l)| l).collect();
+        let stops = listeners.into_iter().map(|l| l.stop(drain));
+        futures_join_all(stops).await;
+        let _ = tokio::time::timeout_at(deadline, self.tunnels.wait_idle()).await;
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and on changes to the config file.
+    pub async fn run_until_signal(self: Arc<Self>) -> std::io::Result<()> {
+        signals::run(self).await
+    }
+}
+
+/// Awaits all futures concurrently (spawned, so they make progress in parallel).
+async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}

@@ -1,0 +1,107 @@
+//! The one reload path (file watch, SIGHUP, and later the admin API all call [`apply`]): load and
+//! validate off the hot path, build a snapshot that reuses unchanged pools, bind new listeners,
+//! swap atomically, then retire listeners that went away. Any error leaves everything as it was.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::Arc;
+
+use frontdesk_config::{load_str, Diagnostic, Loaded};
+
+use super::Gateway;
+use crate::listener::{self, RunningListener};
+use crate::snapshot::Snapshot;
+
+/// What a successful reload changed.
+#[derive(Debug, Default)]
+pub struct ReloadOutcome {
+    /// The new snapshot generation.
+    pub generation: u64,
+    /// Warnings from validation.
+    pub warnings: Vec<Diagnostic>,
+    /// Listeners started.
+    pub added: Vec<String>,
+    /// Listeners stopped.
+    pub removed: Vec<String>,
+}
+
+/// Reads and validates a config file, with the process environment for `${VAR}`.
+pub async fn load_file(path: &Path) -> Result<(String, Loaded), Vec<Diagnostic>> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| vec![Diagnostic::error("", format!("cannot read {}: {e}", path.display()))])?;
+    let loaded = load_str(&text, &|k| std::env::var(k).ok())?;
+    Ok((text, loaded))
+}
+
+pub(crate) fn hash(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>> {
+    // Reloads are serialized by the listener lock; requests never take it.
+    let mut running = gw.listeners.lock().await;
+    let (text, loaded) = load_file(&gw.config_path).await?;
+    let current = gw.live.load_full();
+    let (snap, mut warnings) = Snapshot::build(loaded.config, Some(&current))?;
+    warnings.extend(loaded.warnings);
+
+    // Bind what is new before anything changes, so a failed bind refuses the whole reload.
+    let mut started = Vec::new();
+    for spec in &snap.listeners {
+        let keep = running.get(&spec.name).is_some_and(|l| l.configured == spec.address);
+        if keep {
+            continue;
+        }
+        let replacing_same_addr = running.get(&spec.name).is_some();
+        let _ = replacing_same_addr;
+        match listener::bind(spec) {
+            Ok(sock) => started.push((spec.clone(), sock)),
+            Err(e) => {
+                return Err(vec![Diagnostic::error(format!("listeners.{}", spec.name), e.to_string())]);
+            }
+        }
+    }
+
+    let generation = snap.generation;
+    let drain = snap.drain_timeout;
+    let names: Vec<Arc<str>> = snap.listeners.iter().map(|l| l.name.clone()).collect();
+    gw.live.store(Arc::new(snap));
+
+    let mut outcome = ReloadOutcome { generation, warnings, ..Default::default() };
+    for (spec, sock) in started {
+        match RunningListener::start(sock, spec.clone(), gw.live.clone(), gw.tunnels.clone()) {
+            Ok(l) => {
+                tracing::info!(listener = %l.name, address = %l.local, "listening");
+                outcome.added.push(l.name.to_string());
+                if let Some(old) = running.insert(l.name.clone(), l) {
+                    old.stop_detached(drain);
+                }
+            }
+            Err(e) => tracing::error!(listener = %spec.name, error = %e, "listener failed to start"),
+        }
+    }
+    let gone: Vec<Arc<str>> = running.keys().filter(|k| !names.contains(k)).cloned().collect();
+    for name in gone {
+        if let Some(l) = running.remove(&name) {
+            tracing::info!(listener = %name, "listener removed; draining its connections");
+            outcome.removed.push(name.to_string());
+            l.stop_detached(drain);
+        }
+    }
+    *gw.last_text.lock().await = hash(&text);
+    tracing::info!(generation, added = ?outcome.added, removed = ?outcome.removed, "config reloaded");
+    Ok(outcome)
+}
+
+/// Reloads only if the file's text changed since the last applied config.
+pub(crate) async fn apply_if_changed(gw: &Gateway) -> Option<Result<ReloadOutcome, Vec<Diagnostic>>> {
+    let text = tokio::fs::read_to_string(&gw.config_path).await.ok()?;
+    if hash(&text) == *gw.last_text.lock().await {
+        return None;
+    }
+    Some(apply(gw).await)
+}

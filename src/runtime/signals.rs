@@ -1,0 +1,71 @@
+//! Process signals and the config file watcher.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use super::{reload, Gateway};
+
+/// Runs until SIGTERM/SIGINT: SIGHUP and file changes reload; then drains and returns.
+pub(crate) async fn run(gw: Arc<Gateway>) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    // Watch the directory, not the file: editors and Kubernetes replace files by rename.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let dir = gw
+        .config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| std::path::PathBuf::from("."), |p| p.to_path_buf());
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(std::io::Error::other)?;
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
+    }
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => report(gw.reload().await),
+            Some(()) = rx.recv() => {
+                // Debounce: editors write in several steps.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while rx.try_recv().is_ok() {}
+                if let Some(r) = reload::apply_if_changed(&gw).await {
+                    report(r);
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    drop(watcher);
+    tracing::info!("shutting down: draining in-flight requests");
+    gw.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn report(r: Result<reload::ReloadOutcome, Vec<frontdesk_config::Diagnostic>>) {
+    match r {
+        Ok(o) => {
+            for w in &o.warnings {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(errs) => {
+            tracing::error!("reload refused; the running config keeps serving");
+            for e in &errs {
+                tracing::error!("{e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The downstream connection's byte stream, guarded: HTTP/1 head checks and timers that hyper
+//! does not offer in the form we need.
+//!
+//! hyper cannot answer 408 for a slow head, lets `Transfer-Encoding` silently win over
+//! `Content-Length`, and has no keep-alive idle timeout separate from its head timeout. So this
+//! wrapper sits under hyper and watches each HTTP/1 request head as it arrives (without holding
+//! bytes back): from the first byte of a head it runs `head_timeout`; once the head is complete it
+//! checks size, header count, target length and framing headers; while no request is in flight it
+//! runs `idle_timeout`. A refused head is answered here (problem+json, `Connection: close`) before
+//! hyper sees a byte of it, then the connection is closed. HTTP/2 connections (prior-knowledge
+//! preface) and upgraded tunnels pass through with only the idle timer (HTTP/2) or nothing (tunnels).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::proxy::error_response;
+
+/// The head limits a connection enforces (from its listener's config).
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// Request line plus header lines, in bytes.
+    pub max_head: usize,
+    /// Header fields.
+    pub max_headers: usize,
+    /// Request-target length.
+    pub max_uri: usize,
+    /// From a head's first byte to its end.
+    pub head_timeout: Duration,
+    /// With no request in flight.
+    pub idle_timeout: Duration,
+}
+
+/// State shared between a connection's stream and its requests (one per connection, never
+/// shared across connections).
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    heads: AtomicU64,
+    started: AtomicU64,
+    done: AtomicU64,
+    upgraded: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl ConnShared {
+    /// Marks a request as in flight until the returned guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InflightGuard {
+        self.started.fetch_add(1, Ordering::AcqRel);
+        InflightGuard { shared: self.clone() }
+    }
+
+    /// Marks the connection as upgraded (a tunnel): no more HTTP checks or timers on it.
+    pub fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn in_flight(&self) -> bool {
+        let done = self.done.load(Ordering::Acquire);
+        let started = self.started.load(Ordering::Acquire);
+        let heads = self.heads.load(Ordering::Acquire);
+        started > done || heads > started
+    }
+}
+
+/// Held by a response body while it is being sent.
+#[derive(Debug)]
+pub struct InflightGuard {
+    shared: Arc<ConnShared>,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.shared.done.fetch_add(1, Ordering::AcqRel);
+        // The stream may be parked in a read; let it arm the idle timer now.
+        self.shared.waker.wake();
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Mode {
+    /// Nothing read yet: HTTP/1 or HTTP/2 prior knowledge?
+    Detect,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug)]
+enum Scan {
+    /// Between requests.
+    Idle,
+    /// Inside a head; `carry` holds its bytes so far when it spans reads.
+    Head { carry: Vec<u8>, len: usize },
+    /// A request is in flight; bytes are body or the next pipelined request.
+    Busy,
+    /// Bytes we cannot interpret as a head start: hyper decides.
+    Opaque,
+    /// Writing a refusal, then draining briefly so the client reads it before we close.
+    Refusing { reply: Vec<u8>, written: usize, drain_until: Option<Instant> },
+}
+
+/// A downstream stream under the guard.
+#[derive(Debug)]
+pub struct GuardedIo<T> {
+    inner: T,
+    limits: HeadLimits,
+    shared: Arc<ConnShared>,
+    mode: Mode,
+    scan: Scan,
+    timer: Option<Pin<Box<Sleep>>>,
+    timer_armed: bool,
+}
+
+impl<T> GuardedIo<T> {
+    /// Wraps a freshly accepted stream.
+    pub fn new(inner: T, limits: HeadLimits, shared: Arc<ConnShared>) -> Self {
+        GuardedIo { inner, limits, shared, mode: Mode::Detect, scan: Scan::Idle, timer: None, timer_armed: false }
+    }
+
+    fn arm(&mut self, after: Duration) {
+        let deadline = Instant::now() + after;
+        match &mut self.timer {
+            Some(t) => t.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.timer_armed = true;
+    }
+
+    fn timer_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        match (&mut self.timer, self.timer_armed) {
+            (Some(t), true) => t.as_mut().poll(cx).is_ready(),
+            _ => false,
+        }
+    }
+
+    fn refuse(&mut self, status: StatusCode, detail: &str) {
+        self.scan = Scan::Refusing { reply: error_response::raw_http1(status, detail), written: 0, drain_until: None };
+    }
+}
+
+use std::future::Future;
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.shared.upgraded.load(Ordering::Acquire) {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        this.shared.waker.register(cx.waker());
+        loop {
+            match &mut this.scan {
+                Scan::Refusing { reply, written, drain_until } => {
+                    while *written < reply.len() {
+                        match Pin::new(&mut this.inner).poll_write(cx, &reply[*written..]) {
+                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(refused())),
+                            Poll::Ready(Ok(n)) => *written += n,
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                    if drain_until.is_none() {
+                        let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                        let _ = Pin::new(&mut this.inner).poll_shutdown(cx);
+                        *drain_until = Some(Instant::now() + Duration::from_millis(500));
+                        this.arm(Duration::from_millis(500));
+                    }
+                    // Read and discard what the client still sends, so closing does not reset the
+                    // connection before it has read our answer.
+                    let mut scratch = [0u8; 2048];
+                    loop {
+                        let mut rb = ReadBuf::new(&mut scratch);
+                        match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                            Poll::Ready(Ok(())) if !rb.filled().is_empty() => continue,
+                            Poll::Ready(_) => return Poll::Ready(Err(refused())),
+                            Poll::Pending => break,
+                        }
+                    }
+                    if this.timer_fired(cx) {
+                        return Poll::Ready(Err(refused()));
+                    }
+                    return Poll::Pending;
+                }
+                Scan::Busy | Scan::Opaque => {
+                    if this.shared.in_flight() {
+                        this.timer_armed = false;
+                        return Pin::new(&mut this.inner).poll_read(cx, buf);
+                    }
+                    this.scan = Scan::Idle;
+                    let idle = this.limits.idle_timeout;
+                    this.arm(idle);
+                }
+                Scan::Idle if this.mode == Mode::Http2 => {
+                    if this.shared.in_flight() {
+                        this.timer_armed = false;
+                    } else if !this.timer_armed {
+                        let idle = this.limits.idle_timeout;
+                        this.arm(idle);
+                    }
+                    return match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                        Poll::Pending if this.timer_fired(cx) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+                        other => {
+                            if matches!(other, Poll::Ready(Ok(()))) {
+                                // Activity: restart the idle clock.
+                                this.timer_armed = false;
+                            }
+                            other
+                        }
+                    };
+                }
+                Scan::Idle | Scan::Head { .. } => {
+                    if matches!(this.scan, Scan::Idle) && !this.timer_armed {
+                        let idle = this.limits.idle_timeout;
+                        this.arm(idle);
+                    }
+                    let before = buf.filled().len();
+                    match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                        Poll::Pending => {
+                            if this.timer_fired(cx) {
+                                if matches!(this.scan, Scan::Head { .. }) {
+                                    this.refuse(StatusCode::REQUEST_TIMEOUT, "the request head did not arrive in time");
+                                    continue;
+                                }
+                                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                            }
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Ok(())) => {
+                            let new = &buf.filled()[before..];
+                            if new.is_empty() {
+                                return Poll::Ready(Ok(()));
+                            }
+                            match this.observe(new) {
+                                Ok(()) => return Poll::Ready(Ok(())),
+                                Err((status, detail)) => {
+                                    // hyper must not see any byte of a refused head.
+                                    buf.set_filled(before);
+                                    this.refuse(status, detail);
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T> GuardedIo<T> {
+    /// Feeds newly read bytes to the head scanner.
+    fn observe(&mut self, new: &[u8]) -> Result<(), (StatusCode, &'static str)> {
+        if self.mode == Mode::Detect {
+            self.mode = if new.starts_with(b"PRI ") { Mode::Http2 } else { Mode::Http1 };
+            if self.mode == Mode::Http2 {
+                self.timer_armed = false;
+                return Ok(());
+            }
+        }
+        let prev_len = match &self.scan {
+            Scan::Idle => {
+                // A head starts with a method token; anything else is hyper's to reject.
+                if !new[0].is_ascii_alphabetic() {
+                    self.scan = Scan::Opaque;
+                    return Ok(());
+                }
+                let timeout = self.limits.head_timeout;
+                self.arm(timeout);
+                self.scan = Scan::Head { carry: Vec::new(), len: 0 };
+                0
+            }
+            Scan::Head { len, .. } => *len,
+            _ => return Ok(()),
+        };
+        let Scan::Head { carry, .. } = &mut self.scan else { return Ok(()) };
+        // Join with earlier partial bytes only when a head spans reads (rare): the common case is
+        // scanned in place without a copy.
+        let joined: std::borrow::Cow<'_, [u8]> = if prev_len == 0 {
+            std::borrow::Cow::Borrowed(new)
+        } else {
+            carry.extend_from_slice(new);
+            std::borrow::Cow::Owned(std::mem::take(carry))
+        };
+        let limits = self.limits;
+        match find_head_end(&joined) {
+            Some(end) => {
+                check_head(&joined[..end], &limits)?;
+                self.shared.heads.fetch_add(1, Ordering::AcqRel);
+                self.scan = Scan::Busy;
+                self.timer_armed = false;
+                Ok(())
+            }
+            None => {
+                if joined.len() > limits.max_head {
+                    return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"));
+                }
+                if !joined.contains(&b'\n') && joined.len() > limits.max_uri + 64 {
+                    return Err((StatusCode::URI_TOO_LONG, "the request target is too long"));
+                }
+                let total = joined.len();
+                let kept = joined.into_owned();
+                self.scan = Scan::Head { carry: kept, len: total };
+                Ok(())
+            }
+        }
+    }
+}
+
+fn refused() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "request refused by the gateway")
+}
+
+/// Index just past the blank line that ends a head (`\r\n\r\n` or bare `\n\n`).
+fn find_head_end(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(|&c| c == b'\n') {
+        let nl = i + off;
+        let rest = &b[nl + 1..];
+        if rest.starts_with(b"\r\n") {
+            return Some(nl + 3);
+        }
+        if rest.starts_with(b"\n") {
+            return Some(nl + 2);
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+/// Checks one complete head (request line, header lines, blank line).
+fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), (StatusCode, &'static str)> {
+    let mut lines = head.split(|&c| c == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(|&c| c == b' ');
+    let _method = parts.next();
+    let target = parts.next().unwrap_or_default();
+    if target.len() > limits.max_uri {
+        return Err((StatusCode::URI_TOO_LONG, "the request target is too long"));
+    }
+    // The final blank line is framing, not content.
+    let content_len = head.len().saturating_sub(if head.ends_with(b"\r\n\r\n") { 2 } else { 1 });
+    if content_len > limits.max_head {
+        return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"));
+    }
+    let (mut count, mut cl, mut te) = (0usize, false, false);
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Err((StatusCode::BAD_REQUEST, "obsolete line folding is not allowed"));
+        }
+        count += 1;
+        let name = line.split(|&c| c == b':').next().unwrap_or_default();
+        cl |= name.eq_ignore_ascii_case(b"content-length");
+        te |= name.eq_ignore_ascii_case(b"transfer-encoding");
+    }
+    if count > limits.max_headers {
+        return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many header fields"));
+    }
+    if cl && te {
+        // RFC 9112 §6.1: a smuggling vector; reject like nginx rather than let one header win.
+        return Err((StatusCode::BAD_REQUEST, "Content-Length and Transfer-Encoding together are not allowed"));
+    }
+    Ok(())
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HeadLimits {
+        HeadLimits {
+            max_head: 128,
+            max_headers: 2,
+            max_uri: 16,
+            head_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn finds_the_end_of_a_head() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"), Some(24));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nA: b\n\nbody"), Some(21));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+    }
+
+    #[test]
+    fn checks_limits_and_framing() {
+        let l = limits();
+        assert!(check_head(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", &l).is_ok());
+        let e = |h: &[u8]| check_head(h, &l).unwrap_err().0;
+        assert_eq!(e(b"GET /aaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n"), StatusCode::URI_TOO_LONG);
+        assert_eq!(e(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(e(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(e(b"GET / HTTP/1.1\r\nA: 1\r\n  folded\r\n\r\n"), StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,158 @@
+//! The snapshot: one compiled, immutable config generation. Requests load it once (one atomic
+//! load) and use it from start to end, so a reload never changes a request midway.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use frontdesk_config::{Config, Diagnostic, FieldPath};
+use http::HeaderValue;
+
+use crate::plugin::{ChainBuilder, PluginChain, Scope};
+use crate::plugins;
+use crate::route::RouteTable;
+use crate::server::HeadLimits;
+use crate::upstream::Upstream;
+
+/// The live snapshot, swapped atomically on reload.
+pub type Live = ArcSwap<Snapshot>;
+
+/// A route at runtime.
+#[derive(Debug)]
+pub struct Route {
+    /// Config name.
+    pub name: Arc<str>,
+    /// Where requests go; `None` when a plugin answers.
+    pub upstream: Option<Arc<Upstream>>,
+    /// Remove the matched path prefix before forwarding.
+    pub strip_prefix: bool,
+    /// Forward the client's `Host`.
+    pub preserve_host: bool,
+    /// Global and route plugins in run order.
+    pub plugins: PluginChain,
+}
+
+/// A listener's runtime settings.
+#[derive(Clone, Debug)]
+pub struct ListenerSpec {
+    /// Config name; identifies the listener across reloads.
+    pub name: Arc<str>,
+    /// Address as configured (port 0 means any free port).
+    pub address: SocketAddr,
+    /// Head limits and timers.
+    pub limits: HeadLimits,
+    /// Largest request body, if limited.
+    pub max_body: Option<u64>,
+}
+
+/// One compiled config generation.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increments with every successful reload.
+    pub generation: u64,
+    /// The route table.
+    pub routes: RouteTable<Route>,
+    /// Upstreams by name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Listeners by declaration order.
+    pub listeners: Vec<ListenerSpec>,
+    /// `Via` value added to forwarded requests.
+    pub via: HeaderValue,
+    /// SIGTERM drain budget.
+    pub drain_timeout: Duration,
+    /// The config it was built from.
+    pub config: Arc<Config>,
+}
+
+impl Snapshot {
+    /// Compiles a validated config. `prev` lets unchanged upstreams keep their connection pools.
+    ///
+    /// Returns the snapshot and extra warnings (such as shadowed routes), or errors with field paths.
+    pub fn build(cfg: Config, prev: Option<&Snapshot>) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
+        let root = FieldPath::root();
+        let mut errs = Vec::new();
+        let mut warnings = Vec::new();
+
+        let mut upstreams = HashMap::new();
+        for (name, up) in &cfg.upstreams {
+            let prev_up = prev.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
+            match Upstream::build(name, up, prev_up) {
+                Ok(u) => {
+                    upstreams.insert(name.clone(), Arc::new(u));
+                }
+                Err(e) => errs.push(Diagnostic::error(root.key("upstreams").key(name).to_string(), e.to_string())),
+            }
+        }
+
+        let mut global = ChainBuilder::default();
+        plugins::register_all(&mut global, &cfg.plugins, Scope::Global, &root.key("plugins"));
+        errs.append(&mut global.errors);
+
+        let mut routes = Vec::new();
+        for (i, r) in cfg.routes.iter().enumerate() {
+            let mut chain = ChainBuilder::default();
+            chain.extend_from(&global);
+            plugins::register_all(&mut chain, &r.plugins, Scope::Route, &root.key("routes").index(i).key("plugins"));
+            errs.append(&mut chain.errors);
+            let route = Route {
+                name: Arc::from(r.name.as_str()),
+                upstream: r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned()),
+                strip_prefix: r.strip_prefix,
+                preserve_host: r.preserve_host,
+                plugins: chain.finish(),
+            };
+            routes.push((r.clone(), route));
+        }
+        let table = match RouteTable::build(routes, &mut warnings) {
+            Ok(t) => Some(t),
+            Err(mut e) => {
+                errs.append(&mut e);
+                None
+            }
+        };
+
+        let mut listeners = Vec::new();
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            let Ok(address) = l.address.parse() else {
+                errs.push(Diagnostic::error(root.key("listeners").index(i).key("address").to_string(), "invalid address"));
+                continue;
+            };
+            listeners.push(ListenerSpec {
+                name: Arc::from(l.name.as_str()),
+                address,
+                limits: HeadLimits {
+                    max_head: l.limits.max_request_head.as_usize(),
+                    max_headers: l.limits.max_headers,
+                    max_uri: l.limits.max_uri.as_usize(),
+                    head_timeout: l.limits.head_timeout.get(),
+                    idle_timeout: l.limits.idle_timeout.get(),
+                },
+                max_body: l.limits.max_request_body.map(|b| b.0),
+            });
+        }
+        let via = HeaderValue::from_str(&format!("1.1 {}", cfg.server.via))
+            .map_err(|_| vec![Diagnostic::error("server.via", "invalid header value")])?;
+        match table {
+            Some(routes) if errs.is_empty() => Ok((
+                Snapshot {
+                    generation: prev.map_or(1, |p| p.generation + 1),
+                    routes,
+                    upstreams,
+                    listeners,
+                    via,
+                    drain_timeout: cfg.server.drain_timeout.get(),
+                    config: Arc::new(cfg),
+                },
+                warnings,
+            )),
+            _ => Err(errs),
+        }
+    }
+
+    /// A listener's settings by name.
+    pub fn listener(&self, name: &str) -> Option<&ListenerSpec> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
