@@ -153,7 +153,15 @@ fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
             let position = e.location().map(|l| (l.line(), l.column()));
             let full = e.to_string();
             // The crate renders a source snippet after the first line; keep the message itself.
-            let message = full.lines().next().unwrap_or("invalid YAML").to_string();
+            let mut message = full.lines().next().unwrap_or("invalid YAML").trim();
+            message = message.strip_prefix("error:").unwrap_or(message).trim_start();
+            // Drop the crate's own `line N column M:` prefix: the position is printed once, by us.
+            if let Some(rest) = message.strip_prefix("line ") {
+                if let Some((_, after)) = rest.split_once(": ") {
+                    message = after;
+                }
+            }
+            let message = message.to_string();
             Err(Diagnostic { severity: Severity::Error, path: String::new(), message, position })
         }
     }
