@@ -101,8 +101,6 @@ enum Scan {
     Head { carry: Vec<u8>, len: usize },
     /// A request is in flight; bytes are body or the next pipelined request.
     Busy,
-    /// Bytes we cannot interpret as a head start: hyper decides.
-    Opaque,
     /// Writing a refusal, then draining briefly so the client reads it before we close.
     Refusing { reply: Vec<u8>, written: usize, drain_until: Option<Instant> },
 }
@@ -187,7 +185,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                     }
                     return Poll::Pending;
                 }
-                Scan::Busy | Scan::Opaque => {
+                Scan::Busy => {
                     if this.shared.in_flight() {
                         this.timer_armed = false;
                         return Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -266,9 +264,8 @@ impl<T> GuardedIo<T> {
         }
         let prev_len = match &self.scan {
             Scan::Idle => {
-                // A head starts with a method token; anything else is hyper's to reject.
-                if !new[0].is_ascii_alphabetic() {
-                    self.scan = Scan::Opaque;
+                // Tolerate the empty lines RFC 9112 §2.2 allows before a request line.
+                if new.iter().all(|&b| b == b'\r' || b == b'\n') {
                     return Ok(());
                 }
                 let timeout = self.limits.head_timeout;
@@ -335,41 +332,89 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 }
 
 /// Checks one complete head (request line, header lines, blank line).
+///
+/// Stricter than hyper where hyper would let something through or answer without a body: every
+/// refusal here gets a problem+json body.
 fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), (StatusCode, &'static str)> {
+    const BAD: StatusCode = StatusCode::BAD_REQUEST;
+    let skip = head.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(head.len());
+    let head = &head[skip..];
     let mut lines = head.split(|&c| c == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(|&c| c == b' ');
-    let _method = parts.next();
-    let target = parts.next().unwrap_or_default();
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    let (Some(method), Some(target), Some(version), None) = (method, target, version, parts.next()) else {
+        return Err((BAD, "malformed request line"));
+    };
     if target.len() > limits.max_uri {
         return Err((StatusCode::URI_TOO_LONG, "the request target is too long"));
     }
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) || target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err((BAD, "malformed request line"));
+    }
+    let http10 = match version {
+        b"HTTP/1.1" => false,
+        b"HTTP/1.0" => true,
+        _ => return Err((BAD, "unsupported HTTP version")),
+    };
     // The final blank line is framing, not content.
     let content_len = head.len().saturating_sub(if head.ends_with(b"\r\n\r\n") { 2 } else { 1 });
     if content_len > limits.max_head {
         return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"));
     }
-    let (mut count, mut cl, mut te) = (0usize, false, false);
+    let (mut count, mut content_length, mut te) = (0usize, None::<&[u8]>, None::<&[u8]>);
     for line in lines {
         if line.is_empty() {
             break;
         }
         if line[0] == b' ' || line[0] == b'\t' {
-            return Err((StatusCode::BAD_REQUEST, "obsolete line folding is not allowed"));
+            return Err((BAD, "obsolete line folding is not allowed"));
         }
         count += 1;
-        let name = line.split(|&c| c == b':').next().unwrap_or_default();
-        cl |= name.eq_ignore_ascii_case(b"content-length");
-        te |= name.eq_ignore_ascii_case(b"transfer-encoding");
+        let Some(colon) = line.iter().position(|&c| c == b':') else {
+            return Err((BAD, "malformed header line"));
+        };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err((BAD, "malformed header name"));
+        }
+        if value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return Err((BAD, "control characters in a header value"));
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || content_length.is_some_and(|v| v != value) {
+                return Err((BAD, "invalid or conflicting Content-Length"));
+            }
+            content_length = Some(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = Some(value);
+        }
     }
     if count > limits.max_headers {
         return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many header fields"));
     }
-    if cl && te {
-        // RFC 9112 §6.1: a smuggling vector; reject like nginx rather than let one header win.
-        return Err((StatusCode::BAD_REQUEST, "Content-Length and Transfer-Encoding together are not allowed"));
+    if let Some(te) = te {
+        if content_length.is_some() {
+            // RFC 9112 §6.1: a smuggling vector; reject like nginx rather than let one header win.
+            return Err((BAD, "Content-Length and Transfer-Encoding together are not allowed"));
+        }
+        let last = te.rsplit(|&c| c == b',').next().map(trim).unwrap_or_default();
+        if http10 || !last.eq_ignore_ascii_case(b"chunked") {
+            return Err((BAD, "Transfer-Encoding must end with chunked"));
+        }
     }
     Ok(())
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
