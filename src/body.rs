@@ -29,12 +29,20 @@ pub struct BodyTooLarge(pub u64);
 impl RequestBody {
     /// Wraps a downstream body; `limit` of `u64::MAX` means none.
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        RequestBody { inner: Some(inner), seen: 0, limit }
+        RequestBody {
+            inner: Some(inner),
+            seen: 0,
+            limit,
+        }
     }
 
     /// No body.
     pub fn empty() -> Self {
-        RequestBody { inner: None, seen: 0, limit: u64::MAX }
+        RequestBody {
+            inner: None,
+            seen: 0,
+            limit: u64::MAX,
+        }
     }
 }
 
@@ -42,9 +50,14 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
@@ -66,7 +79,9 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -89,18 +104,27 @@ enum Kind {
 impl ResponseBody {
     /// Streams an upstream body through.
     pub fn upstream(b: Incoming) -> Self {
-        ResponseBody { kind: Kind::Upstream(b), _guard: None }
+        ResponseBody {
+            kind: Kind::Upstream(b),
+            _guard: None,
+        }
     }
 
     /// A complete body.
     pub fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
-        ResponseBody { kind: Kind::Full((!b.is_empty()).then_some(b)), _guard: None }
+        ResponseBody {
+            kind: Kind::Full((!b.is_empty()).then_some(b)),
+            _guard: None,
+        }
     }
 
     /// No body.
     pub fn empty() -> Self {
-        ResponseBody { kind: Kind::Full(None), _guard: None }
+        ResponseBody {
+            kind: Kind::Full(None),
+            _guard: None,
+        }
     }
 
     /// Attaches the in-flight guard, released when the body is done or dropped.
@@ -114,7 +138,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let out = match &mut this.kind {
             Kind::Upstream(b) => match Pin::new(b).poll_frame(cx) {

@@ -23,7 +23,9 @@ pub async fn start_upstream(name: &'static str) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let svc = service_fn(move |req: Request<Incoming>| async move {
                 let headers: serde_json::Map<String, serde_json::Value> = req
                     .headers()
@@ -37,8 +39,12 @@ pub async fn start_upstream(name: &'static str) -> std::io::Result<SocketAddr> {
                     "headers": headers,
                 });
                 let mut resp = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
-                resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
-                resp.headers_mut().insert("server", http::HeaderValue::from_static("demo-upstream"));
+                resp.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/json"),
+                );
+                resp.headers_mut()
+                    .insert("server", http::HeaderValue::from_static("demo-upstream"));
                 Ok::<_, Infallible>(resp)
             });
             tokio::spawn(async move {

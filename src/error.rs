@@ -34,17 +34,32 @@ pub struct GatewayError {
 impl GatewayError {
     /// A client error.
     pub fn downstream(status: StatusCode, detail: impl Into<String>) -> Self {
-        GatewayError { origin: ErrorSource::Downstream, status, detail: detail.into(), retryable: false }
+        GatewayError {
+            origin: ErrorSource::Downstream,
+            status,
+            detail: detail.into(),
+            retryable: false,
+        }
     }
 
     /// An upstream error.
     pub fn upstream(status: StatusCode, detail: impl Into<String>, retryable: bool) -> Self {
-        GatewayError { origin: ErrorSource::Upstream, status, detail: detail.into(), retryable }
+        GatewayError {
+            origin: ErrorSource::Upstream,
+            status,
+            detail: detail.into(),
+            retryable,
+        }
     }
 
     /// A plugin error.
     pub fn plugin(status: StatusCode, detail: impl Into<String>) -> Self {
-        GatewayError { origin: ErrorSource::Plugin, status, detail: detail.into(), retryable: false }
+        GatewayError {
+            origin: ErrorSource::Plugin,
+            status,
+            detail: detail.into(),
+            retryable: false,
+        }
     }
 
     /// An internal error.

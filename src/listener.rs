@@ -44,8 +44,17 @@ pub struct RunningListener {
 
 /// Binds a listener's socket (SO_REUSEADDR, backlog 1024).
 pub fn bind(spec: &ListenerSpec) -> Result<TcpListener, ListenerError> {
-    let err = |source| ListenerError::Bind { name: spec.name.to_string(), address: spec.address, source };
-    let socket = if spec.address.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    let err = |source| ListenerError::Bind {
+        name: spec.name.to_string(),
+        address: spec.address,
+        source,
+    };
+    let socket = if spec.address.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
     socket.bind(spec.address).map_err(err)?;
     socket.listen(1024).map_err(err)
@@ -54,7 +63,12 @@ pub fn bind(spec: &ListenerSpec) -> Result<TcpListener, ListenerError> {
 impl RunningListener {
     /// Starts accepting on `listener`. Each connection takes the listener's settings from the
     /// snapshot current at accept time.
-    pub fn start(listener: TcpListener, spec: ListenerSpec, live: Arc<Live>, tunnels: Arc<Tunnels>) -> io::Result<Self> {
+    pub fn start(
+        listener: TcpListener,
+        spec: ListenerSpec,
+        live: Arc<Live>,
+        tunnels: Arc<Tunnels>,
+    ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(None);
         let name = spec.name.clone();
@@ -84,11 +98,20 @@ impl RunningListener {
             };
             drop(listener);
             let budget = drain.unwrap_or(Duration::ZERO);
-            if tokio::time::timeout(budget, graceful.shutdown()).await.is_err() {
+            if tokio::time::timeout(budget, graceful.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!(listener = %task_name, "drain timeout reached with connections still open");
             }
         });
-        Ok(RunningListener { name, configured, local, stop, task })
+        Ok(RunningListener {
+            name,
+            configured,
+            local,
+            stop,
+            task,
+        })
     }
 
     /// Stops accepting, asks open connections to finish (HTTP/1 after the current response,

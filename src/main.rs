@@ -18,7 +18,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FRONTDESK_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FRONTDESK_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -82,7 +83,9 @@ fn validate(path: &Path) -> ExitCode {
 fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let rt = if worker_threads == 1 {
         // One worker: a current-thread runtime has no work-stealing overhead.
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         if worker_threads > 0 {

@@ -70,7 +70,10 @@ impl Snapshot {
     /// Compiles a validated config. `prev` lets unchanged upstreams keep their connection pools.
     ///
     /// Returns the snapshot and extra warnings (such as shadowed routes), or errors with field paths.
-    pub fn build(cfg: Config, prev: Option<&Snapshot>) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
+    pub fn build(
+        cfg: Config,
+        prev: Option<&Snapshot>,
+    ) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
         let root = FieldPath::root();
         let mut errs = Vec::new();
         let mut warnings = Vec::new();
@@ -82,19 +85,32 @@ impl Snapshot {
                 Ok(u) => {
                     upstreams.insert(name.clone(), Arc::new(u));
                 }
-                Err(e) => errs.push(Diagnostic::error(root.key("upstreams").key(name).to_string(), e.to_string())),
+                Err(e) => errs.push(Diagnostic::error(
+                    root.key("upstreams").key(name).to_string(),
+                    e.to_string(),
+                )),
             }
         }
 
         let mut global = ChainBuilder::default();
-        plugins::register_all(&mut global, &cfg.plugins, Scope::Global, &root.key("plugins"));
+        plugins::register_all(
+            &mut global,
+            &cfg.plugins,
+            Scope::Global,
+            &root.key("plugins"),
+        );
         errs.append(&mut global.errors);
 
         let mut routes = Vec::new();
         for (i, r) in cfg.routes.iter().enumerate() {
             let mut chain = ChainBuilder::default();
             chain.extend_from(&global);
-            plugins::register_all(&mut chain, &r.plugins, Scope::Route, &root.key("routes").index(i).key("plugins"));
+            plugins::register_all(
+                &mut chain,
+                &r.plugins,
+                Scope::Route,
+                &root.key("routes").index(i).key("plugins"),
+            );
             errs.append(&mut chain.errors);
             let route = Route {
                 name: Arc::from(r.name.as_str()),
@@ -116,7 +132,10 @@ impl Snapshot {
         let mut listeners = Vec::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
             let Ok(address) = l.address.parse() else {
-                errs.push(Diagnostic::error(root.key("listeners").index(i).key("address").to_string(), "invalid address"));
+                errs.push(Diagnostic::error(
+                    root.key("listeners").index(i).key("address").to_string(),
+                    "invalid address",
+                ));
                 continue;
             };
             listeners.push(ListenerSpec {

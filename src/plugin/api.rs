@@ -40,7 +40,10 @@ pub struct PluginError {
 impl PluginError {
     /// A refusal or failure with this status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        PluginError { status, message: message.into() }
+        PluginError {
+            status,
+            message: message.into(),
+        }
     }
 }
 
@@ -80,18 +83,30 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Runs when the request head has arrived and a route matched. Can change the request, refuse it
     /// (`Err`), or answer it (`Flow::Respond`).
-    async fn request_filter(&self, _req: &mut RequestHead, _cx: &mut Ctx) -> Result<Flow, PluginError> {
+    async fn request_filter(
+        &self,
+        _req: &mut RequestHead,
+        _cx: &mut Ctx,
+    ) -> Result<Flow, PluginError> {
         Ok(Flow::Continue)
     }
 
     /// Runs just before the request goes upstream, after the gateway set forwarding headers.
-    async fn upstream_request_filter(&self, _req: &mut RequestHead, _cx: &mut Ctx) -> Result<(), PluginError> {
+    async fn upstream_request_filter(
+        &self,
+        _req: &mut RequestHead,
+        _cx: &mut Ctx,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
 
     /// Runs on the response head before the client sees it (upstream responses, plugin answers and
     /// gateway errors alike), in reverse plugin order.
-    async fn response_filter(&self, _resp: &mut ResponseHead, _cx: &mut Ctx) -> Result<(), PluginError> {
+    async fn response_filter(
+        &self,
+        _resp: &mut ResponseHead,
+        _cx: &mut Ctx,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
 }

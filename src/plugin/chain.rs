@@ -12,13 +12,17 @@ pub struct PluginChain {
 
 impl std::fmt::Debug for PluginChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.plugins.iter().map(|p| p.kind())).finish()
+        f.debug_list()
+            .entries(self.plugins.iter().map(|p| p.kind()))
+            .finish()
     }
 }
 
 impl PluginChain {
     pub(crate) fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
-        PluginChain { plugins: plugins.into() }
+        PluginChain {
+            plugins: plugins.into(),
+        }
     }
 
     /// True when the route has no plugins (the proxy then skips every phase).
@@ -32,7 +36,11 @@ impl PluginChain {
     }
 
     /// Runs `request_filter` in order; stops at the first answer or error.
-    pub async fn request_filter(&self, req: &mut RequestHead, cx: &mut Ctx) -> Result<Flow, PluginError> {
+    pub async fn request_filter(
+        &self,
+        req: &mut RequestHead,
+        cx: &mut Ctx,
+    ) -> Result<Flow, PluginError> {
         for p in self.plugins.iter() {
             if let Flow::Respond(r) = p.request_filter(req, cx).await? {
                 return Ok(Flow::Respond(r));
@@ -42,7 +50,11 @@ impl PluginChain {
     }
 
     /// Runs `upstream_request_filter` in order.
-    pub async fn upstream_request_filter(&self, req: &mut RequestHead, cx: &mut Ctx) -> Result<(), PluginError> {
+    pub async fn upstream_request_filter(
+        &self,
+        req: &mut RequestHead,
+        cx: &mut Ctx,
+    ) -> Result<(), PluginError> {
         for p in self.plugins.iter() {
             p.upstream_request_filter(req, cx).await?;
         }
@@ -50,7 +62,11 @@ impl PluginChain {
     }
 
     /// Runs `response_filter` in reverse order, so the outermost plugin sees the final response.
-    pub async fn response_filter(&self, resp: &mut ResponseHead, cx: &mut Ctx) -> Result<(), PluginError> {
+    pub async fn response_filter(
+        &self,
+        resp: &mut ResponseHead,
+        cx: &mut Ctx,
+    ) -> Result<(), PluginError> {
         for p in self.plugins.iter().rev() {
             p.response_filter(resp, cx).await?;
         }

@@ -41,7 +41,9 @@ impl ChainBuilder {
         let Some(cfg) = cfg else { return };
         match F::build(cfg) {
             Ok(p) => self.items.push((F::ORDER, scope, p)),
-            Err(msg) => self.errors.push(Diagnostic::error(at.key(F::KIND).to_string(), msg)),
+            Err(msg) => self
+                .errors
+                .push(Diagnostic::error(at.key(F::KIND).to_string(), msg)),
         }
     }
 

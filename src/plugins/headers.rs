@@ -26,13 +26,24 @@ struct Ops {
 
 impl Ops {
     fn compile(cfg: Option<&HeaderOps>) -> Result<Ops, String> {
-        let Some(cfg) = cfg else { return Ok(Ops::default()) };
-        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"));
+        let Some(cfg) = cfg else {
+            return Ok(Ops::default());
+        };
+        let name = |n: &str| {
+            HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"))
+        };
         let pair = |(n, v): (&String, &String)| -> Result<(HeaderName, HeaderValue), String> {
-            Ok((name(n)?, HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {n:?}"))?))
+            Ok((
+                name(n)?,
+                HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {n:?}"))?,
+            ))
         };
         Ok(Ops {
-            remove: cfg.remove.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
+            remove: cfg
+                .remove
+                .iter()
+                .map(|n| name(n))
+                .collect::<Result<_, _>>()?,
             set: cfg.set.iter().map(pair).collect::<Result<_, _>>()?,
             add: cfg.add.iter().map(pair).collect::<Result<_, _>>()?,
         })
@@ -70,12 +81,20 @@ impl Plugin for Headers {
         Self::KIND
     }
 
-    async fn request_filter(&self, req: &mut RequestHead, _cx: &mut Ctx) -> Result<Flow, PluginError> {
+    async fn request_filter(
+        &self,
+        req: &mut RequestHead,
+        _cx: &mut Ctx,
+    ) -> Result<Flow, PluginError> {
         self.request.apply(&mut req.headers);
         Ok(Flow::Continue)
     }
 
-    async fn response_filter(&self, resp: &mut ResponseHead, _cx: &mut Ctx) -> Result<(), PluginError> {
+    async fn response_filter(
+        &self,
+        resp: &mut ResponseHead,
+        _cx: &mut Ctx,
+    ) -> Result<(), PluginError> {
         self.response.apply(&mut resp.headers);
         Ok(())
     }
@@ -97,7 +116,8 @@ mod tests {
 
     #[tokio::test]
     async fn removes_then_sets_then_adds_on_the_request() {
-        let cfg = config("{ request: { set: { x-a: one }, add: { x-b: two }, remove: [x-secret] } }");
+        let cfg =
+            config("{ request: { set: { x-a: one }, add: { x-b: two }, remove: [x-secret] } }");
         let plugin = Headers::build(&cfg).expect("builds");
         let (mut head, ()) = http::Request::builder()
             .header("x-a", "old")
@@ -106,10 +126,19 @@ mod tests {
             .body(())
             .expect("request")
             .into_parts();
-        let flow = plugin.request_filter(&mut head, &mut Ctx::for_test()).await.expect("ok");
+        let flow = plugin
+            .request_filter(&mut head, &mut Ctx::for_test())
+            .await
+            .expect("ok");
         assert!(matches!(flow, Flow::Continue));
-        assert_eq!(head.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["one"]);
-        assert_eq!(head.headers.get_all("x-b").iter().collect::<Vec<_>>(), ["first", "two"]);
+        assert_eq!(
+            head.headers.get_all("x-a").iter().collect::<Vec<_>>(),
+            ["one"]
+        );
+        assert_eq!(
+            head.headers.get_all("x-b").iter().collect::<Vec<_>>(),
+            ["first", "two"]
+        );
         assert!(head.headers.get("x-secret").is_none());
     }
 
@@ -117,8 +146,15 @@ mod tests {
     async fn edits_the_response() {
         let cfg = config("{ response: { set: { x-served-by: fd }, remove: [server] } }");
         let plugin = Headers::build(&cfg).expect("builds");
-        let (mut head, ()) = http::Response::builder().header("server", "nginx").body(()).expect("resp").into_parts();
-        plugin.response_filter(&mut head, &mut Ctx::for_test()).await.expect("ok");
+        let (mut head, ()) = http::Response::builder()
+            .header("server", "nginx")
+            .body(())
+            .expect("resp")
+            .into_parts();
+        plugin
+            .response_filter(&mut head, &mut Ctx::for_test())
+            .await
+            .expect("ok");
         assert_eq!(head.headers["x-served-by"], "fd");
         assert!(head.headers.get("server").is_none());
     }

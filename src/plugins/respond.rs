@@ -23,18 +23,25 @@ impl PluginFactory for Respond {
     type Config = RespondConfig;
 
     fn build(cfg: &RespondConfig) -> Result<Arc<dyn Plugin>, String> {
-        let status = StatusCode::from_u16(cfg.status).map_err(|_| format!("invalid status {}", cfg.status))?;
+        let status = StatusCode::from_u16(cfg.status)
+            .map_err(|_| format!("invalid status {}", cfg.status))?;
         let headers = cfg
             .headers
             .iter()
             .map(|(n, v)| {
                 Ok((
-                    HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"))?,
-                    HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {n:?}"))?,
+                    HeaderName::from_bytes(n.as_bytes())
+                        .map_err(|_| format!("invalid header name {n:?}"))?,
+                    HeaderValue::from_str(v)
+                        .map_err(|_| format!("invalid value for header {n:?}"))?,
                 ))
             })
             .collect::<Result<_, String>>()?;
-        Ok(Arc::new(Respond { status, headers, body: Bytes::from(cfg.body.clone()) }))
+        Ok(Arc::new(Respond {
+            status,
+            headers,
+            body: Bytes::from(cfg.body.clone()),
+        }))
     }
 }
 
@@ -44,7 +51,11 @@ impl Plugin for Respond {
         Self::KIND
     }
 
-    async fn request_filter(&self, _req: &mut RequestHead, _cx: &mut Ctx) -> Result<Flow, PluginError> {
+    async fn request_filter(
+        &self,
+        _req: &mut RequestHead,
+        _cx: &mut Ctx,
+    ) -> Result<Flow, PluginError> {
         let mut resp = PluginResponse::new(self.body.clone());
         *resp.status_mut() = self.status;
         for (n, v) in &self.headers {
@@ -67,7 +78,11 @@ mod tests {
         };
         let plugin = Respond::build(&cfg).expect("builds");
         let (mut head, ()) = http::Request::new(()).into_parts();
-        let Flow::Respond(resp) = plugin.request_filter(&mut head, &mut Ctx::for_test()).await.expect("ok") else {
+        let Flow::Respond(resp) = plugin
+            .request_filter(&mut head, &mut Ctx::for_test())
+            .await
+            .expect("ok")
+        else {
             panic!("respond must answer");
         };
         assert_eq!(resp.status(), 418);

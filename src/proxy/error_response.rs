@@ -27,8 +27,10 @@ pub fn to_response(err: &GatewayError, request_id: Option<&HeaderValue>) -> Resp
     let body = problem_json(err.status, &err.detail, request_id);
     let mut resp = Response::new(ResponseBody::full(body));
     *resp.status_mut() = err.status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     resp
 }
 
@@ -53,7 +55,11 @@ mod tests {
 
     #[test]
     fn problem_body_has_rfc_9457_members() {
-        let b = problem_json(StatusCode::BAD_GATEWAY, "upstream refused", Some(&HeaderValue::from_static("abc")));
+        let b = problem_json(
+            StatusCode::BAD_GATEWAY,
+            "upstream refused",
+            Some(&HeaderValue::from_static("abc")),
+        );
         let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
         assert_eq!(v["status"], 502);
         assert_eq!(v["title"], "Bad Gateway");

@@ -58,15 +58,24 @@ pub fn wants_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Adds the forwarding headers for a request from `peer` that arrived with `host`.
-pub fn add_forwarding(h: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>, via: &HeaderValue) {
+pub fn add_forwarding(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    host: Option<&HeaderValue>,
+    via: &HeaderValue,
+) {
     let peer = peer.to_canonical().to_string();
-    let xff = match h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).fold(String::new(), |mut acc, v| {
-        if !acc.is_empty() {
-            acc.push_str(", ");
-        }
-        acc.push_str(v);
-        acc
-    }) {
+    let xff = match h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .fold(String::new(), |mut acc, v| {
+            if !acc.is_empty() {
+                acc.push_str(", ");
+            }
+            acc.push_str(v);
+            acc
+        }) {
         prior if prior.is_empty() => peer,
         prior => format!("{prior}, {peer}"),
     };
@@ -84,7 +93,10 @@ pub fn add_forwarding(h: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue
     }
     match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
         Some(prior) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("{prior}, {}", via.to_str().unwrap_or("1.1 frontdesk"))) {
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{prior}, {}",
+                via.to_str().unwrap_or("1.1 frontdesk")
+            )) {
                 h.insert(header::VIA, v);
             }
         }
@@ -98,7 +110,10 @@ pub fn add_forwarding(h: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue
 pub fn request_id(h: &HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
-        if (1..=128).contains(&b.len()) && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c)) {
+        if (1..=128).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
+        {
             return v.clone();
         }
     }
@@ -118,7 +133,10 @@ mod tests {
     #[test]
     fn removes_headers_named_in_connection() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));
@@ -133,7 +151,12 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         h.insert(header::VIA, HeaderValue::from_static("1.0 edge"));
         let via = HeaderValue::from_static("1.1 frontdesk");
-        add_forwarding(&mut h, "10.1.2.3".parse().expect("ip"), Some(&HeaderValue::from_static("a.example")), &via);
+        add_forwarding(
+            &mut h,
+            "10.1.2.3".parse().expect("ip"),
+            Some(&HeaderValue::from_static("a.example")),
+            &via,
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(h[header::VIA], "1.0 edge, 1.1 frontdesk");
         assert_eq!(h["x-forwarded-host"], "a.example");

@@ -19,19 +19,25 @@ use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 
 /// Handles one downstream request against one snapshot. Never fails: errors become responses.
-pub async fn handle(snap: Arc<Snapshot>, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+pub async fn handle(
+    snap: Arc<Snapshot>,
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+) -> Response<ResponseBody> {
     let guard = conn.shared.start_request();
     let request_id = forward::request_id(req.headers());
-    let client_upgrade = if req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers()).is_some() {
-        Some(hyper::upgrade::on(&mut req))
-    } else {
-        None
-    };
+    let client_upgrade =
+        if req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers()).is_some() {
+            Some(hyper::upgrade::on(&mut req))
+        } else {
+            None
+        };
     let mut resp = match proxy(&snap, req, conn, &request_id, client_upgrade).await {
         Ok(r) => r,
         Err(e) => error_response::to_response(&e, Some(&request_id)),
     };
-    resp.headers_mut().insert(forward::X_REQUEST_ID.clone(), request_id);
+    resp.headers_mut()
+        .insert(forward::X_REQUEST_ID.clone(), request_id);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         conn.shared.mark_upgraded();
     }
@@ -49,24 +55,37 @@ async fn proxy(
     if req.version() == Version::HTTP_2 {
         // HTTP/1 heads were checked below hyper; HTTP/2 heads are checked here.
         if req.headers().len() > limits.max_headers {
-            return Err(GatewayError::downstream(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many header fields"));
+            return Err(GatewayError::downstream(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "the request has too many header fields",
+            ));
         }
         if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > limits.max_uri {
-            return Err(GatewayError::downstream(StatusCode::URI_TOO_LONG, "the request target is too long"));
+            return Err(GatewayError::downstream(
+                StatusCode::URI_TOO_LONG,
+                "the request target is too long",
+            ));
         }
     }
     let body_limit = conn.listener.max_body.unwrap_or(u64::MAX);
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
         if len > body_limit {
-            return Err(GatewayError::downstream(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {body_limit} bytes")));
+            return Err(GatewayError::downstream(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {body_limit} bytes"),
+            ));
         }
     }
 
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let (route, strip_len) = {
         let key = RequestKey {
             host: host.as_ref().and_then(|h| h.to_str().ok()),
@@ -77,19 +96,36 @@ async fn proxy(
         };
         match snap.routes.find(&key) {
             Some(m) => (m.route, m.strip_len),
-            None => return Err(GatewayError::downstream(StatusCode::NOT_FOUND, "no route matches this request")),
+            None => {
+                return Err(GatewayError::downstream(
+                    StatusCode::NOT_FOUND,
+                    "no route matches this request",
+                ))
+            }
         }
     };
 
     let (mut head, body) = req.into_parts();
-    let mut cx = Ctx { request_id: request_id.clone(), route: route.name.clone(), client: conn.peer, ext: http::Extensions::new() };
+    let mut cx = Ctx {
+        request_id: request_id.clone(),
+        route: route.name.clone(),
+        client: conn.peer,
+        ext: http::Extensions::new(),
+    };
     let plugins = &route.plugins;
     if !plugins.is_empty() {
-        match plugins.request_filter(&mut head, &mut cx).await.map_err(plugin_error)? {
+        match plugins
+            .request_filter(&mut head, &mut cx)
+            .await
+            .map_err(plugin_error)?
+        {
             Flow::Continue => {}
             Flow::Respond(answer) => {
                 let (mut parts, bytes) = answer.into_parts();
-                plugins.response_filter(&mut parts, &mut cx).await.map_err(plugin_error)?;
+                plugins
+                    .response_filter(&mut parts, &mut cx)
+                    .await
+                    .map_err(plugin_error)?;
                 return Ok(Response::from_parts(parts, ResponseBody::full(bytes)));
             }
         }
@@ -100,13 +136,17 @@ async fn proxy(
         .as_ref()
         .ok_or_else(|| GatewayError::internal("the route has no upstream"))?;
     let endpoint = upstream.select();
-    let upgrade = client_upgrade.as_ref().and_then(|_| forward::wants_upgrade(&head.headers));
+    let upgrade = client_upgrade
+        .as_ref()
+        .and_then(|_| forward::wants_upgrade(&head.headers));
 
     forward::strip_hop_by_hop(&mut head.headers);
     forward::add_forwarding(&mut head.headers, conn.peer.ip(), host.as_ref(), &snap.via);
-    head.headers.insert(forward::X_REQUEST_ID.clone(), request_id.clone());
+    head.headers
+        .insert(forward::X_REQUEST_ID.clone(), request_id.clone());
     if let Some(proto) = &upgrade {
-        head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         head.headers.insert(header::UPGRADE, proto.clone());
     }
     let host_value = if route.preserve_host {
@@ -120,13 +160,23 @@ async fn proxy(
     head.uri = upstream_uri(&head.uri, route, strip_len, endpoint)?;
     head.version = Version::HTTP_11;
     if !plugins.is_empty() {
-        plugins.upstream_request_filter(&mut head, &mut cx).await.map_err(plugin_error)?;
+        plugins
+            .upstream_request_filter(&mut head, &mut cx)
+            .await
+            .map_err(plugin_error)?;
     }
 
     let upstream_req = Request::from_parts(head, RequestBody::new(body, body_limit));
-    let sent = tokio::time::timeout(upstream.timeout, upstream.client().request(upstream_req)).await;
+    let sent =
+        tokio::time::timeout(upstream.timeout, upstream.client().request(upstream_req)).await;
     let mut resp = match sent {
-        Err(_) => return Err(GatewayError::upstream(StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time", true)),
+        Err(_) => {
+            return Err(GatewayError::upstream(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upstream did not answer in time",
+                true,
+            ))
+        }
         Ok(Err(e)) => return Err(classify(&e)),
         Ok(Ok(r)) => r,
     };
@@ -140,20 +190,34 @@ async fn proxy(
                 let (parts, _) = resp.into_parts();
                 return Ok(Response::from_parts(parts, ResponseBody::empty()));
             }
-            _ => return Err(GatewayError::upstream(StatusCode::BAD_GATEWAY, "the upstream switched protocols without being asked", false)),
+            _ => {
+                return Err(GatewayError::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream switched protocols without being asked",
+                    false,
+                ))
+            }
         }
     }
 
     let (mut parts, body) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     if !plugins.is_empty() {
-        plugins.response_filter(&mut parts, &mut cx).await.map_err(plugin_error)?;
+        plugins
+            .response_filter(&mut parts, &mut cx)
+            .await
+            .map_err(plugin_error)?;
     }
     Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
 }
 
 /// The upstream's request target: the endpoint's authority with the (maybe stripped) path and query.
-fn upstream_uri(uri: &Uri, route: &Route, strip_len: usize, ep: &crate::upstream::Endpoint) -> Result<Uri, GatewayError> {
+fn upstream_uri(
+    uri: &Uri,
+    route: &Route,
+    strip_len: usize,
+    ep: &crate::upstream::Endpoint,
+) -> Result<Uri, GatewayError> {
     let path = uri.path();
     let path = if route.strip_prefix {
         let rest = path.get(strip_len..).unwrap_or("");
@@ -171,7 +235,11 @@ fn upstream_uri(uri: &Uri, route: &Route, strip_len: usize, ep: &crate::upstream
     build_uri(ep, path, uri.query())
 }
 
-fn build_uri(ep: &crate::upstream::Endpoint, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+fn build_uri(
+    ep: &crate::upstream::Endpoint,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, GatewayError> {
     let pq = match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
@@ -181,7 +249,12 @@ fn build_uri(ep: &crate::upstream::Endpoint, path: &str, query: Option<&str>) ->
         .authority(ep.authority.clone())
         .path_and_query(pq)
         .build()
-        .map_err(|_| GatewayError::downstream(StatusCode::BAD_REQUEST, "the request target cannot be forwarded"))
+        .map_err(|_| {
+            GatewayError::downstream(
+                StatusCode::BAD_REQUEST,
+                "the request target cannot be forwarded",
+            )
+        })
 }
 
 fn plugin_error(e: PluginError) -> GatewayError {
@@ -194,7 +267,10 @@ fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
     let mut timed_out = false;
     while let Some(s) = src {
         if s.downcast_ref::<BodyTooLarge>().is_some() {
-            return GatewayError::downstream(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large");
+            return GatewayError::downstream(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
+            );
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
@@ -204,11 +280,23 @@ fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
     }
     if e.is_connect() {
         if timed_out {
-            GatewayError::upstream(StatusCode::GATEWAY_TIMEOUT, "connecting to the upstream timed out", true)
+            GatewayError::upstream(
+                StatusCode::GATEWAY_TIMEOUT,
+                "connecting to the upstream timed out",
+                true,
+            )
         } else {
-            GatewayError::upstream(StatusCode::BAD_GATEWAY, "the upstream refused the connection", true)
+            GatewayError::upstream(
+                StatusCode::BAD_GATEWAY,
+                "the upstream refused the connection",
+                true,
+            )
         }
     } else {
-        GatewayError::upstream(StatusCode::BAD_GATEWAY, "the upstream closed the connection or sent an invalid response", false)
+        GatewayError::upstream(
+            StatusCode::BAD_GATEWAY,
+            "the upstream closed the connection or sent an invalid response",
+            false,
+        )
     }
 }

@@ -90,17 +90,30 @@ impl<R> RouteTable<R> {
             for meth in &m.methods {
                 match Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
                     Ok(x) => methods.push(x),
-                    Err(_) => errs.push(Diagnostic::error(at.key("match.methods").to_string(), format!("invalid method {meth:?}"))),
+                    Err(_) => errs.push(Diagnostic::error(
+                        at.key("match.methods").to_string(),
+                        format!("invalid method {meth:?}"),
+                    )),
                 }
             }
             let mut headers = Vec::new();
             for (k, v) in &m.headers {
-                match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                match (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
                     (Ok(n), Ok(val)) => headers.push((n, val)),
-                    _ => errs.push(Diagnostic::error(at.key("match.headers").key(k).to_string(), "invalid header")),
+                    _ => errs.push(Diagnostic::error(
+                        at.key("match.headers").key(k).to_string(),
+                        "invalid header",
+                    )),
                 }
             }
-            let query = m.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let query = m
+                .query
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             let rules: Vec<PathRule> = if m.paths.is_empty() {
                 vec![PathRule::Prefix("/".into())]
             } else {
@@ -114,7 +127,10 @@ impl<R> RouteTable<R> {
                         PathMatch::Regex(s) => match Regex::new(s) {
                             Ok(r) => Some(PathRule::Regex(r)),
                             Err(e) => {
-                                errs.push(Diagnostic::error(at.key("match").key("paths").index(j).to_string(), format!("invalid regex: {e}")));
+                                errs.push(Diagnostic::error(
+                                    at.key("match").key("paths").index(j).to_string(),
+                                    format!("invalid regex: {e}"),
+                                ));
                                 None
                             }
                         },
@@ -126,7 +142,12 @@ impl<R> RouteTable<R> {
             } else {
                 m.hosts.iter().map(|h| HostKey::parse(h)).collect()
             };
-            table.routes.push(Conditions { methods, headers, query, payload });
+            table.routes.push(Conditions {
+                methods,
+                headers,
+                query,
+                payload,
+            });
             names.push(cfg.name.clone());
             let first_rule = table.entries.len();
             for rule in rules {
@@ -156,14 +177,18 @@ impl<R> RouteTable<R> {
         for (host, e) in &placed {
             match host {
                 HostKey::Exact(h) => table.exact_hosts.entry(h.clone()).or_default().push(*e),
-                HostKey::Wildcard(suffix) => match table.wildcard_hosts.iter_mut().find(|(s, _)| s == suffix) {
-                    Some((_, list)) => list.push(*e),
-                    None => table.wildcard_hosts.push((suffix.clone(), vec![*e])),
-                },
+                HostKey::Wildcard(suffix) => {
+                    match table.wildcard_hosts.iter_mut().find(|(s, _)| s == suffix) {
+                        Some((_, list)) => list.push(*e),
+                        None => table.wildcard_hosts.push((suffix.clone(), vec![*e])),
+                    }
+                }
                 HostKey::Any => table.any_host.push(*e),
             }
         }
-        table.wildcard_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table
+            .wildcard_hosts
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         table.shadow_warnings(&names, warnings);
         Ok(table)
     }
@@ -196,18 +221,27 @@ impl<R> RouteTable<R> {
     fn first_in(&self, list: &[usize], req: &RequestKey<'_>) -> Option<RouteMatch<'_, R>> {
         for &e in list {
             let entry = &self.entries[e];
-            let Some(strip_len) = entry.rule.matches(req.path) else { continue };
+            let Some(strip_len) = entry.rule.matches(req.path) else {
+                continue;
+            };
             let cond = &self.routes[entry.route];
             if !cond.methods.is_empty() && !cond.methods.contains(req.method) {
                 continue;
             }
-            if !cond.headers.iter().all(|(n, v)| req.headers.get_all(n).iter().any(|x| x == v)) {
+            if !cond
+                .headers
+                .iter()
+                .all(|(n, v)| req.headers.get_all(n).iter().any(|x| x == v))
+            {
                 continue;
             }
             if !cond.query.iter().all(|(k, v)| query_has(req.query, k, v)) {
                 continue;
             }
-            return Some(RouteMatch { route: &cond.payload, strip_len });
+            return Some(RouteMatch {
+                route: &cond.payload,
+                strip_len,
+            });
         }
         None
     }
@@ -246,8 +280,11 @@ impl<R> RouteTable<R> {
     /// True if route `a`'s method, header and query conditions accept everything route `b`'s do.
     fn weaker(&self, a: usize, b: usize) -> bool {
         let (a, b) = (&self.routes[a], &self.routes[b]);
-        let methods = a.methods.is_empty() || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)));
-        methods && a.headers.iter().all(|h| b.headers.contains(h)) && a.query.iter().all(|q| b.query.contains(q))
+        let methods = a.methods.is_empty()
+            || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)));
+        methods
+            && a.headers.iter().all(|h| b.headers.contains(h))
+            && a.query.iter().all(|q| b.query.contains(q))
     }
 }
 

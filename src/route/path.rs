@@ -56,7 +56,9 @@ impl PathRule {
             PathRule::Exact(p) => (path == p).then_some(path.len()),
             PathRule::Prefix(p) => prefix_match(p, path).then_some(p.trim_end_matches('/').len()),
             PathRule::Template(t) => t.matches(path),
-            PathRule::Regex(r) => r.find(path).map(|m| if m.start() == 0 { m.end() } else { 0 }),
+            PathRule::Regex(r) => r
+                .find(path)
+                .map(|m| if m.start() == 0 { m.end() } else { 0 }),
         }
     }
 
@@ -103,7 +105,10 @@ impl Template {
                 segments.push(Segment::Literal(seg.to_string()));
             }
         }
-        Template { segments, catch_all }
+        Template {
+            segments,
+            catch_all,
+        }
     }
 
     fn matches(&self, path: &str) -> Option<Split> {

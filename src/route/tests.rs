@@ -19,8 +19,16 @@ fn table(yaml_routes: &str) -> (RouteTable<String>, Vec<Diagnostic>) {
 
 fn find<'a>(t: &'a RouteTable<String>, host: Option<&str>, path: &str) -> Option<&'a str> {
     let headers = HeaderMap::new();
-    let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
-    let key = RequestKey { host, path, query, method: &Method::GET, headers: &headers };
+    let (path, query) = path
+        .split_once('?')
+        .map_or((path, None), |(p, q)| (p, Some(q)));
+    let key = RequestKey {
+        host,
+        path,
+        query,
+        method: &Method::GET,
+        headers: &headers,
+    };
     t.find(&key).map(|m| m.route.as_str())
 }
 

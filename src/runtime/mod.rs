@@ -99,7 +99,13 @@ impl Gateway {
     pub async fn shutdown(&self) {
         let drain = self.snapshot().drain_timeout;
         let deadline = tokio::time::Instant::now() + drain;
-        let listeners: Vec<RunningListener> = self.listeners.lock().await.drain().map(|(_, l)| l).collect();
+        let listeners: Vec<RunningListener> = self
+            .listeners
+            .lock()
+            .await
+            .drain()
+            .map(|(_, l)| l)
+            .collect();
         let stops = listeners.into_iter().map(|l| l.stop(drain));
         futures_join_all(stops).await;
         let _ = tokio::time::timeout_at(deadline, self.tunnels.wait_idle()).await;

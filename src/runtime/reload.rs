@@ -28,9 +28,12 @@ pub struct ReloadOutcome {
 
 /// Reads and validates a config file, with the process environment for `${VAR}`.
 pub async fn load_file(path: &Path) -> Result<(String, Loaded), Vec<Diagnostic>> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| vec![Diagnostic::error("", format!("cannot read {}: {e}", path.display()))])?;
+    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+        vec![Diagnostic::error(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )]
+    })?;
     let loaded = load_str(&text, &|k| std::env::var(k).ok())?;
     Ok((text, loaded))
 }
@@ -52,7 +55,9 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
     // Bind what is new before anything changes, so a failed bind refuses the whole reload.
     let mut started = Vec::new();
     for spec in &snap.listeners {
-        let keep = running.get(&spec.name).is_some_and(|l| l.configured == spec.address);
+        let keep = running
+            .get(&spec.name)
+            .is_some_and(|l| l.configured == spec.address);
         if keep {
             continue;
         }
@@ -61,7 +66,10 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
         match listener::bind(spec) {
             Ok(sock) => started.push((spec.clone(), sock)),
             Err(e) => {
-                return Err(vec![Diagnostic::error(format!("listeners.{}", spec.name), e.to_string())]);
+                return Err(vec![Diagnostic::error(
+                    format!("listeners.{}", spec.name),
+                    e.to_string(),
+                )]);
             }
         }
     }
@@ -71,7 +79,11 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
     let names: Vec<Arc<str>> = snap.listeners.iter().map(|l| l.name.clone()).collect();
     gw.live.store(Arc::new(snap));
 
-    let mut outcome = ReloadOutcome { generation, warnings, ..Default::default() };
+    let mut outcome = ReloadOutcome {
+        generation,
+        warnings,
+        ..Default::default()
+    };
     for (spec, sock) in started {
         match RunningListener::start(sock, spec.clone(), gw.live.clone(), gw.tunnels.clone()) {
             Ok(l) => {
@@ -81,10 +93,16 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
                     old.stop_detached(drain);
                 }
             }
-            Err(e) => tracing::error!(listener = %spec.name, error = %e, "listener failed to start"),
+            Err(e) => {
+                tracing::error!(listener = %spec.name, error = %e, "listener failed to start")
+            }
         }
     }
-    let gone: Vec<Arc<str>> = running.keys().filter(|k| !names.contains(k)).cloned().collect();
+    let gone: Vec<Arc<str>> = running
+        .keys()
+        .filter(|k| !names.contains(k))
+        .cloned()
+        .collect();
     for name in gone {
         if let Some(l) = running.remove(&name) {
             tracing::info!(listener = %name, "listener removed; draining its connections");
@@ -98,7 +116,9 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
 }
 
 /// Reloads only if the file's text changed since the last applied config.
-pub(crate) async fn apply_if_changed(gw: &Gateway) -> Option<Result<ReloadOutcome, Vec<Diagnostic>>> {
+pub(crate) async fn apply_if_changed(
+    gw: &Gateway,
+) -> Option<Result<ReloadOutcome, Vec<Diagnostic>>> {
     let text = tokio::fs::read_to_string(&gw.config_path).await.ok()?;
     if hash(&text) == *gw.last_text.lock().await {
         return None;

@@ -54,7 +54,9 @@ impl ConnShared {
     /// Marks a request as in flight until the returned guard drops.
     pub fn start_request(self: &Arc<Self>) -> InflightGuard {
         self.started.fetch_add(1, Ordering::AcqRel);
-        InflightGuard { shared: self.clone() }
+        InflightGuard {
+            shared: self.clone(),
+        }
     }
 
     /// Marks the connection as upgraded (a tunnel): no more HTTP checks or timers on it.
@@ -102,7 +104,11 @@ enum Scan {
     /// A request is in flight; bytes are body or the next pipelined request.
     Busy,
     /// Writing a refusal, then draining briefly so the client reads it before we close.
-    Refusing { reply: Vec<u8>, written: usize, drain_until: Option<Instant> },
+    Refusing {
+        reply: Vec<u8>,
+        written: usize,
+        drain_until: Option<Instant>,
+    },
 }
 
 /// A downstream stream under the guard.
@@ -120,7 +126,15 @@ pub struct GuardedIo<T> {
 impl<T> GuardedIo<T> {
     /// Wraps a freshly accepted stream.
     pub fn new(inner: T, limits: HeadLimits, shared: Arc<ConnShared>) -> Self {
-        GuardedIo { inner, limits, shared, mode: Mode::Detect, scan: Scan::Idle, timer: None, timer_armed: false }
+        GuardedIo {
+            inner,
+            limits,
+            shared,
+            mode: Mode::Detect,
+            scan: Scan::Idle,
+            timer: None,
+            timer_armed: false,
+        }
     }
 
     fn arm(&mut self, after: Duration) {
@@ -140,14 +154,22 @@ impl<T> GuardedIo<T> {
     }
 
     fn refuse(&mut self, status: StatusCode, detail: &str) {
-        self.scan = Scan::Refusing { reply: error_response::raw_http1(status, detail), written: 0, drain_until: None };
+        self.scan = Scan::Refusing {
+            reply: error_response::raw_http1(status, detail),
+            written: 0,
+            drain_until: None,
+        };
     }
 }
 
 use std::future::Future;
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.shared.upgraded.load(Ordering::Acquire) {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -155,10 +177,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
         this.shared.waker.register(cx.waker());
         loop {
             match &mut this.scan {
-                Scan::Refusing { reply, written, drain_until } => {
+                Scan::Refusing {
+                    reply,
+                    written,
+                    drain_until,
+                } => {
                     while *written < reply.len() {
                         match Pin::new(&mut this.inner).poll_write(cx, &reply[*written..]) {
-                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(refused())),
+                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                                return Poll::Ready(Err(refused()))
+                            }
                             Poll::Ready(Ok(n)) => *written += n,
                             Poll::Pending => return Poll::Pending,
                         }
@@ -202,7 +230,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                         this.arm(idle);
                     }
                     return match Pin::new(&mut this.inner).poll_read(cx, buf) {
-                        Poll::Pending if this.timer_fired(cx) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+                        Poll::Pending if this.timer_fired(cx) => {
+                            Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+                        }
                         other => {
                             if matches!(other, Poll::Ready(Ok(()))) {
                                 // Activity: restart the idle clock.
@@ -222,7 +252,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                         Poll::Pending => {
                             if this.timer_fired(cx) {
                                 if matches!(this.scan, Scan::Head { .. }) {
-                                    this.refuse(StatusCode::REQUEST_TIMEOUT, "the request head did not arrive in time");
+                                    this.refuse(
+                                        StatusCode::REQUEST_TIMEOUT,
+                                        "the request head did not arrive in time",
+                                    );
                                     continue;
                                 }
                                 return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
@@ -256,7 +289,11 @@ impl<T> GuardedIo<T> {
     /// Feeds newly read bytes to the head scanner.
     fn observe(&mut self, new: &[u8]) -> Result<(), (StatusCode, &'static str)> {
         if self.mode == Mode::Detect {
-            self.mode = if new.starts_with(b"PRI ") { Mode::Http2 } else { Mode::Http1 };
+            self.mode = if new.starts_with(b"PRI ") {
+                Mode::Http2
+            } else {
+                Mode::Http1
+            };
             if self.mode == Mode::Http2 {
                 self.timer_armed = false;
                 return Ok(());
@@ -270,13 +307,18 @@ impl<T> GuardedIo<T> {
                 }
                 let timeout = self.limits.head_timeout;
                 self.arm(timeout);
-                self.scan = Scan::Head { carry: Vec::new(), len: 0 };
+                self.scan = Scan::Head {
+                    carry: Vec::new(),
+                    len: 0,
+                };
                 0
             }
             Scan::Head { len, .. } => *len,
             _ => return Ok(()),
         };
-        let Scan::Head { carry, .. } = &mut self.scan else { return Ok(()) };
+        let Scan::Head { carry, .. } = &mut self.scan else {
+            return Ok(());
+        };
         // Join with earlier partial bytes only when a head spans reads (rare): the common case is
         // scanned in place without a copy.
         let joined: std::borrow::Cow<'_, [u8]> = if prev_len == 0 {
@@ -296,14 +338,20 @@ impl<T> GuardedIo<T> {
             }
             None => {
                 if joined.len() > limits.max_head {
-                    return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"));
+                    return Err((
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "the request head is too large",
+                    ));
                 }
                 if !joined.contains(&b'\n') && joined.len() > limits.max_uri + 64 {
                     return Err((StatusCode::URI_TOO_LONG, "the request target is too long"));
                 }
                 let total = joined.len();
                 let kept = joined.into_owned();
-                self.scan = Scan::Head { carry: kept, len: total };
+                self.scan = Scan::Head {
+                    carry: kept,
+                    len: total,
+                };
                 Ok(())
             }
         }
@@ -311,7 +359,10 @@ impl<T> GuardedIo<T> {
 }
 
 fn refused() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "request refused by the gateway")
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "request refused by the gateway",
+    )
 }
 
 /// Index just past the blank line that ends a head (`\r\n\r\n` or bare `\n\n`).
@@ -337,19 +388,29 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 /// refusal here gets a problem+json body.
 fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), (StatusCode, &'static str)> {
     const BAD: StatusCode = StatusCode::BAD_REQUEST;
-    let skip = head.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(head.len());
+    let skip = head
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(head.len());
     let head = &head[skip..];
-    let mut lines = head.split(|&c| c == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|&c| c == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(|&c| c == b' ');
     let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    let (Some(method), Some(target), Some(version), None) = (method, target, version, parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) = (method, target, version, parts.next())
+    else {
         return Err((BAD, "malformed request line"));
     };
     if target.len() > limits.max_uri {
         return Err((StatusCode::URI_TOO_LONG, "the request target is too long"));
     }
-    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) || target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+    if method.is_empty()
+        || !method.iter().all(|&b| is_tchar(b))
+        || target.is_empty()
+        || target.iter().any(|&b| b <= b' ' || b == 0x7f)
+    {
         return Err((BAD, "malformed request line"));
     }
     let http10 = match version {
@@ -358,9 +419,14 @@ fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), (StatusCode, &'sta
         _ => return Err((BAD, "unsupported HTTP version")),
     };
     // The final blank line is framing, not content.
-    let content_len = head.len().saturating_sub(if head.ends_with(b"\r\n\r\n") { 2 } else { 1 });
+    let content_len = head
+        .len()
+        .saturating_sub(if head.ends_with(b"\r\n\r\n") { 2 } else { 1 });
     if content_len > limits.max_head {
-        return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is too large"));
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request head is too large",
+        ));
     }
     let (mut count, mut content_length, mut te) = (0usize, None::<&[u8]>, None::<&[u8]>);
     for line in lines {
@@ -382,7 +448,10 @@ fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), (StatusCode, &'sta
             return Err((BAD, "control characters in a header value"));
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || content_length.is_some_and(|v| v != value) {
+            if value.is_empty()
+                || !value.iter().all(u8::is_ascii_digit)
+                || content_length.is_some_and(|v| v != value)
+            {
                 return Err((BAD, "invalid or conflicting Content-Length"));
             }
             content_length = Some(value);
@@ -391,14 +460,24 @@ fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), (StatusCode, &'sta
         }
     }
     if count > limits.max_headers {
-        return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many header fields"));
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request has too many header fields",
+        ));
     }
     if let Some(te) = te {
         if content_length.is_some() {
             // RFC 9112 §6.1: a smuggling vector; reject like nginx rather than let one header win.
-            return Err((BAD, "Content-Length and Transfer-Encoding together are not allowed"));
+            return Err((
+                BAD,
+                "Content-Length and Transfer-Encoding together are not allowed",
+            ));
         }
-        let last = te.rsplit(|&c| c == b',').next().map(trim).unwrap_or_default();
+        let last = te
+            .rsplit(|&c| c == b',')
+            .next()
+            .map(trim)
+            .unwrap_or_default();
         if http10 || !last.eq_ignore_ascii_case(b"chunked") {
             return Err((BAD, "Transfer-Encoding must end with chunked"));
         }
@@ -407,8 +486,14 @@ fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), (StatusCode, &'sta
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -418,11 +503,19 @@ fn is_tchar(b: u8) -> bool {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -455,7 +548,10 @@ mod tests {
 
     #[test]
     fn finds_the_end_of_a_head() {
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"), Some(24));
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"),
+            Some(24)
+        );
         assert_eq!(find_head_end(b"GET / HTTP/1.1\nA: b\n\nbody"), Some(21));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
     }
@@ -465,9 +561,21 @@ mod tests {
         let l = limits();
         assert!(check_head(b"GET / HTTP/1.1\r\nA: b\r\n\r\n", &l).is_ok());
         let e = |h: &[u8]| check_head(h, &l).unwrap_err().0;
-        assert_eq!(e(b"GET /aaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n"), StatusCode::URI_TOO_LONG);
-        assert_eq!(e(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        assert_eq!(e(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), StatusCode::BAD_REQUEST);
-        assert_eq!(e(b"GET / HTTP/1.1\r\nA: 1\r\n  folded\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            e(b"GET /aaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n"),
+            StatusCode::URI_TOO_LONG
+        );
+        assert_eq!(
+            e(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert_eq!(
+            e(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            e(b"GET / HTTP/1.1\r\nA: 1\r\n  folded\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

@@ -82,7 +82,8 @@ pub fn builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
     {
         let mut h1 = b.http1();
         // Heads are validated by the guard first; hyper's buffer only needs to hold one.
-        h1.max_buf_size((spec.limits.max_head + 4096).max(8192)).timer(TokioTimer::new());
+        h1.max_buf_size((spec.limits.max_head + 4096).max(8192))
+            .timer(TokioTimer::new());
         if spec.limits.max_headers != 100 {
             h1.max_headers(spec.limits.max_headers);
         }
@@ -107,7 +108,12 @@ pub async fn serve(
     let shared = Arc::new(ConnShared::default());
     let builder = builder(&spec);
     let io = TokioIo::new(GuardedIo::new(stream, spec.limits, shared.clone()));
-    let info = Arc::new(ConnInfo { peer, listener: spec, shared, tunnels });
+    let info = Arc::new(ConnInfo {
+        peer,
+        listener: spec,
+        shared,
+        tunnels,
+    });
     let svc = service_fn(move |req| {
         // One atomic load per request: every phase of this request sees this snapshot.
         let snap = live.load_full();

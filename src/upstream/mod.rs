@@ -60,16 +60,26 @@ pub enum UpstreamError {
 
 impl Upstream {
     /// Compiles `cfg`; reuses `prev`'s pool when its settings are unchanged.
-    pub fn build(name: &str, cfg: &UpstreamConfig, prev: Option<&Upstream>) -> Result<Upstream, UpstreamError> {
+    pub fn build(
+        name: &str,
+        cfg: &UpstreamConfig,
+        prev: Option<&Upstream>,
+    ) -> Result<Upstream, UpstreamError> {
         let mut endpoints = Vec::new();
         let mut weights = Vec::new();
         for t in &cfg.targets {
-            let rest = t.url.strip_prefix("http://").ok_or_else(|| UpstreamError::BadTarget(t.url.clone()))?;
+            let rest = t
+                .url
+                .strip_prefix("http://")
+                .ok_or_else(|| UpstreamError::BadTarget(t.url.clone()))?;
             let authority: Authority = rest
                 .trim_end_matches('/')
                 .parse()
                 .map_err(|_| UpstreamError::BadTarget(t.url.clone()))?;
-            endpoints.push(Endpoint { scheme: Scheme::HTTP, authority });
+            endpoints.push(Endpoint {
+                scheme: Scheme::HTTP,
+                authority,
+            });
             weights.push(t.weight);
         }
         let pool_settings = PoolSettings {
@@ -134,7 +144,13 @@ fn smooth_wrr(weights: &[u32]) -> Vec<u32> {
     let scale = total.div_ceil(4096).max(1);
     let weights: Vec<i64> = weights
         .iter()
-        .map(|w| if *w == 0 { 0 } else { (i64::from(*w) / scale as i64).max(1) })
+        .map(|w| {
+            if *w == 0 {
+                0
+            } else {
+                (i64::from(*w) / scale as i64).max(1)
+            }
+        })
         .collect();
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; weights.len()];

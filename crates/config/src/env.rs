@@ -25,7 +25,11 @@ pub(crate) fn substitute(
             let whole = s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
             match expand(s, lookup) {
                 Ok(out) => {
-                    *value = if whole { retype(out) } else { Value::String(out) };
+                    *value = if whole {
+                        retype(out)
+                    } else {
+                        Value::String(out)
+                    };
                 }
                 Err(msg) => errs.push(Diagnostic::error(at.to_string(), msg)),
             }
@@ -124,9 +128,15 @@ mod tests {
 
     #[test]
     fn expands_set_variables_defaults_and_escapes() {
-        assert_eq!(expand("http://${HOST}:80", &env).as_deref(), Ok("http://db.internal:80"));
+        assert_eq!(
+            expand("http://${HOST}:80", &env).as_deref(),
+            Ok("http://db.internal:80")
+        );
         assert_eq!(expand("${MISSING:-x}", &env).as_deref(), Ok("x"));
-        assert_eq!(expand("${EMPTY:-fallback}", &env).as_deref(), Ok("fallback"));
+        assert_eq!(
+            expand("${EMPTY:-fallback}", &env).as_deref(),
+            Ok("fallback")
+        );
         assert_eq!(expand("cost $$5", &env).as_deref(), Ok("cost $5"));
     }
 

@@ -46,12 +46,22 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// An error at `path`.
     pub fn error(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Error, path: path.into(), message: message.into(), position: None }
+        Diagnostic {
+            severity: Severity::Error,
+            path: path.into(),
+            message: message.into(),
+            position: None,
+        }
     }
 
     /// A warning at `path`.
     pub fn warning(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, path: path.into(), message: message.into(), position: None }
+        Diagnostic {
+            severity: Severity::Warning,
+            path: path.into(),
+            message: message.into(),
+            position: None,
+        }
     }
 
     /// True for errors.
@@ -121,7 +131,10 @@ pub struct Loaded {
 ///
 /// Never panics on any input. On failure, returns every error found (and the warnings), errors first.
 /// `lookup` resolves environment variables (pass `|k| std::env::var(k).ok()` in the binary).
-pub fn load_str(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Diagnostic>> {
+pub fn load_str(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut doc: Value = match parse_yaml(text) {
         Ok(v) => v,
@@ -137,7 +150,10 @@ pub fn load_str(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<L
     }
     diags.sort_by_key(|d| !d.is_error());
     match config {
-        Some(config) if !diags.iter().any(Diagnostic::is_error) => Ok(Loaded { config, warnings: diags }),
+        Some(config) if !diags.iter().any(Diagnostic::is_error) => Ok(Loaded {
+            config,
+            warnings: diags,
+        }),
         _ => Err(diags),
     }
 }
@@ -145,7 +161,10 @@ pub fn load_str(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<L
 /// Parses YAML into a generic tree, reporting syntax errors with line and column.
 fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
     if text.trim().is_empty() {
-        return Err(Diagnostic::error("", "the config is empty; it needs at least `version: 1`"));
+        return Err(Diagnostic::error(
+            "",
+            "the config is empty; it needs at least `version: 1`",
+        ));
     }
     match serde_saphyr::from_str::<Value>(text) {
         Ok(v) => Ok(v),
@@ -154,7 +173,10 @@ fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
             let full = e.to_string();
             // The crate renders a source snippet after the first line; keep the message itself.
             let mut message = full.lines().next().unwrap_or("invalid YAML").trim();
-            message = message.strip_prefix("error:").unwrap_or(message).trim_start();
+            message = message
+                .strip_prefix("error:")
+                .unwrap_or(message)
+                .trim_start();
             // Drop the crate's own `line N column M:` prefix: the position is printed once, by us.
             if let Some(rest) = message.strip_prefix("line ") {
                 if let Some((_, after)) = rest.split_once(": ") {
@@ -162,7 +184,12 @@ fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
                 }
             }
             let message = message.to_string();
-            Err(Diagnostic { severity: Severity::Error, path: String::new(), message, position })
+            Err(Diagnostic {
+                severity: Severity::Error,
+                path: String::new(),
+                message,
+                position,
+            })
         }
     }
 }
@@ -170,10 +197,20 @@ fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
 /// Deserializes the tree section by section, so that one bad route does not hide errors in others.
 fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
     let Value::Object(mut top) = doc else {
-        diags.push(Diagnostic::error("", "the config must be a mapping with `version`, `listeners`, `upstreams`, `routes`"));
+        diags.push(Diagnostic::error(
+            "",
+            "the config must be a mapping with `version`, `listeners`, `upstreams`, `routes`",
+        ));
         return None;
     };
-    const KNOWN: [&str; 6] = ["version", "server", "listeners", "upstreams", "routes", "plugins"];
+    const KNOWN: [&str; 6] = [
+        "version",
+        "server",
+        "listeners",
+        "upstreams",
+        "routes",
+        "plugins",
+    ];
     for key in top.keys() {
         if !KNOWN.contains(&key.as_str()) {
             diags.push(Diagnostic::error(
@@ -186,16 +223,25 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
     let before = diags.len();
     let version = match top.remove("version") {
         None => {
-            diags.push(Diagnostic::error("version", "missing field; write `version: 1`"));
+            diags.push(Diagnostic::error(
+                "version",
+                "missing field; write `version: 1`",
+            ));
             None
         }
         Some(v) => part::<u32>(v, &root.key("version"), diags),
     };
-    let server = take(&mut top, "server").map_or(Some(Default::default()), |v| part(v, &root.key("server"), diags));
+    let server = take(&mut top, "server").map_or(Some(Default::default()), |v| {
+        part(v, &root.key("server"), diags)
+    });
     let listeners = list(take(&mut top, "listeners"), &root.key("listeners"), diags);
-    let upstreams = take(&mut top, "upstreams").map(|v| map(v, &root.key("upstreams"), diags)).unwrap_or_default();
+    let upstreams = take(&mut top, "upstreams")
+        .map(|v| map(v, &root.key("upstreams"), diags))
+        .unwrap_or_default();
     let routes = list(take(&mut top, "routes"), &root.key("routes"), diags);
-    let plugins = take(&mut top, "plugins").map_or(Some(Default::default()), |v| part(v, &root.key("plugins"), diags));
+    let plugins = take(&mut top, "plugins").map_or(Some(Default::default()), |v| {
+        part(v, &root.key("plugins"), diags)
+    });
     let ok = diags.len() == before;
     let cfg = Config {
         version: version.unwrap_or(1),
@@ -236,7 +282,11 @@ fn part<T: DeserializeOwned>(v: Value, at: &FieldPath, diags: &mut Vec<Diagnosti
     }
 }
 
-fn list<T: DeserializeOwned>(v: Option<Value>, at: &FieldPath, diags: &mut Vec<Diagnostic>) -> Vec<T> {
+fn list<T: DeserializeOwned>(
+    v: Option<Value>,
+    at: &FieldPath,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<T> {
     match v {
         None => Vec::new(),
         Some(Value::Array(items)) => items
@@ -251,7 +301,11 @@ fn list<T: DeserializeOwned>(v: Option<Value>, at: &FieldPath, diags: &mut Vec<D
     }
 }
 
-fn map<T: DeserializeOwned>(v: Value, at: &FieldPath, diags: &mut Vec<Diagnostic>) -> Vec<(String, T)> {
+fn map<T: DeserializeOwned>(
+    v: Value,
+    at: &FieldPath,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<(String, T)> {
     match v {
         Value::Object(m) => m
             .into_iter()
@@ -261,7 +315,10 @@ fn map<T: DeserializeOwned>(v: Value, at: &FieldPath, diags: &mut Vec<Diagnostic
             })
             .collect(),
         _ => {
-            diags.push(Diagnostic::error(at.to_string(), "expected a mapping of names to values"));
+            diags.push(Diagnostic::error(
+                at.to_string(),
+                "expected a mapping of names to values",
+            ));
             Vec::new()
         }
     }

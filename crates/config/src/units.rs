@@ -27,19 +27,22 @@ impl ByteSize {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let num: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit such as 32KiB"))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "kib" => 1024,
-            "m" | "mb" => 1000 * 1000,
-            "mib" => 1024 * 1024,
-            "g" | "gb" => 1000 * 1000 * 1000,
-            "gib" => 1024 * 1024 * 1024,
-            other => return Err(format!("invalid size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
-        };
+        let num: f64 = num.parse().map_err(|_| {
+            format!("invalid size {s:?}: expected a number with an optional unit such as 32KiB")
+        })?;
+        let mult: u64 =
+            match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "k" | "kb" => 1000,
+                "kib" => 1024,
+                "m" | "mb" => 1000 * 1000,
+                "mib" => 1024 * 1024,
+                "g" | "gb" => 1000 * 1000 * 1000,
+                "gib" => 1024 * 1024 * 1024,
+                other => return Err(format!(
+                    "invalid size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+                )),
+            };
         let bytes = num * mult as f64;
         if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
             return Err(format!("invalid size {s:?}: out of range"));
@@ -100,16 +103,20 @@ impl Dur {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let num: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected a number with a unit such as 10s or 250ms"))?;
+        let num: f64 = num.parse().map_err(|_| {
+            format!("invalid duration {s:?}: expected a number with a unit such as 10s or 250ms")
+        })?;
         let secs = match unit.trim() {
             "" | "s" => num,
             "ms" => num / 1000.0,
             "us" => num / 1_000_000.0,
             "m" => num * 60.0,
             "h" => num * 3600.0,
-            other => return Err(format!("invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h)")),
+            other => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h)"
+                ))
+            }
         };
         Duration::try_from_secs_f64(secs)
             .map(Dur)

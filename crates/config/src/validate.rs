@@ -11,10 +11,19 @@ use crate::{Diagnostic, FieldPath};
 pub(crate) fn validate(cfg: &Config, out: &mut Vec<Diagnostic>) {
     let root = FieldPath::root();
     if cfg.version != 1 {
-        out.push(Diagnostic::error("version", format!("unsupported version {}, this gateway reads version 1", cfg.version)));
+        out.push(Diagnostic::error(
+            "version",
+            format!(
+                "unsupported version {}, this gateway reads version 1",
+                cfg.version
+            ),
+        ));
     }
     if cfg.server.via.is_empty() || !cfg.server.via.bytes().all(is_tchar) {
-        out.push(Diagnostic::error("server.via", "must be a non-empty token (letters, digits, `-._~!#$%&'*+^`|`)"));
+        out.push(Diagnostic::error(
+            "server.via",
+            "must be a non-empty token (letters, digits, `-._~!#$%&'*+^`|`)",
+        ));
     }
     if cfg.server.worker_threads > 1024 {
         out.push(Diagnostic::error("server.worker_threads", "at most 1024"));
@@ -25,52 +34,91 @@ pub(crate) fn validate(cfg: &Config, out: &mut Vec<Diagnostic>) {
     for (i, l) in cfg.listeners.iter().enumerate() {
         let at = root.key("listeners").index(i);
         if l.name.is_empty() {
-            out.push(Diagnostic::error(at.key("name").to_string(), "must not be empty"));
+            out.push(Diagnostic::error(
+                at.key("name").to_string(),
+                "must not be empty",
+            ));
         } else if !names.insert(l.name.as_str()) {
-            out.push(Diagnostic::error(at.key("name").to_string(), format!("duplicate listener name {:?}", l.name)));
+            out.push(Diagnostic::error(
+                at.key("name").to_string(),
+                format!("duplicate listener name {:?}", l.name),
+            ));
         }
         match l.address.parse::<SocketAddr>() {
             Ok(a) => {
-                if !addrs.insert(a) {
-                    out.push(Diagnostic::error(at.key("address").to_string(), format!("address {a} is used by another listener")));
+                if a.port() != 0 && !addrs.insert(a) {
+                    out.push(Diagnostic::error(
+                        at.key("address").to_string(),
+                        format!("address {a} is used by another listener"),
+                    ));
                 }
             }
             Err(_) => out.push(Diagnostic::error(
                 at.key("address").to_string(),
-                format!("invalid address {:?}, expected IP:PORT such as 127.0.0.1:8080 or [::]:80", l.address),
+                format!(
+                    "invalid address {:?}, expected IP:PORT such as 127.0.0.1:8080 or [::]:80",
+                    l.address
+                ),
             )),
         }
         let lim = &l.limits;
         let la = at.key("limits");
         if lim.max_request_head.0 < 1024 {
-            out.push(Diagnostic::error(la.key("max_request_head").to_string(), "must be at least 1KiB"));
+            out.push(Diagnostic::error(
+                la.key("max_request_head").to_string(),
+                "must be at least 1KiB",
+            ));
         }
         if lim.max_request_head.0 > 1024 * 1024 {
-            out.push(Diagnostic::error(la.key("max_request_head").to_string(), "must be at most 1MiB"));
+            out.push(Diagnostic::error(
+                la.key("max_request_head").to_string(),
+                "must be at most 1MiB",
+            ));
         }
         if lim.max_headers == 0 || lim.max_headers > 1000 {
-            out.push(Diagnostic::error(la.key("max_headers").to_string(), "must be between 1 and 1000"));
+            out.push(Diagnostic::error(
+                la.key("max_headers").to_string(),
+                "must be between 1 and 1000",
+            ));
         }
         if lim.max_uri.0 < 16 {
-            out.push(Diagnostic::error(la.key("max_uri").to_string(), "must be at least 16 bytes"));
+            out.push(Diagnostic::error(
+                la.key("max_uri").to_string(),
+                "must be at least 16 bytes",
+            ));
         }
-        for (field, d) in [("head_timeout", lim.head_timeout), ("idle_timeout", lim.idle_timeout)] {
+        for (field, d) in [
+            ("head_timeout", lim.head_timeout),
+            ("idle_timeout", lim.idle_timeout),
+        ] {
             if d.0.is_zero() {
-                out.push(Diagnostic::error(la.key(field).to_string(), "must be greater than zero"));
+                out.push(Diagnostic::error(
+                    la.key(field).to_string(),
+                    "must be greater than zero",
+                ));
             }
         }
     }
     if cfg.listeners.is_empty() {
-        out.push(Diagnostic::warning("listeners", "no listener is configured, so the gateway accepts no traffic"));
+        out.push(Diagnostic::warning(
+            "listeners",
+            "no listener is configured, so the gateway accepts no traffic",
+        ));
     }
 
     for (name, up) in &cfg.upstreams {
         let at = root.key("upstreams").key(name);
         if !valid_name(name) {
-            out.push(Diagnostic::error(at.to_string(), "upstream names use letters, digits, `-` and `_`"));
+            out.push(Diagnostic::error(
+                at.to_string(),
+                "upstream names use letters, digits, `-` and `_`",
+            ));
         }
         if up.targets.is_empty() {
-            out.push(Diagnostic::error(at.key("targets").to_string(), "an upstream needs at least one target"));
+            out.push(Diagnostic::error(
+                at.key("targets").to_string(),
+                "an upstream needs at least one target",
+            ));
         }
         for (j, t) in up.targets.iter().enumerate() {
             let ta = at.key("targets").index(j);
@@ -78,15 +126,27 @@ pub(crate) fn validate(cfg: &Config, out: &mut Vec<Diagnostic>) {
                 out.push(Diagnostic::error(ta.key("url").to_string(), msg));
             }
             if t.weight > 1000 {
-                out.push(Diagnostic::error(ta.key("weight").to_string(), "must be at most 1000"));
+                out.push(Diagnostic::error(
+                    ta.key("weight").to_string(),
+                    "must be at most 1000",
+                ));
             }
         }
         if !up.targets.is_empty() && up.targets.iter().all(|t| t.weight == 0) {
-            out.push(Diagnostic::error(at.key("targets").to_string(), "at least one target needs a weight above 0"));
+            out.push(Diagnostic::error(
+                at.key("targets").to_string(),
+                "at least one target needs a weight above 0",
+            ));
         }
-        for (field, d) in [("connect_timeout", up.connect_timeout), ("timeout", up.timeout)] {
+        for (field, d) in [
+            ("connect_timeout", up.connect_timeout),
+            ("timeout", up.timeout),
+        ] {
             if d.0.is_zero() {
-                out.push(Diagnostic::error(at.key(field).to_string(), "must be greater than zero"));
+                out.push(Diagnostic::error(
+                    at.key(field).to_string(),
+                    "must be greater than zero",
+                ));
             }
         }
     }
@@ -96,15 +156,26 @@ pub(crate) fn validate(cfg: &Config, out: &mut Vec<Diagnostic>) {
     for (i, r) in cfg.routes.iter().enumerate() {
         let at = root.key("routes").index(i);
         if r.name.is_empty() {
-            out.push(Diagnostic::error(at.key("name").to_string(), "must not be empty"));
+            out.push(Diagnostic::error(
+                at.key("name").to_string(),
+                "must not be empty",
+            ));
         } else if !route_names.insert(r.name.as_str()) {
-            out.push(Diagnostic::error(at.key("name").to_string(), format!("duplicate route name {:?}", r.name)));
+            out.push(Diagnostic::error(
+                at.key("name").to_string(),
+                format!("duplicate route name {:?}", r.name),
+            ));
         }
         check_route(r, &at, &cfg.upstreams, out);
     }
 }
 
-fn check_route<T>(r: &RouteConfig, at: &FieldPath, upstreams: &BTreeMap<String, T>, out: &mut Vec<Diagnostic>) {
+fn check_route<T>(
+    r: &RouteConfig,
+    at: &FieldPath,
+    upstreams: &BTreeMap<String, T>,
+    out: &mut Vec<Diagnostic>,
+) {
     let answers = r.plugins.respond.is_some();
     match &r.upstream {
         Some(u) if !upstreams.contains_key(u) => out.push(Diagnostic::error(
@@ -130,11 +201,19 @@ fn check_route<T>(r: &RouteConfig, at: &FieldPath, upstreams: &BTreeMap<String, 
     for (j, p) in r.matcher.paths.iter().enumerate() {
         let pa = m.key("paths").index(j);
         let msg = match p {
-            PathMatch::Prefix(s) | PathMatch::Exact(s) if !s.starts_with('/') => Some("a path must start with `/`".to_string()),
+            PathMatch::Prefix(s) | PathMatch::Exact(s) if !s.starts_with('/') => {
+                Some("a path must start with `/`".to_string())
+            }
             PathMatch::Template(s) => check_template(s).err(),
-            PathMatch::Regex(s) => regex::Regex::new(s)
-                .err()
-                .map(|e| format!("invalid regex: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))),
+            PathMatch::Regex(s) => regex::Regex::new(s).err().map(|e| {
+                format!(
+                    "invalid regex: {}",
+                    e.to_string()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            }),
             _ => None,
         };
         if let Some(msg) = msg {
@@ -143,7 +222,10 @@ fn check_route<T>(r: &RouteConfig, at: &FieldPath, upstreams: &BTreeMap<String, 
     }
     for (j, meth) in r.matcher.methods.iter().enumerate() {
         if meth.is_empty() || !meth.bytes().all(is_tchar) {
-            out.push(Diagnostic::error(m.key("methods").index(j).to_string(), format!("invalid method {meth:?}")));
+            out.push(Diagnostic::error(
+                m.key("methods").index(j).to_string(),
+                format!("invalid method {meth:?}"),
+            ));
         }
     }
     for (name, value) in &r.matcher.headers {
@@ -170,7 +252,10 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
     if let Some(r) = &p.respond {
         let ra = at.key("respond");
         if !(200..=599).contains(&r.status) {
-            out.push(Diagnostic::error(ra.key("status").to_string(), "must be between 200 and 599"));
+            out.push(Diagnostic::error(
+                ra.key("status").to_string(),
+                "must be between 200 and 599",
+            ));
         }
         for (name, value) in &r.headers {
             check_header(name, value, &ra.key("headers").key(name), out);
@@ -180,10 +265,16 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
 
 fn check_header(name: &str, value: &str, at: &FieldPath, out: &mut Vec<Diagnostic>) {
     if name.is_empty() || !name.bytes().all(is_tchar) {
-        out.push(Diagnostic::error(at.to_string(), format!("invalid header name {name:?}")));
+        out.push(Diagnostic::error(
+            at.to_string(),
+            format!("invalid header name {name:?}"),
+        ));
     }
     if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        out.push(Diagnostic::error(at.to_string(), "header values may not contain control characters"));
+        out.push(Diagnostic::error(
+            at.to_string(),
+            "header values may not contain control characters",
+        ));
     }
 }
 
@@ -193,16 +284,25 @@ fn is_tchar(b: u8) -> bool {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 fn check_host(h: &str) -> Result<(), String> {
     let bare = h.strip_prefix("*.").unwrap_or(h);
     if bare.is_empty() || bare.contains('*') {
-        return Err(format!("invalid host {h:?}: a wildcard is only allowed as a leading `*.`"));
+        return Err(format!(
+            "invalid host {h:?}: a wildcard is only allowed as a leading `*.`"
+        ));
     }
-    if !bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
-        return Err(format!("invalid host {h:?}: write the name without scheme, port or path"));
+    if !bare
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(format!(
+            "invalid host {h:?}: write the name without scheme, port or path"
+        ));
     }
     Ok(())
 }
@@ -212,16 +312,22 @@ fn check_target_url(url: &str) -> Result<(), String> {
     let rest = if let Some(r) = url.strip_prefix("http://") {
         r
     } else if url.starts_with("https://") {
-        return Err(format!("{url:?}: https targets are not supported yet; use http://"));
+        return Err(format!(
+            "{url:?}: https targets are not supported yet; use http://"
+        ));
     } else {
         return Err(format!("{url:?}: expected http://host:port"));
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
-        return Err(format!("{url:?}: a target is scheme, host and port only, without path or credentials"));
+        return Err(format!(
+            "{url:?}: a target is scheme, host and port only, without path or credentials"
+        ));
     }
     let port_ok = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && !port.contains(']') => port.parse::<u16>().is_ok(),
+        Some((host, port)) if !host.is_empty() && !port.contains(']') => {
+            port.parse::<u16>().is_ok()
+        }
         Some(_) => false,
         None => true,
     };
@@ -239,7 +345,9 @@ fn check_template(s: &str) -> Result<(), String> {
     for (i, seg) in segments.iter().enumerate() {
         let is_param = seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2;
         if (seg.contains('{') || seg.contains('}')) && !is_param {
-            return Err(format!("invalid template segment {seg:?}: a placeholder is a whole segment like {{id}}"));
+            return Err(format!(
+                "invalid template segment {seg:?}: a placeholder is a whole segment like {{id}}"
+            ));
         }
         if is_param && seg.starts_with("{*") && i + 1 != segments.len() {
             return Err("a catch-all {*name} must be the last segment".into());

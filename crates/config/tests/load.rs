@@ -14,7 +14,10 @@ fn accepts_the_contract_file_as_written() {
     let cfg = loaded.config;
     assert_eq!(cfg.listeners[0].limits.max_request_head.0, 32 * 1024);
     assert_eq!(cfg.upstreams["users"].targets[1].weight, 3);
-    assert_eq!(cfg.routes[1].matcher.paths[1], PathMatch::Template("/orders/{id}".into()));
+    assert_eq!(
+        cfg.routes[1].matcher.paths[1],
+        PathMatch::Template("/orders/{id}".into())
+    );
     assert_eq!(cfg.routes[0].matcher.headers["x-api-version"], "2");
     assert!(cfg.routes[2].plugins.respond.is_some());
     assert_eq!(cfg.server.drain_timeout.0.as_secs(), 30);
@@ -38,8 +41,14 @@ routes:
     let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
     let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
     assert!(has("listeners[0].address: invalid address"), "{lines:#?}");
-    assert!(has("routes[1].name: duplicate route name \"r1\""), "{lines:#?}");
-    assert!(has("routes[2].upstream: unknown upstream \"userz\" (did you mean \"users\"?)"), "{lines:#?}");
+    assert!(
+        has("routes[1].name: duplicate route name \"r1\""),
+        "{lines:#?}"
+    );
+    assert!(
+        has("routes[2].upstream: unknown upstream \"userz\" (did you mean \"users\"?)"),
+        "{lines:#?}"
+    );
     assert!(has("routes[2].match.paths[0]: invalid regex"), "{lines:#?}");
     assert!(has("routes[3].bogus: unknown field `bogus`"), "{lines:#?}");
 }
@@ -50,7 +59,11 @@ fn syntax_errors_carry_line_and_column() {
     assert_eq!(errs.len(), 1);
     let (line, _col) = errs[0].position.expect("position");
     assert!(line >= 2, "{:?}", errs[0]);
-    assert!(errs[0].to_string().starts_with("error: line "), "{}", errs[0]);
+    assert!(
+        errs[0].to_string().starts_with("error: line "),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
@@ -61,7 +74,13 @@ fn substitutes_environment_variables_and_refuses_unset_ones() {
     assert_eq!(cfg.server.worker_threads, 2);
     assert_eq!(cfg.server.via, "edge");
     let errs = load_str(text, &no_env).unwrap_err();
-    assert!(errs[0].to_string().contains("server.via: environment variable \"VIA\" is not set"), "{}", errs[0]);
+    assert!(
+        errs[0]
+            .to_string()
+            .contains("server.via: environment variable \"VIA\" is not set"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
@@ -83,7 +102,14 @@ routes:
 fn schema_is_draft_07_and_lists_top_level_fields() {
     let schema = frontdesk_config::json_schema();
     assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
-    for field in ["version", "server", "listeners", "upstreams", "routes", "plugins"] {
+    for field in [
+        "version",
+        "server",
+        "listeners",
+        "upstreams",
+        "routes",
+        "plugins",
+    ] {
         assert!(schema["properties"].get(field).is_some(), "missing {field}");
     }
 }

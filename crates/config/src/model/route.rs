@@ -87,7 +87,10 @@ impl PathMatch {
     /// The pattern text.
     pub fn pattern(&self) -> &str {
         match self {
-            PathMatch::Prefix(s) | PathMatch::Exact(s) | PathMatch::Template(s) | PathMatch::Regex(s) => s,
+            PathMatch::Prefix(s)
+            | PathMatch::Exact(s)
+            | PathMatch::Template(s)
+            | PathMatch::Regex(s) => s,
         }
     }
 }
@@ -101,7 +104,9 @@ impl<'de> Deserialize<'de> for PathMatch {
             Map(BTreeMap<String, String>),
         }
         let raw = Raw::deserialize(d).map_err(|_| {
-            de::Error::custom("expected a path string or a map with one of exact, prefix, template, regex")
+            de::Error::custom(
+                "expected a path string or a map with one of exact, prefix, template, regex",
+            )
         })?;
         match raw {
             Raw::Plain(s) => Ok(PathMatch::Prefix(s)),
