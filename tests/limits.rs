@@ -26,11 +26,21 @@ fn status_of(resp: &str) -> &str {
 #[tokio::test]
 async fn malformed_and_oversized_requests_get_the_right_4xx_and_never_reach_upstream() {
     let up = echo("u").await;
-    let gw = limited_gateway(&up, "{ max_request_head: 2KiB, max_headers: 10, max_uri: 256, max_request_body: 1KiB }").await;
+    let gw = limited_gateway(
+        &up,
+        "{ max_request_head: 2KiB, max_headers: 10, max_uri: 256, max_request_body: 1KiB }",
+    )
+    .await;
     let wait = Duration::from_secs(5);
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(300));
-    let many_headers = format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", (0..11).map(|i| format!("X-{i}: v\r\n")).collect::<String>());
-    let big_head = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(2100));
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..11).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
+    );
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(2100)
+    );
     let cases: Vec<(&str, String, &str)> = vec![
         ("TE+CL", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(), "400"),
         ("CL+TE order", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n".into(), "400"),
@@ -47,26 +57,40 @@ async fn malformed_and_oversized_requests_get_the_right_4xx_and_never_reach_upst
         let resp = raw(gw.addr, req.as_bytes(), wait).await;
         assert_eq!(status_of(&resp), want, "{name}: {resp}");
         if want != "413" {
-            assert!(resp.to_ascii_lowercase().contains("connection: close"), "{name} closes: {resp}");
+            assert!(
+                resp.to_ascii_lowercase().contains("connection: close"),
+                "{name} closes: {resp}"
+            );
         }
         assert!(resp.contains("application/problem+json"), "{name}: {resp}");
         // Exactly one response: nothing smuggled after it.
         assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "{name}: {resp}");
     }
-    assert_eq!(up.requests(), 0, "no malformed request reached the upstream");
+    assert_eq!(
+        up.requests(),
+        0,
+        "no malformed request reached the upstream"
+    );
 }
 
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_cut_with_413() {
     let up = upstream(|req: hyper::Request<hyper::body::Incoming>| async move {
         use http_body_util::BodyExt;
-        let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
         hyper::Response::new(full(n.to_string()))
     })
     .await;
     let gw = limited_gateway(&up, "{ max_request_body: 1KiB }").await;
     let chunk = format!("{:x}\r\n{}\r\n", 700, "c".repeat(700));
-    let req = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n");
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n"
+    );
     let resp = raw(gw.addr, req.as_bytes(), Duration::from_secs(5)).await;
     assert_eq!(status_of(&resp), "413", "{resp}");
     let ok = raw(gw.addr, format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunk}0\r\n\r\n").as_bytes(), Duration::from_secs(5)).await;
@@ -84,7 +108,11 @@ async fn slow_head_gets_408_and_close() {
     let resp = common::read_until_close(&mut s, Duration::from_secs(5)).await;
     assert_eq!(status_of(&resp), "408", "{resp}");
     assert!(resp.contains("connection: close"));
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(up.requests(), 0);
 }
 
@@ -94,16 +122,26 @@ async fn idle_keep_alive_is_closed_after_idle_timeout_but_head_timeout_does_not_
     // head_timeout shorter than idle_timeout: an idle connection must outlive head_timeout.
     let gw = limited_gateway(&up, "{ head_timeout: 200ms, idle_timeout: 1s }").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    s.write_all(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"), "idle 500ms < idle_timeout keeps the connection");
+    s.write_all(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_response(&mut s).await.starts_with("HTTP/1.1 200"),
+        "idle 500ms < idle_timeout keeps the connection"
+    );
     let started = Instant::now();
     let rest = common::read_until_close(&mut s, Duration::from_secs(5)).await;
     let waited = started.elapsed();
     assert!(rest.is_empty(), "an idle close sends nothing: {rest}");
-    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(3), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +168,10 @@ async fn refused_upstream_is_502_without_leaking_its_address() {
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let body = resp.text().await.unwrap();
-    assert!(!body.contains(&dead.port().to_string()) && !body.contains("127.0.0.1"), "{body}");
+    assert!(
+        !body.contains(&dead.port().to_string()) && !body.contains("127.0.0.1"),
+        "{body}"
+    );
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], 502);
 }
@@ -162,7 +203,9 @@ async fn upstream_reset_mid_response_is_502() {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 use tokio::io::AsyncReadExt;
                 let mut buf = [0u8; 1024];
@@ -175,7 +218,12 @@ async fn upstream_reset_mid_response_is_502() {
         "upstreams: {{ u: {{ targets: [{{ url: \"http://{addr}\" }}] }} }}\nroutes:\n  - {{ name: r, match: {{ paths: [\"/\"] }}, upstream: u }}\n"
     ));
     let gw = gateway(&yaml).await;
-    let resp = common::client().post(gw.url("/")).body("x").send().await.unwrap();
+    let resp = common::client()
+        .post(gw.url("/"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 502);
 }
 
@@ -190,6 +238,9 @@ async fn pipelined_requests_and_leading_empty_lines_are_served() {
     )
     .await;
     assert_eq!(resp.matches("HTTP/1.1 200 OK").count(), 2, "{resp}");
-    assert!(resp.contains("\"uri\":\"/a\"") && resp.contains("\"uri\":\"/b\""), "{resp}");
+    assert!(
+        resp.contains("\"uri\":\"/a\"") && resp.contains("\"uri\":\"/b\""),
+        "{resp}"
+    );
     assert_eq!(up.requests(), 2);
 }

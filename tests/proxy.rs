@@ -50,11 +50,24 @@ routes:
         }
         rb.send()
     };
-    let v = echo_json(get("api.example.com", "/users/42?x=1", Some("2")).await.unwrap()).await;
+    let v = echo_json(
+        get("api.example.com", "/users/42?x=1", Some("2"))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(v["name"], "users");
     assert_eq!(v["uri"], "/42?x=1", "prefix stripped, query kept");
-    let v = echo_json(get("a.b.example.org:8443", "/users", Some("2")).await.unwrap()).await;
-    assert_eq!((v["name"].as_str(), v["uri"].as_str()), (Some("users"), Some("/")));
+    let v = echo_json(
+        get("a.b.example.org:8443", "/users", Some("2"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (v["name"].as_str(), v["uri"].as_str()),
+        (Some("users"), Some("/"))
+    );
     // Wrong header value, wrong host, segment-unaware prefix: all fall through to the fallback.
     for (host, path, ver) in [
         ("api.example.com", "/users/1", Some("3")),
@@ -64,8 +77,18 @@ routes:
         let v = echo_json(get(host, path, ver).await.unwrap()).await;
         assert_eq!(v["name"], "other", "{host}{path}");
     }
-    let del = c.delete(gw.url("/users/1")).header("host", "api.example.com").header("x-api-version", "2").send().await.unwrap();
-    assert_eq!(echo_json(del).await["name"], "other", "method not allowed by the route");
+    let del = c
+        .delete(gw.url("/users/1"))
+        .header("host", "api.example.com")
+        .header("x-api-version", "2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        echo_json(del).await["name"],
+        "other",
+        "method not allowed by the route"
+    );
     for path in ["/orders/latest", "/orders/9", "/v3/orders/x"] {
         let v = echo_json(c.get(gw.url(path)).send().await.unwrap()).await;
         assert_eq!(v["name"], "orders", "{path}");
@@ -111,8 +134,15 @@ async fn forwards_with_proxy_headers_and_strips_hop_by_hop_both_ways() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.headers()["x-request-id"], "client-id-1", "well-formed id echoed");
-    assert!(resp.headers().get("x-upstream-hop").is_none(), "header named in upstream Connection removed");
+    assert_eq!(
+        resp.headers()["x-request-id"],
+        "client-id-1",
+        "well-formed id echoed"
+    );
+    assert!(
+        resp.headers().get("x-upstream-hop").is_none(),
+        "header named in upstream Connection removed"
+    );
     assert!(resp.headers().get("keep-alive").is_none());
     let v = echo_json(resp).await;
     let h = &v["headers"];
@@ -122,7 +152,10 @@ async fn forwards_with_proxy_headers_and_strips_hop_by_hop_both_ways() {
     assert_eq!(h["x-forwarded-host"], "shop.example.com");
     assert_eq!(h["via"], "1.1 edge-gw");
     assert_eq!(h["x-request-id"], "client-id-1");
-    assert!(h.get("x-client-hop").is_none(), "header named in Connection removed");
+    assert!(
+        h.get("x-client-hop").is_none(),
+        "header named in Connection removed"
+    );
     assert!(h.get("proxy-authorization").is_none());
 }
 
@@ -137,11 +170,20 @@ async fn replaces_malformed_request_ids_and_generates_missing_ones() {
     let c = client();
     let long = "a".repeat(129);
     for bad in ["has space", "semi;colon", long.as_str()] {
-        let resp = c.get(gw.url("/")).header("x-request-id", bad).send().await.unwrap();
+        let resp = c
+            .get(gw.url("/"))
+            .header("x-request-id", bad)
+            .send()
+            .await
+            .unwrap();
         let echoed = resp.headers()["x-request-id"].to_str().unwrap().to_string();
         assert_ne!(echoed, bad);
         let v = echo_json(resp).await;
-        assert_eq!(v["headers"]["x-request-id"], echoed.as_str(), "upstream and client see the same id");
+        assert_eq!(
+            v["headers"]["x-request-id"],
+            echoed.as_str(),
+            "upstream and client see the same id"
+        );
     }
     let a = c.get(gw.url("/")).send().await.unwrap().headers()["x-request-id"].clone();
     let b = c.get(gw.url("/")).send().await.unwrap().headers()["x-request-id"].clone();
@@ -156,7 +198,15 @@ async fn preserve_host_false_sends_the_target_authority() {
         up.url()
     )))
     .await;
-    let v = echo_json(client().get(gw.url("/")).header("host", "public.example").send().await.unwrap()).await;
+    let v = echo_json(
+        client()
+            .get(gw.url("/"))
+            .header("host", "public.example")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(v["headers"]["host"], up.addr.to_string());
     assert_eq!(v["headers"]["x-forwarded-host"], "public.example");
 }
@@ -173,7 +223,13 @@ async fn weighted_round_robin_follows_weights() {
     .await;
     let c = client();
     for _ in 0..40 {
-        assert!(c.get(gw.url("/")).send().await.unwrap().status().is_success());
+        assert!(c
+            .get(gw.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
     }
     assert_eq!((a.requests(), b.requests()), (10, 30));
 }
@@ -186,12 +242,20 @@ async fn serves_http2_cleartext_with_prior_knowledge_on_the_same_port() {
         up.url()
     )))
     .await;
-    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let resp = h2.get(gw.url("/h2?q=1")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     let v = echo_json(resp).await;
     assert_eq!(v["uri"], "/h2?q=1");
-    assert_eq!(v["headers"]["host"], gw.addr.to_string(), ":authority becomes Host upstream");
+    assert_eq!(
+        v["headers"]["host"],
+        gw.addr.to_string(),
+        ":authority becomes Host upstream"
+    );
     let h1 = client().get(gw.url("/h1")).send().await.unwrap();
     assert_eq!(h1.version(), reqwest::Version::HTTP_11);
 }
@@ -230,7 +294,10 @@ plugins:
         .await
         .unwrap();
     assert_eq!(resp.headers()["x-served-by"], "frontdesk");
-    assert!(resp.headers().get("server").is_none(), "response header removed");
+    assert!(
+        resp.headers().get("server").is_none(),
+        "response header removed"
+    );
     // Response phase runs in reverse: the route's plugin first, the global one last (outermost).
     assert_eq!(resp.headers()["x-order"], "global");
     let v = echo_json(resp).await;
@@ -238,14 +305,21 @@ plugins:
     assert_eq!(h["x-gateway"], "frontdesk");
     assert_eq!(h["x-trace-hop"], "client,gw", "add appends");
     assert!(h.get("x-internal-token").is_none());
-    assert_eq!(h["x-order"], "route", "request phase: global runs before the route's own");
+    assert_eq!(
+        h["x-order"], "route",
+        "request phase: global runs before the route's own"
+    );
     assert_eq!(h["x-global"], "1");
 
     let before = up.requests();
     let resp = c.get(gw.url("/status")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/json");
-    assert_eq!(resp.headers()["x-order"], "global", "global response plugins also run on plugin answers");
+    assert_eq!(
+        resp.headers()["x-order"],
+        "global",
+        "global response plugins also run on plugin answers"
+    );
     assert_eq!(resp.text().await.unwrap(), r#"{"ok":true}"#);
     assert_eq!(up.requests(), before, "respond never reaches an upstream");
 }
