@@ -186,9 +186,7 @@ impl<R> RouteTable<R> {
                 HostKey::Any => table.any_host.push(*e),
             }
         }
-        table
-            .wildcard_hosts
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.wildcard_hosts.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         table.shadow_warnings(&names, warnings);
         Ok(table)
     }

@@ -15,7 +15,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -23,7 +23,9 @@ pub type UpBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Makes a full body.
 pub fn full(b: impl Into<Bytes>) -> UpBody {
-    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
+    Full::new(b.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
 }
 
 /// A running test upstream.
@@ -54,14 +56,18 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<UpBody>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
     let addr = listener.local_addr().expect("addr");
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
     let (c, r) = (connections.clone(), requests.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             c.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
             let r = r.clone();
@@ -78,7 +84,11 @@ where
             });
         }
     });
-    Upstream { addr, connections, requests }
+    Upstream {
+        addr,
+        connections,
+        requests,
+    }
 }
 
 /// An upstream that answers with its name and echoes method, path and headers as JSON.
@@ -86,7 +96,12 @@ pub async fn echo(name: &'static str) -> Upstream {
     upstream(move |req: Request<Incoming>| async move {
         let mut headers = serde_json::Map::new();
         for k in req.headers().keys() {
-            let joined: Vec<&str> = req.headers().get_all(k).iter().map(|v| v.to_str().unwrap_or("")).collect();
+            let joined: Vec<&str> = req
+                .headers()
+                .get_all(k)
+                .iter()
+                .map(|v| v.to_str().unwrap_or(""))
+                .collect();
             headers.insert(k.to_string(), joined.join(",").into());
         }
         let body = serde_json::json!({
@@ -150,7 +165,10 @@ pub async fn gateway(yaml: &str) -> TestGateway {
 
 /// A plain HTTP client without a proxy and without connection reuse surprises.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
 }
 
 /// Sends raw bytes and reads until the server closes or `wait` passes.
@@ -182,13 +200,21 @@ pub async fn read_response(s: &mut TcpStream) -> String {
             .await
             .expect("response in time")
             .expect("read");
-        assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&out));
+        assert!(
+            n > 0,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&out)
+        );
         out.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&out).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let len = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
                 .unwrap_or(0);
             if body.len() >= len {
                 return text;
@@ -281,7 +307,10 @@ pub fn spawn_bin(yaml: &str) -> BinGateway {
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             eprintln!("[frontdesk] {line}");
             if tx.send(line).is_err() {
                 break;
@@ -290,12 +319,27 @@ pub fn spawn_bin(yaml: &str) -> BinGateway {
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let addr = loop {
-        let left = deadline.checked_duration_since(std::time::Instant::now()).expect("gateway did not start in time");
-        let line = rx.recv_timeout(left).expect("gateway exited before listening");
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .expect("gateway did not start in time");
+        let line = rx
+            .recv_timeout(left)
+            .expect("gateway exited before listening");
         if line.contains("listening") && line.contains("listener=public") {
-            let a = line.split("address=").nth(1).expect("address").split_whitespace().next().expect("addr");
+            let a = line
+                .split("address=")
+                .nth(1)
+                .expect("address")
+                .split_whitespace()
+                .next()
+                .expect("addr");
             break a.parse().expect("socket addr");
         }
     };
-    BinGateway { child, addr, dir, log: rx }
+    BinGateway {
+        child,
+        addr,
+        dir,
+        log: rx,
+    }
 }
