@@ -19,6 +19,8 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     seen: u64,
     limit: u64,
+    /// Fired (or dropped) when the body has been sent completely, to start the response timer.
+    on_end: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A body that went over the route's or listener's size limit mid-stream.
@@ -33,7 +35,14 @@ impl RequestBody {
             inner: Some(inner),
             seen: 0,
             limit,
+            on_end: None,
         }
+    }
+
+    /// Signals `tx` when the last byte has been read (or the body is dropped).
+    pub fn on_end(mut self, tx: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.on_end = Some(tx);
+        self
     }
 
     /// No body.
@@ -42,6 +51,7 @@ impl RequestBody {
             inner: None,
             seen: 0,
             limit: u64::MAX,
+            on_end: None,
         }
     }
 }
@@ -69,7 +79,10 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.on_end.take().map(|tx| tx.send(()));
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

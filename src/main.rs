@@ -87,12 +87,17 @@ fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
             .enable_all()
             .build()
     } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if worker_threads > 0 {
-            b.worker_threads(worker_threads);
-        }
-        // 0: tokio defaults to available_parallelism, which honours the CPU affinity mask.
-        b.enable_all().build()
+        // 0: one per core this process may run on (available_parallelism honours the CPU
+        // affinity mask and cgroup quotas).
+        let n = if worker_threads > 0 {
+            worker_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
     };
     rt.context("cannot start the async runtime")
 }

@@ -244,3 +244,34 @@ async fn pipelined_requests_and_leading_empty_lines_are_served() {
     );
     assert_eq!(up.requests(), 2);
 }
+
+#[tokio::test]
+async fn upstream_timeout_starts_after_the_request_body_is_sent() {
+    let up = upstream(|req: hyper::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        hyper::Response::new(full(n.to_string()))
+    })
+    .await;
+    let yaml = config(&format!(
+        "upstreams: {{ u: {{ targets: [{{ url: \"{}\" }}], timeout: 400ms }} }}\nroutes:\n  - {{ name: r, match: {{ paths: [\"/\"] }}, upstream: u }}\n",
+        up.url()
+    ));
+    let gw = gateway(&yaml).await;
+    // The upload takes ~900 ms, longer than the 400 ms timeout, and must still succeed.
+    let chunks = futures_util::stream::unfold(0u8, |i| async move {
+        if i == 3 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1000])), i + 1))
+    });
+    let resp = common::client()
+        .post(gw.url("/"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "3000");
+}

@@ -49,8 +49,15 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
     let mut running = gw.listeners.lock().await;
     let (text, loaded) = load_file(&gw.config_path).await?;
     let current = gw.live.load_full();
+    let threads_before = current.config.server.worker_threads;
     let (snap, mut warnings) = Snapshot::build(loaded.config, Some(&current))?;
     warnings.extend(loaded.warnings);
+    if snap.config.server.worker_threads != threads_before {
+        warnings.push(Diagnostic::warning(
+            "server.worker_threads",
+            "the worker count is fixed at start; this change takes effect at the next start",
+        ));
+    }
 
     // Bind what is new before anything changes, so a failed bind refuses the whole reload.
     let mut started = Vec::new();
@@ -61,8 +68,6 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
         if keep {
             continue;
         }
-        let replacing_same_addr = running.get(&spec.name).is_some();
-        let _ = replacing_same_addr;
         match listener::bind(spec) {
             Ok(sock) => started.push((spec.clone(), sock)),
             Err(e) => {

@@ -136,7 +136,7 @@ impl TestGateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
-    /// Replaces the config file (by rename, like editors do) and reloads.
+    /// Replaces the config file (by rename, like editors do); call `gw.reload()` to apply it.
     pub async fn rewrite(&self, yaml: &str) {
         write_atomic(&self.path(), yaml);
     }
