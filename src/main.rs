@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use frontdesk::config::Diagnostic;
+use frontdesk::runtime::Signals;
 use frontdesk::snapshot::Snapshot;
 use frontdesk::Gateway;
 
@@ -27,7 +28,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { config } => return validate(&config),
         Command::Schema => {
-            println!("{:#}", frontdesk::config::json_schema());
+            // A closed pipe (`frontdesk schema | head`) is not an error worth a panic.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), "{:#}", frontdesk::config::json_schema());
             Ok(())
         }
         Command::Run { config } => run(&config),
@@ -109,20 +112,26 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .and_then(|t| frontdesk::config::load_str(&t, &|k| std::env::var(k).ok()).ok())
         .map_or(0, |l| l.config.server.worker_threads);
     runtime(threads)?.block_on(async {
+        let signals = Signals::install()?;
         let gw = Gateway::start(path).await?;
-        gw.run_until_signal().await?;
+        gw.run_until_signal(signals).await?;
         Ok(())
     })
 }
 
 fn demo(listen: &str) -> anyhow::Result<()> {
     runtime(0)?.block_on(async {
+        let signals = Signals::install()?;
         let path = frontdesk::demo::write_config(listen).await?;
         let gw = Gateway::start(&path).await?;
         if let Some(addr) = gw.local_addr("public").await {
             println!("{}", frontdesk::demo::tour(addr));
         }
-        gw.run_until_signal().await?;
+        let result = gw.run_until_signal(signals).await;
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        result?;
         Ok(())
     })
 }

@@ -249,7 +249,12 @@ async fn pipelined_requests_and_leading_empty_lines_are_served() {
 async fn upstream_timeout_starts_after_the_request_body_is_sent() {
     let up = upstream(|req: hyper::Request<hyper::body::Incoming>| async move {
         use http_body_util::BodyExt;
-        let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
         hyper::Response::new(full(n.to_string()))
     })
     .await;
@@ -264,7 +269,10 @@ async fn upstream_timeout_starts_after_the_request_body_is_sent() {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1000])), i + 1))
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1000])),
+            i + 1,
+        ))
     });
     let resp = common::client()
         .post(gw.url("/"))

@@ -166,19 +166,25 @@ async fn proxy(
             .map_err(plugin_error)?;
     }
 
-    let upstream_req = Request::from_parts(head, RequestBody::new(body, body_limit));
-    let sent =
-        tokio::time::timeout(upstream.timeout, upstream.client().request(upstream_req)).await;
-    let mut resp = match sent {
-        Err(_) => {
+    // The response timer starts once the request body is fully sent (or dropped), so a long
+    // upload is not cut by `timeout`; it bounds the upstream's think time, like nginx's read timeout.
+    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+    let upstream_req =
+        Request::from_parts(head, RequestBody::new(body, body_limit).on_end(sent_tx));
+    let timeout = upstream.timeout;
+    let timer = async move {
+        let _ = sent_rx.await;
+        tokio::time::sleep(timeout).await;
+    };
+    let mut resp = tokio::select! {
+        r = upstream.client().request(upstream_req) => r.map_err(|e| classify(&e))?,
+        () = timer => {
             return Err(GatewayError::upstream(
                 StatusCode::GATEWAY_TIMEOUT,
                 "the upstream did not answer in time",
                 true,
             ))
         }
-        Ok(Err(e)) => return Err(classify(&e)),
-        Ok(Ok(r)) => r,
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -186,7 +186,9 @@ impl<R> RouteTable<R> {
                 HostKey::Any => table.any_host.push(*e),
             }
         }
-        table.wildcard_hosts.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        table
+            .wildcard_hosts
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         table.shadow_warnings(&names, warnings);
         Ok(table)
     }

@@ -14,6 +14,7 @@ use frontdesk_config::Diagnostic;
 use tokio::sync::Mutex;
 
 pub use reload::{load_file, ReloadOutcome};
+pub use signals::Signals;
 
 use crate::listener::RunningListener;
 use crate::server::Tunnels;
@@ -112,8 +113,8 @@ impl Gateway {
     }
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and on changes to the config file.
-    pub async fn run_until_signal(self: Arc<Self>) -> std::io::Result<()> {
-        signals::run(self).await
+    pub async fn run_until_signal(self: Arc<Self>, signals: Signals) -> std::io::Result<()> {
+        signals::run(self, signals).await
     }
 }
 

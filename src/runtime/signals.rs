@@ -9,11 +9,33 @@ use tokio::sync::mpsc;
 
 use super::{reload, Gateway};
 
+/// The process signals the gateway handles. Install them before binding listeners, so that a
+/// SIGHUP sent as soon as the port answers reloads instead of killing the process.
+#[derive(Debug)]
+pub struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs handlers for SIGHUP, SIGTERM and SIGINT. Needs a running tokio runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Runs until SIGTERM/SIGINT: SIGHUP and file changes reload; then drains and returns.
-pub(crate) async fn run(gw: Arc<Gateway>) -> std::io::Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+pub(crate) async fn run(gw: Arc<Gateway>, signals: Signals) -> std::io::Result<()> {
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
 
     // Watch the directory, not the file: editors and Kubernetes replace files by rename.
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -146,7 +146,7 @@ pub fn load_str(
     }
     let config = typed(doc, &mut diags);
     if let Some(cfg) = &config {
-        validate::validate(cfg, &mut diags);
+        validate::validate(cfg, &validate::Positions::identity(cfg), &mut diags);
     }
     diags.sort_by_key(|d| !d.is_error());
     match config {
@@ -234,11 +234,16 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
     let server = take(&mut top, "server").map_or(Some(Default::default()), |v| {
         part(v, &root.key("server"), diags)
     });
-    let listeners = list(take(&mut top, "listeners"), &root.key("listeners"), diags);
+    let (listener_pos, listeners) =
+        list(take(&mut top, "listeners"), &root.key("listeners"), diags)
+            .into_iter()
+            .unzip();
     let upstreams = take(&mut top, "upstreams")
         .map(|v| map(v, &root.key("upstreams"), diags))
         .unwrap_or_default();
-    let routes = list(take(&mut top, "routes"), &root.key("routes"), diags);
+    let (route_pos, routes) = list(take(&mut top, "routes"), &root.key("routes"), diags)
+        .into_iter()
+        .unzip();
     let plugins = take(&mut top, "plugins").map_or(Some(Default::default()), |v| {
         part(v, &root.key("plugins"), diags)
     });
@@ -255,7 +260,12 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         Some(cfg)
     } else {
         // Still check what did parse, so every error is reported in one go; but never accept it.
-        validate::validate(&cfg, diags);
+        // Elements that failed to parse are missing, so paths use their original positions.
+        let pos = validate::Positions {
+            listeners: listener_pos,
+            routes: route_pos,
+        };
+        validate::validate(&cfg, &pos, diags);
         None
     }
 }
@@ -286,13 +296,13 @@ fn list<T: DeserializeOwned>(
     v: Option<Value>,
     at: &FieldPath,
     diags: &mut Vec<Diagnostic>,
-) -> Vec<T> {
+) -> Vec<(usize, T)> {
     match v {
         None => Vec::new(),
         Some(Value::Array(items)) => items
             .into_iter()
             .enumerate()
-            .filter_map(|(i, item)| part(item, &at.index(i), diags))
+            .filter_map(|(i, item)| Some((i, part(item, &at.index(i), diags)?)))
             .collect(),
         Some(_) => {
             diags.push(Diagnostic::error(at.to_string(), "expected a list"));

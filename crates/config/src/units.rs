@@ -30,19 +30,20 @@ impl ByteSize {
         let num: f64 = num.parse().map_err(|_| {
             format!("invalid size {s:?}: expected a number with an optional unit such as 32KiB")
         })?;
-        let mult: u64 =
-            match unit.trim().to_ascii_lowercase().as_str() {
-                "" | "b" => 1,
-                "k" | "kb" => 1000,
-                "kib" => 1024,
-                "m" | "mb" => 1000 * 1000,
-                "mib" => 1024 * 1024,
-                "g" | "gb" => 1000 * 1000 * 1000,
-                "gib" => 1024 * 1024 * 1024,
-                other => return Err(format!(
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1024,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1024 * 1024,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gib" => 1024 * 1024 * 1024,
+            other => {
+                return Err(format!(
                     "invalid size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
-                )),
-            };
+                ))
+            }
+        };
         let bytes = num * mult as f64;
         if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
             return Err(format!("invalid size {s:?}: out of range"));

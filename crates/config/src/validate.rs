@@ -8,7 +8,23 @@ use std::net::SocketAddr;
 use crate::model::{Config, PathMatch, PluginsConfig, RouteConfig};
 use crate::{Diagnostic, FieldPath};
 
-pub(crate) fn validate(cfg: &Config, out: &mut Vec<Diagnostic>) {
+/// Original list positions of the parsed listeners and routes (elements that failed to parse are
+/// absent from the config but must not shift the paths of those after them).
+pub(crate) struct Positions {
+    pub(crate) listeners: Vec<usize>,
+    pub(crate) routes: Vec<usize>,
+}
+
+impl Positions {
+    pub(crate) fn identity(cfg: &Config) -> Self {
+        Positions {
+            listeners: (0..cfg.listeners.len()).collect(),
+            routes: (0..cfg.routes.len()).collect(),
+        }
+    }
+}
+
+pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>) {
     let root = FieldPath::root();
     if cfg.version != 1 {
         out.push(Diagnostic::error(
@@ -32,7 +48,9 @@ pub(crate) fn validate(cfg: &Config, out: &mut Vec<Diagnostic>) {
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
-        let at = root.key("listeners").index(i);
+        let at = root
+            .key("listeners")
+            .index(pos.listeners.get(i).copied().unwrap_or(i));
         if l.name.is_empty() {
             out.push(Diagnostic::error(
                 at.key("name").to_string(),
@@ -154,7 +172,9 @@ pub(crate) fn validate(cfg: &Config, out: &mut Vec<Diagnostic>) {
     check_plugins(&cfg.plugins, &root.key("plugins"), out);
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
-        let at = root.key("routes").index(i);
+        let at = root
+            .key("routes")
+            .index(pos.routes.get(i).copied().unwrap_or(i));
         if r.name.is_empty() {
             out.push(Diagnostic::error(
                 at.key("name").to_string(),

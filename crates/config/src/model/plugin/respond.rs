@@ -11,7 +11,7 @@ use crate::model::lenient;
 #[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RespondConfig {
-    /// HTTP status code, 100 to 599 (default 200).
+    /// HTTP status code, 200 to 599 (default 200).
     #[serde(default = "ok")]
     pub status: u16,
     /// Response body, sent as is.
