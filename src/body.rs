@@ -23,7 +23,7 @@ pub struct RequestBody {
     on_end: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// A body that went over the route's or listener's size limit mid-stream.
+/// A body that went over the listener's size limit mid-stream.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit of {0} bytes")]
 pub struct BodyTooLarge(pub u64);

@@ -1,5 +1,5 @@
-//! Listeners: bound sockets and their accept loops. Each can be started and stopped on its own,
-//! which is how a reload adds or removes listeners without restarting the process.
+//! Listeners: bound sockets and their accept loops. Each can be started, stopped or handed over on
+//! its own, which is how a reload adds, removes or renames listeners without restarting.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::server::{self, Tunnels};
@@ -38,8 +38,25 @@ pub struct RunningListener {
     pub configured: SocketAddr,
     /// Address actually bound (differs when the configured port is 0).
     pub local: SocketAddr,
-    stop: watch::Sender<Option<Duration>>,
+    stop: oneshot::Sender<Stop>,
     task: JoinHandle<()>,
+}
+
+/// How an accept loop ends.
+#[derive(Debug)]
+struct Stop {
+    /// Time open connections get to finish.
+    drain: Duration,
+    /// Receives the listening socket and the open connections' shutdown handle instead of
+    /// closing them (a hand-over to a successor listener).
+    hand_back: Option<oneshot::Sender<Handed>>,
+}
+
+/// What a listener hands to its successor: the socket (with its backlog) and its connections.
+#[derive(Debug)]
+pub struct Handed {
+    socket: TcpListener,
+    connections: GracefulShutdown,
 }
 
 /// Binds a listener's socket (SO_REUSEADDR, backlog 1024).
@@ -69,24 +86,48 @@ impl RunningListener {
         live: Arc<Live>,
         tunnels: Arc<Tunnels>,
     ) -> io::Result<Self> {
+        Self::start_with(listener, GracefulShutdown::new(), spec, live, tunnels)
+    }
+
+    /// Starts a successor on a handed-over socket; it adopts the predecessor's open connections.
+    pub fn adopt(
+        handed: Handed,
+        spec: ListenerSpec,
+        live: Arc<Live>,
+        tunnels: Arc<Tunnels>,
+    ) -> io::Result<Self> {
+        Self::start_with(handed.socket, handed.connections, spec, live, tunnels)
+    }
+
+    fn start_with(
+        listener: TcpListener,
+        graceful: GracefulShutdown,
+        spec: ListenerSpec,
+        live: Arc<Live>,
+        tunnels: Arc<Tunnels>,
+    ) -> io::Result<Self> {
         let local = listener.local_addr()?;
-        let (stop, mut stopped) = watch::channel(None);
+        let (stop, mut stopped) = oneshot::channel::<Stop>();
         let name = spec.name.clone();
         let configured = spec.address;
         let task_name = name.clone();
         let task = tokio::spawn(async move {
-            let graceful = GracefulShutdown::new();
-            let drain = loop {
+            let stop = loop {
                 tokio::select! {
                     biased;
-                    changed = stopped.changed() => {
-                        break if changed.is_ok() { *stopped.borrow() } else { Some(Duration::ZERO) };
+                    stop = &mut stopped => {
+                        break stop.unwrap_or(Stop { drain: Duration::ZERO, hand_back: None });
                     }
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
-                            let current = live.load().listener(&task_name).cloned().unwrap_or_else(|| spec.clone());
+                            let current = live
+                                .load()
+                                .listener(&task_name)
+                                .cloned()
+                                .unwrap_or_else(|| spec.clone());
                             let watcher = graceful.watcher();
-                            tokio::spawn(server::serve(stream, peer, current, live.clone(), tunnels.clone(), watcher));
+                            let (live, tunnels) = (live.clone(), tunnels.clone());
+                            tokio::spawn(server::serve(stream, peer, current, live, tunnels, watcher));
                         }
                         Err(e) => {
                             // Out of file descriptors and similar: back off instead of spinning.
@@ -96,9 +137,17 @@ impl RunningListener {
                     }
                 }
             };
+            // Pass the socket (connections queued in its backlog are kept) and the open
+            // connections on, or close the socket and drain.
+            if let Some(tx) = stop.hand_back {
+                let _ = tx.send(Handed {
+                    socket: listener,
+                    connections: graceful,
+                });
+                return;
+            }
             drop(listener);
-            let budget = drain.unwrap_or(Duration::ZERO);
-            if tokio::time::timeout(budget, graceful.shutdown())
+            if tokio::time::timeout(stop.drain, graceful.shutdown())
                 .await
                 .is_err()
             {
@@ -117,12 +166,26 @@ impl RunningListener {
     /// Stops accepting, asks open connections to finish (HTTP/1 after the current response,
     /// HTTP/2 with GOAWAY), and waits up to `drain` for them.
     pub async fn stop(self, drain: Duration) {
-        let _ = self.stop.send(Some(drain));
+        let _ = self.stop.send(Stop {
+            drain,
+            hand_back: None,
+        });
         let _ = self.task.await;
     }
 
     /// Stops in the background.
     pub fn stop_detached(self, drain: Duration) {
         tokio::spawn(self.stop(drain));
+    }
+
+    /// Stops accepting and returns the socket and open connections for a successor
+    /// ([`RunningListener::adopt`]); nothing is closed.
+    pub async fn hand_over(self) -> Option<Handed> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.stop.send(Stop {
+            drain: Duration::ZERO,
+            hand_back: Some(tx),
+        });
+        rx.await.ok()
     }
 }

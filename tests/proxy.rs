@@ -323,3 +323,16 @@ plugins:
     assert_eq!(resp.text().await.unwrap(), r#"{"ok":true}"#);
     assert_eq!(up.requests(), before, "respond never reaches an upstream");
 }
+
+#[tokio::test]
+async fn response_plugins_also_see_gateway_errors_on_a_matched_route() {
+    let dead = common::closed_port().await;
+    let gw = gateway(&config(&format!(
+        "upstreams: {{ u: {{ targets: [{{ url: \"http://{dead}\" }}] }} }}\nroutes:\n  - {{ name: r, match: {{ paths: [\"/\"] }}, upstream: u, plugins: {{ headers: {{ response: {{ set: {{ x-frame-options: DENY }} }} }} }} }}\n"
+    )))
+    .await;
+    let resp = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+}

@@ -275,3 +275,59 @@ async fn upstream_pools_survive_reloads_when_pool_settings_are_unchanged() {
         "new pool settings open a new connection"
     );
 }
+
+#[tokio::test]
+async fn renaming_or_swapping_listener_addresses_hands_sockets_over() {
+    let a = echo("a").await;
+    let (p1, p2) = (common::closed_port().await, common::closed_port().await);
+    let routes = format!(
+        "upstreams: {{ a: {{ targets: [{{ url: \"{}\" }}] }} }}\nroutes:\n  - {{ name: r, match: {{ paths: [\"/\"] }}, upstream: a }}\n",
+        a.url()
+    );
+    let with = |listeners: &str| format!("version: 1\nlisteners:\n{listeners}{routes}");
+    let gw = gateway(&with(&format!(
+        "  - {{ name: public, address: \"{p1}\" }}\n  - {{ name: other, address: \"{p2}\" }}\n"
+    )))
+    .await;
+    // An open keep-alive connection on the renamed listener must survive the rename.
+    let mut kept = TcpStream::connect(p1).await.unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut kept).await.starts_with("HTTP/1.1 200"));
+
+    gw.rewrite(&with(&format!(
+        "  - {{ name: front, address: \"{p1}\" }}\n  - {{ name: other, address: \"{p2}\" }}\n"
+    )))
+    .await;
+    let outcome = gw
+        .gw
+        .reload()
+        .await
+        .expect("rename is not an address clash");
+    assert_eq!(
+        (outcome.added, outcome.removed),
+        (vec!["front".to_string()], vec!["public".to_string()])
+    );
+    assert_eq!(gw.gw.local_addr("front").await, Some(p1));
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_response(&mut kept).await.starts_with("HTTP/1.1 200"),
+        "connection kept across rename"
+    );
+
+    // Swap the two addresses.
+    gw.rewrite(&with(&format!(
+        "  - {{ name: front, address: \"{p2}\" }}\n  - {{ name: other, address: \"{p1}\" }}\n"
+    )))
+    .await;
+    gw.gw.reload().await.expect("swap");
+    assert_eq!(gw.gw.local_addr("front").await, Some(p2));
+    assert_eq!(gw.gw.local_addr("other").await, Some(p1));
+    for p in [p1, p2] {
+        let resp = client().get(format!("http://{p}/")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{p} serves after the swap");
+    }
+}

@@ -100,8 +100,9 @@ pub trait Plugin: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Runs on the response head before the client sees it (upstream responses, plugin answers and
-    /// gateway errors alike), in reverse plugin order.
+    /// Runs on the response head before the client sees it, in reverse plugin order: on upstream
+    /// responses, plugin answers, and gateway errors once a route has matched (not on 404s for
+    /// unmatched requests, nor on heads refused before routing). Not run on `101` upgrades.
     async fn response_filter(
         &self,
         _resp: &mut ResponseHead,

@@ -105,17 +105,66 @@ async fn proxy(
         }
     };
 
-    let (mut head, body) = req.into_parts();
     let mut cx = Ctx {
         request_id: request_id.clone(),
         route: route.name.clone(),
         client: conn.peer,
         ext: http::Extensions::new(),
     };
+    let routed = Routed {
+        snap,
+        route,
+        strip_len,
+        host,
+        conn,
+        client_upgrade,
+        body_limit,
+    };
+    match forward_routed(routed, req, &mut cx).await {
+        Ok(resp) => Ok(resp),
+        Err(e) if !route.plugins.is_empty() => {
+            // The response phase also sees gateway errors on a matched route (CORS, security
+            // headers). A plugin failing here leaves the original error in place.
+            let (mut parts, body) = error_response::to_response(&e, Some(request_id)).into_parts();
+            let _ = route.plugins.response_filter(&mut parts, &mut cx).await;
+            Ok(Response::from_parts(parts, body))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A request that matched a route, with what forwarding needs.
+struct Routed<'a> {
+    snap: &'a Snapshot,
+    route: &'a Route,
+    strip_len: usize,
+    host: Option<HeaderValue>,
+    conn: &'a ConnInfo,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    body_limit: u64,
+}
+
+/// Runs the plugin phases and forwards to the route's upstream.
+async fn forward_routed(
+    r: Routed<'_>,
+    req: Request<Incoming>,
+    cx: &mut Ctx,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let Routed {
+        snap,
+        route,
+        strip_len,
+        host,
+        conn,
+        client_upgrade,
+        body_limit,
+    } = r;
+    let request_id = cx.request_id.clone();
+    let (mut head, body) = req.into_parts();
     let plugins = &route.plugins;
     if !plugins.is_empty() {
         match plugins
-            .request_filter(&mut head, &mut cx)
+            .request_filter(&mut head, cx)
             .await
             .map_err(plugin_error)?
         {
@@ -123,7 +172,7 @@ async fn proxy(
             Flow::Respond(answer) => {
                 let (mut parts, bytes) = answer.into_parts();
                 plugins
-                    .response_filter(&mut parts, &mut cx)
+                    .response_filter(&mut parts, cx)
                     .await
                     .map_err(plugin_error)?;
                 return Ok(Response::from_parts(parts, ResponseBody::full(bytes)));
@@ -161,7 +210,7 @@ async fn proxy(
     head.version = Version::HTTP_11;
     if !plugins.is_empty() {
         plugins
-            .upstream_request_filter(&mut head, &mut cx)
+            .upstream_request_filter(&mut head, cx)
             .await
             .map_err(plugin_error)?;
     }
@@ -210,7 +259,7 @@ async fn proxy(
     forward::strip_hop_by_hop(&mut parts.headers);
     if !plugins.is_empty() {
         plugins
-            .response_filter(&mut parts, &mut cx)
+            .response_filter(&mut parts, cx)
             .await
             .map_err(plugin_error)?;
     }

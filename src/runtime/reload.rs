@@ -59,24 +59,38 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
         ));
     }
 
-    // Bind what is new before anything changes, so a failed bind refuses the whole reload.
-    let mut started = Vec::new();
-    for spec in &snap.listeners {
+    // Plan listener changes and bind what is new before anything changes, so a failed bind
+    // refuses the whole reload. A listener whose address another listener held (a rename, or an
+    // address moved between listeners) takes over that socket instead of binding it again.
+    enum Source {
+        Bound(tokio::net::TcpListener),
+        HandOver(Arc<str>),
+    }
+    let mut planned = Vec::new();
+    for (i, spec) in snap.listeners.iter().enumerate() {
         let keep = running
             .get(&spec.name)
             .is_some_and(|l| l.configured == spec.address);
         if keep {
             continue;
         }
-        match listener::bind(spec) {
-            Ok(sock) => started.push((spec.clone(), sock)),
-            Err(e) => {
-                return Err(vec![Diagnostic::error(
-                    format!("listeners.{}", spec.name),
-                    e.to_string(),
-                )]);
-            }
-        }
+        let holder = (spec.address.port() != 0)
+            .then(|| running.values().find(|l| l.configured == spec.address))
+            .flatten()
+            .map(|l| l.name.clone());
+        let source = match holder {
+            Some(name) => Source::HandOver(name),
+            None => match listener::bind(spec) {
+                Ok(sock) => Source::Bound(sock),
+                Err(e) => {
+                    return Err(vec![Diagnostic::error(
+                        format!("listeners[{i}].address"),
+                        e.to_string(),
+                    )]);
+                }
+            },
+        };
+        planned.push((spec.clone(), source));
     }
 
     let generation = snap.generation;
@@ -89,8 +103,34 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
         warnings,
         ..Default::default()
     };
-    for (spec, sock) in started {
-        match RunningListener::start(sock, spec.clone(), gw.live.clone(), gw.tunnels.clone()) {
+    // Donors leave the table first, so a swap of addresses between listeners hands over the old
+    // sockets, never a successor's.
+    let mut donors = std::collections::HashMap::new();
+    for (_, source) in &planned {
+        if let Source::HandOver(from) = source {
+            if let Some(l) = running.remove(from) {
+                donors.insert(from.clone(), l);
+            }
+        }
+    }
+    for (spec, source) in planned {
+        let (live, tunnels) = (gw.live.clone(), gw.tunnels.clone());
+        let started = match source {
+            Source::Bound(sock) => RunningListener::start(sock, spec.clone(), live, tunnels),
+            Source::HandOver(from) => {
+                let Some(old) = donors.remove(&from) else {
+                    continue;
+                };
+                let Some(handed) = old.hand_over().await else {
+                    continue;
+                };
+                if !names.contains(&from) {
+                    outcome.removed.push(from.to_string());
+                }
+                RunningListener::adopt(handed, spec.clone(), live, tunnels)
+            }
+        };
+        match started {
             Ok(l) => {
                 tracing::info!(listener = %l.name, address = %l.local, "listening");
                 outcome.added.push(l.name.to_string());

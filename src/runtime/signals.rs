@@ -45,7 +45,8 @@ pub(crate) async fn run(gw: Arc<Gateway>, signals: Signals) -> std::io::Result<(
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| std::path::PathBuf::from("."), |p| p.to_path_buf());
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        // Reads (including our own reloads opening the file) are not changes.
+        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.send(());
         }
     })

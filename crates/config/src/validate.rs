@@ -129,7 +129,7 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
         if !valid_name(name) {
             out.push(Diagnostic::error(
                 at.to_string(),
-                "upstream names use letters, digits, `-` and `_`",
+                "upstream names use letters, digits, `-`, `_` and `.`",
             ));
         }
         if up.targets.is_empty() {
@@ -186,7 +186,7 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
                 format!("duplicate route name {:?}", r.name),
             ));
         }
-        check_route(r, &at, &cfg.upstreams, out);
+        check_route(r, &at, &cfg.upstreams, cfg.plugins.respond.is_some(), out);
     }
 }
 
@@ -194,9 +194,10 @@ fn check_route<T>(
     r: &RouteConfig,
     at: &FieldPath,
     upstreams: &BTreeMap<String, T>,
+    global_answers: bool,
     out: &mut Vec<Diagnostic>,
 ) {
-    let answers = r.plugins.respond.is_some();
+    let answers = r.plugins.respond.is_some() || global_answers;
     match &r.upstream {
         Some(u) if !upstreams.contains_key(u) => out.push(Diagnostic::error(
             at.key("upstream").to_string(),

@@ -113,3 +113,12 @@ fn schema_is_draft_07_and_lists_top_level_fields() {
         assert!(schema["properties"].get(field).is_some(), "missing {field}");
     }
 }
+
+#[test]
+fn a_global_respond_plugin_lets_routes_go_without_an_upstream() {
+    let text = "version: 1\nplugins: { respond: { body: maintenance, status: 503 } }\nroutes:\n  - { name: r, match: { paths: [\"/\"] } }\n";
+    assert!(load_str(text, &no_env).is_ok());
+    let without = "version: 1\nroutes:\n  - { name: r, match: { paths: [\"/\"] } }\n";
+    let errs = load_str(without, &no_env).unwrap_err();
+    assert_eq!(errs[0].path, "routes[0].upstream");
+}
