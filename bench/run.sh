@@ -76,6 +76,15 @@ cpu_ticks() {
     # stime (fields 14 and 15 of /proc/PID/stat) are fields 12 and 13.
     sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
 }
+# alive NAME PID...: die unless all PIDs still run.
+alive() {
+    local name=$1 pid
+    shift
+    for pid in "$@"; do
+        [[ -r /proc/$pid/stat && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] ||
+            die "$name (pid $pid) exited, see the logs in $OUT"
+    done
+}
 # Sum of cpu_ticks over several PIDs.
 cpu_ticks_sum() {
     local total=0 pid
@@ -147,10 +156,10 @@ start_upstream() {
         WORKER_CONNECTIONS=$((2 * CONNECTIONS + 1024))
     mkdir -p "$OUT/upstream-tmp"
     taskset -c "$LOAD_CPU" nginx -p "$OUT" -e "$OUT/upstream.error.log" -c "$OUT/upstream.conf" \
-        >>"$OUT/upstream.error.log" 2>&1 &
+        >>"$OUT/upstream.stderr" 2>&1 &
     UPSTREAM_PID=$!
     STARTED_PIDS+=("$UPSTREAM_PID")
-    wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" || die "upstream nginx did not start, see $OUT/upstream.error.log"
+    wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" || die "upstream nginx did not start, see $OUT/upstream.error.log and upstream.stderr"
     log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT (pid $UPSTREAM_PID, cpu $LOAD_CPU)"
 }
 
@@ -191,16 +200,16 @@ start_nginx() {
         UPSTREAM_KEEPALIVE=$((CONNECTIONS + 64))
     mkdir -p "$OUT/nginx-proxy-tmp"
     taskset -c "$PROXY_CPU" nginx -p "$OUT" -e "$OUT/nginx-proxy.error.log" -c "$OUT/nginx-proxy.conf" \
-        >>"$OUT/nginx-proxy.error.log" 2>&1 &
+        >>"$OUT/nginx-proxy.stderr" 2>&1 &
     PROXY_MAIN_PID=$!
     STARTED_PIDS+=("$PROXY_MAIN_PID")
-    wait_port "$port" "$PROXY_MAIN_PID" || die "nginx proxy did not start, see $OUT/nginx-proxy.error.log"
+    wait_port "$port" "$PROXY_MAIN_PID" || die "nginx proxy did not start, see $OUT/nginx-proxy.error.log and nginx-proxy.stderr"
     local workers
-    workers=$(children_of "$PROXY_MAIN_PID")
-    [[ $(wc -w <<<"$workers") == 1 ]] || die "expected one nginx worker, found: $workers"
-    STARTED_PIDS+=($workers)
-    CPU_PIDS=("$PROXY_MAIN_PID" $workers)
-    MEM_PID=$workers
+    read -ra workers <<<"$(children_of "$PROXY_MAIN_PID" | tr '\n' ' ')"
+    ((${#workers[@]} == 1)) || die "expected one nginx worker, found: ${workers[*]}"
+    STARTED_PIDS+=("${workers[0]}")
+    CPU_PIDS=("$PROXY_MAIN_PID" "${workers[0]}")
+    MEM_PID=${workers[0]}
 }
 
 # ----------------------------------------------------------------- measure --
@@ -223,6 +232,7 @@ idle_test() {
     sleep 1
     before=$(status_kb "$MEM_PID" VmRSS)
     coproc IDLE { exec taskset -c "$LOAD_CPU" python3 "$BENCH/idle_conns.py" 127.0.0.1 "$port" "$IDLE_CONNS" 2>>"$OUT/idle-$name.log"; }
+    # shellcheck disable=SC2153 # IDLE_PID is set by coproc
     local idle_pid=$IDLE_PID
     STARTED_PIDS+=("$idle_pid")
     read -r -t 600 line <&"${IDLE[0]}" || die "idle_conns.py gave no answer, see $OUT/idle-$name.log"
@@ -238,11 +248,10 @@ idle_test() {
     ((failed == 0)) || log "warning: $name: $failed of $IDLE_CONNS idle connections failed, see $OUT/idle-$name.log"
     ((open == ok)) || log "warning: $name closed $((ok - open)) of $ok idle connections during the test"
     R_IDLE_KIB[$name]=$(awk -v a="$after" -v b="$before" -v n="$ok" 'BEGIN {printf "%.2f", (a - b) / n}')
-    R_IDLE_N[$name]=$ok
     log "$name: VmRSS $before kB -> $after kB with $ok idle connections ($open still open)"
 }
 
-declare -A R_RPS R_P50 R_P99 R_CPU100K R_CPUREQ R_HWM R_IDLE_KIB R_IDLE_N R_ERR R_REQS
+declare -A R_CPUPCT R_RPS R_P50 R_P99 R_CPU100K R_CPUREQ R_HWM R_IDLE_KIB R_ERR
 
 bench_proxy() {
     local name=$1 port=$2 body wrkout before after reqs
@@ -257,14 +266,15 @@ bench_proxy() {
 
     log "$name: measuring $DURATION, $CONNECTIONS connections"
     wrkout=$OUT/wrk-$name.txt
+    alive "$name" "${CPU_PIDS[@]}"
     before=$(cpu_ticks_sum "${CPU_PIDS[@]}")
     run_wrk "$port" "$DURATION" "$wrkout"
+    alive "$name" "${CPU_PIDS[@]}"
     after=$(cpu_ticks_sum "${CPU_PIDS[@]}")
     R_HWM[$name]=$(status_kb "$MEM_PID" VmHWM)
 
     reqs=$(awk '/ requests in / {print $1}' "$wrkout")
     [[ -n $reqs && $reqs -gt 0 ]] || die "$name: no requests completed, see $wrkout"
-    R_REQS[$name]=$reqs
     R_RPS[$name]=$(awk '/^Requests\/sec:/ {print $2}' "$wrkout")
     R_P50[$name]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$wrkout")")
     R_P99[$name]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$wrkout")")
@@ -274,6 +284,10 @@ bench_proxy() {
     secs=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz}')
     R_CPU100K[$name]=$(awk -v s="$secs" -v r="$reqs" 'BEGIN {printf "%.3f", s / r * 100000}')
     R_CPUREQ[$name]=$(awk -v s="$secs" -v r="$reqs" 'BEGIN {printf "%.9f", s / r}')
+    # Proxy CPU use over the run (100% = the proxy core was saturated).
+    local run_ms
+    run_ms=$(to_ms "$(awk '/ requests in / {sub(/,$/, "", $4); print $4}' "$wrkout")")
+    R_CPUPCT[$name]=$(awk -v s="$secs" -v ms="$run_ms" 'BEGIN {printf "%.0f", (ms > 0 ? s * 100000 / ms : 0)}')
     log "$name: $reqs requests, ${R_RPS[$name]} req/s, ${secs}s CPU, ${R_ERR[$name]} errors"
     ((R_ERR[$name] == 0)) || log "warning: $name: ${R_ERR[$name]} errors, see $wrkout"
 
@@ -303,15 +317,21 @@ done
     echo "# $(nginx -v 2>&1)  $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')  frontdesk $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
     echo "# proxy on cpu $PROXY_CPU (1 worker); wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after $WARMUP warm-up) + upstream on cpu $LOAD_CPU; idle conns $IDLE_CONNS"
     echo
-    printf '%-10s %12s %9s %9s %14s %13s %16s %8s\n' \
-        proxy "req/s" "p50 ms" "p99 ms" "cpu s/100k" "peak RSS MiB" "idle KiB/conn" errors
+    printf '%-10s %10s %8s %8s %11s %6s %13s %14s %7s\n' \
+        proxy "req/s" "p50 ms" "p99 ms" "cpu s/100k" "cpu %" "peak RSS MiB" "idle KiB/conn" errors
     for proxy in $PROXIES; do
-        printf '%-10s %12.0f %9.3f %9.3f %14.3f %13.1f %16.2f %8d\n' "$proxy" \
-            "${R_RPS[$proxy]}" "${R_P50[$proxy]}" "${R_P99[$proxy]}" "${R_CPU100K[$proxy]}" \
+        printf '%-10s %10.0f %8.3f %8.3f %11.3f %6d %13.1f %14.2f %7d\n' "$proxy" \
+            "${R_RPS[$proxy]}" "${R_P50[$proxy]}" "${R_P99[$proxy]}" "${R_CPU100K[$proxy]}" "${R_CPUPCT[$proxy]}" \
             "$(awk -v k="${R_HWM[$proxy]}" 'BEGIN {print k / 1024}')" \
             "${R_IDLE_KIB[$proxy]}" "${R_ERR[$proxy]}"
     done
     echo
+    for proxy in $PROXIES; do
+        if ((R_CPUPCT[$proxy] < 90)); then
+            echo "note: $proxy used only ${R_CPUPCT[$proxy]}% of its core, so req/s was limited elsewhere" \
+                "(load core or other processes); req/s and latency are not comparable, rerun on an idle machine"
+        fi
+    done
     if [[ -n ${R_RPS[frontdesk]:-} && -n ${R_RPS[nginx]:-} ]]; then
         awk -v fr="${R_RPS[frontdesk]}" -v nr="${R_RPS[nginx]}" \
             -v fc="${R_CPUREQ[frontdesk]}" -v nc="${R_CPUREQ[nginx]}" \
