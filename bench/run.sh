@@ -28,6 +28,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 FRONTDESK_BIN=${FRONTDESK_BIN:-}
+FRONTDESK_DESC="FRONTDESK_BIN=$FRONTDESK_BIN"
 PROXIES=${PROXIES:-frontdesk nginx}
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -178,6 +179,7 @@ build_frontdesk() {
     local target=${CARGO_TARGET_DIR:-target}
     [[ $target == /* ]] || target=$ROOT/$target
     FRONTDESK_BIN=$target/release/frontdesk
+    FRONTDESK_DESC="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?') (release build)"
     [[ -x $FRONTDESK_BIN ]] || die "$FRONTDESK_BIN not found after build"
 }
 
@@ -314,7 +316,7 @@ done
 {
     echo
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(uname -srm)  $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
-    echo "# $(nginx -v 2>&1)  $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')  frontdesk $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
+    echo "# $(nginx -v 2>&1)  $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')  frontdesk $FRONTDESK_DESC"
     echo "# proxy on cpu $PROXY_CPU (1 worker); wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after $WARMUP warm-up) + upstream on cpu $LOAD_CPU; idle conns $IDLE_CONNS"
     echo
     printf '%-10s %10s %8s %8s %11s %6s %13s %14s %7s\n' \
