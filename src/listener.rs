@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::server::{self, Tunnels};
+use crate::server::{self, Drain, Tunnels};
 use crate::snapshot::{ListenerSpec, Live};
 
 /// Errors binding a listener.
@@ -56,7 +55,7 @@ struct Stop {
 #[derive(Debug)]
 pub struct Handed {
     socket: TcpListener,
-    connections: GracefulShutdown,
+    connections: Drain,
 }
 
 /// Binds a listener's socket (SO_REUSEADDR, backlog 1024).
@@ -86,7 +85,7 @@ impl RunningListener {
         live: Arc<Live>,
         tunnels: Arc<Tunnels>,
     ) -> io::Result<Self> {
-        Self::start_with(listener, GracefulShutdown::new(), spec, live, tunnels)
+        Self::start_with(listener, Drain::default(), spec, live, tunnels)
     }
 
     /// Starts a successor on a handed-over socket; it adopts the predecessor's open connections.
@@ -101,7 +100,7 @@ impl RunningListener {
 
     fn start_with(
         listener: TcpListener,
-        graceful: GracefulShutdown,
+        drain: Drain,
         spec: ListenerSpec,
         live: Arc<Live>,
         tunnels: Arc<Tunnels>,
@@ -125,9 +124,8 @@ impl RunningListener {
                                 .listener(&task_name)
                                 .cloned()
                                 .unwrap_or_else(|| spec.clone());
-                            let watcher = graceful.watcher();
                             let (live, tunnels) = (live.clone(), tunnels.clone());
-                            tokio::spawn(server::serve(stream, peer, current, live, tunnels, watcher));
+                            tokio::spawn(server::serve(stream, peer, current, live, tunnels, drain.clone()));
                         }
                         Err(e) => {
                             // Out of file descriptors and similar: back off instead of spinning.
@@ -142,15 +140,13 @@ impl RunningListener {
             if let Some(tx) = stop.hand_back {
                 let _ = tx.send(Handed {
                     socket: listener,
-                    connections: graceful,
+                    connections: drain,
                 });
                 return;
             }
             drop(listener);
-            if tokio::time::timeout(stop.drain, graceful.shutdown())
-                .await
-                .is_err()
-            {
+            drain.signal();
+            if tokio::time::timeout(stop.drain, drain.wait_idle()).await.is_err() {
                 tracing::warn!(listener = %task_name, "drain timeout reached with connections still open");
             }
         });

@@ -121,6 +121,23 @@ pub struct GuardedIo<T> {
     scan: Scan,
     timer: Option<Pin<Box<Sleep>>>,
     timer_armed: bool,
+    /// Idle HTTP/1 connections are parked after this long: hyper's connection state (its read
+    /// and write buffers) is dropped and only the socket is kept until the next request.
+    park_after: Option<Duration>,
+    /// Whether the armed idle timer parks (true) or closes (false) when it fires.
+    timer_parks: bool,
+    parked: bool,
+    /// Bytes hyper had read but not used when the connection was parked; served first.
+    prefix: Option<bytes::Bytes>,
+}
+
+/// What a parked connection's wait ended with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Bytes arrived (or the peer closed): serve the connection again.
+    Ready,
+    /// `idle_timeout` passed with nothing to read.
+    IdleTimeout,
 }
 
 impl<T> GuardedIo<T> {
@@ -134,6 +151,48 @@ impl<T> GuardedIo<T> {
             scan: Scan::Idle,
             timer: None,
             timer_armed: false,
+            park_after: None,
+            timer_parks: false,
+            parked: false,
+            prefix: None,
+        }
+    }
+
+    /// Parks idle HTTP/1 connections after `after` without a request.
+    pub fn with_parking(mut self, after: Duration) -> Self {
+        self.park_after = Some(after);
+        self
+    }
+
+    /// Marks the stream as HTTP/2 (detected by the caller): no head scanning, no parking.
+    pub fn set_http2(&mut self) {
+        self.mode = Mode::Http2;
+    }
+
+    /// True once the guard told hyper the connection ended because it went idle.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Takes the stream back from a parked hyper connection, with the bytes hyper had not used.
+    pub fn unpark(&mut self, leftover: bytes::Bytes) {
+        self.parked = false;
+        self.timer_armed = false;
+        self.prefix = (!leftover.is_empty()).then_some(leftover);
+    }
+
+    /// Arms the idle timer: first the park delay (HTTP/1), then the rest of `idle_timeout`.
+    fn enter_idle(&mut self) {
+        match self.park_after {
+            Some(p) if self.mode != Mode::Http2 && p < self.limits.idle_timeout => {
+                self.timer_parks = true;
+                self.arm(p);
+            }
+            _ => {
+                self.timer_parks = false;
+                let idle = self.limits.idle_timeout;
+                self.arm(idle);
+            }
         }
     }
 
@@ -173,6 +232,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
         let this = &mut *self;
         if this.shared.upgraded.load(Ordering::Acquire) {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if let Some(prefix) = this.prefix.as_mut() {
+            // Already scanned when first read; hand them to the new hyper connection as they are.
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix.split_to(n));
+            if prefix.is_empty() {
+                this.prefix = None;
+            }
+            return Poll::Ready(Ok(()));
         }
         this.shared.waker.register(cx.waker());
         loop {
@@ -219,8 +287,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                         return Pin::new(&mut this.inner).poll_read(cx, buf);
                     }
                     this.scan = Scan::Idle;
-                    let idle = this.limits.idle_timeout;
-                    this.arm(idle);
+                    this.enter_idle();
                 }
                 Scan::Idle if this.mode == Mode::Http2 => {
                     if this.shared.in_flight() {
@@ -244,8 +311,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                 }
                 Scan::Idle | Scan::Head { .. } => {
                     if matches!(this.scan, Scan::Idle) && !this.timer_armed {
-                        let idle = this.limits.idle_timeout;
-                        this.arm(idle);
+                        this.enter_idle();
                     }
                     let before = buf.filled().len();
                     match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -257,6 +323,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                                         "the request head did not arrive in time",
                                     );
                                     continue;
+                                }
+                                if this.timer_parks {
+                                    // Tell hyper the peer is done: it ends the connection without
+                                    // a byte written, and the caller takes the socket back.
+                                    this.parked = true;
+                                    return Poll::Ready(Ok(()));
                                 }
                                 return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
                             }
@@ -502,6 +574,41 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+impl GuardedIo<tokio::net::TcpStream> {
+    /// Waits, holding no HTTP state, until the parked connection has bytes to read or its idle
+    /// time runs out.
+    pub async fn wait_parked(&mut self, idle_left: Duration) -> Wake {
+        if self.prefix.is_some() {
+            return Wake::Ready;
+        }
+        match tokio::time::timeout(idle_left, self.inner.readable()).await {
+            Ok(_) => Wake::Ready,
+            Err(_) => Wake::IdleTimeout,
+        }
+    }
+
+    /// Peeks at the first bytes: true if they are the HTTP/2 prior-knowledge preface.
+    pub async fn is_http2_preface(&mut self) -> bool {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+        let mut buf = [0u8; 14];
+        for _ in 0..200 {
+            let n = match self.inner.peek(&mut buf).await {
+                Ok(n) => n,
+                Err(_) => return false,
+            };
+            if n == 0 || !PREFACE.starts_with(&buf[..n]) {
+                return false;
+            }
+            if n == PREFACE.len() {
+                return true;
+            }
+            // A partial preface (rare): wait briefly for the rest.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -528,6 +635,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            // hyper closes what it thinks is a finished connection; the socket stays open.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

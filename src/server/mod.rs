@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
-use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use std::time::Duration;
 
-pub use conn::{ConnShared, GuardedIo, HeadLimits, InflightGuard};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+
+pub use conn::{ConnShared, GuardedIo, HeadLimits, InflightGuard, Wake};
 
 use crate::proxy;
 use crate::snapshot::{ListenerSpec, Live};
@@ -76,52 +77,160 @@ impl Drop for TunnelToken {
     }
 }
 
-/// The hyper connection builder for a listener's settings.
-pub fn builder(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    {
-        let mut h1 = b.http1();
-        // Heads are validated by the guard first; hyper's buffer only needs to hold one.
-        h1.max_buf_size((spec.limits.max_head + 4096).max(8192))
-            .timer(TokioTimer::new());
-        if spec.limits.max_headers != 100 {
-            h1.max_headers(spec.limits.max_headers);
-        }
-    }
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(100)
-        .max_header_list_size(u32::try_from(spec.limits.max_head).unwrap_or(u32::MAX));
-    b
+/// How long an HTTP/1 keep-alive connection waits idle before it is parked: hyper's per-connection
+/// state (an 8 KiB write buffer and the read buffer) is dropped and only the socket is kept, so an
+/// idle connection costs about a kilobyte. Busy connections never reach it.
+pub const PARK_AFTER: Duration = Duration::from_millis(50);
+
+/// Tells a listener's connections to finish and lets the listener wait for them.
+#[derive(Clone, Debug)]
+pub struct Drain {
+    inner: Arc<DrainInner>,
 }
 
-/// Serves one accepted connection until it closes (or drains, when `watcher`'s listener stops).
+#[derive(Debug)]
+struct DrainInner {
+    stop: watch::Sender<bool>,
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by each connection of a listener.
+#[derive(Debug)]
+pub struct DrainToken(Arc<DrainInner>);
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            inner: Arc::new(DrainInner { stop: watch::channel(false).0, open: AtomicUsize::new(0), idle: Notify::new() }),
+        }
+    }
+}
+
+impl Drain {
+    /// Registers a connection until the token drops.
+    pub fn token(&self) -> DrainToken {
+        self.inner.open.fetch_add(1, Ordering::AcqRel);
+        DrainToken(self.inner.clone())
+    }
+
+    /// Asks every connection to finish its current request and close.
+    pub fn signal(&self) {
+        self.inner.stop.send_replace(true);
+    }
+
+    /// Waits until every registered connection has closed.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.inner.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Open connections.
+    pub fn count(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for DrainToken {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes, times out idle, or `drain` asks it to stop.
+///
+/// A connection holds no HTTP state until it sends its first byte, and again whenever it is
+/// parked (see [`PARK_AFTER`]): HTTP/1 connections are served by a fresh hyper connection per
+/// busy period on the same socket.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     spec: ListenerSpec,
     live: Arc<Live>,
     tunnels: Arc<Tunnels>,
-    watcher: Watcher,
+    drain: Drain,
 ) {
+    let _token = drain.token();
+    let mut stop = drain.inner.stop.subscribe();
+    if *stop.borrow_and_update() {
+        return;
+    }
     let _ = stream.set_nodelay(true);
+    let limits = spec.limits;
     let shared = Arc::new(ConnShared::default());
-    let builder = builder(&spec);
-    let io = TokioIo::new(GuardedIo::new(stream, spec.limits, shared.clone()));
-    let info = Arc::new(ConnInfo {
-        peer,
-        listener: spec,
-        shared,
-        tunnels,
-    });
+    let mut io = GuardedIo::new(stream, limits, shared.clone()).with_parking(PARK_AFTER);
+    let max_head = spec.limits.max_head;
+    let info = Arc::new(ConnInfo { peer, listener: spec, shared, tunnels });
     let svc = service_fn(move |req| {
         // One atomic load per request: every phase of this request sees this snapshot.
         let snap = live.load_full();
         let info = info.clone();
         async move { Ok::<_, Infallible>(proxy::handle(snap, req, &info).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+
+    tokio::select! {
+        wake = io.wait_parked(limits.idle_timeout) => if wake == Wake::IdleTimeout { return },
+        _ = stop.changed() => return,
+    }
+    if io.is_http2_preface().await {
+        io.set_http2();
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(100)
+            .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+        let conn = h2.serve_connection(TokioIo::new(io), svc);
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+        }
+        return;
+    }
+
+    let mut h1 = http1::Builder::new();
+    // Head limits and timers are the guard's; hyper's buffer only needs to hold one head.
+    h1.max_buf_size((max_head + 4096).max(8192)).header_read_timeout(None);
+    if limits.max_headers != 100 {
+        h1.max_headers(limits.max_headers);
+    }
+    loop {
+        let mut conn = h1.serve_connection(TokioIo::new(io), svc.clone()).with_upgrades();
+        let result = tokio::select! {
+            r = &mut conn => r,
+            _ = stop.changed() => {
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                (&mut conn).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            return;
+        }
+        // Upgraded connections have left hyper for a tunnel; closed ones are done.
+        let Some(parts) = conn.into_parts() else { return };
+        let mut guarded = parts.io.into_inner();
+        if !guarded.is_parked() || *stop.borrow() {
+            return;
+        }
+        guarded.unpark(parts.read_buf);
+        io = guarded;
+        let idle_left = limits.idle_timeout.saturating_sub(PARK_AFTER);
+        tokio::select! {
+            wake = io.wait_parked(idle_left) => if wake == Wake::IdleTimeout { return },
+            _ = stop.changed() => return,
+        }
     }
 }
