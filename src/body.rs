@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::server::InflightGuard;
+use crate::upstream::pool::PoolReturn;
 
 /// Boxed error type of bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -106,6 +107,8 @@ impl Body for RequestBody {
 pub struct ResponseBody {
     kind: Kind,
     _guard: Option<InflightGuard>,
+    /// The upstream connection, returned to the pool once this body has been read to the end.
+    pool: Option<PoolReturn>,
 }
 
 #[derive(Debug)]
@@ -115,11 +118,12 @@ enum Kind {
 }
 
 impl ResponseBody {
-    /// Streams an upstream body through.
-    pub fn upstream(b: Incoming) -> Self {
+    /// Streams an upstream body through; `pool` gets the connection back when it is complete.
+    pub fn upstream(b: Incoming, pool: PoolReturn) -> Self {
         ResponseBody {
             kind: Kind::Upstream(b),
             _guard: None,
+            pool: Some(pool),
         }
     }
 
@@ -129,6 +133,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
             _guard: None,
+            pool: None,
         }
     }
 
@@ -137,6 +142,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(None),
             _guard: None,
+            pool: None,
         }
     }
 
@@ -166,7 +172,11 @@ impl Body for ResponseBody {
             Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
         if let Poll::Ready(None) = out {
-            // Release the connection's in-flight mark as soon as the last frame is out.
+            // The upstream connection is reusable once its body ended; release the
+            // downstream connection's in-flight mark as soon as the last frame is out.
+            if let Some(p) = this.pool.take() {
+                p.give_back();
+            }
             this._guard = None;
         }
         out
@@ -183,6 +193,18 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Upstream(b) => b.size_hint(),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper may never poll a body that is known to be empty; it is complete all the same.
+        // A body dropped midway leaves its connection mid-response: that one is not reused.
+        if let (Some(p), Kind::Upstream(b)) = (self.pool.take(), &self.kind) {
+            if b.is_end_stream() {
+                p.give_back();
+            }
         }
     }
 }

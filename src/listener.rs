@@ -146,7 +146,10 @@ impl RunningListener {
             }
             drop(listener);
             drain.signal();
-            if tokio::time::timeout(stop.drain, drain.wait_idle()).await.is_err() {
+            if tokio::time::timeout(stop.drain, drain.wait_idle())
+                .await
+                .is_err()
+            {
                 tracing::warn!(listener = %task_name, "drain timeout reached with connections still open");
             }
         });

@@ -8,6 +8,7 @@ mod upgrade;
 use std::error::Error as _;
 use std::sync::Arc;
 
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -17,6 +18,8 @@ use crate::plugin::{Ctx, Flow, PluginError};
 use crate::route::RequestKey;
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
+use crate::upstream::pool::ConnectError;
+use crate::upstream::SendError;
 
 /// Handles one downstream request against one snapshot. Never fails: errors become responses.
 pub async fn handle(
@@ -206,7 +209,7 @@ async fn forward_routed(
     if let Some(h) = host_value {
         head.headers.insert(header::HOST, h);
     }
-    head.uri = upstream_uri(&head.uri, route, strip_len, endpoint)?;
+    head.uri = upstream_uri(&head.uri, route, strip_len)?;
     head.version = Version::HTTP_11;
     if !plugins.is_empty() {
         plugins
@@ -225,8 +228,8 @@ async fn forward_routed(
         let _ = sent_rx.await;
         tokio::time::sleep(timeout).await;
     };
-    let mut resp = tokio::select! {
-        r = upstream.client().request(upstream_req) => r.map_err(|e| classify(&e))?,
+    let (mut resp, pool_return) = tokio::select! {
+        r = upstream.send(endpoint, upstream_req) => r.map_err(|e| classify(&e))?,
         () = timer => {
             return Err(GatewayError::upstream(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -239,6 +242,8 @@ async fn forward_routed(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         match (client_upgrade, upgrade) {
             (Some(client), Some(_)) => {
+                // The upstream connection becomes the tunnel's; it never returns to the pool.
+                drop(pool_return);
                 let upstream_io = hyper::upgrade::on(&mut resp);
                 upgrade::spawn_tunnel(client, upstream_io, conn.tunnels.clone());
                 // Keep `Connection`/`Upgrade` on a 101: they are the handshake.
@@ -263,95 +268,69 @@ async fn forward_routed(
             .await
             .map_err(plugin_error)?;
     }
-    Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, pool_return),
+    ))
 }
 
-/// The upstream's request target: the endpoint's authority with the (maybe stripped) path and query.
-fn upstream_uri(
-    uri: &Uri,
-    route: &Route,
-    strip_len: usize,
-    ep: &crate::upstream::Endpoint,
-) -> Result<Uri, GatewayError> {
-    let path = uri.path();
-    let path = if route.strip_prefix {
-        let rest = path.get(strip_len..).unwrap_or("");
-        if rest.starts_with('/') {
-            rest
-        } else if rest.is_empty() {
-            "/"
-        } else {
-            // A regex may stop mid-segment; the upstream still needs an absolute path.
-            return build_uri(ep, &format!("/{rest}"), uri.query());
-        }
-    } else {
-        path
+/// The upstream's request target in origin form: the (maybe stripped) path and the query.
+fn upstream_uri(uri: &Uri, route: &Route, strip_len: usize) -> Result<Uri, GatewayError> {
+    if !route.strip_prefix {
+        // Unchanged: reuse the parsed target without copying it.
+        let pq = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        return Ok(Uri::from(pq));
+    }
+    let rest = uri.path().get(strip_len..).unwrap_or("");
+    let slash = if rest.starts_with('/') { "" } else { "/" };
+    let pq = match uri.query() {
+        Some(q) => format!("{slash}{rest}?{q}"),
+        None => format!("{slash}{rest}"),
     };
-    build_uri(ep, path, uri.query())
-}
-
-fn build_uri(
-    ep: &crate::upstream::Endpoint,
-    path: &str,
-    query: Option<&str>,
-) -> Result<Uri, GatewayError> {
-    let pq = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    Uri::builder()
-        .scheme(ep.scheme.clone())
-        .authority(ep.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| {
-            GatewayError::downstream(
-                StatusCode::BAD_REQUEST,
-                "the request target cannot be forwarded",
-            )
-        })
+    Uri::try_from(pq).map_err(|_| {
+        GatewayError::downstream(
+            StatusCode::BAD_REQUEST,
+            "the request target cannot be forwarded",
+        )
+    })
 }
 
 fn plugin_error(e: PluginError) -> GatewayError {
     GatewayError::plugin(e.status, e.message)
 }
 
-/// Maps a client error to 502/504/413 without revealing upstream details.
-fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
-    let mut timed_out = false;
-    while let Some(s) = src {
-        if s.downcast_ref::<BodyTooLarge>().is_some() {
-            return GatewayError::downstream(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is too large",
-            );
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-        }
-        timed_out |= s.to_string().contains("timed out");
-        src = s.source();
-    }
-    if e.is_connect() {
-        if timed_out {
-            GatewayError::upstream(
-                StatusCode::GATEWAY_TIMEOUT,
-                "connecting to the upstream timed out",
-                true,
-            )
-        } else {
+/// Maps a send error to 502/504/413 without revealing upstream details.
+fn classify(e: &SendError) -> GatewayError {
+    match e {
+        SendError::Connect(ConnectError::Timeout) => GatewayError::upstream(
+            StatusCode::GATEWAY_TIMEOUT,
+            "connecting to the upstream timed out",
+            true,
+        ),
+        SendError::Connect(_) => GatewayError::upstream(
+            StatusCode::BAD_GATEWAY,
+            "the upstream refused the connection",
+            true,
+        ),
+        SendError::Request(err) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = err.source();
+            while let Some(s) = src {
+                if s.downcast_ref::<BodyTooLarge>().is_some() {
+                    return GatewayError::downstream(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the request body is too large",
+                    );
+                }
+                src = s.source();
+            }
             GatewayError::upstream(
                 StatusCode::BAD_GATEWAY,
-                "the upstream refused the connection",
-                true,
+                "the upstream closed the connection or sent an invalid response",
+                false,
             )
         }
-    } else {
-        GatewayError::upstream(
-            StatusCode::BAD_GATEWAY,
-            "the upstream closed the connection or sent an invalid response",
-            false,
-        )
     }
 }

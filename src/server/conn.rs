@@ -127,6 +127,10 @@ pub struct GuardedIo<T> {
     /// Whether the armed idle timer parks (true) or closes (false) when it fires.
     timer_parks: bool,
     parked: bool,
+    /// Request body bytes still expected after the last scanned head; `None` when unknown
+    /// (chunked) or when bytes beyond the body (a pipelined request) reached hyper. Parking is
+    /// only safe when this is `Some(0)`: then hyper holds no unread bytes.
+    body_left: Option<u64>,
     /// Bytes hyper had read but not used when the connection was parked; served first.
     prefix: Option<bytes::Bytes>,
 }
@@ -154,6 +158,7 @@ impl<T> GuardedIo<T> {
             park_after: None,
             timer_parks: false,
             parked: false,
+            body_left: Some(0),
             prefix: None,
         }
     }
@@ -184,7 +189,11 @@ impl<T> GuardedIo<T> {
     /// Arms the idle timer: first the park delay (HTTP/1), then the rest of `idle_timeout`.
     fn enter_idle(&mut self) {
         match self.park_after {
-            Some(p) if self.mode != Mode::Http2 && p < self.limits.idle_timeout => {
+            Some(p)
+                if self.mode != Mode::Http2
+                    && p < self.limits.idle_timeout
+                    && self.body_left == Some(0) =>
+            {
                 self.timer_parks = true;
                 self.arm(p);
             }
@@ -284,7 +293,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                 Scan::Busy => {
                     if this.shared.in_flight() {
                         this.timer_armed = false;
-                        return Pin::new(&mut this.inner).poll_read(cx, buf);
+                        let before = buf.filled().len();
+                        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+                        let n = (buf.filled().len() - before) as u64;
+                        this.body_left = this.body_left.and_then(|left| left.checked_sub(n));
+                        return r;
                     }
                     this.scan = Scan::Idle;
                     this.enter_idle();
@@ -402,7 +415,13 @@ impl<T> GuardedIo<T> {
         let limits = self.limits;
         match find_head_end(&joined) {
             Some(end) => {
-                check_head(&joined[..end], &limits)?;
+                let body = check_head(&joined[..end], &limits)?;
+                // Account for the bytes after the head in this read: body, or a pipelined request.
+                let extra = (joined.len() - end) as u64;
+                self.body_left = match body {
+                    Some(len) if extra <= len => Some(len - extra),
+                    _ => None,
+                };
                 self.shared.heads.fetch_add(1, Ordering::AcqRel);
                 self.scan = Scan::Busy;
                 self.timer_armed = false;
@@ -458,7 +477,7 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 ///
 /// Stricter than hyper where hyper would let something through or answer without a body: every
 /// refusal here gets a problem+json body.
-fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), (StatusCode, &'static str)> {
+fn check_head(head: &[u8], limits: &HeadLimits) -> Result<Option<u64>, (StatusCode, &'static str)> {
     const BAD: StatusCode = StatusCode::BAD_REQUEST;
     let skip = head
         .iter()
@@ -553,8 +572,12 @@ fn check_head(head: &[u8], limits: &HeadLimits) -> Result<(), (StatusCode, &'sta
         if http10 || !last.eq_ignore_ascii_case(b"chunked") {
             return Err((BAD, "Transfer-Encoding must end with chunked"));
         }
+        // A chunked body's length is only known by decoding it.
+        return Ok(None);
     }
-    Ok(())
+    // Digits only (checked above); an absurd length simply never completes.
+    let len = content_length.map_or(Some(0), |v| std::str::from_utf8(v).ok()?.parse().ok());
+    Ok(len)
 }
 
 fn trim(b: &[u8]) -> &[u8] {

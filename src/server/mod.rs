@@ -80,7 +80,7 @@ impl Drop for TunnelToken {
 /// How long an HTTP/1 keep-alive connection waits idle before it is parked: hyper's per-connection
 /// state (an 8 KiB write buffer and the read buffer) is dropped and only the socket is kept, so an
 /// idle connection costs about a kilobyte. Busy connections never reach it.
-pub const PARK_AFTER: Duration = Duration::from_millis(50);
+pub const PARK_AFTER: Duration = Duration::from_millis(5);
 
 /// Tells a listener's connections to finish and lets the listener wait for them.
 #[derive(Clone, Debug)]
@@ -102,7 +102,11 @@ pub struct DrainToken(Arc<DrainInner>);
 impl Default for Drain {
     fn default() -> Self {
         Drain {
-            inner: Arc::new(DrainInner { stop: watch::channel(false).0, open: AtomicUsize::new(0), idle: Notify::new() }),
+            inner: Arc::new(DrainInner {
+                stop: watch::channel(false).0,
+                open: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
         }
     }
 }
@@ -167,7 +171,12 @@ pub async fn serve(
     let shared = Arc::new(ConnShared::default());
     let mut io = GuardedIo::new(stream, limits, shared.clone()).with_parking(PARK_AFTER);
     let max_head = spec.limits.max_head;
-    let info = Arc::new(ConnInfo { peer, listener: spec, shared, tunnels });
+    let info = Arc::new(ConnInfo {
+        peer,
+        listener: spec,
+        shared,
+        tunnels,
+    });
     let svc = service_fn(move |req| {
         // One atomic load per request: every phase of this request sees this snapshot.
         let snap = live.load_full();
@@ -175,62 +184,112 @@ pub async fn serve(
         async move { Ok::<_, Infallible>(proxy::handle(snap, req, &info).await) }
     });
 
-    tokio::select! {
-        wake = io.wait_parked(limits.idle_timeout) => if wake == Wake::IdleTimeout { return },
-        _ = stop.changed() => return,
-    }
-    if io.is_http2_preface().await {
-        io.set_http2();
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_concurrent_streams(100)
-            .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
-        let conn = h2.serve_connection(TokioIo::new(io), svc);
-        let mut conn = std::pin::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
-        }
+    // Every phase below is boxed, so the task of an idle connection stays small: only the
+    // phase being awaited is allocated.
+    if Box::pin(park(&mut io, &mut stop, limits.idle_timeout)).await != Wake::Ready {
         return;
     }
-
+    if Box::pin(io.is_http2_preface()).await {
+        io.set_http2();
+        Box::pin(serve_h2(io, svc, max_head, peer, stop)).await;
+        return;
+    }
     let mut h1 = http1::Builder::new();
     // Head limits and timers are the guard's; hyper's buffer only needs to hold one head.
-    h1.max_buf_size((max_head + 4096).max(8192)).header_read_timeout(None);
+    h1.max_buf_size((max_head + 4096).max(8192))
+        .header_read_timeout(None);
     if limits.max_headers != 100 {
         h1.max_headers(limits.max_headers);
     }
+    let idle_left = limits.idle_timeout.saturating_sub(PARK_AFTER);
     loop {
-        let mut conn = h1.serve_connection(TokioIo::new(io), svc.clone()).with_upgrades();
-        let result = tokio::select! {
-            r = &mut conn => r,
-            _ = stop.changed() => {
-                std::pin::Pin::new(&mut conn).graceful_shutdown();
-                (&mut conn).await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        match Box::pin(serve_h1(io, &h1, svc.clone(), peer, &mut stop)).await {
+            Some(parked) => io = parked,
+            None => return,
+        }
+        if Box::pin(park(&mut io, &mut stop, idle_left)).await != Wake::Ready {
             return;
         }
-        // Upgraded connections have left hyper for a tunnel; closed ones are done.
-        let Some(parts) = conn.into_parts() else { return };
-        let mut guarded = parts.io.into_inner();
-        if !guarded.is_parked() || *stop.borrow() {
-            return;
+    }
+}
+
+/// Waits on a parked connection; a drain signal counts as the end of the connection.
+async fn park(
+    io: &mut GuardedIo<TcpStream>,
+    stop: &mut watch::Receiver<bool>,
+    idle: Duration,
+) -> Wake {
+    if *stop.borrow() {
+        return Wake::IdleTimeout;
+    }
+    tokio::select! {
+        wake = io.wait_parked(idle) => wake,
+        _ = stop.changed() => Wake::IdleTimeout,
+    }
+}
+
+/// Serves HTTP/1 on `io` until the connection closes (`None`) or goes idle and is parked
+/// (`Some`, with the socket back).
+async fn serve_h1<S>(
+    io: GuardedIo<TcpStream>,
+    h1: &http1::Builder,
+    svc: S,
+    peer: SocketAddr,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<GuardedIo<TcpStream>>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>
+        + Unpin,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = h1.serve_connection(TokioIo::new(io), svc).with_upgrades();
+    let result = tokio::select! {
+        r = &mut conn => r,
+        _ = stop.changed() => {
+            std::pin::Pin::new(&mut conn).graceful_shutdown();
+            (&mut conn).await
         }
-        guarded.unpark(parts.read_buf);
-        io = guarded;
-        let idle_left = limits.idle_timeout.saturating_sub(PARK_AFTER);
-        tokio::select! {
-            wake = io.wait_parked(idle_left) => if wake == Wake::IdleTimeout { return },
-            _ = stop.changed() => return,
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        return None;
+    }
+    // Upgraded connections have left hyper for a tunnel; closed ones are done.
+    let parts = conn.into_parts()?;
+    let mut guarded = parts.io.into_inner();
+    if !guarded.is_parked() || *stop.borrow() {
+        return None;
+    }
+    guarded.unpark(parts.read_buf);
+    Some(guarded)
+}
+
+async fn serve_h2<S>(
+    io: GuardedIo<TcpStream>,
+    svc: S,
+    max_head: usize,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    let conn = h2.serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
     }
 }

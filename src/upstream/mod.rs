@@ -1,30 +1,50 @@
 //! Upstreams at runtime: their endpoints, the balancer that picks one per request, and the
 //! keep-alive connection pool (one per upstream, one idle set per endpoint inside it).
 //!
-//! Pools survive reloads: [`Upstream::build`] reuses the previous snapshot's client when the
-//! pool settings did not change, so connections to unchanged endpoints stay warm.
+//! Pools survive reloads: [`Upstream::build`] keeps the previous pool identity when the pool
+//! settings did not change, so idle connections to unchanged endpoints stay warm.
+
+pub mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::AtomicU64;
+
 use frontdesk_config::UpstreamConfig;
 use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{Request, Response};
+use hyper::body::Incoming;
 
 use crate::body::RequestBody;
-
-/// The HTTP/1.1 client with its connection pool.
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+use pool::{ConnectError, PoolReturn};
 
 /// One address of an upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// `http` for now.
     pub scheme: Scheme,
-    /// `host:port`.
+    /// `host:port` as written in the target URL.
     pub authority: Authority,
+    /// `host:port` to connect to (port 80 filled in when absent).
+    connect_addr: String,
+    /// Identifies this endpoint's idle connections: pool identity plus address.
+    pool_key: u64,
+}
+
+/// Distinguishes pools: a reload with new pool settings starts a new pool.
+static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
+
+/// Why sending to an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be opened.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The request failed on an open connection.
+    #[error("upstream request failed: {0}")]
+    Request(#[from] hyper::Error),
 }
 
 /// A named upstream, compiled.
@@ -39,7 +59,7 @@ pub struct Upstream {
     cursor: AtomicUsize,
     /// Time to the response head.
     pub timeout: Duration,
-    client: UpstreamClient,
+    pool_id: u64,
     pool_settings: PoolSettings,
 }
 
@@ -76,7 +96,13 @@ impl Upstream {
                 .trim_end_matches('/')
                 .parse()
                 .map_err(|_| UpstreamError::BadTarget(t.url.clone()))?;
+            let connect_addr = match authority.port_u16() {
+                Some(_) => authority.as_str().to_string(),
+                None => format!("{}:80", authority.host()),
+            };
             endpoints.push(Endpoint {
+                connect_addr,
+                pool_key: 0,
                 scheme: Scheme::HTTP,
                 authority,
             });
@@ -87,17 +113,22 @@ impl Upstream {
             max_idle: cfg.max_idle_per_target,
             idle_timeout: cfg.pool_idle_timeout.get(),
         };
-        let client = match prev {
-            Some(p) if p.pool_settings == pool_settings => p.client.clone(),
-            _ => new_client(&pool_settings),
+        let pool_id = match prev {
+            Some(p) if p.pool_settings == pool_settings => p.pool_id,
+            _ => NEXT_POOL.fetch_add(1, Ordering::Relaxed),
         };
+        for ep in &mut endpoints {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (pool_id, &ep.connect_addr).hash(&mut h);
+            ep.pool_key = h.finish();
+        }
         Ok(Upstream {
             name: name.to_string(),
             schedule: smooth_wrr(&weights),
             endpoints,
             cursor: AtomicUsize::new(0),
             timeout: cfg.timeout.get(),
-            client,
+            pool_id,
             pool_settings,
         })
     }
@@ -109,30 +140,51 @@ impl Upstream {
         &self.endpoints[idx]
     }
 
-    /// The pooled client.
-    pub fn client(&self) -> &UpstreamClient {
-        &self.client
-    }
-
     /// The endpoints, in config order.
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
     }
-}
 
-fn new_client(s: &PoolSettings) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(s.connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(s.max_idle)
-        .pool_idle_timeout(s.idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        // The gateway always sets `Host` itself (client's or target's, per `preserve_host`).
-        .set_host(false)
-        .build(connector)
+    /// Sends `req` (origin-form URI, `Host` set) to `ep` over a pooled or new connection.
+    ///
+    /// A request that a pooled connection could not take (it closed while idle) is sent again on
+    /// a new connection; it was never written, so this is safe for any method. The returned
+    /// [`PoolReturn`] puts the connection back once the response body is done.
+    pub async fn send(
+        &self,
+        ep: &Endpoint,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, PoolReturn), SendError> {
+        let s = &self.pool_settings;
+        let mut pooled = pool::checkout(ep.pool_key, s.idle_timeout);
+        loop {
+            let reused = pooled.is_some();
+            let mut sender = match pooled.take() {
+                Some(sender) => sender,
+                None => pool::connect(&ep.connect_addr, s.connect_timeout).await?,
+            };
+            if sender.ready().await.is_err() {
+                if reused {
+                    pooled = pool::checkout(ep.pool_key, s.idle_timeout);
+                    continue;
+                }
+                return Err(SendError::Connect(ConnectError::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection closed before use",
+                ))));
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, PoolReturn::new(ep.pool_key, s.max_idle, sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        req = unsent;
+                        pooled = pool::checkout(ep.pool_key, s.idle_timeout);
+                    }
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
 }
 
 /// nginx's smooth weighted round robin, unrolled into one cycle (at most 4096 slots).

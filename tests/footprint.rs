@@ -1,0 +1,46 @@
+//! Guards the memory an idle keep-alive connection costs: a parked connection holds only its
+//! socket and the state of the `serve` task, so that task must stay small.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use frontdesk::server::{serve, HeadLimits};
+use frontdesk::snapshot::{ListenerSpec, Snapshot};
+
+#[tokio::test]
+async fn the_task_of_a_connection_stays_under_a_kilobyte() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let spec = ListenerSpec {
+        name: "t".into(),
+        address: addr,
+        limits: HeadLimits {
+            max_head: 32 * 1024,
+            max_headers: 100,
+            max_uri: 8 * 1024,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        },
+        max_body: None,
+    };
+    let cfg = frontdesk::config::load_str("version: 1\n", &|_| None)
+        .expect("config")
+        .config;
+    let snap = Snapshot::build(cfg, None).expect("snapshot").0;
+    let live = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
+    let task = serve(
+        stream,
+        addr,
+        spec,
+        live,
+        Default::default(),
+        Default::default(),
+    );
+    let size = std::mem::size_of_val(&task);
+    // hyper's connection state and the HTTP/2 path are boxed per busy period; if they end up
+    // inline again, every idle connection pays for them (tens of KiB before this guard).
+    assert!(size <= 1024, "serve task is {size} bytes");
+}
