@@ -75,17 +75,7 @@ async fn malformed_and_oversized_requests_get_the_right_4xx_and_never_reach_upst
 
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_cut_with_413() {
-    let up = upstream(|req: hyper::Request<hyper::body::Incoming>| async move {
-        use http_body_util::BodyExt;
-        let n = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes().len())
-            .unwrap_or(0);
-        hyper::Response::new(full(n.to_string()))
-    })
-    .await;
+    let up = common::counting().await;
     let gw = limited_gateway(&up, "{ max_request_body: 1KiB }").await;
     let chunk = format!("{:x}\r\n{}\r\n", 700, "c".repeat(700));
     let req = format!(
@@ -247,17 +237,7 @@ async fn pipelined_requests_and_leading_empty_lines_are_served() {
 
 #[tokio::test]
 async fn upstream_timeout_starts_after_the_request_body_is_sent() {
-    let up = upstream(|req: hyper::Request<hyper::body::Incoming>| async move {
-        use http_body_util::BodyExt;
-        let n = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes().len())
-            .unwrap_or(0);
-        hyper::Response::new(full(n.to_string()))
-    })
-    .await;
+    let up = common::counting().await;
     let yaml = config(&format!(
         "upstreams: {{ u: {{ targets: [{{ url: \"{}\" }}], timeout: 400ms }} }}\nroutes:\n  - {{ name: r, match: {{ paths: [\"/\"] }}, upstream: u }}\n",
         up.url()

@@ -343,3 +343,17 @@ pub fn spawn_bin(yaml: &str) -> BinGateway {
         log: rx,
     }
 }
+
+/// An upstream that reads the whole request body and answers with its length in bytes.
+pub async fn counting() -> Upstream {
+    upstream(|req: Request<Incoming>| async move {
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        Response::new(full(n.to_string()))
+    })
+    .await
+}

@@ -23,14 +23,8 @@ impl ByteSize {
     /// Parses `12`, `12B`, `8KiB`, `1.5MiB`, `2GB` (case-insensitive units).
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let num: f64 = num.parse().map_err(|_| {
-            format!("invalid size {s:?}: expected a number with an optional unit such as 32KiB")
-        })?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let (num, unit) = split_unit(s, "size", "32KiB")?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1000,
             "kib" => 1024,
@@ -72,10 +66,7 @@ impl fmt::Display for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Scalar::deserialize(d)? {
-            Scalar::Int(n) => Ok(ByteSize(n)),
-            Scalar::Str(s) => ByteSize::parse(&s).map_err(de::Error::custom),
-        }
+        scalar(d, ByteSize, ByteSize::parse)
     }
 }
 
@@ -100,14 +91,8 @@ impl Dur {
     /// Parses `10` (seconds), `250ms`, `10s`, `5m`, `1h`, `1.5s`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let num: f64 = num.parse().map_err(|_| {
-            format!("invalid duration {s:?}: expected a number with a unit such as 10s or 250ms")
-        })?;
-        let secs = match unit.trim() {
+        let (num, unit) = split_unit(s, "duration", "10s or 250ms")?;
+        let secs = match unit {
             "" | "s" => num,
             "ms" => num / 1000.0,
             "us" => num / 1_000_000.0,
@@ -143,10 +128,7 @@ impl fmt::Display for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Scalar::deserialize(d)? {
-            Scalar::Int(n) => Ok(Dur(Duration::from_secs(n))),
-            Scalar::Str(s) => Dur::parse(&s).map_err(de::Error::custom),
-        }
+        scalar(d, |n| Dur(Duration::from_secs(n)), Dur::parse)
     }
 }
 
@@ -163,6 +145,33 @@ impl JsonSchema for Dur {
             ]
         })
     }
+}
+
+/// Deserializes a unit type from an integer (`from_int`) or a string with a unit (`parse`).
+fn scalar<'de, D, T>(
+    d: D,
+    from_int: impl FnOnce(u64) -> T,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    match Scalar::deserialize(d)? {
+        Scalar::Int(n) => Ok(from_int(n)),
+        Scalar::Str(s) => parse(&s).map_err(de::Error::custom),
+    }
+}
+
+/// Splits `12.5KiB` into the number and the unit, or explains what was expected.
+fn split_unit<'a>(s: &'a str, what: &str, example: &str) -> Result<(f64, &'a str), String> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num = num.parse().map_err(|_| {
+        format!("invalid {what} {s:?}: expected a number with a unit such as {example}")
+    })?;
+    Ok((num, unit.trim()))
 }
 
 /// An integer or a string, for the unit types above.
