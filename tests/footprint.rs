@@ -42,5 +42,6 @@ async fn the_task_of_a_connection_stays_under_a_kilobyte() {
     let size = std::mem::size_of_val(&task);
     // hyper's connection state and the HTTP/2 path are boxed per busy period; if they end up
     // inline again, every idle connection pays for them (tens of KiB before this guard).
+    eprintln!("serve task: {size} bytes");
     assert!(size <= 1024, "serve task is {size} bytes");
 }

@@ -169,6 +169,11 @@ impl<T> GuardedIo<T> {
         self
     }
 
+    /// The limits this stream enforces.
+    pub fn limits(&self) -> HeadLimits {
+        self.limits
+    }
+
     /// Marks the stream as HTTP/2 (detected by the caller): no head scanning, no parking.
     pub fn set_http2(&mut self) {
         self.mode = Mode::Http2;

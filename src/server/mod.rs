@@ -194,16 +194,9 @@ pub async fn serve(
         Box::pin(serve_h2(io, svc, max_head, peer, stop)).await;
         return;
     }
-    let mut h1 = http1::Builder::new();
-    // Head limits and timers are the guard's; hyper's buffer only needs to hold one head.
-    h1.max_buf_size((max_head + 4096).max(8192))
-        .header_read_timeout(None);
-    if limits.max_headers != 100 {
-        h1.max_headers(limits.max_headers);
-    }
     let idle_left = limits.idle_timeout.saturating_sub(PARK_AFTER);
     loop {
-        match Box::pin(serve_h1(io, &h1, svc.clone(), peer, &mut stop)).await {
+        match Box::pin(serve_h1(io, svc.clone(), peer, &mut stop)).await {
             Some(parked) => io = parked,
             None => return,
         }
@@ -232,7 +225,6 @@ async fn park(
 /// (`Some`, with the socket back).
 async fn serve_h1<S>(
     io: GuardedIo<TcpStream>,
-    h1: &http1::Builder,
     svc: S,
     peer: SocketAddr,
     stop: &mut watch::Receiver<bool>,
@@ -243,6 +235,14 @@ where
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let limits = io.limits();
+    let mut h1 = http1::Builder::new();
+    // Head limits and timers are the guard's; hyper's buffer only needs to hold one head.
+    h1.max_buf_size((limits.max_head + 4096).max(8192))
+        .header_read_timeout(None);
+    if limits.max_headers != 100 {
+        h1.max_headers(limits.max_headers);
+    }
     let mut conn = h1.serve_connection(TokioIo::new(io), svc).with_upgrades();
     let result = tokio::select! {
         r = &mut conn => r,
