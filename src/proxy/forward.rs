@@ -121,9 +121,15 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
 }
 
 fn generate_id() -> HeaderValue {
-    let n = fastrand::u128(..);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
     // 32 lowercase hex digits: always a valid header value.
-    HeaderValue::from_str(&format!("{n:032x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

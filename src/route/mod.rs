@@ -195,7 +195,9 @@ impl<R> RouteTable<R> {
 
     /// Finds the route for a request.
     pub fn find(&self, req: &RequestKey<'_>) -> Option<RouteMatch<'_, R>> {
-        let host = req.host.map(normalize_host);
+        // Only routes with hosts need the host; most tables have none, so skip the work.
+        let any_hosts = !self.exact_hosts.is_empty() || !self.wildcard_hosts.is_empty();
+        let host = req.host.filter(|_| any_hosts).map(normalize_host);
         if let Some(h) = host.as_deref() {
             if let Some(list) = self.exact_hosts.get(h) {
                 if let Some(m) = self.first_in(list, req) {
@@ -307,7 +309,7 @@ impl HostKey {
 }
 
 /// Lowercases and drops the port (and IPv6 brackets' port) from a `Host` value.
-fn normalize_host(h: &str) -> String {
+fn normalize_host(h: &str) -> std::borrow::Cow<'_, str> {
     let without_port = if h.starts_with('[') {
         match h.find(']') {
             Some(end) => &h[..=end],
@@ -319,7 +321,12 @@ fn normalize_host(h: &str) -> String {
             None => h,
         }
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let bare = without_port.trim_end_matches('.');
+    if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(bare.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(bare)
+    }
 }
 
 fn query_has(query: Option<&str>, key: &str, value: &str) -> bool {
