@@ -1,3 +1,5 @@
+//! Route table tests: priority by host and path kind, conditions, shadowing warnings.
+
 use frontdesk_config::load_str;
 use http::{HeaderMap, Method};
 
