@@ -44,7 +44,11 @@ fn exact_host_beats_wildcard_beats_any_host() {
 "#,
     );
     assert_eq!(find(&t, Some("a.example.org:8080"), "/x"), Some("exact"));
-    assert_eq!(find(&t, Some("A.Example.ORG."), "/x"), Some("exact"), "case and trailing dot");
+    assert_eq!(
+        find(&t, Some("A.Example.ORG."), "/x"),
+        Some("exact"),
+        "case and trailing dot"
+    );
     assert_eq!(find(&t, Some("b.a.example.org"), "/x"), Some("wild"));
     assert_eq!(find(&t, Some("example.org"), "/x"), Some("any"));
     assert_eq!(find(&t, None, "/y"), None);
