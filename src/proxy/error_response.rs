@@ -37,12 +37,15 @@ pub fn to_response(err: &GatewayError, request_id: Option<&HeaderValue>) -> Resp
 /// A complete HTTP/1.1 response, as raw bytes, for refusals made below hyper (bad heads, timeouts).
 /// It always closes the connection.
 pub fn raw_http1(status: StatusCode, detail: &str) -> Vec<u8> {
-    let body = problem_json(status, detail, None);
+    // The refused request never got an id; give the refusal one so it can be found in logs.
+    let id = super::forward::generate_id();
+    let body = problem_json(status, detail, Some(&id));
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
-        body.len()
+        body.len(),
+        id.to_str().unwrap_or("")
     )
     .into_bytes();
     out.extend_from_slice(&body);
@@ -72,6 +75,7 @@ mod tests {
         let raw = String::from_utf8(raw_http1(StatusCode::REQUEST_TIMEOUT, "slow")).expect("utf8");
         assert!(raw.starts_with("HTTP/1.1 408 Request Timeout\r\n"));
         assert!(raw.contains("connection: close\r\n"));
+        assert!(raw.contains("x-request-id: "), "{raw}");
         let (head, body) = raw.split_once("\r\n\r\n").expect("head");
         assert!(head.contains(&format!("content-length: {}", body.len())));
     }

@@ -120,7 +120,8 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
     generate_id()
 }
 
-fn generate_id() -> HeaderValue {
+/// A fresh request id: 32 random lowercase hex digits.
+pub(crate) fn generate_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
     let mut out = [0u8; 32];
