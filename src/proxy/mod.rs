@@ -187,7 +187,13 @@ async fn forward_routed(
         .upstream
         .as_ref()
         .ok_or_else(|| GatewayError::internal("the route has no upstream"))?;
-    let endpoint = upstream.select();
+    let endpoint = upstream.select().ok_or_else(|| {
+        GatewayError::upstream(
+            StatusCode::BAD_GATEWAY,
+            "the upstream has no endpoint",
+            false,
+        )
+    })?;
     let upgrade = client_upgrade
         .as_ref()
         .and_then(|_| forward::wants_upgrade(&head.headers));

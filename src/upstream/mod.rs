@@ -133,11 +133,12 @@ impl Upstream {
         })
     }
 
-    /// Picks the next endpoint (weighted round robin).
-    pub fn select(&self) -> &Endpoint {
+    /// Picks the next endpoint (weighted round robin); `None` only for an upstream without targets,
+    /// which validation never lets through.
+    pub fn select(&self) -> Option<&Endpoint> {
         let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let idx = self.schedule[n % self.schedule.len()] as usize;
-        &self.endpoints[idx]
+        let idx = *self.schedule.get(n % self.schedule.len().max(1))? as usize;
+        self.endpoints.get(idx)
     }
 
     /// The endpoints, in config order.
