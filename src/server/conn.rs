@@ -717,4 +717,26 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
     }
+
+    #[test]
+    fn head_checks_never_panic_on_arbitrary_bytes() {
+        // Random heads built from the bytes that matter to the parser, plus noise.
+        let alphabet: &[u8] = b"GET POST / HTTP/1.1\r\n:Content-Length Transfer-Encoding chunked 0123456789 \t\x00\xff";
+        let mut rng = fastrand::Rng::with_seed(7);
+        let l = HeadLimits {
+            max_head: 256,
+            max_headers: 4,
+            max_uri: 32,
+            head_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        for _ in 0..20_000 {
+            let len = rng.usize(0..300);
+            let head: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let _ = find_head_end(&head);
+            let _ = check_head(&head, &l);
+        }
+    }
 }
