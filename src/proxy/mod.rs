@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
@@ -226,12 +227,19 @@ async fn forward_routed(
 
     // The response timer starts once the request body is fully sent (or dropped), so a long
     // upload is not cut by `timeout`; it bounds the upstream's think time, like nginx's read timeout.
-    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-    let upstream_req =
-        Request::from_parts(head, RequestBody::new(body, body_limit).on_end(sent_tx));
+    // A request without a body (most of them) is sent at once: the timer simply starts now.
     let timeout = upstream.timeout;
+    let (body, sent_rx) = if body.is_end_stream() {
+        (RequestBody::new(body, body_limit), None)
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (RequestBody::new(body, body_limit).on_end(tx), Some(rx))
+    };
+    let upstream_req = Request::from_parts(head, body);
     let timer = async move {
-        let _ = sent_rx.await;
+        if let Some(rx) = sent_rx {
+            let _ = rx.await;
+        }
         tokio::time::sleep(timeout).await;
     };
     let (mut resp, pool_return) = tokio::select! {
