@@ -58,29 +58,33 @@ pub fn wants_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Adds the forwarding headers for a request from `peer` that arrived with `host`.
+/// `peer` is the client address as a header value ([`peer_value`]), made once per connection.
 pub fn add_forwarding(
     h: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     host: Option<&HeaderValue>,
     via: &HeaderValue,
 ) {
-    let peer = peer.to_canonical().to_string();
-    let xff = match h
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .fold(String::new(), |mut acc, v| {
-            if !acc.is_empty() {
-                acc.push_str(", ");
-            }
-            acc.push_str(v);
-            acc
-        }) {
-        prior if prior.is_empty() => peer,
-        prior => format!("{prior}, {peer}"),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+    if h.contains_key(&X_FORWARDED_FOR) {
+        let mut xff = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .fold(String::new(), |mut acc, v| {
+                if !acc.is_empty() {
+                    acc.push_str(", ");
+                }
+                acc.push_str(v);
+                acc
+            });
+        xff.push_str(", ");
+        xff.push_str(peer.to_str().unwrap_or(""));
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+    } else {
+        // The common case: no proxy before us; share the connection's value, no allocation.
+        h.insert(X_FORWARDED_FOR.clone(), peer.clone());
     }
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     match host {
@@ -104,6 +108,13 @@ pub fn add_forwarding(
             h.insert(header::VIA, via.clone());
         }
     }
+}
+
+/// The client address as a header value (IPv4-mapped IPv6 shown as IPv4), shared by every
+/// request of a connection.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.to_canonical().to_string()))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Keeps a well-formed inbound request id (1 to 128 of `A-Z a-z 0-9 . _ : -`), or makes a new one.
@@ -160,7 +171,7 @@ mod tests {
         let via = HeaderValue::from_static("1.1 frontdesk");
         add_forwarding(
             &mut h,
-            "10.1.2.3".parse().expect("ip"),
+            &peer_value("10.1.2.3".parse().expect("ip")),
             Some(&HeaderValue::from_static("a.example")),
             &via,
         );

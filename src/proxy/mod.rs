@@ -200,7 +200,12 @@ async fn forward_routed(
         .and_then(|_| forward::wants_upgrade(&head.headers));
 
     forward::strip_hop_by_hop(&mut head.headers);
-    forward::add_forwarding(&mut head.headers, conn.peer.ip(), host.as_ref(), &snap.via);
+    forward::add_forwarding(
+        &mut head.headers,
+        &conn.peer_value,
+        host.as_ref(),
+        &snap.via,
+    );
     head.headers
         .insert(forward::X_REQUEST_ID.clone(), request_id.clone());
     if let Some(proto) = &upgrade {

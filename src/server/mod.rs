@@ -26,6 +26,8 @@ use crate::snapshot::{ListenerSpec, Live};
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP as a header value, for `X-Forwarded-For`.
+    pub peer_value: http::HeaderValue,
     /// The listener's settings when the connection was accepted.
     pub listener: ListenerSpec,
     /// In-flight and upgrade state shared with the stream guard.
@@ -173,6 +175,7 @@ pub async fn serve(
     let max_head = spec.limits.max_head;
     let info = Arc::new(ConnInfo {
         peer,
+        peer_value: proxy::forward::peer_value(peer.ip()),
         listener: spec,
         shared,
         tunnels,
