@@ -15,7 +15,20 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes hop-by-hop headers: every name listed in `Connection`, then the standard ones.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::CONNECTION) {
+    // One pass over the (few) names finds what to remove; most messages carry at most
+    // `Connection`, so this beats a hashed removal per hop-by-hop name.
+    let mut found: [Option<HeaderName>; 9] = Default::default();
+    let mut n = 0;
+    let mut has_connection = false;
+    for k in h.keys() {
+        if *k == header::CONNECTION {
+            has_connection = true;
+        } else if is_hop_by_hop(k) && n < found.len() {
+            found[n] = Some(k.clone());
+            n += 1;
+        }
+    }
+    if has_connection {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
@@ -23,23 +36,26 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
-        for n in named {
-            h.remove(n);
+        for name in named {
+            h.remove(name);
         }
         h.remove(header::CONNECTION);
     }
-    for n in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::TRAILER,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-        &header::PROXY_AUTHENTICATE,
-    ] {
-        h.remove(n);
+    for name in found.into_iter().flatten() {
+        h.remove(name);
     }
+}
+
+/// The hop-by-hop fields of RFC 9110 §7.6.1 (besides `Connection`) and their legacy relatives.
+fn is_hop_by_hop(k: &HeaderName) -> bool {
+    *k == header::TE
+        || *k == header::TRANSFER_ENCODING
+        || *k == header::TRAILER
+        || *k == header::UPGRADE
+        || *k == header::PROXY_AUTHORIZATION
+        || *k == header::PROXY_AUTHENTICATE
+        || *k == KEEP_ALIVE
+        || *k == PROXY_CONNECTION
 }
 
 /// True for an HTTP/1.1 upgrade request (`Connection: upgrade` and an `Upgrade` header).
