@@ -81,7 +81,7 @@ impl RunningListener {
     /// snapshot current at accept time.
     pub fn start(
         listener: TcpListener,
-        spec: ListenerSpec,
+        spec: Arc<ListenerSpec>,
         live: Arc<Live>,
         tunnels: Arc<Tunnels>,
     ) -> io::Result<Self> {
@@ -91,7 +91,7 @@ impl RunningListener {
     /// Starts a successor on a handed-over socket; it adopts the predecessor's open connections.
     pub fn adopt(
         handed: Handed,
-        spec: ListenerSpec,
+        spec: Arc<ListenerSpec>,
         live: Arc<Live>,
         tunnels: Arc<Tunnels>,
     ) -> io::Result<Self> {
@@ -101,7 +101,7 @@ impl RunningListener {
     fn start_with(
         listener: TcpListener,
         drain: Drain,
-        spec: ListenerSpec,
+        spec: Arc<ListenerSpec>,
         live: Arc<Live>,
         tunnels: Arc<Tunnels>,
     ) -> io::Result<Self> {

@@ -57,7 +57,7 @@ pub struct Snapshot {
     /// Upstreams by name.
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Listeners by declaration order.
-    pub listeners: Vec<ListenerSpec>,
+    pub listeners: Vec<Arc<ListenerSpec>>,
     /// `Via` value added to forwarded requests.
     pub via: HeaderValue,
     /// SIGTERM drain budget.
@@ -138,7 +138,7 @@ impl Snapshot {
                 ));
                 continue;
             };
-            listeners.push(ListenerSpec {
+            listeners.push(Arc::new(ListenerSpec {
                 name: Arc::from(l.name.as_str()),
                 address,
                 limits: HeadLimits {
@@ -149,7 +149,7 @@ impl Snapshot {
                     idle_timeout: l.limits.idle_timeout.get(),
                 },
                 max_body: l.limits.max_request_body.map(|b| b.0),
-            });
+            }));
         }
         let via = HeaderValue::from_str(&format!("1.1 {}", cfg.server.via))
             .map_err(|_| vec![Diagnostic::error("server.via", "invalid header value")])?;
@@ -171,7 +171,7 @@ impl Snapshot {
     }
 
     /// A listener's settings by name.
-    pub fn listener(&self, name: &str) -> Option<&ListenerSpec> {
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSpec>> {
         self.listeners.iter().find(|l| &*l.name == name)
     }
 }

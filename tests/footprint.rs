@@ -34,7 +34,7 @@ async fn the_task_of_a_connection_stays_under_a_kilobyte() {
     let task = serve(
         stream,
         addr,
-        spec,
+        Arc::new(spec),
         live,
         Default::default(),
         Default::default(),

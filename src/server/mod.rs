@@ -29,7 +29,7 @@ pub struct ConnInfo {
     /// The client's IP as a header value, for `X-Forwarded-For`.
     pub peer_value: http::HeaderValue,
     /// The listener's settings when the connection was accepted.
-    pub listener: ListenerSpec,
+    pub listener: Arc<ListenerSpec>,
     /// In-flight and upgrade state shared with the stream guard.
     pub shared: Arc<ConnShared>,
     /// Where tunnels register, so shutdown can wait for them.
@@ -158,7 +158,7 @@ impl Drop for DrainToken {
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    spec: ListenerSpec,
+    spec: Arc<ListenerSpec>,
     live: Arc<Live>,
     tunnels: Arc<Tunnels>,
     drain: Drain,
