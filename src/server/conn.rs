@@ -609,10 +609,21 @@ impl GuardedIo<tokio::net::TcpStream> {
         if self.prefix.is_some() {
             return Wake::Ready;
         }
-        match tokio::time::timeout(idle_left, self.inner.readable()).await {
-            Ok(_) => Wake::Ready,
-            Err(_) => Wake::IdleTimeout,
-        }
+        // The stream's own (already allocated) timer, not a new one: a parked connection
+        // should cost as little memory as possible.
+        self.arm(idle_left);
+        let wake = std::future::poll_fn(|cx| {
+            if self.inner.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(Wake::Ready);
+            }
+            if self.timer_fired(cx) {
+                return Poll::Ready(Wake::IdleTimeout);
+            }
+            Poll::Pending
+        })
+        .await;
+        self.timer_armed = false;
+        wake
     }
 
     /// Peeks at the first bytes: true if they are the HTTP/2 prior-knowledge preface.
