@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, deterministic: runs Frontdesk under callgrind behind nothing but
+# itself, sends N keep-alive requests through it to an nginx upstream, and divides the instructions
+# counted during those requests by N. Timing-free, so it compares builds even on a noisy machine.
+#
+#   bench/callgrind.sh [FRONTDESK_BIN] [N]      (defaults: target/release/frontdesk, 5000)
+#
+# Needs valgrind, nginx and h2load (apt-get install -y valgrind nginx-light nghttp2-client).
+set -euo pipefail
+BENCH=$(cd "$(dirname "$0")" && pwd)
+BIN=${1:-$BENCH/../target/release/frontdesk}
+N=${2:-5000}
+OUT=$BENCH/out/callgrind
+mkdir -p "$OUT/upstream-tmp"
+for tool in valgrind callgrind_control nginx h2load; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y valgrind nginx-light nghttp2-client)" >&2; exit 1; }
+done
+read -r UP FD < <(python3 "$BENCH/benchutil.py" ports 2)
+sed -e "s|@OUT@|$OUT|g; s|@NOFILE@|4096|; s|@WORKER_CONNECTIONS@|1024|; s|@PORT@|$UP|; s|@BODY@|hello from upstream|" \
+    "$BENCH/nginx-upstream.conf" >"$OUT/upstream.conf"
+cat >"$OUT/frontdesk.yaml" <<YAML
+version: 1
+server: { worker_threads: 1 }
+listeners: [{ name: bench, address: "127.0.0.1:$FD" }]
+upstreams: { origin: { targets: [{ url: "http://127.0.0.1:$UP" }] } }
+routes: [{ name: all, match: { paths: ["/"] }, upstream: origin }]
+YAML
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+nginx -c "$OUT/upstream.conf" -p "$OUT" >/dev/null 2>&1 &
+PIDS+=($!)
+rm -f "$OUT"/cg.out.*
+valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out.%p" "$BIN" run -c "$OUT/frontdesk.yaml" >"$OUT/frontdesk.log" 2>&1 &
+VPID=$!
+PIDS+=("$VPID")
+python3 "$BENCH/benchutil.py" wait "$FD" 60 "$VPID"
+h2load --h1 -n 200 -c 10 "http://127.0.0.1:$FD/" >/dev/null 2>&1   # warm-up, not counted
+callgrind_control -z "$VPID" >/dev/null
+h2load --h1 -n "$N" -c 10 "http://127.0.0.1:$FD/" | grep -E "^requests:"
+callgrind_control -d "$VPID" >/dev/null
+sleep 1
+IR=$(grep -E "^(summary|totals):" "$OUT"/cg.out.*.1 | head -1 | awk '{print $2}')
+echo "instructions per request: $((IR / N))  ($IR over $N requests)"
