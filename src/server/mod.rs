@@ -169,10 +169,8 @@ pub async fn serve(
         return;
     }
     let _ = stream.set_nodelay(true);
-    let limits = spec.limits;
     let shared = Arc::new(ConnShared::default());
-    let mut io = GuardedIo::new(stream, limits, shared.clone()).with_parking(PARK_AFTER);
-    let max_head = spec.limits.max_head;
+    let mut io = GuardedIo::new(stream, spec.limits, shared.clone()).with_parking(PARK_AFTER);
     let info = Arc::new(ConnInfo {
         peer,
         peer_value: proxy::forward::peer_value(peer.ip()),
@@ -189,24 +187,29 @@ pub async fn serve(
 
     // Every phase below is boxed, so the task of an idle connection stays small: only the
     // phase being awaited is allocated.
-    if Box::pin(park(&mut io, &mut stop, limits.idle_timeout)).await != Wake::Ready {
+    let idle = io_idle(&io);
+    if Box::pin(park(&mut io, &mut stop, idle)).await != Wake::Ready {
         return;
     }
     if Box::pin(io.is_http2_preface()).await {
         io.set_http2();
-        Box::pin(serve_h2(io, svc, max_head, peer, stop)).await;
+        Box::pin(serve_h2(io, svc, peer, stop)).await;
         return;
     }
-    let idle_left = limits.idle_timeout.saturating_sub(PARK_AFTER);
     loop {
         match Box::pin(serve_h1(io, svc.clone(), peer, &mut stop)).await {
             Some(parked) => io = parked,
             None => return,
         }
+        let idle_left = io_idle(&io).saturating_sub(PARK_AFTER);
         if Box::pin(park(&mut io, &mut stop, idle_left)).await != Wake::Ready {
             return;
         }
     }
+}
+
+fn io_idle(io: &GuardedIo<TcpStream>) -> Duration {
+    io.limits().idle_timeout
 }
 
 /// Waits on a parked connection; a drain signal counts as the end of the connection.
@@ -271,7 +274,6 @@ where
 async fn serve_h2<S>(
     io: GuardedIo<TcpStream>,
     svc: S,
-    max_head: usize,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -282,7 +284,7 @@ async fn serve_h2<S>(
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(100)
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(io.limits().max_head).unwrap_or(u32::MAX));
     let conn = h2.serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
