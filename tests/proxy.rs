@@ -336,3 +336,66 @@ async fn response_plugins_also_see_gateway_errors_on_a_matched_route() {
     assert_eq!(resp.headers()["x-frame-options"], "DENY");
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
 }
+
+#[tokio::test]
+async fn a_slow_reader_gets_the_whole_response_before_the_connection_is_parked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 16 * 1024 * 1024;
+    let up = common::upstream(|_req| async move {
+        use http_body_util::BodyExt;
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        let frames =
+            futures_util::stream::iter(std::iter::repeat_n(chunk, SIZE / (64 * 1024)).map(|b| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(b))
+            }));
+        hyper::Response::builder()
+            .header("content-length", SIZE.to_string())
+            .body(http_body_util::StreamBody::new(frames).boxed())
+            .unwrap()
+    })
+    .await;
+    let gw = gateway(&config(&format!(
+        "upstreams: {{ u: {{ targets: [{{ url: \"{}\" }}] }} }}\nroutes:\n  - {{ name: r, match: {{ paths: [\"/\"] }}, upstream: u }}\n",
+        up.url()
+    )))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Let the socket buffers fill and the gateway finish reading the upstream body while its last
+    // bytes still wait to be written: well past the park delay.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut got = Vec::with_capacity(SIZE + 1024);
+    let mut buf = vec![0u8; 256 * 1024];
+    let body_start = loop {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    while got.len() - body_start < SIZE {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("body in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed after {} of {SIZE} body bytes",
+            got.len() - body_start
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got.len() - body_start, SIZE);
+    // The connection is still usable for the next request afterwards.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "second response on the same connection"
+    );
+}

@@ -127,6 +127,8 @@ pub struct GuardedIo<T> {
     /// Whether the armed idle timer parks (true) or closes (false) when it fires.
     timer_parks: bool,
     parked: bool,
+    /// hyper wrote since it last flushed, so it may still hold response bytes: not parkable.
+    unflushed: bool,
     /// Request body bytes still expected after the last scanned head; `None` when unknown
     /// (chunked) or when bytes beyond the body (a pipelined request) reached hyper. Parking is
     /// only safe when this is `Some(0)`: then hyper holds no unread bytes.
@@ -158,6 +160,7 @@ impl<T> GuardedIo<T> {
             park_after: None,
             timer_parks: false,
             parked: false,
+            unflushed: false,
             body_left: Some(0),
             prefix: None,
         }
@@ -340,6 +343,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                                         StatusCode::REQUEST_TIMEOUT,
                                         "the request head did not arrive in time",
                                     );
+                                    continue;
+                                }
+                                if this.timer_parks && this.unflushed {
+                                    // hyper still holds response bytes it has not written (a slow
+                                    // reader): parking now would end the response early. Look again
+                                    // after another park delay.
+                                    this.enter_idle();
                                     continue;
                                 }
                                 if this.timer_parks {
@@ -654,6 +664,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.unflushed = true;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -662,6 +673,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.unflushed = true;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -670,7 +682,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // hyper flushes the stream only once its own write buffer is empty.
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if r.is_ready() {
+            self.unflushed = false;
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -299,7 +299,10 @@ pub fn spawn_bin(yaml: &str) -> BinGateway {
     let mut child = std::process::Command::new(bin())
         .args(["run", "-c"])
         .arg(&path)
-        .env("FRONTDESK_LOG", "info")
+        .env(
+            "FRONTDESK_LOG",
+            std::env::var("TEST_FRONTDESK_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
