@@ -17,7 +17,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The downstream request body on its way upstream, with an optional size limit.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Option<Incoming>,
+    inner: Incoming,
     seen: u64,
     limit: u64,
     /// Fired (or dropped) when the body has been sent completely, to start the response timer.
@@ -33,7 +33,7 @@ impl RequestBody {
     /// Wraps a downstream body; `limit` of `u64::MAX` means none.
     pub fn new(inner: Incoming, limit: u64) -> Self {
         RequestBody {
-            inner: Some(inner),
+            inner,
             seen: 0,
             limit,
             on_end: None,
@@ -44,16 +44,6 @@ impl RequestBody {
     pub fn on_end(mut self, tx: tokio::sync::oneshot::Sender<()>) -> Self {
         self.on_end = Some(tx);
         self
-    }
-
-    /// No body.
-    pub fn empty() -> Self {
-        RequestBody {
-            inner: None,
-            seen: 0,
-            limit: u64::MAX,
-            on_end: None,
-        }
     }
 }
 
@@ -66,10 +56,8 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_frame(cx) {
+        let polled = boxed(Pin::new(&mut this.inner).poll_frame(cx));
+        match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
@@ -77,25 +65,21 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
                 }
-                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => {
                 this.on_end.take().map(|tx| tx.send(()));
-                Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            _ => {}
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        self.inner.size_hint()
     }
 }
 
@@ -163,12 +147,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let out = match &mut this.kind {
-            Kind::Upstream(b) => match Pin::new(b).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
-                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            Kind::Upstream(b) => boxed(Pin::new(b).poll_frame(cx)),
             Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
         if let Poll::Ready(None) = out {
@@ -207,4 +186,11 @@ impl Drop for ResponseBody {
             }
         }
     }
+}
+
+/// A polled `Incoming` frame with its error boxed (the shape both bodies return).
+fn boxed(
+    p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    p.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
 }

@@ -30,11 +30,6 @@ impl PluginChain {
         self.plugins.is_empty()
     }
 
-    /// The kinds in run order.
-    pub fn kinds(&self) -> Vec<&'static str> {
-        self.plugins.iter().map(|p| p.kind()).collect()
-    }
-
     /// Runs `request_filter` in order; stops at the first answer or error.
     pub async fn request_filter(
         &self,

@@ -215,11 +215,6 @@ impl<R> RouteTable<R> {
         self.first_in(&self.any_host, req)
     }
 
-    /// Iterates the payloads in declaration order.
-    pub fn payloads(&self) -> impl Iterator<Item = &R> {
-        self.routes.iter().map(|c| &c.payload)
-    }
-
     fn first_in(&self, list: &[usize], req: &RequestKey<'_>) -> Option<RouteMatch<'_, R>> {
         for &e in list {
             let entry = &self.entries[e];

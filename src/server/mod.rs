@@ -135,11 +135,6 @@ impl Drain {
             notified.await;
         }
     }
-
-    /// Open connections.
-    pub fn count(&self) -> usize {
-        self.inner.open.load(Ordering::Acquire)
-    }
 }
 
 impl Drop for DrainToken {

@@ -141,11 +141,6 @@ impl Upstream {
         self.endpoints.get(idx)
     }
 
-    /// The endpoints, in config order.
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
-    }
-
     /// Sends `req` (origin-form URI, `Host` set) to `ep` over a pooled or new connection.
     ///
     /// A request that a pooled connection could not take (it closed while idle) is sent again on
