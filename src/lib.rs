@@ -13,6 +13,7 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 
 pub use frontdesk_config as config;

@@ -58,7 +58,7 @@ fn validate(path: &Path) -> ExitCode {
         }
     };
     let print = |d: &[Diagnostic]| d.iter().for_each(|d| eprintln!("{d}"));
-    match frontdesk::config::load_str(&text, &|k| std::env::var(k).ok()) {
+    match frontdesk::runtime::reload::load_text(path, &text) {
         Err(diags) => {
             print(&diags);
             ExitCode::FAILURE

@@ -1,7 +1,7 @@
 //! The running gateway: owns the live snapshot and the listeners, and is the only place that
 //! changes them (start, reload, shutdown).
 
-mod reload;
+pub mod reload;
 mod signals;
 
 use std::collections::HashMap;

@@ -34,8 +34,17 @@ pub async fn load_file(path: &Path) -> Result<(String, Loaded), Vec<Diagnostic>>
             format!("cannot read {}: {e}", path.display()),
         )]
     })?;
-    let loaded = load_str(&text, &|k| std::env::var(k).ok())?;
+    let loaded = load_text(path, &text)?;
     Ok((text, loaded))
+}
+
+/// Parses and validates the text of the config file at `path`, with the process environment for
+/// `${VAR}`; relative file paths in it become relative to the file's directory.
+pub fn load_text(path: &Path, text: &str) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut loaded = load_str(text, &|k| std::env::var(k).ok())?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    loaded.config.resolve_paths(base);
+    Ok(loaded)
 }
 
 pub(crate) fn hash(text: &str) -> u64 {

@@ -109,9 +109,9 @@ impl Upstream {
             weights.push(t.weight);
         }
         let pool_settings = PoolSettings {
-            connect_timeout: cfg.connect_timeout.get(),
+            connect_timeout: cfg.connect_timeout(),
             max_idle: cfg.max_idle_per_target,
-            idle_timeout: cfg.pool_idle_timeout.get(),
+            idle_timeout: cfg.idle_timeout(),
         };
         let pool_id = match prev {
             Some(p) if p.pool_settings == pool_settings => p.pool_id,
@@ -127,7 +127,7 @@ impl Upstream {
             schedule: smooth_wrr(&weights),
             endpoints,
             cursor: AtomicUsize::new(0),
-            timeout: cfg.timeout.get(),
+            timeout: cfg.response_timeout(),
             pool_id,
             pool_settings,
         })

@@ -16,8 +16,11 @@ use serde_json::{Map, Value};
 
 pub use model::plugin::{HeaderOps, HeadersConfig, RespondConfig};
 pub use model::{
-    Config, LimitsConfig, ListenerConfig, MatchConfig, PathMatch, PluginsConfig, RouteConfig,
-    ServerConfig, TargetConfig, UpstreamConfig,
+    ActiveHealthConfig, CertificateConfig, CircuitBreakerConfig, ClientAuthConfig, ClientAuthMode,
+    Config, HealthCheckConfig, LimitsConfig, ListenerConfig, ListenerTlsConfig, LoadBalancing,
+    MatchConfig, PassiveHealthConfig, PathMatch, PluginsConfig, RetriesConfig, RetryOn,
+    RouteConfig, ServerConfig, TargetConfig, TimeoutsConfig, TlsVersion, UpstreamConfig,
+    UpstreamProtocol, UpstreamTlsConfig,
 };
 pub use units::{ByteSize, Dur};
 

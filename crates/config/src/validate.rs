@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
-use crate::model::{Config, PathMatch, PluginsConfig, RouteConfig};
+use crate::model::{
+    Config, LoadBalancing, PathMatch, PluginsConfig, RouteConfig, UpstreamConfig, UpstreamProtocol,
+};
 use crate::{Diagnostic, FieldPath};
 
 /// Original list positions of the parsed listeners and routes (elements that failed to parse are
@@ -116,6 +118,25 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
                 ));
             }
         }
+        if let Some(tls) = &l.tls {
+            if tls.certificates.is_empty() {
+                out.push(Diagnostic::error(
+                    at.key("tls").key("certificates").to_string(),
+                    "a TLS listener needs at least one certificate",
+                ));
+            }
+            if l.redirect_https {
+                out.push(Diagnostic::error(
+                    at.key("redirect_https").to_string(),
+                    "a TLS listener cannot redirect to HTTPS; set it on the plain HTTP listener",
+                ));
+            }
+        } else if l.redirect_https && !cfg.listeners.iter().any(|o| o.tls.is_some()) {
+            out.push(Diagnostic::error(
+                at.key("redirect_https").to_string(),
+                "needs a listener with `tls` to redirect to",
+            ));
+        }
     }
     if cfg.listeners.is_empty() {
         out.push(Diagnostic::warning(
@@ -156,17 +177,7 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
                 "at least one target needs a weight above 0",
             ));
         }
-        for (field, d) in [
-            ("connect_timeout", up.connect_timeout),
-            ("timeout", up.timeout),
-        ] {
-            if d.0.is_zero() {
-                out.push(Diagnostic::error(
-                    at.key(field).to_string(),
-                    "must be greater than zero",
-                ));
-            }
-        }
+        check_upstream(up, &at, out);
     }
 
     check_plugins(&cfg.plugins, &root.key("plugins"), out);
@@ -328,16 +339,136 @@ fn check_host(h: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks `http://host:port` (optionally with a trailing `/`).
+/// Checks the balancing, health, timeout, retry, breaker, protocol and TLS settings of an upstream.
+fn check_upstream(up: &UpstreamConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    let mut err =
+        |field: FieldPath, msg: String| out.push(Diagnostic::error(field.to_string(), msg));
+    for (field, legacy, new) in [
+        ("connect", &up.connect_timeout, &up.timeouts.connect),
+        ("response", &up.timeout, &up.timeouts.response),
+        ("idle", &up.pool_idle_timeout, &up.timeouts.idle),
+    ] {
+        if legacy.is_some() && new.is_some() {
+            err(
+                at.key("timeouts").key(field),
+                "set either this or the older top-level field, not both".into(),
+            );
+        }
+        if legacy.or(*new).is_some_and(|d| d.get().is_zero()) {
+            err(
+                at.key("timeouts").key(field),
+                "must be greater than zero".into(),
+            );
+        }
+    }
+    match (up.load_balancing, &up.hash_key) {
+        (LoadBalancing::ConsistentHash, None) => err(
+            at.key("hash_key"),
+            "consistent_hash needs a hash_key (header:NAME, cookie:NAME, client_ip or path)".into(),
+        ),
+        (LoadBalancing::ConsistentHash, Some(k)) => {
+            let ok = match k.split_once(':') {
+                Some(("header", n)) => !n.is_empty() && n.bytes().all(is_tchar),
+                Some(("cookie", n)) => !n.is_empty() && n.bytes().all(is_tchar),
+                None => k == "client_ip" || k == "path",
+                _ => false,
+            };
+            if !ok {
+                err(
+                    at.key("hash_key"),
+                    format!("{k:?}: expected header:NAME, cookie:NAME, client_ip or path"),
+                );
+            }
+        }
+        (_, Some(_)) => err(
+            at.key("hash_key"),
+            "only used with load_balancing: consistent_hash".into(),
+        ),
+        (_, None) => {}
+    }
+    if let Some(a) = &up.health_check.active {
+        let aa = at.key("health_check").key("active");
+        if !a.path.starts_with('/') {
+            err(aa.key("path"), "must start with `/`".into());
+        }
+        if a.interval.get().is_zero() {
+            err(aa.key("interval"), "must be greater than zero".into());
+        }
+        if a.timeout.get().is_zero() {
+            err(aa.key("timeout"), "must be greater than zero".into());
+        }
+        for (f, v) in [
+            ("healthy_threshold", a.healthy_threshold),
+            ("unhealthy_threshold", a.unhealthy_threshold),
+        ] {
+            if v == 0 {
+                err(aa.key(f), "must be at least 1".into());
+            }
+        }
+    }
+    if up.retries.attempts > 10 {
+        err(at.key("retries").key("attempts"), "at most 10".into());
+    }
+    if let Some(cb) = &up.circuit_breaker {
+        let ca = at.key("circuit_breaker");
+        if !(cb.failure_ratio > 0.0 && cb.failure_ratio <= 1.0) {
+            err(
+                ca.key("failure_ratio"),
+                "must be above 0 and at most 1".into(),
+            );
+        }
+        if cb.min_requests == 0 {
+            err(ca.key("min_requests"), "must be at least 1".into());
+        }
+        if cb.window.get() < std::time::Duration::from_secs(1) {
+            err(ca.key("window"), "must be at least 1s".into());
+        }
+        if cb.open_for.get().is_zero() {
+            err(ca.key("open_for"), "must be greater than zero".into());
+        }
+        if cb.max_concurrent == Some(0) {
+            err(ca.key("max_concurrent"), "must be at least 1".into());
+        }
+    }
+    let any_https = up.targets.iter().any(|t| t.url.starts_with("https://"));
+    let any_http = up.targets.iter().any(|t| t.url.starts_with("http://"));
+    if any_https && any_http {
+        err(
+            at.key("targets"),
+            "all targets of an upstream use the same scheme (http:// or https://)".into(),
+        );
+    }
+    match up.protocol {
+        UpstreamProtocol::H2 if any_http => err(
+            at.key("protocol"),
+            "h2 runs over TLS and needs https:// targets; use h2c for cleartext HTTP/2".into(),
+        ),
+        UpstreamProtocol::H2c if any_https => err(
+            at.key("protocol"),
+            "h2c is cleartext and needs http:// targets; use h2 over TLS".into(),
+        ),
+        _ => {}
+    }
+    if let Some(tls) = &up.tls {
+        let ta = at.key("tls");
+        if !any_https {
+            err(ta.clone(), "only used with https:// targets".into());
+        }
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            err(ta, "client_cert and client_key go together".into());
+        }
+    }
+}
+
+/// Checks `http://host:port` or `https://host:port` (optionally with a trailing `/`).
 fn check_target_url(url: &str) -> Result<(), String> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
         return Err(format!(
-            "{url:?}: https targets are not supported yet; use http://"
+            "{url:?}: expected http://host:port or https://host:port"
         ));
-    } else {
-        return Err(format!("{url:?}: expected http://host:port"));
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {

@@ -5,6 +5,8 @@ use serde::Deserialize;
 
 use crate::units::{ByteSize, Dur};
 
+pub use super::listener_tls::ListenerTlsConfig;
+
 /// A socket that accepts HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port.
 #[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +18,13 @@ pub struct ListenerConfig {
     /// Request limits enforced before any route or plugin runs.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Terminate TLS here (HTTPS, with ALPN `h2` and `http/1.1`).
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+    /// Answer every request with `308` to the same host and path over HTTPS, on the first TLS
+    /// listener's port (omitted when it is 443). Only for listeners without `tls`.
+    #[serde(default)]
+    pub redirect_https: bool,
 }
 
 /// Limits on what a client may send. Requests over a limit never reach an upstream.

@@ -4,6 +4,7 @@
 //! runtime types; nothing here does I/O.
 
 mod listener;
+mod listener_tls;
 pub mod plugin;
 mod route;
 mod upstream;
@@ -14,9 +15,16 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub use listener::{LimitsConfig, ListenerConfig};
+pub use listener_tls::{
+    CertificateConfig, ClientAuthConfig, ClientAuthMode, ListenerTlsConfig, TlsVersion,
+};
 pub use plugin::PluginsConfig;
 pub use route::{MatchConfig, PathMatch, RouteConfig};
-pub use upstream::{TargetConfig, UpstreamConfig};
+pub use upstream::{
+    ActiveHealthConfig, CircuitBreakerConfig, HealthCheckConfig, LoadBalancing,
+    PassiveHealthConfig, RetriesConfig, RetryOn, TargetConfig, TimeoutsConfig, UpstreamConfig,
+    UpstreamProtocol, UpstreamTlsConfig,
+};
 
 use crate::units::Dur;
 
@@ -41,6 +49,39 @@ pub struct Config {
     /// Global plugins: run on every route, before the route's own plugins of the same kind.
     #[serde(default)]
     pub plugins: PluginsConfig,
+}
+
+impl Config {
+    /// Makes relative file paths (certificates, keys, CAs) relative to `base`, the directory of
+    /// the config file, so the gateway reads the same files whatever its working directory.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        let fix = |p: &mut String| {
+            if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
+                *p = base.join(p.as_str()).to_string_lossy().into_owned();
+            }
+        };
+        for l in &mut self.listeners {
+            if let Some(tls) = &mut l.tls {
+                for c in &mut tls.certificates {
+                    fix(&mut c.cert);
+                    fix(&mut c.key);
+                }
+                if let Some(ca) = &mut tls.client_auth {
+                    fix(&mut ca.ca);
+                }
+            }
+        }
+        for up in self.upstreams.values_mut() {
+            if let Some(tls) = &mut up.tls {
+                for p in [&mut tls.ca, &mut tls.client_cert, &mut tls.client_key]
+                    .into_iter()
+                    .flatten()
+                {
+                    fix(p);
+                }
+            }
+        }
+    }
 }
 
 /// Process-wide settings.
