@@ -9,7 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::server::InflightGuard;
-use crate::upstream::pool::PoolReturn;
+use crate::upstream::Lease;
 
 /// Boxed error type of bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -17,7 +17,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The downstream request body on its way upstream, with an optional size limit.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None` for a request made by the gateway (a replayed retry or a health probe): no body.
+    inner: Option<Incoming>,
     seen: u64,
     limit: u64,
     /// Fired (or dropped) when the body has been sent completely, to start the response timer.
@@ -33,9 +34,19 @@ impl RequestBody {
     /// Wraps a downstream body; `limit` of `u64::MAX` means none.
     pub fn new(inner: Incoming, limit: u64) -> Self {
         RequestBody {
-            inner,
+            inner: Some(inner),
             seen: 0,
             limit,
+            on_end: None,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            seen: 0,
+            limit: u64::MAX,
             on_end: None,
         }
     }
@@ -56,7 +67,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = boxed(Pin::new(&mut this.inner).poll_frame(cx));
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        let polled = boxed(Pin::new(inner).poll_frame(cx));
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
@@ -75,11 +89,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 
@@ -91,8 +107,9 @@ impl Body for RequestBody {
 pub struct ResponseBody {
     kind: Kind,
     _guard: Option<InflightGuard>,
-    /// The upstream connection, returned to the pool once this body has been read to the end.
-    pool: Option<PoolReturn>,
+    /// The upstream connection and in-flight counts, released once this body has been read to
+    /// the end (the connection goes back to the pool only then).
+    lease: Option<Lease>,
 }
 
 #[derive(Debug)]
@@ -102,12 +119,12 @@ enum Kind {
 }
 
 impl ResponseBody {
-    /// Streams an upstream body through; `pool` gets the connection back when it is complete.
-    pub fn upstream(b: Incoming, pool: PoolReturn) -> Self {
+    /// Streams an upstream body through; `lease` is finished when it is complete.
+    pub fn upstream(b: Incoming, lease: Lease) -> Self {
         ResponseBody {
             kind: Kind::Upstream(b),
             _guard: None,
-            pool: Some(pool),
+            lease: Some(lease),
         }
     }
 
@@ -117,7 +134,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
             _guard: None,
-            pool: None,
+            lease: None,
         }
     }
 
@@ -126,7 +143,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(None),
             _guard: None,
-            pool: None,
+            lease: None,
         }
     }
 
@@ -153,8 +170,8 @@ impl Body for ResponseBody {
         if let Poll::Ready(None) = out {
             // The upstream connection is reusable once its body ended; release the
             // downstream connection's in-flight mark as soon as the last frame is out.
-            if let Some(p) = this.pool.take() {
-                p.give_back();
+            if let Some(l) = this.lease.take() {
+                l.finish();
             }
             this._guard = None;
         }
@@ -180,9 +197,9 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         // hyper may never poll a body that is known to be empty; it is complete all the same.
         // A body dropped midway leaves its connection mid-response: that one is not reused.
-        if let (Some(p), Kind::Upstream(b)) = (self.pool.take(), &self.kind) {
+        if let (Some(l), Kind::Upstream(b)) = (self.lease.take(), &self.kind) {
             if b.is_end_stream() {
-                p.give_back();
+                l.finish();
             }
         }
     }

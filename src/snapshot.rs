@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub drain_timeout: Duration,
     /// The config it was built from.
     pub config: Arc<Config>,
+    /// Background tasks of this generation (active health checks), aborted when it is retired.
+    background: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Snapshot {
@@ -85,10 +87,14 @@ impl Snapshot {
                 Ok(u) => {
                     upstreams.insert(name.clone(), Arc::new(u));
                 }
-                Err(e) => errs.push(Diagnostic::error(
-                    root.key("upstreams").key(name).to_string(),
-                    e.to_string(),
-                )),
+                Err(e) => {
+                    let at = root.key("upstreams").key(name);
+                    let at = match e {
+                        crate::upstream::UpstreamError::Tls(_) => at.key("tls"),
+                        crate::upstream::UpstreamError::BadTarget(_) => at.key("targets"),
+                    };
+                    errs.push(Diagnostic::error(at.to_string(), e.to_string()));
+                }
             }
         }
 
@@ -163,6 +169,7 @@ impl Snapshot {
                     via,
                     drain_timeout: cfg.server.drain_timeout.get(),
                     config: Arc::new(cfg),
+                    background: Default::default(),
                 },
                 warnings,
             )),
@@ -170,8 +177,37 @@ impl Snapshot {
         }
     }
 
+    /// Starts this generation's background tasks (active health checks). Called once it is
+    /// live; must run inside a tokio runtime.
+    pub fn start_background(&self) {
+        let mut tasks = self
+            .background
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for up in self.upstreams.values() {
+            tasks.extend(up.start_health_checks());
+        }
+    }
+
+    /// Stops the background tasks: this generation was replaced.
+    pub fn stop_background(&self) {
+        let tasks = std::mem::take(
+            &mut *self
+                .background
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        tasks.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+
     /// A listener's settings by name.
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSpec>> {
         self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        self.stop_background();
     }
 }

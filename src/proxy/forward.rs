@@ -23,6 +23,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for k in h.keys() {
         if *k == header::CONNECTION {
             has_connection = true;
+        } else if *k == header::TE && is_te_trailers(h) {
+            // `TE: trailers` says the client accepts trailers: gRPC needs it end to end, and it
+            // is the one TE value HTTP/2 allows (RFC 9113 §8.2.2).
         } else if is_hop_by_hop(k) && n < found.len() {
             found[n] = Some(k.clone());
             n += 1;
@@ -44,6 +47,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for name in found.into_iter().flatten() {
         h.remove(name);
     }
+}
+
+fn is_te_trailers(h: &HeaderMap) -> bool {
+    let mut all = h.get_all(header::TE).iter();
+    matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
 /// The hop-by-hop fields of RFC 9110 §7.6.1 (besides `Connection`) and their legacy relatives.

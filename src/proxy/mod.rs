@@ -5,7 +5,6 @@ pub mod error_response;
 pub mod forward;
 mod upgrade;
 
-use std::error::Error as _;
 use std::sync::Arc;
 
 use http::uri::PathAndQuery;
@@ -13,14 +12,13 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::body::{RequestBody, ResponseBody};
 use crate::error::GatewayError;
 use crate::plugin::{Ctx, Flow, PluginError};
 use crate::route::RequestKey;
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
-use crate::upstream::pool::ConnectError;
-use crate::upstream::SendError;
+use crate::upstream::{CallError, CallOptions};
 
 /// Handles one downstream request against one snapshot. Never fails: errors become responses.
 pub async fn handle(
@@ -188,13 +186,6 @@ async fn forward_routed(
         .upstream
         .as_ref()
         .ok_or_else(|| GatewayError::internal("the route has no upstream"))?;
-    let endpoint = upstream.select().ok_or_else(|| {
-        GatewayError::upstream(
-            StatusCode::BAD_GATEWAY,
-            "the upstream has no endpoint",
-            false,
-        )
-    })?;
     let upgrade = client_upgrade
         .as_ref()
         .and_then(|_| forward::wants_upgrade(&head.headers));
@@ -213,12 +204,7 @@ async fn forward_routed(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         head.headers.insert(header::UPGRADE, proto.clone());
     }
-    let host_value = if route.preserve_host {
-        host
-    } else {
-        HeaderValue::from_str(endpoint.authority.as_str()).ok()
-    };
-    if let Some(h) = host_value {
+    if let Some(h) = host {
         head.headers.insert(header::HOST, h);
     }
     head.uri = upstream_uri(&head.uri, route, strip_len)?;
@@ -233,36 +219,28 @@ async fn forward_routed(
     // The response timer starts once the request body is fully sent (or dropped), so a long
     // upload is not cut by `timeout`; it bounds the upstream's think time, like nginx's read timeout.
     // A request without a body (most of them) is sent at once: the timer simply starts now.
-    let timeout = upstream.timeout;
-    let (body, sent_rx) = if body.is_end_stream() {
+    let (body, body_sent) = if body.is_end_stream() {
         (RequestBody::new(body, body_limit), None)
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
         (RequestBody::new(body, body_limit).on_end(tx), Some(rx))
     };
+    let opts = CallOptions {
+        hash: upstream.hash_of(&head.headers, head.uri.path(), conn.peer.ip()),
+        preserve_host: route.preserve_host,
+        body_sent,
+    };
     let upstream_req = Request::from_parts(head, body);
-    let timer = async move {
-        if let Some(rx) = sent_rx {
-            let _ = rx.await;
-        }
-        tokio::time::sleep(timeout).await;
-    };
-    let (mut resp, pool_return) = tokio::select! {
-        r = upstream.send(endpoint, upstream_req) => r.map_err(|e| classify(&e))?,
-        () = timer => {
-            return Err(GatewayError::upstream(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream did not answer in time",
-                true,
-            ))
-        }
-    };
+    let (mut resp, lease) = upstream
+        .call(upstream_req, opts)
+        .await
+        .map_err(|e| classify(&e))?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         match (client_upgrade, upgrade) {
             (Some(client), Some(_)) => {
                 // The upstream connection becomes the tunnel's; it never returns to the pool.
-                drop(pool_return);
+                drop(lease);
                 let upstream_io = hyper::upgrade::on(&mut resp);
                 upgrade::spawn_tunnel(client, upstream_io, conn.tunnels.clone());
                 // Keep `Connection`/`Upgrade` on a 101: they are the handshake.
@@ -289,7 +267,7 @@ async fn forward_routed(
     }
     Ok(Response::from_parts(
         parts,
-        ResponseBody::upstream(body, pool_return),
+        ResponseBody::upstream(body, lease),
     ))
 }
 
@@ -321,35 +299,45 @@ fn plugin_error(e: PluginError) -> GatewayError {
     GatewayError::plugin(e.status, e.message)
 }
 
-/// Maps a send error to 502/504/413 without revealing upstream details.
-fn classify(e: &SendError) -> GatewayError {
-    match e {
-        SendError::Connect(ConnectError::Timeout) => GatewayError::upstream(
-            StatusCode::GATEWAY_TIMEOUT,
-            "connecting to the upstream timed out",
-            true,
-        ),
-        SendError::Connect(_) => GatewayError::upstream(
+/// Maps a call error to its status without revealing upstream details.
+fn classify(e: &CallError) -> GatewayError {
+    let (status, detail, retryable) = match e {
+        CallError::Connect(_) => (
             StatusCode::BAD_GATEWAY,
-            "the upstream refused the connection",
+            "the upstream could not be reached",
             true,
         ),
-        SendError::Request(err) => {
-            let mut src: Option<&(dyn std::error::Error + 'static)> = err.source();
-            while let Some(s) = src {
-                if s.downcast_ref::<BodyTooLarge>().is_some() {
-                    return GatewayError::downstream(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "the request body is too large",
-                    );
-                }
-                src = s.source();
-            }
-            GatewayError::upstream(
-                StatusCode::BAD_GATEWAY,
-                "the upstream closed the connection or sent an invalid response",
-                false,
+        CallError::Reset(_) => (
+            StatusCode::BAD_GATEWAY,
+            "the upstream closed the connection or sent an invalid response",
+            false,
+        ),
+        CallError::Timeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "the upstream did not answer in time",
+            true,
+        ),
+        CallError::CircuitOpen => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the upstream is failing; its circuit breaker is open",
+            true,
+        ),
+        CallError::Saturated => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests are in flight to the upstream",
+            true,
+        ),
+        CallError::NoHealthyEndpoint => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream endpoint is available",
+            true,
+        ),
+        CallError::BodyTooLarge(_) => {
+            return GatewayError::downstream(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
             )
         }
-    }
+    };
+    GatewayError::upstream(status, detail, retryable)
 }

@@ -56,6 +56,7 @@ impl Gateway {
         for w in &warnings {
             tracing::warn!("{w}");
         }
+        snap.start_background();
         let live = Arc::new(ArcSwap::from_pointee(snap));
         let gw = Arc::new(Gateway {
             live,

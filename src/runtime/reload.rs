@@ -105,7 +105,10 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
     let generation = snap.generation;
     let drain = snap.drain_timeout;
     let names: Vec<Arc<str>> = snap.listeners.iter().map(|l| l.name.clone()).collect();
-    gw.live.store(Arc::new(snap));
+    let snap = Arc::new(snap);
+    gw.live.store(snap.clone());
+    current.stop_background();
+    snap.start_background();
 
     let mut outcome = ReloadOutcome {
         generation,

@@ -1,64 +1,159 @@
-//! Upstreams at runtime: their endpoints, the balancer that picks one per request, and the
-//! keep-alive connection pool (one per upstream, one idle set per endpoint inside it).
+//! Upstreams at runtime: their endpoints and how one is chosen ([`balance`]), endpoint health
+//! ([`health`]), the circuit breaker and retry budget ([`breaker`]), connections ([`pool`]) and
+//! TLS to targets ([`tls`]). [`Upstream::call`] is the one entry point: it picks an endpoint,
+//! sends, and retries where that is safe.
 //!
-//! Pools survive reloads: [`Upstream::build`] keeps the previous pool identity when the pool
-//! settings did not change, so idle connections to unchanged endpoints stay warm.
+//! Reloads keep what is still valid: endpoints that did not change keep their health state, and
+//! the pool identity survives when the connection settings did not change, so idle connections
+//! to unchanged endpoints stay warm.
 
+pub mod balance;
+pub mod breaker;
+pub mod health;
 pub mod pool;
-
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+pub mod tls;
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::AtomicU64;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-use frontdesk_config::UpstreamConfig;
-use http::uri::{Authority, Scheme};
-use http::{Request, Response};
+use frontdesk_config::{
+    ActiveHealthConfig, LoadBalancing, PassiveHealthConfig, RetryOn, UpstreamConfig,
+    UpstreamProtocol,
+};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
-use crate::body::RequestBody;
-use pool::{ConnectError, PoolReturn};
+use crate::body::{BodyTooLarge, RequestBody};
+use balance::{Balancer, Tried};
+use breaker::{CircuitBreaker, InflightToken, Refusal, RetryBudget};
+use health::EndpointState;
+use pool::{Conn, ConnFailure, ConnectError, Connector, PoolReturn};
 
 /// One address of an upstream.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Endpoint {
-    /// `http` for now.
+    /// `http` or `https`.
     pub scheme: Scheme,
     /// `host:port` as written in the target URL.
     pub authority: Authority,
-    /// `host:port` to connect to (port 80 filled in when absent).
+    /// The target URL as configured: the endpoint's identity across reloads.
+    pub url: Arc<str>,
+    /// `Host` value when the route does not preserve the client's.
+    host_value: HeaderValue,
+    /// `host:port` to connect to (the scheme's port filled in when absent).
     connect_addr: String,
-    /// Identifies this endpoint's idle connections: pool identity plus address.
+    /// Identifies this endpoint's pooled connections: pool identity plus address.
     pool_key: u64,
+    /// Health and load, shared across reloads while the endpoint is unchanged.
+    pub state: Arc<EndpointState>,
 }
 
-/// Distinguishes pools: a reload with new pool settings starts a new pool.
+impl Endpoint {
+    /// The request target for this endpoint: absolute form for HTTP/2 (which carries scheme and
+    /// authority as pseudo-headers), origin form otherwise.
+    fn request_uri(&self, path_and_query: &str, absolute: bool) -> Uri {
+        let pq = PathAndQuery::try_from(path_and_query).unwrap_or(PathAndQuery::from_static("/"));
+        if !absolute {
+            return Uri::from(pq);
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(pq);
+        Uri::from_parts(parts).unwrap_or_default()
+    }
+}
+
+/// Distinguishes pools: a reload with new connection settings starts a new pool.
 static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
 
-/// Why sending to an upstream failed.
+/// Why an upstream call failed. Every variant maps to one status in `proxy`.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// No connection could be opened.
+pub enum CallError {
+    /// No connection could be opened (refused, unreachable, connect timeout, TLS failure): 502.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// The request failed on an open connection.
-    #[error("upstream request failed: {0}")]
-    Request(#[from] hyper::Error),
+    /// The connection broke before a response head arrived: 502.
+    #[error("upstream connection failed: {0}")]
+    Reset(hyper::Error),
+    /// No response head within the response timeout: 504.
+    #[error("upstream response timed out")]
+    Timeout,
+    /// The circuit breaker is open: 503.
+    #[error("circuit breaker open")]
+    CircuitOpen,
+    /// `max_concurrent` requests are in flight: 503.
+    #[error("too many requests in flight to the upstream")]
+    Saturated,
+    /// Every endpoint is unhealthy: 503.
+    #[error("no healthy endpoint")]
+    NoHealthyEndpoint,
+    /// The client's body went over the listener's limit while it was being sent: 413.
+    #[error(transparent)]
+    BodyTooLarge(BodyTooLarge),
+}
+
+/// Why an upstream could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// A target URL did not parse.
+    #[error("invalid target url {0:?}")]
+    BadTarget(String),
+    /// TLS material could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// What `consistent_hash` hashes.
+#[derive(Debug)]
+enum HashKey {
+    Header(HeaderName),
+    Cookie(String),
+    ClientIp,
+    Path,
+}
+
+/// Retry policy, compiled.
+#[derive(Debug)]
+struct Retries {
+    attempts: u32,
+    connect_failure: bool,
+    reset: bool,
+    timeout: bool,
+    statuses: Vec<u16>,
+    backoff: Duration,
+}
+
+impl Retries {
+    /// Whether any condition retries a request that was already sent.
+    fn retries_sent(&self) -> bool {
+        self.attempts > 0 && (self.reset || self.timeout || !self.statuses.is_empty())
+    }
 }
 
 /// A named upstream, compiled.
 #[derive(Debug)]
 pub struct Upstream {
     /// Config name.
-    pub name: String,
+    pub name: Arc<str>,
     endpoints: Vec<Endpoint>,
-    /// Endpoint indices in smooth weighted round-robin order; walked with an atomic cursor so
-    /// balancing takes no lock.
-    schedule: Vec<u32>,
-    cursor: AtomicUsize,
+    balancer: Balancer,
+    hash_key: Option<HashKey>,
+    connector: Arc<Connector>,
     /// Time to the response head.
     pub timeout: Duration,
+    retries: Retries,
+    passive: PassiveHealthConfig,
+    active: Option<ActiveHealthConfig>,
+    budget: RetryBudget,
+    breaker: Option<CircuitBreaker>,
+    /// Endpoint in-flight counts are kept only when the balancer reads them.
+    track_inflight: bool,
     pool_id: u64,
     pool_settings: PoolSettings,
 }
@@ -68,166 +163,521 @@ struct PoolSettings {
     connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
+    protocol: UpstreamProtocol,
+    tls: Option<frontdesk_config::UpstreamTlsConfig>,
 }
 
-/// Why an upstream could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// A target URL did not parse.
-    #[error("invalid target url {0:?}")]
-    BadTarget(String),
+/// Per-call settings from the route and the request.
+#[derive(Debug)]
+pub struct CallOptions {
+    /// The request's consistent-hash key, from [`Upstream::hash_of`].
+    pub hash: Option<u64>,
+    /// Keep the client's `Host`; otherwise the endpoint's authority is sent.
+    pub preserve_host: bool,
+    /// Fires when the request body has been sent: the response timer starts then.
+    pub body_sent: Option<oneshot::Receiver<()>>,
+}
+
+/// What a successful call holds until its response body is done: the connection to give back
+/// and the in-flight counts to release.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Option<PoolReturn>,
+    _endpoint: Option<EndpointInflight>,
+    _upstream: Option<InflightToken>,
+}
+
+impl Lease {
+    /// The response completed: the connection may carry another request.
+    pub fn finish(mut self) {
+        if let Some(p) = self.pool.take() {
+            p.give_back();
+        }
+    }
+}
+
+/// Holds one request in an endpoint's in-flight count.
+#[derive(Debug)]
+struct EndpointInflight(Arc<EndpointState>);
+
+impl EndpointInflight {
+    fn new(state: &Arc<EndpointState>) -> Self {
+        state.inflight.fetch_add(1, Ordering::Relaxed);
+        EndpointInflight(state.clone())
+    }
+}
+
+impl Drop for EndpointInflight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How one attempt ended, when it did not produce a response to return.
+enum Failed {
+    /// The request was never sent and comes back.
+    Connect(ConnectError, Request<RequestBody>),
+    Reset(hyper::Error, Option<Request<RequestBody>>),
+    Timeout,
+    TooLarge(BodyTooLarge),
 }
 
 impl Upstream {
-    /// Compiles `cfg`; reuses `prev`'s pool when its settings are unchanged.
+    /// Compiles `cfg`. From `prev` (the same upstream in the running config) it keeps the health
+    /// state of unchanged endpoints and the pool when the connection settings are unchanged.
     pub fn build(
         name: &str,
         cfg: &UpstreamConfig,
         prev: Option<&Upstream>,
     ) -> Result<Upstream, UpstreamError> {
+        let pool_settings = PoolSettings {
+            connect_timeout: cfg.connect_timeout(),
+            max_idle: cfg.max_idle_per_target,
+            idle_timeout: cfg.idle_timeout(),
+            protocol: cfg.protocol,
+            tls: cfg.tls.clone(),
+        };
+        let pool_id = match prev {
+            Some(p) if p.pool_settings == pool_settings => p.pool_id,
+            _ => NEXT_POOL.fetch_add(1, Ordering::Relaxed),
+        };
         let mut endpoints = Vec::new();
         let mut weights = Vec::new();
+        let mut https = false;
         for t in &cfg.targets {
-            let rest = t
-                .url
-                .strip_prefix("http://")
-                .ok_or_else(|| UpstreamError::BadTarget(t.url.clone()))?;
+            let (scheme, rest, port) = if let Some(r) = t.url.strip_prefix("http://") {
+                (Scheme::HTTP, r, 80)
+            } else if let Some(r) = t.url.strip_prefix("https://") {
+                https = true;
+                (Scheme::HTTPS, r, 443)
+            } else {
+                return Err(UpstreamError::BadTarget(t.url.clone()));
+            };
             let authority: Authority = rest
                 .trim_end_matches('/')
                 .parse()
                 .map_err(|_| UpstreamError::BadTarget(t.url.clone()))?;
             let connect_addr = match authority.port_u16() {
                 Some(_) => authority.as_str().to_string(),
-                None => format!("{}:80", authority.host()),
+                None => format!("{}:{port}", authority.host()),
             };
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (pool_id, &connect_addr).hash(&mut h);
+            let url: Arc<str> = Arc::from(t.url.trim_end_matches('/'));
+            let state = prev
+                .and_then(|p| p.endpoints.iter().find(|e| e.url == url))
+                .map(|e| e.state.clone())
+                .unwrap_or_default();
             endpoints.push(Endpoint {
-                connect_addr,
-                pool_key: 0,
-                scheme: Scheme::HTTP,
+                host_value: HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| UpstreamError::BadTarget(t.url.clone()))?,
+                scheme,
                 authority,
+                url,
+                connect_addr,
+                pool_key: h.finish(),
+                state,
             });
             weights.push(t.weight);
         }
-        let pool_settings = PoolSettings {
-            connect_timeout: cfg.connect_timeout(),
-            max_idle: cfg.max_idle_per_target,
-            idle_timeout: cfg.idle_timeout(),
+        let tls = if https {
+            Some(tls::client_config(cfg.tls.as_ref(), cfg.protocol)?)
+        } else {
+            None
         };
-        let pool_id = match prev {
-            Some(p) if p.pool_settings == pool_settings => p.pool_id,
-            _ => NEXT_POOL.fetch_add(1, Ordering::Relaxed),
+        let ids: Vec<&str> = endpoints.iter().map(|e| &*e.url).collect();
+        let balancer = Balancer::new(cfg.load_balancing, &weights, &ids);
+        let hash_key = cfg
+            .hash_key
+            .as_deref()
+            .and_then(|k| match k.split_once(':') {
+                Some(("header", n)) => HeaderName::from_bytes(n.as_bytes())
+                    .ok()
+                    .map(HashKey::Header),
+                Some(("cookie", n)) => Some(HashKey::Cookie(n.to_string())),
+                None if k == "client_ip" => Some(HashKey::ClientIp),
+                None if k == "path" => Some(HashKey::Path),
+                _ => None,
+            });
+        let r = &cfg.retries;
+        let retries = Retries {
+            attempts: r.attempts,
+            connect_failure: r.on.contains(&RetryOn::ConnectFailure),
+            reset: r.on.contains(&RetryOn::Reset),
+            timeout: r.on.contains(&RetryOn::Timeout),
+            statuses: r
+                .on
+                .iter()
+                .filter_map(|o| match o {
+                    RetryOn::Status(s) => Some(*s),
+                    _ => None,
+                })
+                .collect(),
+            backoff: r.backoff.get(),
         };
-        for ep in &mut endpoints {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (pool_id, &ep.connect_addr).hash(&mut h);
-            ep.pool_key = h.finish();
-        }
         Ok(Upstream {
-            name: name.to_string(),
-            schedule: smooth_wrr(&weights),
+            name: Arc::from(name),
+            track_inflight: cfg.load_balancing == LoadBalancing::LeastRequest,
             endpoints,
-            cursor: AtomicUsize::new(0),
+            balancer,
+            hash_key,
+            connector: Arc::new(Connector::new(cfg.protocol, tls)),
             timeout: cfg.response_timeout(),
+            retries,
+            passive: cfg.health_check.passive.clone(),
+            active: cfg.health_check.active.clone(),
+            budget: RetryBudget::default(),
+            breaker: cfg.circuit_breaker.as_ref().map(CircuitBreaker::new),
             pool_id,
             pool_settings,
         })
     }
 
-    /// Picks the next endpoint (weighted round robin); `None` only for an upstream without targets,
-    /// which validation never lets through.
-    pub fn select(&self) -> Option<&Endpoint> {
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let idx = *self.schedule.get(n % self.schedule.len().max(1))? as usize;
-        self.endpoints.get(idx)
+    /// Whether requests are sent over HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        self.connector.is_h2()
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `ep` over a pooled or new connection.
+    /// Whether the circuit breaker is open now.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.as_ref().is_some_and(CircuitBreaker::is_open)
+    }
+
+    /// The endpoints, in config order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Starts the active health checkers (one task per endpoint); the caller aborts them when
+    /// this upstream leaves the live config. Without active checks, endpoints that had them in a
+    /// previous config are put back in rotation.
+    pub fn start_health_checks(&self) -> Vec<tokio::task::AbortHandle> {
+        let Some(active) = &self.active else {
+            self.endpoints.iter().for_each(|e| e.state.clear_active());
+            return Vec::new();
+        };
+        self.endpoints
+            .iter()
+            .map(|ep| {
+                tokio::spawn(health::run_checker(
+                    self.name.clone(),
+                    ep.clone(),
+                    self.connector.clone(),
+                    active.clone(),
+                ))
+                .abort_handle()
+            })
+            .collect()
+    }
+
+    /// The consistent-hash key of a request, when this upstream hashes and the request has one.
+    pub fn hash_of(&self, headers: &HeaderMap, path: &str, client: IpAddr) -> Option<u64> {
+        let key = self.hash_key.as_ref()?;
+        let h = match key {
+            HashKey::Header(n) => balance::hash_bytes(headers.get(n)?.as_bytes()),
+            HashKey::Path => balance::hash_bytes(path.as_bytes()),
+            HashKey::ClientIp => match client {
+                IpAddr::V4(v4) => balance::hash_bytes(&v4.octets()),
+                IpAddr::V6(v6) => balance::hash_bytes(&v6.octets()),
+            },
+            HashKey::Cookie(name) => headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    let (k, v) = c.trim().split_once('=')?;
+                    (k == name).then(|| balance::hash_bytes(v.as_bytes()))
+                })?,
+        };
+        Some(h)
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set to the client's) to an endpoint and returns the
+    /// response head, retrying where that is safe:
     ///
-    /// A request that a pooled connection could not take (it closed while idle) is sent again on
-    /// a new connection; it was never written, so this is safe for any method. The returned
-    /// [`PoolReturn`] puts the connection back once the response body is done.
-    pub async fn send(
+    /// - connect failures for any method (the request was never sent);
+    /// - resets before any byte was written, for any method;
+    /// - resets, timeouts and the listed statuses after sending only for idempotent methods
+    ///   without a body (which can be sent again as they were);
+    ///
+    /// each retry goes to another healthy endpoint where one exists, waits the backoff, and
+    /// takes one retry from the budget. A retried status is returned as is when no retry is left.
+    pub async fn call(
+        &self,
+        req: Request<RequestBody>,
+        mut opts: CallOptions,
+    ) -> Result<(Response<Incoming>, Lease), CallError> {
+        let admission = match &self.breaker {
+            Some(b) => Some(b.admit().map_err(|r| match r {
+                Refusal::Open => CallError::CircuitOpen,
+                Refusal::Saturated => CallError::Saturated,
+            })?),
+            None => None,
+        };
+        let result = self.attempts(req, &mut opts).await;
+        if let (Some(b), Some(a)) = (&self.breaker, &admission) {
+            let ok = match &result {
+                Ok((resp, _)) => !resp.status().is_server_error(),
+                Err(CallError::BodyTooLarge(_)) => true,
+                Err(_) => false,
+            };
+            b.finish(a, ok);
+        }
+        result.map(|(resp, mut lease)| {
+            lease._upstream = admission.and_then(|a| a.token);
+            (resp, lease)
+        })
+    }
+
+    async fn attempts(
+        &self,
+        req: Request<RequestBody>,
+        opts: &mut CallOptions,
+    ) -> Result<(Response<Incoming>, Lease), CallError> {
+        self.budget.record_request();
+        // A copy to send again after a failure that consumed the request; only made when a
+        // policy could use it, so the default path copies nothing.
+        let replay = (self.retries.retries_sent()
+            && is_idempotent(req.method())
+            && http_body::Body::is_end_stream(req.body()))
+        .then(|| Replay::of(&req));
+        let mut next = Some(req);
+        let mut tried = Tried::default();
+        let mut retries_left = self.retries.attempts;
+        let mut retry_no = 0;
+        loop {
+            let Some(req) = next.take() else {
+                return Err(CallError::NoHealthyEndpoint);
+            };
+            let Some(idx) = self.balancer.pick(&self.endpoints, opts.hash, tried) else {
+                return Err(CallError::NoHealthyEndpoint);
+            };
+            tried.add(idx);
+            let ep = &self.endpoints[idx];
+            let inflight = self
+                .track_inflight
+                .then(|| EndpointInflight::new(&ep.state));
+            let failed = match self.attempt(ep, req, opts).await {
+                Ok((resp, pool)) => {
+                    let status = resp.status();
+                    ep.state.record(!status.is_server_error(), &self.passive);
+                    let retry = self.retries.statuses.contains(&status.as_u16())
+                        && retries_left > 0
+                        && replay.is_some()
+                        && self.budget.try_retry();
+                    if !retry {
+                        return Ok((
+                            resp,
+                            Lease {
+                                pool,
+                                _endpoint: inflight,
+                                _upstream: None,
+                            },
+                        ));
+                    }
+                    tracing::debug!(upstream = %self.name, endpoint = %ep.authority, %status, "retrying");
+                    next = replay.as_ref().map(Replay::request);
+                    retries_left -= 1;
+                    retry_no += 1;
+                    self.backoff(retry_no).await;
+                    continue;
+                }
+                Err(f) => f,
+            };
+            drop(inflight);
+            let (err, again, allowed) = match failed {
+                Failed::TooLarge(e) => return Err(CallError::BodyTooLarge(e)),
+                Failed::Connect(e, r) => {
+                    ep.state.record(false, &self.passive);
+                    (CallError::Connect(e), Some(r), self.retries.connect_failure)
+                }
+                Failed::Reset(e, unsent) => {
+                    ep.state.record(false, &self.passive);
+                    (CallError::Reset(e), unsent, self.retries.reset)
+                }
+                Failed::Timeout => {
+                    ep.state.record(false, &self.passive);
+                    (CallError::Timeout, None, self.retries.timeout)
+                }
+            };
+            // An unsent request goes again as it is; a sent one only as its replay copy.
+            let again = again.or_else(|| replay.as_ref().map(Replay::request));
+            if !allowed || retries_left == 0 || again.is_none() || !self.budget.try_retry() {
+                return Err(err);
+            }
+            tracing::debug!(upstream = %self.name, endpoint = %ep.authority, error = %err, "retrying");
+            next = again;
+            retries_left -= 1;
+            retry_no += 1;
+            // The body (if any) was sent or abandoned by the failed attempt.
+            opts.body_sent = None;
+            self.backoff(retry_no).await;
+        }
+    }
+
+    /// One try on `ep`; failures before sending hand the request back.
+    async fn attempt(
         &self,
         ep: &Endpoint,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, PoolReturn), SendError> {
+        opts: &mut CallOptions,
+    ) -> Result<(Response<Incoming>, Option<PoolReturn>), Failed> {
+        let h2 = self.connector.is_h2();
+        self.prepare(ep, &mut req, opts.preserve_host, h2);
         let s = &self.pool_settings;
-        let mut pooled = pool::checkout(ep.pool_key, s.idle_timeout);
+        let mut pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout);
         loop {
             let reused = pooled.is_some();
-            let mut sender = match pooled.take() {
-                Some(sender) => sender,
-                None => pool::connect(&ep.connect_addr, s.connect_timeout).await?,
+            let mut conn = match pooled.take() {
+                Some(c) => c,
+                None => match self.connector.connect(ep, s.connect_timeout).await {
+                    Ok(c) => {
+                        pool::share_h2(ep.pool_key, &c);
+                        c
+                    }
+                    Err(e) => return Err(Failed::Connect(e, req)),
+                },
             };
-            if sender.ready().await.is_err() {
+            if conn.ready().await.is_err() {
                 if reused {
-                    pooled = pool::checkout(ep.pool_key, s.idle_timeout);
+                    pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout);
                     continue;
                 }
-                return Err(SendError::Connect(ConnectError::Io(std::io::Error::new(
+                let e = ConnectError::Io(std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,
                     "connection closed before use",
-                ))));
+                ));
+                return Err(Failed::Connect(e, req));
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, PoolReturn::new(ep.pool_key, s.max_idle, sender))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => {
-                        req = unsent;
-                        pooled = pool::checkout(ep.pool_key, s.idle_timeout);
+            let timeout = self.timeout;
+            let sent = opts.body_sent.take();
+            let timer = async move {
+                if let Some(rx) = sent {
+                    let _ = rx.await;
+                }
+                tokio::time::sleep(timeout).await;
+            };
+            let sent = tokio::select! {
+                r = conn.send(req) => r,
+                () = timer => return Err(Failed::Timeout),
+            };
+            match sent {
+                Ok(resp) => {
+                    let pool = matches!(conn, Conn::H1(_))
+                        .then(|| PoolReturn::new(ep.pool_key, s.max_idle, conn));
+                    return Ok((resp, pool));
+                }
+                Err(ConnFailure { error, unsent }) => {
+                    if let Some(e) = too_large(&error) {
+                        return Err(Failed::TooLarge(e));
                     }
-                    _ => return Err(SendError::Request(e.into_error())),
-                },
+                    match unsent {
+                        // A pooled connection that closed while idle: never written, so
+                        // sending again on another connection is safe for any method.
+                        Some(r) if reused => {
+                            req = r;
+                            pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout);
+                        }
+                        unsent => return Err(Failed::Reset(error, unsent)),
+                    }
+                }
             }
         }
     }
-}
 
-/// nginx's smooth weighted round robin, unrolled into one cycle (at most 4096 slots).
-fn smooth_wrr(weights: &[u32]) -> Vec<u32> {
-    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
-    if total == 0 {
-        return (0..weights.len() as u32).collect();
-    }
-    let scale = total.div_ceil(4096).max(1);
-    let weights: Vec<i64> = weights
-        .iter()
-        .map(|w| {
-            if *w == 0 {
-                0
-            } else {
-                (i64::from(*w) / scale as i64).max(1)
-            }
-        })
-        .collect();
-    let total: i64 = weights.iter().sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut out = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for i in 0..weights.len() {
-            current[i] += weights[i];
-            if current[i] > current[best] {
-                best = i;
-            }
+    /// Sets the URI and `Host` for `ep`: HTTP/2 carries the host as `:authority`.
+    fn prepare(
+        &self,
+        ep: &Endpoint,
+        req: &mut Request<RequestBody>,
+        preserve_host: bool,
+        h2: bool,
+    ) {
+        if !preserve_host {
+            req.headers_mut()
+                .insert(header::HOST, ep.host_value.clone());
         }
-        current[best] -= total;
-        out.push(best as u32);
+        if !h2 {
+            *req.version_mut() = Version::HTTP_11;
+            if req.uri().scheme().is_some() {
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", PathAndQuery::as_str)
+                    .to_string();
+                *req.uri_mut() = ep.request_uri(&pq, false);
+            }
+            return;
+        }
+        *req.version_mut() = Version::HTTP_2;
+        let authority = req
+            .headers_mut()
+            .remove(header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| ep.authority.clone());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(ep.scheme.clone());
+        parts.authority = Some(authority);
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
     }
-    out
+
+    async fn backoff(&self, retry_no: u32) {
+        let base = self.retries.backoff;
+        if base.is_zero() {
+            return;
+        }
+        let exp = base.saturating_mul(1 << retry_no.saturating_sub(1).min(6));
+        // Full jitter between half and all of the delay spreads retries of many clients.
+        let jittered = exp.mul_f64(0.5 + fastrand::f64() * 0.5);
+        tokio::time::sleep(jittered).await;
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The request head kept for sending a bodyless request again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
 
-    #[test]
-    fn smooth_wrr_spreads_by_weight() {
-        let s = smooth_wrr(&[1, 3]);
-        assert_eq!(s.len(), 4);
-        assert_eq!(s.iter().filter(|&&i| i == 1).count(), 3);
-        // Smooth: the heavy endpoint never gets all slots in a row at the start.
-        assert_ne!(s, vec![1, 1, 1, 0]);
-        assert_eq!(smooth_wrr(&[0, 2]), vec![1, 1]);
+impl Replay {
+    fn of(req: &Request<RequestBody>) -> Replay {
+        Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        }
     }
+
+    fn request(&self) -> Request<RequestBody> {
+        let mut r = Request::new(RequestBody::empty());
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The body-limit error inside a hyper error, if that is what failed the request.
+fn too_large(e: &hyper::Error) -> Option<BodyTooLarge> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(t) = s.downcast_ref::<BodyTooLarge>() {
+            return Some(BodyTooLarge(t.0));
+        }
+        src = s.source();
+    }
+    None
 }

@@ -1,45 +1,102 @@
-//! Keep-alive connections to endpoints, pooled per worker thread.
+//! Connections to endpoints: opening them (TCP, then TLS for `https://` targets, then HTTP/1.1 or
+//! HTTP/2) and keeping them per worker thread.
 //!
 //! Written here rather than taken from hyper-util's legacy client because that pool sits behind
 //! one mutex shared by every request and spawns a task per request to return connections; the
 //! hot path must take no lock shared across requests. Each worker thread keeps its own idle
-//! connections (as nginx workers do), so checkout and return are plain thread-local operations.
+//! HTTP/1 connections (as nginx workers do) and its own multiplexed HTTP/2 connection per
+//! endpoint, so checkout and return are plain thread-local operations.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use frontdesk_config::UpstreamProtocol;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::Endpoint;
 use crate::body::RequestBody;
 
-/// A connection to one endpoint that can carry requests one at a time.
-pub type Sender = SendRequest<RequestBody>;
+/// An HTTP/1 connection that carries requests one at a time.
+pub type Sender = http1::SendRequest<RequestBody>;
+/// An HTTP/2 connection that carries many requests at once.
+pub type Sender2 = http2::SendRequest<RequestBody>;
+
+/// A connection to one endpoint.
+#[derive(Debug)]
+pub enum Conn {
+    /// HTTP/1.1, exclusively held by one request.
+    H1(Sender),
+    /// HTTP/2, shared by all requests of this thread to the endpoint.
+    H2(Sender2),
+}
+
+/// A request that failed on a connection, with the request back when it was never written.
+#[derive(Debug)]
+pub struct ConnFailure {
+    /// What hyper reported.
+    pub error: hyper::Error,
+    /// The request, when no byte of it was sent.
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl Conn {
+    /// Waits until the connection can take a request; an error means it closed.
+    pub async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match self {
+            Conn::H1(s) => s.ready().await,
+            Conn::H2(s) => s.ready().await,
+        }
+    }
+
+    /// Sends `req`; on failure the request comes back if it was never written.
+    pub async fn send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ConnFailure> {
+        let r = match self {
+            Conn::H1(s) => s.try_send_request(req).await,
+            Conn::H2(s) => s.try_send_request(req).await,
+        };
+        r.map_err(|mut e| ConnFailure {
+            unsent: e.take_message(),
+            error: e.into_error(),
+        })
+    }
+}
 
 /// Where a connection goes back when its response is done.
 #[derive(Debug)]
 pub struct PoolReturn {
     key: u64,
     max_idle: usize,
-    sender: Sender,
+    conn: Conn,
 }
 
 impl PoolReturn {
-    pub(crate) fn new(key: u64, max_idle: usize, sender: Sender) -> Self {
+    pub(crate) fn new(key: u64, max_idle: usize, conn: Conn) -> Self {
         PoolReturn {
             key,
             max_idle,
-            sender,
+            conn,
         }
     }
 
-    /// Puts the connection back into this thread's idle set (if there is room).
+    /// Puts an HTTP/1 connection back into this thread's idle set (if there is room); HTTP/2
+    /// connections stay shared and need no return.
     pub fn give_back(self) {
-        if self.sender.is_closed() || self.max_idle == 0 {
+        let Conn::H1(sender) = self.conn else {
+            return;
+        };
+        if sender.is_closed() || self.max_idle == 0 {
             return;
         }
         IDLE.with(|idle| {
@@ -47,7 +104,7 @@ impl PoolReturn {
             let list = idle.entry(self.key).or_default();
             if list.len() < self.max_idle {
                 list.push(IdleConn {
-                    sender: self.sender,
+                    sender,
                     since: Instant::now(),
                 });
             }
@@ -79,13 +136,29 @@ impl Hasher for KeyHasher {
     }
 }
 
+type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<u64, Vec<IdleConn>, BuildHasherDefault<KeyHasher>>> =
-        RefCell::new(HashMap::default());
+    static IDLE: RefCell<KeyMap<Vec<IdleConn>>> = RefCell::new(HashMap::default());
+    static SHARED_H2: RefCell<KeyMap<Sender2>> = RefCell::new(HashMap::default());
 }
 
-/// Takes the most recently used live idle connection for `key`, dropping stale ones.
-pub(crate) fn checkout(key: u64, idle_timeout: Duration) -> Option<Sender> {
+/// Takes a live connection for `key`: the most recently used idle HTTP/1 connection, or this
+/// thread's HTTP/2 connection. Stale ones are dropped.
+pub(crate) fn checkout(key: u64, h2: bool, idle_timeout: Duration) -> Option<Conn> {
+    if h2 {
+        return SHARED_H2.with(|m| {
+            let mut m = m.borrow_mut();
+            match m.get(&key) {
+                Some(s) if !s.is_closed() => Some(Conn::H2(s.clone())),
+                Some(_) => {
+                    m.remove(&key);
+                    None
+                }
+                None => None,
+            }
+        });
+    }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&key)?;
@@ -93,37 +166,139 @@ pub(crate) fn checkout(key: u64, idle_timeout: Duration) -> Option<Sender> {
             if c.sender.is_closed() || c.since.elapsed() > idle_timeout {
                 continue;
             }
-            return Some(c.sender);
+            return Some(Conn::H1(c.sender));
         }
         None
     })
 }
 
+/// Shares a new HTTP/2 connection with later requests of this thread.
+pub(crate) fn share_h2(key: u64, conn: &Conn) {
+    if let Conn::H2(s) = conn {
+        SHARED_H2.with(|m| m.borrow_mut().insert(key, s.clone()));
+    }
+}
+
 /// Why a new connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// `connect_timeout` passed.
+    /// `timeouts.connect` passed (TCP and TLS handshakes together).
     #[error("connect timed out")]
     Timeout,
     /// Refused, unreachable, or name resolution failed.
     #[error("connect failed: {0}")]
     Io(#[from] std::io::Error),
-    /// The HTTP/1 handshake failed.
+    /// The TLS handshake failed (untrusted certificate, wrong name, no common protocol).
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    /// The endpoint's host is not a valid TLS server name.
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+    /// The HTTP handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
 }
 
-/// Opens a new connection to `addr` (`host:port`) and starts its driver task.
-pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<Sender, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ConnectError::Timeout)??;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
+/// How to open connections to an upstream's endpoints: protocol and TLS.
+#[derive(Debug)]
+pub struct Connector {
+    protocol: UpstreamProtocol,
+    tls: Option<Tls>,
+}
+
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    /// SNI and verified name override.
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// A connector for `protocol`, with TLS when `tls` is given (built by `upstream::tls`).
+    pub fn new(
+        protocol: UpstreamProtocol,
+        tls: Option<(Arc<rustls::ClientConfig>, Option<ServerName<'static>>)>,
+    ) -> Self {
+        Connector {
+            protocol,
+            tls: tls.map(|(cfg, server_name)| Tls {
+                connector: tokio_rustls::TlsConnector::from(cfg),
+                server_name,
+            }),
         }
-    });
-    Ok(sender)
+    }
+
+    /// Whether connections speak HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        matches!(self.protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c)
+    }
+
+    /// Opens a connection to `ep` and starts its driver task; TCP connect and TLS handshake
+    /// together get `timeout`.
+    pub async fn connect(&self, ep: &Endpoint, timeout: Duration) -> Result<Conn, ConnectError> {
+        match tokio::time::timeout(timeout, self.open(ep)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout),
+        }
+    }
+
+    async fn open(&self, ep: &Endpoint) -> Result<Conn, ConnectError> {
+        let stream = TcpStream::connect(&ep.connect_addr).await?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return self.handshake(TokioIo::new(stream)).await;
+        };
+        let name = match &tls.server_name {
+            Some(n) => n.clone(),
+            None => {
+                let host = ep
+                    .authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                ServerName::try_from(host.to_string())
+                    .map_err(|_| ConnectError::ServerName(host.to_string()))?
+            }
+        };
+        let stream = tls
+            .connector
+            .connect(name, stream)
+            .await
+            .map_err(ConnectError::Tls)?;
+        self.handshake(TokioIo::new(stream)).await
+    }
+
+    async fn handshake<T>(&self, io: TokioIo<T>) -> Result<Conn, ConnectError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        if self.is_h2() {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            return Ok(Conn::H2(sender));
+        }
+        let (sender, conn) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Conn::H1(sender))
+    }
 }
