@@ -153,7 +153,11 @@ routes:
         assert_eq!(echo_json(resp).await["name"], "good");
     }
     // Retries advance the round-robin cursor too, so each first try lands on the bad target.
-    assert_eq!(bad.requests(), 4, "first tries reached the bad target, then moved on");
+    assert_eq!(
+        bad.requests(),
+        4,
+        "first tries reached the bad target, then moved on"
+    );
     assert_eq!(good.requests(), 4);
     // A POST that reached the bad target gets its 503 as is.
     let mut statuses = Vec::new();

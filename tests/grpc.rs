@@ -1,0 +1,100 @@
+//! gRPC through the gateway: a real tonic server behind an `h2c` upstream and a real tonic client
+//! in front, unary and server-streaming calls, `grpc-status` trailers included.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{config, gateway};
+use tokio_stream::StreamExt;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+#[tokio::test]
+async fn unary_and_streaming_grpc_calls_pass_unchanged_with_their_trailers() {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("orders", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let gw = gateway(&config(&format!(
+        r#"
+upstreams:
+  grpc:
+    targets: [{{ url: "http://{upstream}" }}]
+    protocol: h2c
+routes:
+  - {{ name: grpc, match: {{ paths: ["/grpc.health.v1.Health"] }}, upstream: grpc }}
+"#
+    )))
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+
+    // Unary: the status arrives in the trailers; without them tonic reports an error.
+    let resp = client
+        .check(HealthCheckRequest {
+            service: "orders".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.get_ref().status, ServingStatus::Serving as i32);
+
+    // A gRPC error (trailers-only response) keeps its code and message.
+    let err = client
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // Server streaming: updates arrive one by one while the stream stays open.
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    reporter
+        .set_service_status("orders", tonic_health::ServingStatus::NotServing)
+        .await;
+    let second = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+        .await
+        .expect("the update is streamed through at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.status, ServingStatus::NotServing as i32);
+
+    // Many calls multiplex over the gateway's HTTP/2 connections.
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        let mut c = client.clone();
+        calls.push(tokio::spawn(async move {
+            c.check(HealthCheckRequest {
+                service: "orders".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+        }));
+    }
+    for call in calls {
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            ServingStatus::NotServing as i32
+        );
+    }
+}
