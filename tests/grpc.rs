@@ -98,3 +98,33 @@ routes:
         );
     }
 }
+
+#[tokio::test]
+async fn gateway_errors_reach_grpc_clients_as_grpc_statuses() {
+    let dead = common::closed_port().await;
+    let gw = gateway(&config(&format!(
+        r#"
+upstreams:
+  grpc:
+    targets: [{{ url: "http://{dead}" }}]
+    protocol: h2c
+routes:
+  - {{ name: grpc, match: {{ paths: ["/grpc.health.v1.Health"] }}, upstream: grpc }}
+"#
+    )))
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let err = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "the upstream could not be reached");
+}

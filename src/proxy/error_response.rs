@@ -34,6 +34,61 @@ pub fn to_response(err: &GatewayError, request_id: Option<&HeaderValue>) -> Resp
     resp
 }
 
+/// The response for `err` to a request: a gRPC trailers-only answer when the request is gRPC
+/// (gRPC clients read `grpc-status`, never an HTTP body), problem+json otherwise.
+pub fn for_request(
+    err: &GatewayError,
+    request_id: Option<&HeaderValue>,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    if !grpc {
+        return to_response(err, request_id);
+    }
+    let mut resp = Response::new(ResponseBody::empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(grpc_status(err.status)));
+    if let Ok(v) = HeaderValue::from_str(&percent_encode(&err.detail)) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// True for a gRPC request (`content-type: application/grpc` or `application/grpc+…`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC code for an HTTP status, as gRPC's HTTP-to-gRPC status mapping defines it.
+fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// `grpc-message` is percent-encoded: printable ASCII except `%` passes as is.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A complete HTTP/1.1 response, as raw bytes, for refusals made below hyper (bad heads, timeouts).
 /// It always closes the connection.
 pub fn raw_http1(status: StatusCode, detail: &str) -> Vec<u8> {

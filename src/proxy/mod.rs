@@ -28,6 +28,7 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let guard = conn.shared.start_request();
     let request_id = forward::request_id(req.headers());
+    let grpc = error_response::is_grpc(req.headers());
     let client_upgrade =
         if req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers()).is_some() {
             Some(hyper::upgrade::on(&mut req))
@@ -36,7 +37,7 @@ pub async fn handle(
         };
     let mut resp = match proxy(&snap, req, conn, &request_id, client_upgrade).await {
         Ok(r) => r,
-        Err(e) => error_response::to_response(&e, Some(&request_id)),
+        Err(e) => error_response::for_request(&e, Some(&request_id), grpc),
     };
     resp.headers_mut()
         .insert(forward::X_REQUEST_ID.clone(), request_id);
@@ -122,12 +123,14 @@ async fn proxy(
         client_upgrade,
         body_limit,
     };
+    let grpc = !route.plugins.is_empty() && error_response::is_grpc(req.headers());
     match forward_routed(routed, req, &mut cx).await {
         Ok(resp) => Ok(resp),
         Err(e) if !route.plugins.is_empty() => {
             // The response phase also sees gateway errors on a matched route (CORS, security
             // headers). A plugin failing here leaves the original error in place.
-            let (mut parts, body) = error_response::to_response(&e, Some(request_id)).into_parts();
+            let (mut parts, body) =
+                error_response::for_request(&e, Some(request_id), grpc).into_parts();
             let _ = route.plugins.response_filter(&mut parts, &mut cx).await;
             Ok(Response::from_parts(parts, body))
         }

@@ -59,7 +59,10 @@ fn the_issue_example_loads_with_its_values() {
     let active = up.health_check.active.as_ref().expect("active checks");
     assert_eq!(active.timeout.get(), Duration::from_millis(500));
     assert_eq!(up.health_check.passive.unhealthy_after, 3);
-    assert_eq!(up.circuit_breaker.as_ref().unwrap().max_concurrent, Some(1000));
+    assert_eq!(
+        up.circuit_breaker.as_ref().unwrap().max_concurrent,
+        Some(1000)
+    );
 }
 
 #[test]
@@ -74,7 +77,10 @@ fn absent_fields_take_the_documented_defaults() {
     assert_eq!(up.retries.attempts, 1);
     assert_eq!(up.retries.on, vec![RetryOn::ConnectFailure]);
     assert_eq!(up.health_check.passive.unhealthy_after, 5);
-    assert_eq!(up.health_check.passive.eject_for.get(), Duration::from_secs(10));
+    assert_eq!(
+        up.health_check.passive.eject_for.get(),
+        Duration::from_secs(10)
+    );
     assert!(up.health_check.active.is_none());
     assert!(up.circuit_breaker.is_none());
     assert_eq!(up.load_balancing, LoadBalancing::RoundRobin);
@@ -86,8 +92,14 @@ fn absent_fields_take_the_documented_defaults() {
     )
     .expect("loads")
     .config;
-    assert_eq!(cfg.upstreams["users"].connect_timeout(), Duration::from_secs(2));
-    assert_eq!(cfg.upstreams["users"].response_timeout(), Duration::from_secs(7));
+    assert_eq!(
+        cfg.upstreams["users"].connect_timeout(),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        cfg.upstreams["users"].response_timeout(),
+        Duration::from_secs(7)
+    );
 }
 
 #[test]
