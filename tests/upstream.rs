@@ -564,3 +564,159 @@ routes:
     let (status, _) = body_of(c.get(gw.url("/dead")).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY.as_u16());
 }
+
+#[tokio::test]
+async fn max_concurrent_refuses_the_excess_at_once_with_503() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    let slow = upstream(move |_req| {
+        let r = r.clone();
+        async move {
+            r.notified().await;
+            Response::new(full("done"))
+        }
+    })
+    .await;
+    let gw = gateway(&config(&format!(
+        r#"
+upstreams:
+  users:
+    targets: [{{ url: "{}" }}]
+    circuit_breaker: {{ max_concurrent: 2 }}
+routes:
+  - {{ name: r, match: {{ paths: ["/"] }}, upstream: users }}
+"#,
+        slow.url()
+    )))
+    .await;
+    let c = client();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, url) = (c.clone(), gw.url("/"));
+            tokio::spawn(async move { c.get(&url).send().await.unwrap().status() })
+        })
+        .collect();
+    wait_until(
+        "two requests in flight",
+        Duration::from_secs(5),
+        async || slow.requests() == 2,
+    )
+    .await;
+    let start = Instant::now();
+    let resp = c.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(start.elapsed() < Duration::from_millis(500));
+    assert_eq!(slow.requests(), 2, "the excess never reached the upstream");
+    release.notify_waiters();
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    // Capacity is back once the responses are done.
+    let c2 = c.clone();
+    let url = gw.url("/");
+    let again = tokio::spawn(async move { c2.get(&url).send().await.unwrap().status() });
+    wait_until(
+        "third request in flight",
+        Duration::from_secs(5),
+        async || slow.requests() == 3,
+    )
+    .await;
+    release.notify_waiters();
+    assert_eq!(again.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn a_timed_out_get_is_retried_on_another_target_when_timeouts_are_listed() {
+    let hang = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let quick = upstream(|_req| async { Response::new(full("quick")) }).await;
+    let gw = gateway(&config(&format!(
+        r#"
+upstreams:
+  users:
+    targets: [{{ url: "{}" }}, {{ url: "{}" }}]
+    timeouts: {{ response: 200ms }}
+    retries: {{ attempts: 1, on: [timeout], backoff: 0s }}
+    health_check: {{ passive: {{ unhealthy_after: 0 }} }}
+routes:
+  - {{ name: r, match: {{ paths: ["/"] }}, upstream: users }}
+"#,
+        hang.url(),
+        quick.url()
+    )))
+    .await;
+    let c = client();
+    for _ in 0..4 {
+        let (status, body) = body_of(c.get(gw.url("/")).send().await.unwrap()).await;
+        assert_eq!((status, body.as_str()), (200, "quick"));
+    }
+    assert!(hang.requests() >= 1, "the hanging target was tried");
+    // A POST that timed out is not sent again.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(
+            c.post(gw.url("/"))
+                .body("x")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![200, 504]);
+}
+
+#[tokio::test]
+async fn cookie_and_client_ip_keys_pin_requests_to_one_target() {
+    let ups = [echo("t0").await, echo("t1").await, echo("t2").await];
+    let targets: Vec<String> = ups
+        .iter()
+        .map(|u| format!("{{ url: \"{}\" }}", u.url()))
+        .collect();
+    let gw = gateway(&config(&format!(
+        r#"
+upstreams:
+  by_cookie:
+    targets: [{t}]
+    load_balancing: consistent_hash
+    hash_key: cookie:session
+  by_ip:
+    targets: [{t}]
+    load_balancing: consistent_hash
+    hash_key: client_ip
+routes:
+  - {{ name: c, match: {{ paths: ["/c"] }}, upstream: by_cookie }}
+  - {{ name: i, match: {{ paths: ["/i"] }}, upstream: by_ip }}
+"#,
+        t = targets.join(", ")
+    )))
+    .await;
+    let c = client();
+    let mut owners = std::collections::HashSet::new();
+    for s in 0..30 {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let resp = c
+                .get(gw.url("/c"))
+                .header("cookie", format!("theme=dark; session=s{s}; x=1"))
+                .send()
+                .await
+                .unwrap();
+            seen.insert(echo_json(resp).await["name"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "session s{s} moved between targets");
+        owners.extend(seen);
+    }
+    assert!(owners.len() >= 2, "sessions spread over targets");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let resp = c.get(gw.url("/i")).send().await.unwrap();
+        seen.insert(echo_json(resp).await["name"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 1, "one client IP, one target");
+}

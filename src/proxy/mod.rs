@@ -18,7 +18,7 @@ use crate::plugin::{Ctx, Flow, PluginError};
 use crate::route::RequestKey;
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
-use crate::upstream::{CallError, CallOptions};
+use crate::upstream::{BodySent, CallError, CallOptions};
 
 /// Handles one downstream request against one snapshot. Never fails: errors become responses.
 pub async fn handle(
@@ -223,10 +223,13 @@ async fn forward_routed(
     // upload is not cut by `timeout`; it bounds the upstream's think time, like nginx's read timeout.
     // A request without a body (most of them) is sent at once: the timer simply starts now.
     let (body, body_sent) = if body.is_end_stream() {
-        (RequestBody::new(body, body_limit), None)
+        (RequestBody::new(body, body_limit), BodySent::default())
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        (RequestBody::new(body, body_limit).on_end(tx), Some(rx))
+        (
+            RequestBody::new(body, body_limit).on_end(tx),
+            BodySent::new(rx),
+        )
     };
     let opts = CallOptions {
         hash: upstream.hash_of(&head.headers, head.uri.path(), conn.peer.ip()),

@@ -150,10 +150,14 @@ pub enum Refusal {
     Saturated,
 }
 
-/// A request admitted by the breaker; report its outcome with [`CircuitBreaker::finish`].
+/// A request admitted by the breaker; report its outcome with [`CircuitBreaker::finish`]. A
+/// probe dropped without an outcome (the client went away, or the result says nothing about the
+/// upstream) lets the next request probe instead, so the breaker never stays half-open.
 #[derive(Debug)]
-pub struct Admission {
+pub struct Admission<'a> {
+    breaker: &'a CircuitBreaker,
     probe: bool,
+    finished: bool,
     /// Counts the request as in flight until its response is done (for `max_concurrent`).
     pub token: Option<InflightToken>,
 }
@@ -186,7 +190,7 @@ impl CircuitBreaker {
     }
 
     /// Admits a request, or refuses it at once.
-    pub fn admit(&self) -> Result<Admission, Refusal> {
+    pub fn admit(&self) -> Result<Admission<'_>, Refusal> {
         let token = match self.cfg.max_concurrent {
             Some(max) => {
                 if self.inflight.fetch_add(1, Ordering::AcqRel) >= max as usize {
@@ -216,7 +220,12 @@ impl CircuitBreaker {
             }
             _ => return Err(Refusal::Open),
         };
-        Ok(Admission { probe, token })
+        Ok(Admission {
+            breaker: self,
+            probe,
+            finished: false,
+            token,
+        })
     }
 
     fn open(&self) {
@@ -230,7 +239,8 @@ impl CircuitBreaker {
 impl CircuitBreaker {
     /// Records an admitted request's outcome: a failure is a connect failure, reset, timeout or
     /// 5xx answer.
-    pub fn finish(&self, admission: &Admission, success: bool) {
+    pub fn finish(&self, admission: &mut Admission<'_>, success: bool) {
+        admission.finished = true;
         if admission.probe {
             if success {
                 self.window.clear();
@@ -260,6 +270,16 @@ impl CircuitBreaker {
     }
 }
 
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.finished {
+            // Open, with the wait already over: the next request becomes the probe.
+            self.breaker.open_until.store(now_ms(), Ordering::Release);
+            self.breaker.state.store(OPEN, Ordering::Release);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,17 +305,22 @@ mod tests {
         };
         let cb = CircuitBreaker::new(&cfg);
         for ok in [true, false, true, false] {
-            let a = cb.admit().expect("closed");
-            cb.finish(&a, ok);
+            let mut a = cb.admit().expect("closed");
+            cb.finish(&mut a, ok);
         }
         assert!(cb.is_open());
         assert_eq!(cb.admit().err(), Some(Refusal::Open));
         std::thread::sleep(Duration::from_millis(60));
         let probe = cb.admit().expect("a probe after open_for");
         assert_eq!(cb.admit().err(), Some(Refusal::Open), "one probe at a time");
-        cb.finish(&probe, true);
+        // A probe abandoned without an outcome hands the probe to the next request.
+        drop(probe);
+        let mut probe = cb.admit().expect("the next request probes");
+        assert_eq!(cb.admit().err(), Some(Refusal::Open), "one probe at a time");
+        cb.finish(&mut probe, true);
+        drop(probe);
         assert!(!cb.is_open());
-        let a = cb.admit().expect("closed again");
-        cb.finish(&a, true);
+        let mut a = cb.admit().expect("closed again");
+        cb.finish(&mut a, true);
     }
 }

@@ -175,7 +175,27 @@ pub struct CallOptions {
     /// Keep the client's `Host`; otherwise the endpoint's authority is sent.
     pub preserve_host: bool,
     /// Fires when the request body has been sent: the response timer starts then.
-    pub body_sent: Option<oneshot::Receiver<()>>,
+    pub body_sent: BodySent,
+}
+
+/// Waits for the request body to be sent. Survives attempts: a request that comes back unsent
+/// (a failed connect, a pooled connection that had closed) keeps its signal for the next one.
+#[derive(Debug, Default)]
+pub struct BodySent(Option<oneshot::Receiver<()>>);
+
+impl BodySent {
+    /// Waits on `rx` (fired or dropped by the body once it has been read to the end).
+    pub fn new(rx: oneshot::Receiver<()>) -> Self {
+        BodySent(Some(rx))
+    }
+
+    async fn wait(&mut self) {
+        if let Some(rx) = &mut self.0 {
+            let _ = rx.await;
+            // Cleared in the same poll that saw it fire: a finished receiver is never polled again.
+            self.0 = None;
+        }
+    }
 }
 
 /// What a successful call holds until its response body is done: the connection to give back
@@ -397,7 +417,8 @@ impl Upstream {
     /// response head, retrying where that is safe:
     ///
     /// - connect failures for any method (the request was never sent);
-    /// - resets before any byte was written, for any method;
+    /// - with `reset`, connections that broke before any byte was written, for any method (a
+    ///   pooled connection found closed is always replaced, and that is not a retry);
     /// - resets, timeouts and the listed statuses after sending only for idempotent methods
     ///   without a body (which can be sent again as they were);
     ///
@@ -408,7 +429,7 @@ impl Upstream {
         req: Request<RequestBody>,
         mut opts: CallOptions,
     ) -> Result<(Response<Incoming>, Lease), CallError> {
-        let admission = match &self.breaker {
+        let mut admission = match &self.breaker {
             Some(b) => Some(b.admit().map_err(|r| match r {
                 Refusal::Open => CallError::CircuitOpen,
                 Refusal::Saturated => CallError::Saturated,
@@ -416,16 +437,19 @@ impl Upstream {
             None => None,
         };
         let result = self.attempts(req, &mut opts).await;
-        if let (Some(b), Some(a)) = (&self.breaker, &admission) {
+        if let (Some(b), Some(a)) = (&self.breaker, &mut admission) {
             let ok = match &result {
-                Ok((resp, _)) => !resp.status().is_server_error(),
-                Err(CallError::BodyTooLarge(_)) => true,
-                Err(_) => false,
+                Ok((resp, _)) => Some(!resp.status().is_server_error()),
+                // Says nothing about the upstream's own health: not counted.
+                Err(CallError::BodyTooLarge(_) | CallError::NoHealthyEndpoint) => None,
+                Err(_) => Some(false),
             };
-            b.finish(a, ok);
+            if let Some(ok) = ok {
+                b.finish(a, ok);
+            }
         }
         result.map(|(resp, mut lease)| {
-            lease._upstream = admission.and_then(|a| a.token);
+            lease._upstream = admission.as_mut().and_then(|a| a.token.take());
             (resp, lease)
         })
     }
@@ -510,8 +534,6 @@ impl Upstream {
             next = again;
             retries_left -= 1;
             retry_no += 1;
-            // The body (if any) was sent or abandoned by the failed attempt.
-            opts.body_sent = None;
             self.backoff(retry_no).await;
         }
     }
@@ -531,7 +553,9 @@ impl Upstream {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(c) => c,
-                None => match self.connector.connect(ep, s.connect_timeout).await {
+                // Boxed: connecting (TCP, TLS, HTTP/2 handshake) is rare with pooled
+                // connections, and inline its state would enlarge every request's future.
+                None => match Box::pin(self.connector.connect(ep, s.connect_timeout)).await {
                     Ok(c) => {
                         pool::share_h2(ep.pool_key, &c);
                         c
@@ -551,11 +575,9 @@ impl Upstream {
                 return Err(Failed::Connect(e, req));
             }
             let timeout = self.timeout;
-            let sent = opts.body_sent.take();
+            let body_sent = &mut opts.body_sent;
             let timer = async move {
-                if let Some(rx) = sent {
-                    let _ = rx.await;
-                }
+                body_sent.wait().await;
                 tokio::time::sleep(timeout).await;
             };
             let sent = tokio::select! {

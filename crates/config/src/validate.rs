@@ -476,13 +476,25 @@ fn check_target_url(url: &str) -> Result<(), String> {
             "{url:?}: a target is scheme, host and port only, without path or credentials"
         ));
     }
-    let port_ok = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && !port.contains(']') => {
-            port.parse::<u16>().is_ok()
-        }
-        Some(_) => false,
-        None => true,
+    // `[v6]` or `[v6]:port`, else `host` or `host:port`.
+    let port = match authority.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, tail)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => {
+                match tail.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None if tail.is_empty() => None,
+                    None => Some(""),
+                }
+            }
+            _ => Some(""),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, p)) if !host.is_empty() => Some(p),
+            Some(_) => Some(""),
+            None => None,
+        },
     };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
     if !port_ok {
         return Err(format!("{url:?}: invalid port"));
     }

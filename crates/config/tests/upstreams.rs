@@ -166,3 +166,19 @@ fn inconsistent_upstreams_are_refused_with_their_field_paths() {
         );
     }
 }
+
+#[test]
+fn ipv6_targets_need_no_port() {
+    for url in [
+        "http://[::1]",
+        "http://[::1]:8080",
+        "https://[2001:db8::1]/",
+    ] {
+        let errs = errors(&format!("    targets: [{{ url: \"{url}\" }}]"));
+        assert!(errs.is_empty(), "{url}: {errs:?}");
+    }
+    for url in ["http://[::1]x", "http://[nope]:80", "http://[::1]:99999"] {
+        let errs = errors(&format!("    targets: [{{ url: \"{url}\" }}]"));
+        assert!(!errs.is_empty(), "{url} must be refused");
+    }
+}

@@ -138,7 +138,8 @@ pub struct ActiveHealthConfig {
     pub unhealthy_threshold: u32,
 }
 
-/// Passive health: consecutive connect failures or 5xx answers eject a target for a while.
+/// Passive health: consecutive failures of live traffic (connect failures, resets, timeouts or
+/// 5xx answers) eject a target for a while.
 #[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthConfig {
@@ -167,13 +168,16 @@ pub struct TimeoutsConfig {
     /// From the request being sent to the response head; over it: 504.
     #[serde(default)]
     pub response: Option<Dur>,
-    /// Idle pooled connections are closed after this long.
+    /// An idle pooled HTTP/1 connection older than this is not reused (it is closed when a request
+    /// next looks for a connection to its target).
     #[serde(default)]
     pub idle: Option<Dur>,
 }
 
-/// Retries. Connect failures are retried for any method; other conditions only for idempotent
-/// methods or requests whose body was not sent. Each retry prefers another target.
+/// Retries. A request that was never sent (a connect failure; with `reset`, a connection that broke
+/// before a byte was written) is retried for any method. Once sent, `reset`, `timeout` and statuses
+/// are retried only for idempotent methods without a body (bodies are streamed, not kept). Each
+/// retry prefers another target and takes one from the retry budget.
 #[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetriesConfig {
