@@ -59,3 +59,56 @@ pub fn to_https<B>(
     );
     Ok(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap() -> Snapshot {
+        let cfg = frontdesk_config::load_str("version: 1\n", &|_| None)
+            .unwrap()
+            .config;
+        Snapshot::build(cfg, None).unwrap().0
+    }
+
+    fn location(req: Request<()>) -> Result<String, StatusCode> {
+        to_https(&snap(), &req)
+            .map(|r| {
+                assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+                r.headers()[header::LOCATION].to_str().unwrap().to_string()
+            })
+            .map_err(|e| e.status)
+    }
+
+    #[test]
+    fn keeps_host_path_and_query_and_drops_the_port() {
+        let req = Request::get("/a/b?x=1&y")
+            .header(header::HOST, "Shop.example:8080")
+            .body(())
+            .unwrap();
+        // Without a TLS listener to name, the default port is implied.
+        assert_eq!(location(req).unwrap(), "https://Shop.example/a/b?x=1&y");
+        let req = Request::get("/")
+            .header(header::HOST, "[::1]:80")
+            .body(())
+            .unwrap();
+        assert_eq!(location(req).unwrap(), "https://[::1]/");
+    }
+
+    #[test]
+    fn takes_the_http2_authority_when_there_is_no_host_header() {
+        let req = Request::get("http://h2.example:80/p").body(()).unwrap();
+        assert_eq!(location(req).unwrap(), "https://h2.example/p");
+    }
+
+    #[test]
+    fn refuses_a_missing_or_malformed_host() {
+        let req = Request::get("/").body(()).unwrap();
+        assert_eq!(location(req), Err(StatusCode::BAD_REQUEST));
+        let req = Request::get("/")
+            .header(header::HOST, "bad host/evil")
+            .body(())
+            .unwrap();
+        assert_eq!(location(req), Err(StatusCode::BAD_REQUEST));
+    }
+}
