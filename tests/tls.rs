@@ -703,3 +703,40 @@ async fn shutdown_drains_tls_connections_without_waiting_for_the_timeout() {
     let closed = timeout(Duration::from_secs(2), h1.read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
 }
+
+#[tokio::test]
+async fn a_renamed_tls_listener_hands_over_its_socket_and_connections() {
+    let pki = pki();
+    let up = echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), &pki);
+    let port = common::closed_port().await;
+    let yaml = |name: &str, cert: &str| {
+        tls_config(&up.url(), cert, "").replace(
+            "name: public\n    address: 127.0.0.1:0",
+            &format!("name: {name}\n    address: {port}"),
+        )
+    };
+    let gw = gateway_in(dir, &yaml("public", "api")).await;
+    let mut before = connect(gw.addr, sni("api.test")).await.unwrap();
+    assert!(request(&mut before, "api.test", "/1")
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+
+    let new = server_leaf(&pki.server_ca, "api.test");
+    write(gw.dir.path(), "api2.pem", &new.cert);
+    write(gw.dir.path(), "api2.key", &new.key);
+    gw.rewrite(&yaml("front", "api2")).await;
+    let outcome = gw.gw.reload().await.expect("rename applies");
+    assert_eq!(
+        (outcome.added, outcome.removed),
+        (vec!["front".to_string()], vec!["public".to_string()])
+    );
+    assert_eq!(gw.gw.local_addr("front").await, Some(port));
+    // The open TLS connection carries on under the new name; new handshakes get the new spec.
+    let r = request(&mut before, "api.test", "/2").await.unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let s = connect(port, sni("api.test")).await.unwrap();
+    assert!(served(&s) == new.der);
+}
