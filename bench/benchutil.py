@@ -4,10 +4,12 @@
   benchutil.py ports N                 print N distinct free 127.0.0.1 ports
   benchutil.py wait PORT TIMEOUT PID   wait until 127.0.0.1:PORT accepts;
                                        fail early if process PID is gone
-  benchutil.py get PORT                GET http://127.0.0.1:PORT/, print body
+  benchutil.py get PORT [SCHEME]       GET SCHEME://127.0.0.1:PORT/ (http or https,
+                                       certificate not verified), print body
 """
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.request
@@ -38,10 +40,16 @@ def wait(port, timeout, pid):
     sys.exit("127.0.0.1:%d did not accept within %ss" % (port, timeout))
 
 
-def get(port):
-    # No proxy from the environment: talk to 127.0.0.1 directly.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open("http://127.0.0.1:%d/" % port, timeout=5) as r:
+def get(port, scheme="http"):
+    # No proxy from the environment: talk to 127.0.0.1 directly. The bench certificate is
+    # self-signed: checking the body is the point, not the certificate.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
+    )
+    with opener.open("%s://127.0.0.1:%d/" % (scheme, port), timeout=5) as r:
         sys.stdout.write(r.read().decode())
 
 
@@ -52,6 +60,6 @@ if __name__ == "__main__":
     elif cmd == "wait":
         wait(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "get":
-        get(int(sys.argv[2]))
+        get(int(sys.argv[2]), *sys.argv[3:4])
     else:
         sys.exit("unknown command %s" % cmd)

@@ -15,6 +15,10 @@
 #   LOAD_CPU      core for wrk, upstream, idle client  (default 1)
 #   FRONTDESK_BIN use this binary instead of building target/release/frontdesk
 #   PROXIES       which proxies to run, in order       (default "frontdesk nginx")
+#   SCENARIOS     which rows to run, in order          (default "http https h2c h2")
+#                 http: HTTP/1.1 keep-alive (wrk); https: the same over TLS (wrk);
+#                 h2c: HTTP/2 prior knowledge (h2load); h2: HTTP/2 over TLS, ALPN (h2load)
+#   H2_STREAMS    h2load concurrent streams per connection (default 1)
 #
 # Scratch files (configs, logs, raw wrk output) go to bench/out/.
 set -euo pipefail
@@ -30,6 +34,8 @@ LOAD_CPU=${LOAD_CPU:-1}
 FRONTDESK_BIN=${FRONTDESK_BIN:-}
 FRONTDESK_DESC="FRONTDESK_BIN=$FRONTDESK_BIN"
 PROXIES=${PROXIES:-frontdesk nginx}
+SCENARIOS=${SCENARIOS:-http https h2c h2}
+H2_STREAMS=${H2_STREAMS:-1}
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH/.." && pwd)
@@ -42,7 +48,9 @@ die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- cleanup --
 STARTED_PIDS=()
+CERT_DIR=
 cleanup() {
+    [[ -z $CERT_DIR ]] || rm -rf "$CERT_DIR"
     local pid
     for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
         kill -TERM "$pid" 2>/dev/null || true
@@ -110,6 +118,8 @@ preflight() {
     command -v wrk >/dev/null || need+=(wrk)
     command -v taskset >/dev/null || need+=(util-linux)
     command -v python3 >/dev/null || need+=(python3)
+    command -v openssl >/dev/null || need+=(openssl)
+    case " $SCENARIOS " in *" h2c "* | *" h2 "*) command -v h2load >/dev/null || need+=(nghttp2-client) ;; esac
     if ((${#need[@]})); then
         [[ $(id -u) == 0 ]] || die "missing ${need[*]}; run as root or apt-get install ${need[*]}"
         log "installing ${need[*]} with apt-get"
@@ -134,10 +144,29 @@ preflight() {
         die "ulimit -n is $NOFILE, too low for IDLE_CONNS=$IDLE_CONNS; run as root or lower IDLE_CONNS"
     log "ulimit -n $NOFILE"
 
+    local sc
+    for sc in $SCENARIOS; do
+        case $sc in http | https | h2c | h2) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
+    done
+
     CLK_TCK=$(getconf CLK_TCK)
     rm -rf "$OUT"
     mkdir -p "$OUT"
 }
+
+# A throwaway self-signed ECDSA P-256 certificate for 127.0.0.1, shared by both proxies.
+make_cert() {
+    CERT_DIR=$(mktemp -d)
+    CERT=$CERT_DIR/cert.pem
+    KEY=$CERT_DIR/key.pem
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test,IP:127.0.0.1" \
+        -keyout "$KEY" -out "$CERT" >"$OUT/openssl.log" 2>&1 || die "openssl failed, see $OUT/openssl.log"
+}
+
+# Scenario properties.
+is_tls() { [[ $1 == https || $1 == h2 ]]; }
+scheme() { if is_tls "$1"; then echo https; else echo http; fi; }
 
 # fill TEMPLATE DEST KEY=VALUE...: replace @KEY@ placeholders.
 fill() {
@@ -184,8 +213,13 @@ build_frontdesk() {
 }
 
 start_frontdesk() {
-    local port=$1
-    fill "$BENCH/frontdesk.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
+    local port=$1 scenario=$2
+    if is_tls "$scenario"; then
+        fill "$BENCH/frontdesk-tls.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" \
+            CERT="$CERT" KEY="$KEY"
+    else
+        fill "$BENCH/frontdesk.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
+    fi
     taskset -c "$PROXY_CPU" "$FRONTDESK_BIN" run -c "$OUT/frontdesk.yaml" >>"$OUT/frontdesk.log" 2>&1 &
     PROXY_MAIN_PID=$!
     STARTED_PIDS+=("$PROXY_MAIN_PID")
@@ -195,9 +229,11 @@ start_frontdesk() {
 }
 
 start_nginx() {
-    local port=$1
+    local port=$1 scenario=$2 flags=
+    case $scenario in h2c) flags=http2 ;; https | h2) flags="ssl http2" ;; esac
     fill "$BENCH/nginx-proxy.conf" "$OUT/nginx-proxy.conf" \
         OUT="$OUT" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" NOFILE="$NOFILE" \
+        LISTEN_FLAGS="$flags" CERT="$CERT" KEY="$KEY" \
         WORKER_CONNECTIONS=$((IDLE_CONNS + 2 * CONNECTIONS + 1024)) \
         UPSTREAM_KEEPALIVE=$((CONNECTIONS + 64))
     mkdir -p "$OUT/nginx-proxy-tmp"
@@ -223,9 +259,49 @@ to_ms() {
         printf "%.3f", n }'
 }
 
-run_wrk() { # run_wrk PORT DURATION OUTFILE
-    taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency \
-        "http://127.0.0.1:$1/" >"$3" 2>&1 || die "wrk failed: $(cat "$3")"
+run_load() { # run_load SCENARIO PORT DURATION OUTFILE
+    local url
+    url="$(scheme "$1")://127.0.0.1:$2/"
+    case $1 in
+        http | https)
+            taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
+                "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
+            ;;
+        h2c | h2)
+            # h2c: HTTP/2 prior knowledge (h2load's default for http://); h2: ALPN h2 over TLS.
+            taskset -c "$LOAD_CPU" h2load -t"$WRK_THREADS" -c"$CONNECTIONS" -m"$H2_STREAMS" -D "$3" \
+                "$url" >"$4" 2>&1 || die "h2load failed: $(cat "$4")"
+            ;;
+    esac
+}
+
+# parse_load SCENARIO OUTFILE: sets L_REQS L_RPS L_P50 L_P99 L_ERR L_RUN_MS from wrk or h2load output.
+parse_load() {
+    local f=$2
+    case $1 in
+        http | https)
+            L_REQS=$(awk '/ requests in / {print $1}' "$f")
+            L_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+            L_P50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
+            L_P99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
+            L_ERR=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
+                /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$f")
+            L_RUN_MS=$(to_ms "$(awk '/ requests in / {sub(/,$/, "", $4); print $4}' "$f")")
+            ;;
+        h2c | h2)
+            # "requests: 331639 total, 331689 started, 331639 done, 331639 succeeded, 0 failed, 0 errored, 0 timeout"
+            # "status codes: 331639 2xx, 0 3xx, 0 4xx, 0 5xx"; "finished in 10.00s, 33163.90 req/s, 1.46MB/s"
+            # h2load prints no percentiles: p50 is the mean time per request, p99 is n/a.
+            L_REQS=$(awk '/^requests:/ {print $8}' "$f")
+            L_RPS=$(awk '/^finished in/ {print $4}' "$f")
+            L_P50=$(awk '/^time for request:/ {print $6}' "$f")
+            L_P50=$(to_ms "$L_P50")
+            L_P99=-1
+            L_ERR=$(awk '/^requests:/ {n += $10 + $12 + $14}
+                /^status codes:/ {n += $5 + $7 + $9} END {print n + 0}' "$f")
+            L_RUN_MS=$(to_ms "$(awk '/^finished in/ {sub(/,$/, "", $3); print $3}' "$f")")
+            ;;
+    esac
 }
 
 # Idle keep-alive test: RSS growth of MEM_PID per idle connection.
@@ -255,45 +331,58 @@ idle_test() {
 
 declare -A R_CPUPCT R_RPS R_P50 R_P99 R_CPU100K R_CPUREQ R_HWM R_IDLE_KIB R_ERR
 
+# bench_proxy NAME PORT SCENARIO: one row of the table, keyed "SCENARIO/NAME".
 bench_proxy() {
-    local name=$1 port=$2 body wrkout before after reqs
-    log "=== $name on 127.0.0.1:$port (cpu $PROXY_CPU) ==="
-    "start_$name" "$port"
+    local name=$1 port=$2 scenario=$3 body out before after key="$3/$1"
+    log "=== $scenario: $name on 127.0.0.1:$port (cpu $PROXY_CPU) ==="
+    "start_$name" "$port" "$scenario"
 
-    body=$(python3 "$BENCH/benchutil.py" get "$port") || die "$name: GET / through the proxy failed"
-    [[ $body == "$UPSTREAM_BODY" ]] || die "$name: unexpected body through the proxy: $body"
+    case $scenario in
+        http | https)
+            body=$(python3 "$BENCH/benchutil.py" get "$port" "$(scheme "$scenario")") ||
+                die "$key: GET / through the proxy failed"
+            [[ $body == "$UPSTREAM_BODY" ]] || die "$key: unexpected body through the proxy: $body"
+            ;;
+        h2c | h2)
+            # nginx's h2c listener speaks only HTTP/2, so check with h2load itself.
+            local check=$OUT/check-$scenario-$name.txt
+            h2load -n 1 -c 1 "$(scheme "$scenario")://127.0.0.1:$port/" >"$check" 2>&1 || true
+            grep -q '^status codes: 1 2xx' "$check" || die "$key: HTTP/2 GET / through the proxy failed, see $check"
+            ;;
+    esac
 
-    log "$name: warm-up $WARMUP"
-    run_wrk "$port" "$WARMUP" "$OUT/wrk-$name-warmup.txt"
+    log "$key: warm-up $WARMUP"
+    run_load "$scenario" "$port" "$WARMUP" "$OUT/load-$scenario-$name-warmup.txt"
 
-    log "$name: measuring $DURATION, $CONNECTIONS connections"
-    wrkout=$OUT/wrk-$name.txt
+    log "$key: measuring $DURATION, $CONNECTIONS connections"
+    out=$OUT/load-$scenario-$name.txt
     alive "$name" "${CPU_PIDS[@]}"
     before=$(cpu_ticks_sum "${CPU_PIDS[@]}")
-    run_wrk "$port" "$DURATION" "$wrkout"
+    run_load "$scenario" "$port" "$DURATION" "$out"
     alive "$name" "${CPU_PIDS[@]}"
     after=$(cpu_ticks_sum "${CPU_PIDS[@]}")
-    R_HWM[$name]=$(status_kb "$MEM_PID" VmHWM)
+    R_HWM[$key]=$(status_kb "$MEM_PID" VmHWM)
 
-    reqs=$(awk '/ requests in / {print $1}' "$wrkout")
-    [[ -n $reqs && $reqs -gt 0 ]] || die "$name: no requests completed, see $wrkout"
-    R_RPS[$name]=$(awk '/^Requests\/sec:/ {print $2}' "$wrkout")
-    R_P50[$name]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$wrkout")")
-    R_P99[$name]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$wrkout")")
-    R_ERR[$name]=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
-        /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$wrkout")
+    parse_load "$scenario" "$out"
+    [[ -n $L_REQS && $L_REQS -gt 0 ]] || die "$key: no requests completed, see $out"
+    R_RPS[$key]=$L_RPS
+    R_P50[$key]=$L_P50
+    R_P99[$key]=$L_P99
+    R_ERR[$key]=$L_ERR
     local secs
     secs=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz}')
-    R_CPU100K[$name]=$(awk -v s="$secs" -v r="$reqs" 'BEGIN {printf "%.3f", s / r * 100000}')
-    R_CPUREQ[$name]=$(awk -v s="$secs" -v r="$reqs" 'BEGIN {printf "%.9f", s / r}')
+    R_CPU100K[$key]=$(awk -v s="$secs" -v r="$L_REQS" 'BEGIN {printf "%.3f", s / r * 100000}')
+    R_CPUREQ[$key]=$(awk -v s="$secs" -v r="$L_REQS" 'BEGIN {printf "%.9f", s / r}')
     # Proxy CPU use over the run (100% = the proxy core was saturated).
-    local run_ms
-    run_ms=$(to_ms "$(awk '/ requests in / {sub(/,$/, "", $4); print $4}' "$wrkout")")
-    R_CPUPCT[$name]=$(awk -v s="$secs" -v ms="$run_ms" 'BEGIN {printf "%.0f", (ms > 0 ? s * 100000 / ms : 0)}')
-    log "$name: $reqs requests, ${R_RPS[$name]} req/s, ${secs}s CPU, ${R_ERR[$name]} errors"
-    ((R_ERR[$name] == 0)) || log "warning: $name: ${R_ERR[$name]} errors, see $wrkout"
+    R_CPUPCT[$key]=$(awk -v s="$secs" -v ms="$L_RUN_MS" 'BEGIN {printf "%.0f", (ms > 0 ? s * 100000 / ms : 0)}')
+    log "$key: $L_REQS requests, ${R_RPS[$key]} req/s, ${secs}s CPU, ${R_ERR[$key]} errors"
+    ((R_ERR[$key] == 0)) || log "warning: $key: ${R_ERR[$key]} errors, see $out"
 
-    idle_test "$name" "$port"
+    # Idle memory is measured once per proxy, on plain HTTP/1.1.
+    if [[ $scenario == http ]]; then
+        idle_test "$name" "$port"
+        R_IDLE_KIB[$key]=${R_IDLE_KIB[$name]}
+    fi
 
     stop_pid "$PROXY_MAIN_PID"
 }
@@ -301,44 +390,74 @@ bench_proxy() {
 # -------------------------------------------------------------------- main --
 preflight
 case " $PROXIES " in *" frontdesk "*) build_frontdesk ;; esac
+make_cert
 
+for proxy in $PROXIES; do
+    case $proxy in frontdesk | nginx) ;; *) die "unknown proxy in PROXIES: $proxy" ;; esac
+done
 read -r UPSTREAM_PORT FRONTDESK_PORT NGINX_PORT <<<"$(python3 "$BENCH/benchutil.py" ports 3)"
 start_upstream
 
-for proxy in $PROXIES; do
-    case $proxy in
-        frontdesk) bench_proxy frontdesk "$FRONTDESK_PORT" ;;
-        nginx) bench_proxy nginx "$NGINX_PORT" ;;
-        *) die "unknown proxy in PROXIES: $proxy" ;;
-    esac
+for scenario in $SCENARIOS; do
+    for proxy in $PROXIES; do
+        case $proxy in
+            frontdesk) bench_proxy frontdesk "$FRONTDESK_PORT" "$scenario" ;;
+            nginx) bench_proxy nginx "$NGINX_PORT" "$scenario" ;;
+        esac
+    done
 done
+
+# What each scenario's load is, for the header.
+describe() {
+    case $1 in
+        http) echo "HTTP/1.1 keep-alive, wrk" ;;
+        https) echo "HTTPS (TLS, HTTP/1.1 keep-alive), wrk" ;;
+        h2c) echo "HTTP/2 prior knowledge, h2load -m$H2_STREAMS" ;;
+        h2) echo "HTTP/2 over TLS (ALPN h2), h2load -m$H2_STREAMS" ;;
+    esac
+}
 
 {
     echo
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(uname -srm)  $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
-    echo "# $(nginx -v 2>&1)  $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')  frontdesk $FRONTDESK_DESC"
-    echo "# proxy on cpu $PROXY_CPU (1 worker); wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after $WARMUP warm-up) + upstream on cpu $LOAD_CPU; idle conns $IDLE_CONNS"
+    echo "# $(nginx -v 2>&1)  $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')  $(h2load --version 2>/dev/null | awk '{print "h2load", $2}')  frontdesk $FRONTDESK_DESC"
+    echo "# proxy on cpu $PROXY_CPU (1 worker); load -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (after $WARMUP warm-up) + upstream on cpu $LOAD_CPU; idle conns $IDLE_CONNS"
+    for scenario in $SCENARIOS; do echo "# $scenario: $(describe "$scenario")"; done
     echo
-    printf '%-10s %10s %8s %8s %11s %6s %13s %14s %7s\n' \
-        proxy "req/s" "p50 ms" "p99 ms" "cpu s/100k" "cpu %" "peak RSS MiB" "idle KiB/conn" errors
-    for proxy in $PROXIES; do
-        printf '%-10s %10.0f %8.3f %8.3f %11.3f %6d %13.1f %14.2f %7d\n' "$proxy" \
-            "${R_RPS[$proxy]}" "${R_P50[$proxy]}" "${R_P99[$proxy]}" "${R_CPU100K[$proxy]}" "${R_CPUPCT[$proxy]}" \
-            "$(awk -v k="${R_HWM[$proxy]}" 'BEGIN {print k / 1024}')" \
-            "${R_IDLE_KIB[$proxy]}" "${R_ERR[$proxy]}"
+    printf '%-6s %-10s %10s %8s %8s %11s %6s %13s %14s %7s\n' \
+        test proxy "req/s" "p50 ms" "p99 ms" "cpu s/100k" "cpu %" "peak RSS MiB" "idle KiB/conn" errors
+    for scenario in $SCENARIOS; do
+        for proxy in $PROXIES; do
+            key=$scenario/$proxy
+            printf '%-6s %-10s %10.0f %8.3f %8s %11.3f %6d %13.1f %14s %7d\n' "$scenario" "$proxy" \
+                "${R_RPS[$key]}" "${R_P50[$key]}" \
+                "$(awk -v v="${R_P99[$key]}" 'BEGIN {if (v < 0) print "-"; else printf "%.3f", v}')" \
+                "${R_CPU100K[$key]}" "${R_CPUPCT[$key]}" \
+                "$(awk -v k="${R_HWM[$key]}" 'BEGIN {print k / 1024}')" \
+                "${R_IDLE_KIB[$key]:--}" "${R_ERR[$key]}"
+        done
     done
+    case " $SCENARIOS " in *" h2c "* | *" h2 "*) echo "(h2c/h2 rows: p50 is h2load's mean time per request; h2load reports no percentiles)" ;; esac
     echo
-    for proxy in $PROXIES; do
-        if ((R_CPUPCT[$proxy] < 90)); then
-            echo "note: $proxy used only ${R_CPUPCT[$proxy]}% of its core, so req/s was limited elsewhere" \
-                "(load core or other processes); req/s and latency are not comparable, rerun on an idle machine"
+    for scenario in $SCENARIOS; do
+        for proxy in $PROXIES; do
+            key=$scenario/$proxy
+            if ((R_CPUPCT[$key] < 90)); then
+                echo "note: $key used only ${R_CPUPCT[$key]}% of its core, so req/s was limited elsewhere" \
+                    "(load core or other processes); req/s and latency are not comparable, rerun on an idle machine"
+            fi
+        done
+    done
+    for scenario in $SCENARIOS; do
+        # The plain HTTP row keeps its historical form, "frontdesk/nginx: ...".
+        label="frontdesk/nginx $scenario:"
+        if [[ $scenario == http ]]; then label="frontdesk/nginx:"; fi
+        if [[ -n ${R_RPS[$scenario/frontdesk]:-} && -n ${R_RPS[$scenario/nginx]:-} ]]; then
+            awk -v l="$label" -v fr="${R_RPS[$scenario/frontdesk]}" -v nr="${R_RPS[$scenario/nginx]}" \
+                -v fc="${R_CPUREQ[$scenario/frontdesk]}" -v nc="${R_CPUREQ[$scenario/nginx]}" \
+                'BEGIN {printf "%s rps %.2f, cpu per request %.2f\n", l, fr / nr, (nc > 0 ? fc / nc : 0)}'
+        else
+            echo "$label n/a (PROXIES=\"$PROXIES\" did not run both)"
         fi
     done
-    if [[ -n ${R_RPS[frontdesk]:-} && -n ${R_RPS[nginx]:-} ]]; then
-        awk -v fr="${R_RPS[frontdesk]}" -v nr="${R_RPS[nginx]}" \
-            -v fc="${R_CPUREQ[frontdesk]}" -v nc="${R_CPUREQ[nginx]}" \
-            'BEGIN {printf "frontdesk/nginx: rps %.2f, cpu per request %.2f\n", fr / nr, (nc > 0 ? fc / nc : 0)}'
-    else
-        echo "frontdesk/nginx: n/a (PROXIES=\"$PROXIES\" did not run both)"
-    fi
 } | tee "$OUT/summary.txt"

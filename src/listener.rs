@@ -106,6 +106,8 @@ impl RunningListener {
         tunnels: Arc<Tunnels>,
     ) -> io::Result<Self> {
         let local = listener.local_addr()?;
+        // Already set when the spec inherited it (same socket); either way it is `local`.
+        let _ = spec.bound.set(local);
         let (stop, mut stopped) = oneshot::channel::<Stop>();
         let name = spec.name.clone();
         let configured = spec.address;

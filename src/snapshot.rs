@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -14,6 +14,7 @@ use crate::plugin::{ChainBuilder, PluginChain, Scope};
 use crate::plugins;
 use crate::route::RouteTable;
 use crate::server::HeadLimits;
+use crate::tls::server::ServerTls;
 use crate::upstream::Upstream;
 
 /// The live snapshot, swapped atomically on reload.
@@ -45,6 +46,20 @@ pub struct ListenerSpec {
     pub limits: HeadLimits,
     /// Largest request body, if limited.
     pub max_body: Option<u64>,
+    /// TLS termination (HTTPS), when configured: the handshake config and certificates.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Answer every request with a redirect to HTTPS (plain listeners only).
+    pub redirect_https: bool,
+    /// The address the socket is bound to, once it is (differs from `address` with port 0).
+    /// Shared with the next generation's spec while the listener keeps its socket.
+    pub bound: Arc<OnceLock<SocketAddr>>,
+}
+
+impl ListenerSpec {
+    /// The port clients reach this listener on: the bound one, else the configured one.
+    pub fn port(&self) -> u16 {
+        self.bound.get().map_or(self.address.port(), |a| a.port())
+    }
 }
 
 /// One compiled config generation.
@@ -144,9 +159,39 @@ impl Snapshot {
                 ));
                 continue;
             };
+            let at = root.key("listeners").index(i);
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => match ServerTls::build(t) {
+                    Ok((tls, found)) => {
+                        warnings.extend(found.into_iter().map(|w| {
+                            Diagnostic::warning(format!("{}.{}", at.key("tls"), w.field), w.message)
+                        }));
+                        Some(Arc::new(tls))
+                    }
+                    Err(found) => {
+                        errs.extend(found.into_iter().map(|e| {
+                            Diagnostic::error(
+                                format!("{}.{}", at.key("tls"), e.field),
+                                e.source.to_string(),
+                            )
+                        }));
+                        None
+                    }
+                },
+            };
+            // Same name and address: the running listener keeps its socket across the reload.
+            let bound = prev
+                .and_then(|p| p.listener(&l.name))
+                .filter(|p| p.address == address)
+                .map(|p| p.bound.clone())
+                .unwrap_or_default();
             listeners.push(Arc::new(ListenerSpec {
                 name: Arc::from(l.name.as_str()),
                 address,
+                tls,
+                redirect_https: l.redirect_https,
+                bound,
                 limits: HeadLimits {
                     max_head: l.limits.max_request_head.as_usize(),
                     max_headers: l.limits.max_headers,

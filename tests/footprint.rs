@@ -25,6 +25,9 @@ async fn the_task_of_a_connection_stays_under_a_kilobyte() {
             idle_timeout: Duration::from_secs(60),
         },
         max_body: None,
+        tls: None,
+        redirect_https: false,
+        bound: Default::default(),
     };
     let cfg = frontdesk::config::load_str("version: 1\n", &|_| None)
         .expect("config")

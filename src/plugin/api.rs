@@ -7,6 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 
+use crate::tls::client_cert::ClientCert;
+
 /// The request as plugins see it: method, URI, version, headers, extensions. The body is not here:
 /// it streams through untouched.
 pub type RequestHead = http::request::Parts;
@@ -56,6 +58,10 @@ pub struct Ctx {
     pub route: Arc<str>,
     /// The peer address of the downstream connection.
     pub client: SocketAddr,
+    /// The client certificate the downstream connection presented and the listener verified
+    /// against `tls.client_auth.ca` (mutual TLS); `None` when there is none. The same for every
+    /// request on the connection; safe to use as the caller's identity.
+    pub client_cert: Option<Arc<ClientCert>>,
     /// Typed plugin-private state (one value per type), carried from request to response.
     pub ext: http::Extensions,
 }
@@ -67,6 +73,7 @@ impl Ctx {
             request_id: HeaderValue::from_static("test"),
             route: Arc::from("test"),
             client: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            client_cert: None,
             ext: http::Extensions::new(),
         }
     }

@@ -81,13 +81,15 @@ pub fn wants_upgrade(h: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-/// Adds the forwarding headers for a request from `peer` that arrived with `host`.
-/// `peer` is the client address as a header value ([`peer_value`]), made once per connection.
+/// Adds the forwarding headers for a request from `peer` that arrived with `host`, over TLS
+/// when `https` (`X-Forwarded-Proto`). `peer` is the client address as a header value
+/// ([`peer_value`]), made once per connection.
 pub fn add_forwarding(
     h: &mut HeaderMap,
     peer: &HeaderValue,
     host: Option<&HeaderValue>,
     via: &HeaderValue,
+    https: bool,
 ) {
     if h.contains_key(&X_FORWARDED_FOR) {
         let mut xff = h
@@ -110,7 +112,8 @@ pub fn add_forwarding(
         // The common case: no proxy before us; share the connection's value, no allocation.
         h.insert(X_FORWARDED_FOR.clone(), peer.clone());
     }
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
         Some(host) => {
             h.insert(X_FORWARDED_HOST.clone(), host.clone());
@@ -198,11 +201,20 @@ mod tests {
             &peer_value("10.1.2.3".parse().expect("ip")),
             Some(&HeaderValue::from_static("a.example")),
             &via,
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(h[header::VIA], "1.0 edge, 1.1 frontdesk");
         assert_eq!(h["x-forwarded-host"], "a.example");
         assert_eq!(h["x-forwarded-proto"], "http");
+        add_forwarding(
+            &mut h,
+            &peer_value("10.1.2.3".parse().expect("ip")),
+            None,
+            &via,
+            true,
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod error_response;
 pub mod forward;
+mod redirect;
 mod upgrade;
 
 use std::sync::Arc;
@@ -54,6 +55,9 @@ async fn proxy(
     request_id: &HeaderValue,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    if conn.listener.redirect_https {
+        return redirect::to_https(snap, &req);
+    }
     let limits = &conn.listener.limits;
     if req.version() == Version::HTTP_2 {
         // HTTP/1 heads were checked below hyper; HTTP/2 heads are checked here.
@@ -112,6 +116,7 @@ async fn proxy(
         request_id: request_id.clone(),
         route: route.name.clone(),
         client: conn.peer,
+        client_cert: conn.client_cert.clone(),
         ext: http::Extensions::new(),
     };
     let routed = Routed {
@@ -199,6 +204,7 @@ async fn forward_routed(
         &conn.peer_value,
         host.as_ref(),
         &snap.via,
+        conn.listener.tls.is_some(),
     );
     head.headers
         .insert(forward::X_REQUEST_ID.clone(), request_id.clone());

@@ -1,6 +1,7 @@
 //! The running gateway: owns the live snapshot and the listeners, and is the only place that
 //! changes them (start, reload, shutdown).
 
+mod certs;
 pub mod reload;
 mod signals;
 
@@ -29,6 +30,8 @@ pub struct Gateway {
     tunnels: Arc<Tunnels>,
     /// Hash of the file text last applied, so a watcher event without a change is a no-op.
     last_text: Mutex<u64>,
+    /// Re-reads TLS listeners' certificate files when they change on disk.
+    certs: certs::CertWatcher,
 }
 
 /// Why the gateway could not start.
@@ -59,6 +62,7 @@ impl Gateway {
         snap.start_background();
         let live = Arc::new(ArcSwap::from_pointee(snap));
         let gw = Arc::new(Gateway {
+            certs: certs::CertWatcher::spawn(live.clone()),
             live,
             config_path: path.to_path_buf(),
             listeners: Mutex::new(HashMap::new()),

@@ -168,6 +168,7 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
         }
     }
     *gw.last_text.lock().await = hash(&text);
+    gw.certs.resync();
     tracing::info!(generation, added = ?outcome.added, removed = ?outcome.removed, "config reloaded");
     Ok(outcome)
 }

@@ -1,5 +1,6 @@
 //! Serving one downstream connection: HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on the same
-//! port, head limits and timers (see [`conn`]), and one snapshot load per request.
+//! port, or over TLS (HTTP/2 when ALPN chose `h2`); head limits and timers (see [`conn`]), and
+//! one snapshot load per request.
 
 mod conn;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
@@ -20,6 +22,8 @@ pub use conn::{ConnShared, GuardedIo, HeadLimits, InflightGuard, Wake};
 
 use crate::proxy;
 use crate::snapshot::{ListenerSpec, Live};
+use crate::tls::client_cert::ClientCert;
+use crate::tls::server::{negotiated, ServerTls};
 
 /// What a request knows about its connection.
 #[derive(Debug)]
@@ -34,6 +38,10 @@ pub struct ConnInfo {
     pub shared: Arc<ConnShared>,
     /// Where tunnels register, so shutdown can wait for them.
     pub tunnels: Arc<Tunnels>,
+    /// The client certificate verified during the TLS handshake; `None` on plain listeners,
+    /// without `client_auth`, or when the client sent none (`mode: optional`). See
+    /// [`ClientCert`] for what it guarantees.
+    pub client_cert: Option<Arc<ClientCert>>,
 }
 
 /// Counts open tunnels (upgraded connections), which outlive their HTTP connection.
@@ -147,9 +155,10 @@ impl Drop for DrainToken {
 
 /// Serves one accepted connection until it closes, times out idle, or `drain` asks it to stop.
 ///
-/// A connection holds no HTTP state until it sends its first byte, and again whenever it is
-/// parked (see [`PARK_AFTER`]): HTTP/1 connections are served by a fresh hyper connection per
-/// busy period on the same socket.
+/// A plain connection holds no HTTP state until it sends its first byte, and again whenever it
+/// is parked (see [`PARK_AFTER`]): HTTP/1 connections are served by a fresh hyper connection per
+/// busy period on the same socket. On a TLS listener the handshake comes first (bounded by
+/// `head_timeout`), and connections are not parked: the TLS session state stays with them.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -164,6 +173,11 @@ pub async fn serve(
         return;
     }
     let _ = stream.set_nodelay(true);
+    if let Some(tls) = spec.tls.clone() {
+        // Boxed, so the plain path's task does not grow by the TLS path's state.
+        Box::pin(serve_tls(stream, peer, tls, spec, live, tunnels, stop)).await;
+        return;
+    }
     let shared = Arc::new(ConnShared::default());
     let mut io = GuardedIo::new(stream, spec.limits, shared.clone()).with_parking(PARK_AFTER);
     let info = Arc::new(ConnInfo {
@@ -172,6 +186,7 @@ pub async fn serve(
         listener: spec,
         shared,
         tunnels,
+        client_cert: None,
     });
     let svc = service_fn(move |req| {
         // One atomic load per request: every phase of this request sees this snapshot.
@@ -203,6 +218,65 @@ pub async fn serve(
     }
 }
 
+/// The TLS half of [`serve`]: handshake, then HTTP/2 (ALPN `h2`) or HTTP/1.1 until the
+/// connection ends. Never parked.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<ServerTls>,
+    spec: Arc<ListenerSpec>,
+    live: Arc<Live>,
+    tunnels: Arc<Tunnels>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // The acceptor is loaded now, so a certificate swap affects only later handshakes.
+    let handshake = tls.acceptor().accept(stream);
+    let stream = tokio::select! {
+        r = tokio::time::timeout(spec.limits.head_timeout, handshake) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
+    };
+    let negotiated = match negotiated(stream.get_ref().1) {
+        Ok(n) => n,
+        Err(e) => {
+            // Verified but unreadable: refuse rather than serve a client we cannot identify.
+            tracing::warn!(%peer, error = %e, "closing a TLS connection");
+            return;
+        }
+    };
+    let shared = Arc::new(ConnShared::default());
+    let mut io = GuardedIo::new(stream, spec.limits, shared.clone());
+    let info = Arc::new(ConnInfo {
+        peer,
+        peer_value: proxy::forward::peer_value(peer.ip()),
+        listener: spec,
+        shared,
+        tunnels,
+        client_cert: negotiated.client_cert,
+    });
+    let svc = service_fn(move |req| {
+        let snap = live.load_full();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(snap, req, &info).await) }
+    });
+    if negotiated.h2 {
+        io.set_http2();
+        serve_h2(io, svc, peer, stop).await;
+        return;
+    }
+    // Without parking the guard never hands the stream back: this serves until the end.
+    let _ = serve_h1(io, svc, peer, &mut stop).await;
+}
+
 fn io_idle(io: &GuardedIo<TcpStream>) -> Duration {
     io.limits().idle_timeout
 }
@@ -224,13 +298,14 @@ async fn park(
 
 /// Serves HTTP/1 on `io` until the connection closes (`None`) or goes idle and is parked
 /// (`Some`, with the socket back).
-async fn serve_h1<S>(
-    io: GuardedIo<TcpStream>,
+async fn serve_h1<T, S>(
+    io: GuardedIo<T>,
     svc: S,
     peer: SocketAddr,
     stop: &mut watch::Receiver<bool>,
-) -> Option<GuardedIo<TcpStream>>
+) -> Option<GuardedIo<T>>
 where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>
         + Unpin,
     S::Future: Send + 'static,
@@ -266,12 +341,9 @@ where
     Some(guarded)
 }
 
-async fn serve_h2<S>(
-    io: GuardedIo<TcpStream>,
-    svc: S,
-    peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
-) where
+async fn serve_h2<T, S>(io: GuardedIo<T>, svc: S, peer: SocketAddr, mut stop: watch::Receiver<bool>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

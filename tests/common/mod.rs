@@ -360,3 +360,13 @@ pub async fn counting() -> Upstream {
     })
     .await
 }
+
+/// Starts a gateway on `yaml` written to `dir/frontdesk.yaml`; `dir` may already hold files the
+/// config names by relative path (certificates, say).
+pub async fn gateway_in(dir: tempfile::TempDir, yaml: &str) -> TestGateway {
+    let path = dir.path().join("frontdesk.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    let gw = Gateway::start(&path).await.expect("gateway starts");
+    let addr = gw.local_addr("public").await.expect("listener public");
+    TestGateway { gw, addr, dir }
+}
