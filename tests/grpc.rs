@@ -10,19 +10,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-#[tokio::test]
-async fn unary_and_streaming_grpc_calls_pass_unchanged_with_their_trailers() {
-    let (reporter, service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("orders", tonic_health::ServingStatus::Serving)
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+/// A gateway with an h2c upstream at `upstream` for the health service, and a gRPC client to it.
+async fn through_gateway(
+    upstream: std::net::SocketAddr,
+) -> (common::TestGateway, HealthClient<tonic::transport::Channel>) {
     let gw = gateway(&config(&format!(
         r#"
 upstreams:
@@ -39,7 +30,23 @@ routes:
         .connect()
         .await
         .unwrap();
-    let mut client = HealthClient::new(channel);
+    (gw, HealthClient::new(channel))
+}
+
+#[tokio::test]
+async fn unary_and_streaming_grpc_calls_pass_unchanged_with_their_trailers() {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("orders", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (_gw, mut client) = through_gateway(upstream).await;
 
     // Unary: the status arrives in the trailers; without them tonic reports an error.
     let resp = client
@@ -102,23 +109,7 @@ routes:
 #[tokio::test]
 async fn gateway_errors_reach_grpc_clients_as_grpc_statuses() {
     let dead = common::closed_port().await;
-    let gw = gateway(&config(&format!(
-        r#"
-upstreams:
-  grpc:
-    targets: [{{ url: "http://{dead}" }}]
-    protocol: h2c
-routes:
-  - {{ name: grpc, match: {{ paths: ["/grpc.health.v1.Health"] }}, upstream: grpc }}
-"#
-    )))
-    .await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(channel);
+    let (_gw, mut client) = through_gateway(dead).await;
     let err = client
         .check(HealthCheckRequest {
             service: String::new(),

@@ -29,6 +29,17 @@ async fn switchable(name: &'static str, status: u16) -> (Upstream, Arc<AtomicBoo
     (up, fail)
 }
 
+/// Sends `n` POSTs with a small body to `url`; their statuses, sorted.
+async fn post_statuses(c: &reqwest::Client, url: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        let resp = c.post(url).body("x").send().await.unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    statuses.sort_unstable();
+    statuses
+}
+
 async fn body_of(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap())
@@ -160,19 +171,7 @@ routes:
     );
     assert_eq!(good.requests(), 4);
     // A POST that reached the bad target gets its 503 as is.
-    let mut statuses = Vec::new();
-    for _ in 0..4 {
-        statuses.push(
-            c.post(gw.url("/a"))
-                .body("x")
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-        );
-    }
-    statuses.sort_unstable();
+    let statuses = post_statuses(&c, &gw.url("/a"), 4).await;
     assert_eq!(statuses, vec![200, 200, 503, 503]);
 }
 
@@ -655,19 +654,7 @@ routes:
     }
     assert!(hang.requests() >= 1, "the hanging target was tried");
     // A POST that timed out is not sent again.
-    let mut statuses = Vec::new();
-    for _ in 0..2 {
-        statuses.push(
-            c.post(gw.url("/"))
-                .body("x")
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-        );
-    }
-    statuses.sort_unstable();
+    let statuses = post_statuses(&c, &gw.url("/"), 2).await;
     assert_eq!(statuses, vec![200, 504]);
 }
 

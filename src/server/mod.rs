@@ -44,6 +44,25 @@ pub struct ConnInfo {
     pub client_cert: Option<Arc<ClientCert>>,
 }
 
+impl ConnInfo {
+    fn new(
+        peer: SocketAddr,
+        listener: Arc<ListenerSpec>,
+        shared: Arc<ConnShared>,
+        tunnels: Arc<Tunnels>,
+        client_cert: Option<Arc<ClientCert>>,
+    ) -> Arc<ConnInfo> {
+        Arc::new(ConnInfo {
+            peer,
+            peer_value: proxy::forward::peer_value(peer.ip()),
+            listener,
+            shared,
+            tunnels,
+            client_cert,
+        })
+    }
+}
+
 /// Counts open tunnels (upgraded connections), which outlive their HTTP connection.
 #[derive(Debug, Default)]
 pub struct Tunnels {
@@ -180,14 +199,7 @@ pub async fn serve(
     }
     let shared = Arc::new(ConnShared::default());
     let mut io = GuardedIo::new(stream, spec.limits, shared.clone()).with_parking(PARK_AFTER);
-    let info = Arc::new(ConnInfo {
-        peer,
-        peer_value: proxy::forward::peer_value(peer.ip()),
-        listener: spec,
-        shared,
-        tunnels,
-        client_cert: None,
-    });
+    let info = ConnInfo::new(peer, spec, shared, tunnels, None);
     let svc = service_fn(move |req| {
         // One atomic load per request: every phase of this request sees this snapshot.
         let snap = live.load_full();
@@ -255,14 +267,7 @@ async fn serve_tls(
     };
     let shared = Arc::new(ConnShared::default());
     let mut io = GuardedIo::new(stream, spec.limits, shared.clone());
-    let info = Arc::new(ConnInfo {
-        peer,
-        peer_value: proxy::forward::peer_value(peer.ip()),
-        listener: spec,
-        shared,
-        tunnels,
-        client_cert: negotiated.client_cert,
-    });
+    let info = ConnInfo::new(peer, spec, shared, tunnels, negotiated.client_cert);
     let svc = service_fn(move |req| {
         let snap = live.load_full();
         let info = info.clone();

@@ -193,18 +193,29 @@ pub async fn read_until_close(s: &mut TcpStream, wait: Duration) -> String {
 
 /// Reads one HTTP/1.1 response with a content-length body from a kept-alive socket.
 pub async fn read_response(s: &mut TcpStream) -> String {
+    match try_read_response(s).await {
+        Ok(text) => text,
+        Err(e) => panic!("no complete response: {e}"),
+    }
+}
+
+/// Reads one HTTP/1.1 response with a content-length body from any stream (plain or TLS); an
+/// early close or 10 s without a byte is an error.
+pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+) -> std::io::Result<String> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
             .await
-            .expect("response in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "connection closed early: {}",
-            String::from_utf8_lossy(&out)
-        );
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("closed early after: {}", String::from_utf8_lossy(&out)),
+            ));
+        }
         out.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&out).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
@@ -217,7 +228,7 @@ pub async fn read_response(s: &mut TcpStream) -> String {
                 })
                 .unwrap_or(0);
             if body.len() >= len {
-                return text;
+                return Ok(text);
             }
         }
     }
