@@ -1,7 +1,7 @@
 //! The gateway error: every failure on the request path folds into [`GatewayError`], which maps to
 //! an HTTP status and a problem+json body in exactly one place (`proxy::error_response`).
 
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode};
 
 /// Which side of the proxy caused an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub struct GatewayError {
     pub detail: String,
     /// Whether another endpoint could serve the request.
     pub retryable: bool,
+    /// Extra response headers (`WWW-Authenticate`, `Retry-After`); usually none.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl GatewayError {
@@ -39,6 +41,7 @@ impl GatewayError {
             status,
             detail: detail.into(),
             retryable: false,
+            headers: Vec::new(),
         }
     }
 
@@ -49,6 +52,7 @@ impl GatewayError {
             status,
             detail: detail.into(),
             retryable,
+            headers: Vec::new(),
         }
     }
 
@@ -59,6 +63,7 @@ impl GatewayError {
             status,
             detail: detail.into(),
             retryable: false,
+            headers: Vec::new(),
         }
     }
 
@@ -69,6 +74,7 @@ impl GatewayError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             detail: detail.into(),
             retryable: false,
+            headers: Vec::new(),
         }
     }
 }

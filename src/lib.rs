@@ -3,6 +3,7 @@
 //! [`snapshot`] holds one compiled config generation and [`runtime`] runs and reloads it.
 
 pub mod body;
+pub mod consumer;
 pub mod demo;
 pub mod error;
 pub mod listener;

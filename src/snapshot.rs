@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 use frontdesk_config::{Config, Diagnostic, FieldPath};
 use http::HeaderValue;
 
-use crate::plugin::{ChainBuilder, PluginChain, Scope};
+use crate::consumer::Consumers;
+use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, Scope};
 use crate::plugins;
 use crate::route::RouteTable;
 use crate::server::HeadLimits;
@@ -50,6 +51,8 @@ pub struct ListenerSpec {
     pub tls: Option<Arc<ServerTls>>,
     /// Answer every request with a redirect to HTTPS (plain listeners only).
     pub redirect_https: bool,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The address the socket is bound to, once it is (differs from `address` with port 0).
     /// Shared with the next generation's spec while the listener keeps its socket.
     pub bound: Arc<OnceLock<SocketAddr>>,
@@ -113,7 +116,15 @@ impl Snapshot {
             }
         }
 
-        let mut global = ChainBuilder::default();
+        let consumers = match Consumers::build(&cfg.consumers) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                errs.push(Diagnostic::error("consumers", e.to_string()));
+                Arc::default()
+            }
+        };
+        let env = BuildEnv { consumers };
+        let mut global = ChainBuilder::new(env.clone());
         plugins::register_all(
             &mut global,
             &cfg.plugins,
@@ -124,7 +135,7 @@ impl Snapshot {
 
         let mut routes = Vec::new();
         for (i, r) in cfg.routes.iter().enumerate() {
-            let mut chain = ChainBuilder::default();
+            let mut chain = ChainBuilder::new(env.clone());
             chain.extend_from(&global);
             plugins::register_all(
                 &mut chain,
@@ -191,6 +202,11 @@ impl Snapshot {
                 address,
                 tls,
                 redirect_https: l.redirect_https,
+                trusted_proxies: parse_nets(
+                    &l.trusted_proxies,
+                    &at.key("trusted_proxies"),
+                    &mut errs,
+                ),
                 bound,
                 limits: HeadLimits {
                     max_head: l.limits.max_request_head.as_usize(),
@@ -249,6 +265,37 @@ impl Snapshot {
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSpec>> {
         self.listeners.iter().find(|l| &*l.name == name)
     }
+}
+
+/// Parses addresses and CIDR networks (`10.0.0.0/8`, `::1`); errors go to `errs` at `at[i]`.
+/// Shared by every setting that lists networks.
+pub fn parse_nets(
+    list: &[String],
+    at: &FieldPath,
+    errs: &mut Vec<Diagnostic>,
+) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        match parse_net(s) {
+            Some(n) => out.push(n),
+            None => errs.push(Diagnostic::error(
+                at.index(i).to_string(),
+                format!("{s:?} is not an IP address or CIDR network"),
+            )),
+        }
+    }
+    out
+}
+
+/// One address (a /32 or /128 network) or CIDR network; IPv4-mapped IPv6 becomes IPv4.
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<ipnet::IpNet>() {
+        return Some(n.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| ipnet::IpNet::from(ip.to_canonical()))
 }
 
 impl Drop for Snapshot {

@@ -1,12 +1,13 @@
 //! The plugin contract.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
+use crate::consumer::Consumer;
 use crate::tls::client_cert::ClientCert;
 
 /// The request as plugins see it: method, URI, version, headers, extensions. The body is not here:
@@ -37,6 +38,8 @@ pub struct PluginError {
     pub status: StatusCode,
     /// Safe to show the client.
     pub message: String,
+    /// Headers for the refusal (`WWW-Authenticate`, `Retry-After`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl PluginError {
@@ -45,6 +48,47 @@ impl PluginError {
         PluginError {
             status,
             message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a header to the refusal.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// Who the caller is, as the authentication plugins found out. Auth plugins run one after the
+/// other; the first that identifies the caller wins and the others step aside. After the last one
+/// the chain settles it: an unidentified caller goes on as an `anonymous` consumer if one was
+/// offered, or is refused with `401` and every plugin's challenge.
+#[derive(Debug, Default)]
+pub struct AuthState {
+    /// True once a plugin identified the caller (as a consumer, or as an unnamed JWT caller).
+    pub identified: bool,
+    /// The consumer the caller is; `None` for an unnamed caller or before identification.
+    pub consumer: Option<Arc<Consumer>>,
+    /// `WWW-Authenticate` challenges of the auth plugins that found no credentials.
+    pub challenges: Vec<HeaderValue>,
+    /// The consumer to go on as when no plugin identifies the caller.
+    pub anonymous: Option<Arc<Consumer>>,
+    /// True when the request went on as the anonymous consumer.
+    pub is_anonymous: bool,
+}
+
+impl AuthState {
+    /// A plugin identified the caller (`None`: valid credentials that name no consumer).
+    pub fn identify(&mut self, consumer: Option<Arc<Consumer>>) {
+        self.identified = true;
+        self.consumer = consumer;
+    }
+
+    /// A plugin found no credentials of its kind: it offers its challenge and anonymous consumer.
+    pub fn missing(&mut self, challenge: HeaderValue, anonymous: Option<&Arc<Consumer>>) {
+        self.challenges.push(challenge);
+        if self.anonymous.is_none() {
+            self.anonymous = anonymous.cloned();
         }
     }
 }
@@ -58,6 +102,13 @@ pub struct Ctx {
     pub route: Arc<str>,
     /// The peer address of the downstream connection.
     pub client: SocketAddr,
+    /// The client's address: the peer's, or from `X-Forwarded-For` when the peer is one of the
+    /// listener's `trusted_proxies` (IPv4-mapped IPv6 addresses are given as IPv4).
+    pub client_ip: IpAddr,
+    /// Authentication state (see [`AuthState`]).
+    pub auth: AuthState,
+    /// A plugin's cap on the request body, applied with the listener's (the smaller wins).
+    pub max_body: Option<u64>,
     /// The client certificate the downstream connection presented and the listener verified
     /// against `tls.client_auth.ca` (mutual TLS); `None` when there is none. The same for every
     /// request on the connection; safe to use as the caller's identity.
@@ -73,6 +124,9 @@ impl Ctx {
             request_id: HeaderValue::from_static("test"),
             route: Arc::from("test"),
             client: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            auth: AuthState::default(),
+            max_body: None,
             client_cert: None,
             ext: http::Extensions::new(),
         }

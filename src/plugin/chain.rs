@@ -2,12 +2,23 @@
 
 use std::sync::Arc;
 
+use http::{header, HeaderName, HeaderValue, StatusCode};
+
 use super::{Ctx, Flow, Plugin, PluginError, RequestHead, ResponseHead};
+
+/// `x-consumer-name`: the identified consumer, for the upstream.
+pub static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
+/// `x-consumer-groups`: the consumer's groups, comma-separated.
+pub static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
+/// `x-anonymous-consumer: true` when the request went on as the anonymous consumer.
+pub static X_ANONYMOUS_CONSUMER: HeaderName = HeaderName::from_static("x-anonymous-consumer");
 
 /// The plugins of one route, global ones included, in run order. Built once per snapshot.
 #[derive(Clone, Default)]
 pub struct PluginChain {
     plugins: Arc<[Arc<dyn Plugin>]>,
+    /// Index after the last authentication plugin, where the caller's identity is settled.
+    auth_end: Option<usize>,
 }
 
 impl std::fmt::Debug for PluginChain {
@@ -19,9 +30,10 @@ impl std::fmt::Debug for PluginChain {
 }
 
 impl PluginChain {
-    pub(crate) fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
+    pub(crate) fn new(plugins: Vec<Arc<dyn Plugin>>, auth_end: Option<usize>) -> Self {
         PluginChain {
             plugins: plugins.into(),
+            auth_end,
         }
     }
 
@@ -30,16 +42,23 @@ impl PluginChain {
         self.plugins.is_empty()
     }
 
-    /// Runs `request_filter` in order; stops at the first answer or error.
+    /// Runs `request_filter` in order; stops at the first answer or error. After the last
+    /// authentication plugin it settles the caller's identity ([`super::AuthState`]).
     pub async fn request_filter(
         &self,
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        for p in self.plugins.iter() {
+        for (i, p) in self.plugins.iter().enumerate() {
+            if self.auth_end == Some(i) {
+                settle_auth(req, cx)?;
+            }
             if let Flow::Respond(r) = p.request_filter(req, cx).await? {
                 return Ok(Flow::Respond(r));
             }
+        }
+        if self.auth_end == Some(self.plugins.len()) {
+            settle_auth(req, cx)?;
         }
         Ok(Flow::Continue)
     }
@@ -67,4 +86,39 @@ impl PluginChain {
         }
         Ok(())
     }
+}
+
+/// After the auth plugins: an identified caller's consumer goes upstream in headers; an
+/// unidentified one goes on as the anonymous consumer or is refused with every challenge.
+fn settle_auth(req: &mut RequestHead, cx: &mut Ctx) -> Result<(), PluginError> {
+    let auth = &mut cx.auth;
+    if !auth.identified {
+        match auth.anonymous.take() {
+            Some(anon) => {
+                auth.identify(Some(anon));
+                auth.is_anonymous = true;
+                req.headers.insert(
+                    X_ANONYMOUS_CONSUMER.clone(),
+                    HeaderValue::from_static("true"),
+                );
+            }
+            None => {
+                let mut err = PluginError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "the request carries no credentials this route accepts",
+                );
+                for c in auth.challenges.drain(..) {
+                    err = err.with_header(header::WWW_AUTHENTICATE, c);
+                }
+                return Err(err);
+            }
+        }
+    }
+    if let Some(c) = &auth.consumer {
+        req.headers
+            .insert(X_CONSUMER_NAME.clone(), c.name_header.clone());
+        req.headers
+            .insert(X_CONSUMER_GROUPS.clone(), c.groups_header.clone());
+    }
+    Ok(())
 }

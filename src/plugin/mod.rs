@@ -9,6 +9,8 @@ mod api;
 mod chain;
 mod registry;
 
-pub use api::{Ctx, Flow, Plugin, PluginError, PluginResponse, RequestHead, ResponseHead};
-pub use chain::PluginChain;
-pub use registry::{ChainBuilder, PluginFactory, Scope};
+pub use api::{
+    AuthState, Ctx, Flow, Plugin, PluginError, PluginResponse, RequestHead, ResponseHead,
+};
+pub use chain::{PluginChain, X_ANONYMOUS_CONSUMER, X_CONSUMER_GROUPS, X_CONSUMER_NAME};
+pub use registry::{BuildEnv, ChainBuilder, PluginFactory, Scope};

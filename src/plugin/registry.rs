@@ -5,6 +5,14 @@ use std::sync::Arc;
 use frontdesk_config::{Diagnostic, FieldPath};
 
 use super::{Plugin, PluginChain};
+use crate::consumer::Consumers;
+
+/// What plugins may use while they are built: the snapshot's shared pieces.
+#[derive(Clone, Debug, Default)]
+pub struct BuildEnv {
+    /// Every consumer, by credential.
+    pub consumers: Arc<Consumers>,
+}
 
 /// Turns one kind's typed config into a plugin instance.
 pub trait PluginFactory {
@@ -12,10 +20,13 @@ pub trait PluginFactory {
     const KIND: &'static str;
     /// Position of the kind in the chain; lower runs first on the request. Documented in docs/plugins.md.
     const ORDER: u16;
+    /// True for authentication plugins: the chain settles who the caller is after the last one
+    /// (anonymous consumer, or `401` with every challenge).
+    const AUTH: bool = false;
     /// The kind's config struct (from `frontdesk-config`).
     type Config;
     /// Builds an instance; an `Err` is a config error at the plugin's field path.
-    fn build(cfg: &Self::Config) -> Result<Arc<dyn Plugin>, String>;
+    fn build(cfg: &Self::Config, env: &BuildEnv) -> Result<Arc<dyn Plugin>, String>;
 }
 
 /// Where a plugin was configured. Global plugins run before the route's own of the same kind.
@@ -28,19 +39,34 @@ pub enum Scope {
 }
 
 /// Collects built plugins of one scope (or both) and the errors met building them.
-#[derive(Default)]
 pub struct ChainBuilder {
-    items: Vec<(u16, Scope, Arc<dyn Plugin>)>,
+    items: Vec<(u16, Scope, bool, Arc<dyn Plugin>)>,
+    env: BuildEnv,
     /// Build failures, with field paths.
     pub errors: Vec<Diagnostic>,
 }
 
+impl Default for ChainBuilder {
+    fn default() -> Self {
+        ChainBuilder::new(BuildEnv::default())
+    }
+}
+
 impl ChainBuilder {
+    /// An empty builder whose plugins are built with `env`.
+    pub fn new(env: BuildEnv) -> Self {
+        ChainBuilder {
+            items: Vec::new(),
+            env,
+            errors: Vec::new(),
+        }
+    }
+
     /// Builds the plugin for `cfg` if present.
     pub fn add<F: PluginFactory>(&mut self, cfg: Option<&F::Config>, scope: Scope, at: &FieldPath) {
         let Some(cfg) = cfg else { return };
-        match F::build(cfg) {
-            Ok(p) => self.items.push((F::ORDER, scope, p)),
+        match F::build(cfg, &self.env) {
+            Ok(p) => self.items.push((F::ORDER, scope, F::AUTH, p)),
             Err(msg) => self
                 .errors
                 .push(Diagnostic::error(at.key(F::KIND).to_string(), msg)),
@@ -54,7 +80,17 @@ impl ChainBuilder {
 
     /// The chain in run order: by kind order, then global before route.
     pub fn finish(mut self) -> PluginChain {
-        self.items.sort_by_key(|(order, scope, _)| (*order, *scope));
-        PluginChain::new(self.items.into_iter().map(|(_, _, p)| p).collect())
+        self.items
+            .sort_by_key(|(order, scope, _, _)| (*order, *scope));
+        // Authentication is settled right after the last auth plugin.
+        let auth_end = self
+            .items
+            .iter()
+            .rposition(|(_, _, auth, _)| *auth)
+            .map(|i| i + 1);
+        PluginChain::new(
+            self.items.into_iter().map(|(_, _, _, p)| p).collect(),
+            auth_end,
+        )
     }
 }

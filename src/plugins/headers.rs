@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use frontdesk_config::{HeaderOps, HeadersConfig};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::plugin::{Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead, ResponseHead};
+use crate::plugin::{
+    BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead, ResponseHead,
+};
 
 /// The `headers` plugin.
 #[derive(Debug)]
@@ -67,7 +69,7 @@ impl PluginFactory for Headers {
     const ORDER: u16 = 500;
     type Config = HeadersConfig;
 
-    fn build(cfg: &HeadersConfig) -> Result<Arc<dyn Plugin>, String> {
+    fn build(cfg: &HeadersConfig, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, String> {
         Ok(Arc::new(Headers {
             request: Ops::compile(cfg.request.as_ref())?,
             response: Ops::compile(cfg.response.as_ref())?,
@@ -118,7 +120,7 @@ mod tests {
     async fn removes_then_sets_then_adds_on_the_request() {
         let cfg =
             config("{ request: { set: { x-a: one }, add: { x-b: two }, remove: [x-secret] } }");
-        let plugin = Headers::build(&cfg).expect("builds");
+        let plugin = Headers::build(&cfg, &BuildEnv::default()).expect("builds");
         let (mut head, ()) = http::Request::builder()
             .header("x-a", "old")
             .header("x-b", "first")
@@ -145,7 +147,7 @@ mod tests {
     #[tokio::test]
     async fn edits_the_response() {
         let cfg = config("{ response: { set: { x-served-by: fd }, remove: [server] } }");
-        let plugin = Headers::build(&cfg).expect("builds");
+        let plugin = Headers::build(&cfg, &BuildEnv::default()).expect("builds");
         let (mut head, ()) = http::Response::builder()
             .header("server", "nginx")
             .body(())

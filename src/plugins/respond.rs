@@ -7,7 +7,9 @@ use bytes::Bytes;
 use frontdesk_config::RespondConfig;
 use http::{HeaderName, HeaderValue, StatusCode};
 
-use crate::plugin::{Ctx, Flow, Plugin, PluginError, PluginFactory, PluginResponse, RequestHead};
+use crate::plugin::{
+    BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, PluginResponse, RequestHead,
+};
 
 /// The `respond` plugin.
 #[derive(Debug)]
@@ -22,7 +24,7 @@ impl PluginFactory for Respond {
     const ORDER: u16 = 900;
     type Config = RespondConfig;
 
-    fn build(cfg: &RespondConfig) -> Result<Arc<dyn Plugin>, String> {
+    fn build(cfg: &RespondConfig, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, String> {
         let status = StatusCode::from_u16(cfg.status)
             .map_err(|_| format!("invalid status {}", cfg.status))?;
         let headers = cfg
@@ -76,7 +78,7 @@ mod tests {
             body: "short and stout".into(),
             headers: [("content-type".to_string(), "text/plain".to_string())].into(),
         };
-        let plugin = Respond::build(&cfg).expect("builds");
+        let plugin = Respond::build(&cfg, &BuildEnv::default()).expect("builds");
         let (mut head, ()) = http::Request::new(()).into_parts();
         let Flow::Respond(resp) = plugin
             .request_filter(&mut head, &mut Ctx::for_test())

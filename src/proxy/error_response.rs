@@ -27,10 +27,14 @@ pub fn to_response(err: &GatewayError, request_id: Option<&HeaderValue>) -> Resp
     let body = problem_json(err.status, &err.detail, request_id);
     let mut resp = Response::new(ResponseBody::full(body));
     *resp.status_mut() = err.status;
-    resp.headers_mut().insert(
+    let h = resp.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
+    for (name, value) in &err.headers {
+        h.append(name.clone(), value.clone());
+    }
     resp
 }
 

@@ -13,11 +13,51 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the right-most
+/// `X-Forwarded-For` entry that is not a trusted proxy (entries left of it could be forged by the
+/// client). IPv4-mapped IPv6 addresses are returned as IPv4.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return peer;
+    }
+    let mut leftmost = peer;
+    let entries = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .flat_map(|v| v.to_str().unwrap_or("").rsplit(','));
+    for entry in entries {
+        let Some(ip) = parse_forwarded_ip(entry.trim()) else {
+            // An entry we cannot read ends the chain of trust: stop at the last good address.
+            return leftmost;
+        };
+        if !is_trusted(&ip) {
+            return ip;
+        }
+        leftmost = ip;
+    }
+    leftmost
+}
+
+/// An `X-Forwarded-For` entry: an address, maybe with a port (`1.2.3.4:5`, `[::1]:5`).
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    s.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip().to_canonical())
+}
+
 /// Removes hop-by-hop headers: every name listed in `Connection`, then the standard ones.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the (few) names finds what to remove; most messages carry at most
     // `Connection`, so this beats a hashed removal per hop-by-hop name.
     let mut found: [Option<HeaderName>; 9] = Default::default();
+    // Names past the array (many `x-consumer-*` names, say) still go: every one must be removed.
+    let mut more: Vec<HeaderName> = Vec::new();
     let mut n = 0;
     let mut has_connection = false;
     for k in h.keys() {
@@ -26,9 +66,13 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         } else if *k == header::TE && is_te_trailers(h) {
             // `TE: trailers` says the client accepts trailers: gRPC needs it end to end, and it
             // is the one TE value HTTP/2 allows (RFC 9113 §8.2.2).
-        } else if is_hop_by_hop(k) && n < found.len() {
-            found[n] = Some(k.clone());
-            n += 1;
+        } else if is_hop_by_hop(k) || is_consumer_header(k) {
+            if n < found.len() {
+                found[n] = Some(k.clone());
+                n += 1;
+            } else {
+                more.push(k.clone());
+            }
         }
     }
     if has_connection {
@@ -44,7 +88,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         }
         h.remove(header::CONNECTION);
     }
-    for name in found.into_iter().flatten() {
+    for name in found.into_iter().flatten().chain(more) {
         h.remove(name);
     }
 }
@@ -52,6 +96,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 fn is_te_trailers(h: &HeaderMap) -> bool {
     let mut all = h.get_all(header::TE).iter();
     matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+}
+
+/// Headers only the gateway may set: a client sending them could pose as a consumer.
+fn is_consumer_header(k: &HeaderName) -> bool {
+    k.as_str().starts_with("x-consumer-") || k == crate::plugin::X_ANONYMOUS_CONSUMER
 }
 
 /// The hop-by-hop fields of RFC 9110 §7.6.1 (besides `Connection`) and their legacy relatives.

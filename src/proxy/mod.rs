@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::error::GatewayError;
-use crate::plugin::{Ctx, Flow, PluginError};
+use crate::plugin::{AuthState, Ctx, Flow, PluginError};
 use crate::route::RequestKey;
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
@@ -116,7 +116,14 @@ async fn proxy(
         request_id: request_id.clone(),
         route: route.name.clone(),
         client: conn.peer,
+        client_ip: forward::client_ip(
+            conn.peer.ip(),
+            req.headers(),
+            &conn.listener.trusted_proxies,
+        ),
         client_cert: conn.client_cert.clone(),
+        auth: AuthState::default(),
+        max_body: None,
         ext: http::Extensions::new(),
     };
     let routed = Routed {
@@ -171,6 +178,11 @@ async fn forward_routed(
     } = r;
     let request_id = cx.request_id.clone();
     let (mut head, body) = req.into_parts();
+    let upgrade = client_upgrade
+        .as_ref()
+        .and_then(|_| forward::wants_upgrade(&head.headers));
+    // Before the plugins: they see no hop-by-hop headers and no client-made consumer headers.
+    forward::strip_hop_by_hop(&mut head.headers);
     let plugins = &route.plugins;
     if !plugins.is_empty() {
         match plugins
@@ -194,11 +206,6 @@ async fn forward_routed(
         .upstream
         .as_ref()
         .ok_or_else(|| GatewayError::internal("the route has no upstream"))?;
-    let upgrade = client_upgrade
-        .as_ref()
-        .and_then(|_| forward::wants_upgrade(&head.headers));
-
-    forward::strip_hop_by_hop(&mut head.headers);
     forward::add_forwarding(
         &mut head.headers,
         &conn.peer_value,
@@ -228,6 +235,7 @@ async fn forward_routed(
     // The response timer starts once the request body is fully sent (or dropped), so a long
     // upload is not cut by `timeout`; it bounds the upstream's think time, like nginx's read timeout.
     // A request without a body (most of them) is sent at once: the timer simply starts now.
+    let body_limit = cx.max_body.map_or(body_limit, |m| m.min(body_limit));
     let (body, body_sent) = if body.is_end_stream() {
         (RequestBody::new(body, body_limit), BodySent::default())
     } else {
@@ -308,7 +316,9 @@ fn upstream_uri(uri: &Uri, route: &Route, strip_len: usize) -> Result<Uri, Gatew
 }
 
 fn plugin_error(e: PluginError) -> GatewayError {
-    GatewayError::plugin(e.status, e.message)
+    let mut g = GatewayError::plugin(e.status, e.message);
+    g.headers = e.headers;
+    g
 }
 
 /// Maps a call error to its status without revealing upstream details.

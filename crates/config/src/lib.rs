@@ -14,13 +14,17 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-pub use model::plugin::{HeaderOps, HeadersConfig, RespondConfig};
+pub use model::plugin::{
+    AclConfig, BasicAuthConfig, ClientCertConfig, CorsConfig, HeaderOps, HeadersConfig,
+    IpFilterConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig, RequestSizeConfig, RespondConfig,
+};
 pub use model::{
-    ActiveHealthConfig, CertificateConfig, CircuitBreakerConfig, ClientAuthConfig, ClientAuthMode,
-    Config, HealthCheckConfig, LimitsConfig, ListenerConfig, ListenerTlsConfig, LoadBalancing,
-    MatchConfig, PassiveHealthConfig, PathMatch, PluginsConfig, RetriesConfig, RetryOn,
-    RouteConfig, ServerConfig, TargetConfig, TimeoutsConfig, TlsVersion, UpstreamConfig,
-    UpstreamProtocol, UpstreamTlsConfig,
+    ActiveHealthConfig, ApiKeyConfig, BasicAuthCredential, CertificateConfig, CircuitBreakerConfig,
+    ClientAuthConfig, ClientAuthMode, ClientCertIdentity, Config, ConsumerConfig,
+    HealthCheckConfig, LimitsConfig, ListenerConfig, ListenerTlsConfig, LoadBalancing, MatchConfig,
+    PassiveHealthConfig, PathMatch, PluginsConfig, RetriesConfig, RetryOn, RouteConfig,
+    ServerConfig, TargetConfig, TimeoutsConfig, TlsVersion, UpstreamConfig, UpstreamProtocol,
+    UpstreamTlsConfig,
 };
 pub use units::{ByteSize, Dur};
 
@@ -206,12 +210,13 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         ));
         return None;
     };
-    const KNOWN: [&str; 6] = [
+    const KNOWN: [&str; 7] = [
         "version",
         "server",
         "listeners",
         "upstreams",
         "routes",
+        "consumers",
         "plugins",
     ];
     for key in top.keys() {
@@ -247,6 +252,10 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
     let (route_pos, routes) = list(take(&mut top, "routes"), &root.key("routes"), diags)
         .into_iter()
         .unzip();
+    let (consumer_pos, consumers) =
+        list(take(&mut top, "consumers"), &root.key("consumers"), diags)
+            .into_iter()
+            .unzip();
     let plugins = take(&mut top, "plugins").map_or(Some(Default::default()), |v| {
         part(v, &root.key("plugins"), diags)
     });
@@ -257,6 +266,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         listeners,
         upstreams: upstreams.into_iter().collect(),
         routes,
+        consumers,
         plugins: plugins.unwrap_or_default(),
     };
     if ok {
@@ -267,6 +277,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         let pos = validate::Positions {
             listeners: listener_pos,
             routes: route_pos,
+            consumers: consumer_pos,
         };
         validate::validate(&cfg, &pos, diags);
         None

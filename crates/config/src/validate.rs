@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::model::{
-    Config, LoadBalancing, PathMatch, PluginsConfig, RouteConfig, UpstreamConfig, UpstreamProtocol,
+    ApiKeyConfig, Config, LoadBalancing, PathMatch, PluginsConfig, RouteConfig, UpstreamConfig,
+    UpstreamProtocol,
 };
 use crate::{Diagnostic, FieldPath};
 
@@ -15,6 +16,7 @@ use crate::{Diagnostic, FieldPath};
 pub(crate) struct Positions {
     pub(crate) listeners: Vec<usize>,
     pub(crate) routes: Vec<usize>,
+    pub(crate) consumers: Vec<usize>,
 }
 
 impl Positions {
@@ -22,6 +24,7 @@ impl Positions {
         Positions {
             listeners: (0..cfg.listeners.len()).collect(),
             routes: (0..cfg.routes.len()).collect(),
+            consumers: (0..cfg.consumers.len()).collect(),
         }
     }
 }
@@ -180,6 +183,7 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
         check_upstream(up, &at, out);
     }
 
+    check_consumers(cfg, pos, out);
     check_plugins(&cfg.plugins, &root.key("plugins"), out);
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -337,6 +341,101 @@ fn check_host(h: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Consumers: unique names, and credentials that identify exactly one consumer.
+fn check_consumers(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>) {
+    let mut names = HashSet::new();
+    let mut keys = HashSet::new();
+    let mut users = HashSet::new();
+    let mut cns = HashSet::new();
+    for (i, c) in cfg.consumers.iter().enumerate() {
+        let at = FieldPath::root()
+            .key("consumers")
+            .index(pos.consumers.get(i).copied().unwrap_or(i));
+        let mut err =
+            |field: FieldPath, msg: String| out.push(Diagnostic::error(field.to_string(), msg));
+        if c.name.is_empty() || !c.name.bytes().all(|b| b.is_ascii_graphic()) {
+            err(
+                at.key("name"),
+                "must be non-empty printable ASCII without spaces".into(),
+            );
+        } else if !names.insert(c.name.as_str()) {
+            err(
+                at.key("name"),
+                format!("duplicate consumer name {:?}", c.name),
+            );
+        }
+        for (g, group) in c.groups.iter().enumerate() {
+            if group.is_empty()
+                || group.contains(',')
+                || !group.bytes().all(|b| b.is_ascii_graphic())
+            {
+                err(
+                    at.key("groups").index(g),
+                    "a group is printable ASCII without spaces or commas".into(),
+                );
+            }
+        }
+        for (k, key) in c.api_keys.iter().enumerate() {
+            let ka = at.key("api_keys").index(k);
+            let id = match key {
+                ApiKeyConfig::Plain(p) if p.len() < 8 => {
+                    err(ka, "an API key needs at least 8 characters".into());
+                    continue;
+                }
+                ApiKeyConfig::Plain(p) => format!("plain:{p}"),
+                ApiKeyConfig::Hashed { sha256 } => {
+                    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        err(ka.key("sha256"), "expected 64 hex digits".into());
+                        continue;
+                    }
+                    format!("sha256:{}", sha256.to_ascii_lowercase())
+                }
+            };
+            if !keys.insert(id) {
+                err(
+                    ka,
+                    "this API key is also given to another consumer (or twice)".into(),
+                );
+            }
+        }
+        if let Some(b) = &c.basic_auth {
+            if b.username.is_empty() || b.username.contains(':') {
+                err(
+                    at.key("basic_auth").key("username"),
+                    "non-empty, without `:`".into(),
+                );
+            } else if !users.insert(b.username.as_str()) {
+                err(
+                    at.key("basic_auth").key("username"),
+                    format!("username {:?} is used by another consumer", b.username),
+                );
+            }
+            let h = &b.password_hash;
+            if !(h.starts_with("$2a$") || h.starts_with("$2b$") || h.starts_with("$2y$"))
+                || h.len() != 60
+            {
+                err(
+                    at.key("basic_auth").key("password_hash"),
+                    "expected a bcrypt hash ($2b$..., 60 characters)".into(),
+                );
+            }
+        }
+        if let Some(cc) = &c.client_cert {
+            if cc.subject_cn.is_empty() {
+                err(
+                    at.key("client_cert").key("subject_cn"),
+                    "must not be empty".into(),
+                );
+            } else if !cns.insert(cc.subject_cn.as_str()) {
+                err(
+                    at.key("client_cert").key("subject_cn"),
+                    format!("subject_cn {:?} is used by another consumer", cc.subject_cn),
+                );
+            }
+        }
+    }
 }
 
 /// Checks the balancing, health, timeout, retry, breaker, protocol and TLS settings of an upstream.

@@ -25,6 +25,10 @@ pub struct ListenerConfig {
     /// listener's port (omitted when it is 443). Only for listeners without `tls`.
     #[serde(default)]
     pub redirect_https: bool,
+    /// Peers (CIDR or addresses) whose `X-Forwarded-For` is believed: for a request from one of
+    /// them, the client address is the right-most `X-Forwarded-For` entry not in this list.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Limits on what a client may send. Requests over a limit never reach an upstream.

@@ -3,6 +3,7 @@
 //! These types are the public contract (versioned by `version: 1`). The gateway compiles them into
 //! runtime types; nothing here does I/O.
 
+mod consumer;
 mod listener;
 mod listener_tls;
 pub mod plugin;
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+pub use consumer::{ApiKeyConfig, BasicAuthCredential, ClientCertIdentity, ConsumerConfig};
 pub use listener::{LimitsConfig, ListenerConfig};
 pub use listener_tls::{
     CertificateConfig, ClientAuthConfig, ClientAuthMode, ListenerTlsConfig, TlsVersion,
@@ -46,6 +48,9 @@ pub struct Config {
     /// Rules that map requests to upstreams, in declaration order.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Identified callers and their credentials.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
     /// Global plugins: run on every route, before the route's own plugins of the same kind.
     #[serde(default)]
     pub plugins: PluginsConfig,

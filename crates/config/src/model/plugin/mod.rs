@@ -2,12 +2,18 @@
 //!
 //! The same shape is used for global plugins (top-level `plugins:`) and per-route plugins.
 
+mod access;
+mod auth;
 mod headers;
 mod respond;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+pub use access::{CorsConfig, IpFilterConfig, RequestSizeConfig};
+pub use auth::{
+    AclConfig, BasicAuthConfig, ClientCertConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig,
+};
 pub use headers::{HeaderOps, HeadersConfig};
 pub use respond::RespondConfig;
 
@@ -15,6 +21,30 @@ pub use respond::RespondConfig;
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
+    /// Refuse clients by address (403).
+    #[serde(default)]
+    pub ip_filter: Option<IpFilterConfig>,
+    /// Cross-origin resource sharing: preflights answered, response headers for allowed origins.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    /// Identify consumers by API key.
+    #[serde(default)]
+    pub key_auth: Option<KeyAuthConfig>,
+    /// Identify callers by JSON Web Token.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+    /// Identify consumers by `Authorization: Basic`.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// Identify consumers by their verified client certificate.
+    #[serde(default)]
+    pub client_cert: Option<ClientCertConfig>,
+    /// Allow or deny consumers by group (403).
+    #[serde(default)]
+    pub acl: Option<AclConfig>,
+    /// Cap the request body (413).
+    #[serde(default)]
+    pub request_size: Option<RequestSizeConfig>,
     /// Set, add and remove headers on the request and the response.
     #[serde(default)]
     pub headers: Option<HeadersConfig>,
@@ -26,6 +56,6 @@ pub struct PluginsConfig {
 impl PluginsConfig {
     /// True when no plugin is configured.
     pub fn is_empty(&self) -> bool {
-        self.headers.is_none() && self.respond.is_none()
+        *self == PluginsConfig::default()
     }
 }
