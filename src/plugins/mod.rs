@@ -3,7 +3,11 @@
 //! Kind order on the request (lower first): authentication 100s, limits 200s, transforms 500s,
 //! terminal answers 900s. See docs/plugins.md.
 
+pub mod acl;
+pub mod basic_auth;
+pub mod client_cert;
 pub mod headers;
+pub mod key_auth;
 pub mod respond;
 
 use frontdesk_config::{FieldPath, PluginsConfig};
@@ -12,6 +16,10 @@ use crate::plugin::{ChainBuilder, Scope};
 
 /// Builds every configured plugin of one scope into `b`. Adding a kind means one line here.
 pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at: &FieldPath) {
+    b.add::<key_auth::KeyAuth>(cfg.key_auth.as_ref(), scope, at);
+    b.add::<basic_auth::BasicAuth>(cfg.basic_auth.as_ref(), scope, at);
+    b.add::<client_cert::ClientCertAuth>(cfg.client_cert.as_ref(), scope, at);
+    b.add::<acl::Acl>(cfg.acl.as_ref(), scope, at);
     b.add::<headers::Headers>(cfg.headers.as_ref(), scope, at);
     b.add::<respond::Respond>(cfg.respond.as_ref(), scope, at);
 }

@@ -1,6 +1,8 @@
 //! Test harness: real gateways on port 0, small real upstreams, raw sockets.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pki;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
