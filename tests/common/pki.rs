@@ -1,5 +1,5 @@
 //! Certificates made at test time: a CA that writes PEM files and issues leaf certificates.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::Path;
 
