@@ -1,16 +1,40 @@
 #!/usr/bin/env python3
-"""Small helpers for bench/run.sh (python3 only, no dependencies).
+"""Small helpers for bench/run.sh and bench/auth.sh (python3 only, no dependencies).
 
   benchutil.py ports N                 print N distinct free 127.0.0.1 ports
   benchutil.py wait PORT TIMEOUT PID   wait until 127.0.0.1:PORT accepts;
                                        fail early if process PID is gone
   benchutil.py get PORT [SCHEME]       GET SCHEME://127.0.0.1:PORT/ (http or https,
                                        certificate not verified), print body
+
+For bench/auth.sh:
+
+  benchutil.py jwt-setup KEY OUTDIR ISSUER AUDIENCE SUB KID
+                                       from the RSA private key KEY (PEM), write
+                                       OUTDIR/jwks.json (its public key) and
+                                       OUTDIR/token.txt (an RS256 JWT, valid 1 day),
+                                       signed and checked with the openssl CLI
+  benchutil.py serve PORT FILE URLPATH serve FILE as application/json at URLPATH on
+                                       127.0.0.1:PORT until killed; logs one line
+                                       per request to stderr
+  benchutil.py status PORT PATH [HEADER: VALUE]...
+                                       GET http://127.0.0.1:PORT/PATH with those
+                                       headers; print the status, then the body
+  benchutil.py auth-report TSV TARGET  the summary table and ratio lines of
+                                       bench/auth.sh from its per-round results
 """
+import base64
+import http.client
+import http.server
+import json
 import os
+import re
 import socket
 import ssl
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -53,6 +77,155 @@ def get(port, scheme="http"):
         sys.stdout.write(r.read().decode())
 
 
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def openssl(*args, stdin=None):
+    r = subprocess.run(("openssl",) + args, input=stdin, capture_output=True)
+    if r.returncode != 0:
+        sys.exit("openssl %s failed: %s" % (" ".join(args), r.stderr.decode(errors="replace")))
+    return r.stdout
+
+
+def jwt_setup(key, outdir, issuer, audience, sub, kid):
+    """JWKS with KEY's public half, and an RS256 token signed with KEY, both via the openssl CLI."""
+    text = openssl("rsa", "-in", key, "-noout", "-text").decode()
+    m = re.search(r"publicExponent: (\d+)", text)
+    if not m:
+        sys.exit("no publicExponent in `openssl rsa -text` of %s" % key)
+    e = int(m.group(1))
+    modulus = openssl("rsa", "-in", key, "-noout", "-modulus").decode().strip()
+    if not modulus.startswith("Modulus="):
+        sys.exit("unexpected `openssl rsa -modulus` output: %r" % modulus[:40])
+    n = bytes.fromhex(modulus[len("Modulus="):])  # big-endian; a 2048-bit modulus has no leading zero
+    e_bytes = e.to_bytes((e.bit_length() + 7) // 8, "big")
+    jwks = {"keys": [{"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+                      "n": b64url(n), "e": b64url(e_bytes)}]}
+    now = int(time.time())
+    header = {"alg": "RS256", "typ": "JWT", "kid": kid}
+    claims = {"iss": issuer, "aud": audience, "sub": sub, "iat": now, "exp": now + 86400}
+    signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode()) + "." +
+                     b64url(json.dumps(claims, separators=(",", ":")).encode()))
+    sig = openssl("dgst", "-sha256", "-sign", key, stdin=signing_input.encode())
+    # Check the signature against the public key, so a broken token is our fault, not the proxy's.
+    with tempfile.TemporaryDirectory() as tmp:
+        pub, sigf = os.path.join(tmp, "pub.pem"), os.path.join(tmp, "sig")
+        openssl("pkey", "-in", key, "-pubout", "-out", pub)
+        with open(sigf, "wb") as f:
+            f.write(sig)
+        openssl("dgst", "-sha256", "-verify", pub, "-signature", sigf, stdin=signing_input.encode())
+    with open(os.path.join(outdir, "jwks.json"), "w") as f:
+        json.dump(jwks, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(outdir, "token.txt"), "w") as f:
+        f.write(signing_input + "." + b64url(sig) + "\n")
+
+
+def serve(port, path, urlpath):
+    with open(path, "rb") as f:
+        body = f.read()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            if self.path.split("?", 1)[0] == urlpath:
+                code, data, ctype = 200, body, "application/json"
+            else:
+                code, data, ctype = 404, b"not found\n", "text/plain"
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "max-age=300")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, fmt, *args):
+            sys.stderr.write("%s %s\n" % (time.strftime("%H:%M:%S"), fmt % args))
+            sys.stderr.flush()
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    srv.daemon_threads = True
+    srv.serve_forever()
+
+
+def status(port, path, headers):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    hdrs = {}
+    for h in headers:
+        name, _, value = h.partition(":")
+        hdrs[name.strip()] = value.strip()
+    c.request("GET", path, headers=hdrs)
+    r = c.getresponse()
+    body = r.read().decode(errors="replace")
+    print(r.status)
+    sys.stdout.write(body)
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def auth_report(tsv, target):
+    """Per-round rows (round route label reqs rps p50_ms p99_ms cpu_s run_ms errors) -> table, ratios."""
+    rows = {}
+    order = []
+    with open(tsv) as f:
+        for line in f:
+            rnd, route, label, reqs, rps, p50, p99, cpu, run_ms, err = line.split()
+            if route not in rows:
+                rows[route] = {"label": label, "rounds": []}
+                order.append(route)
+            rows[route]["rounds"].append({
+                "reqs": int(reqs), "rps": float(rps), "p50": float(p50), "p99": float(p99),
+                "cpu": float(cpu), "run_ms": float(run_ms), "err": int(err)})
+    s = {}
+    for route in order:
+        rs = rows[route]["rounds"]
+        reqs = sum(r["reqs"] for r in rs)
+        cpu = sum(r["cpu"] for r in rs)
+        run_ms = sum(r["run_ms"] for r in rs)
+        s[route] = {
+            "rps": median([r["rps"] for r in rs]),
+            "per_round": [r["rps"] for r in rs],
+            "p50": median([r["p50"] for r in rs]),
+            "p99": median([r["p99"] for r in rs]),
+            "cpu100k": cpu / reqs * 100000 if reqs else 0.0,
+            "cpureq": cpu / reqs if reqs else 0.0,
+            "cpupct": cpu * 100000 / run_ms if run_ms else 0.0,
+            "err": sum(r["err"] for r in rs),
+        }
+    print("%-6s %-10s %8s %8s %8s %11s %6s %7s  %s" % (
+        "route", "plugin", "req/s", "p50 ms", "p99 ms", "cpu s/100k", "cpu %", "errors", "req/s per round"))
+    for route in order:
+        x = s[route]
+        print("%-6s %-10s %8.0f %8.3f %8.3f %11.3f %6.0f %7d  %s" % (
+            route, rows[route]["label"], x["rps"], x["p50"], x["p99"], x["cpu100k"], x["cpupct"],
+            x["err"], " ".join("%.0f" % v for v in x["per_round"])))
+    print("(req/s, p50, p99: median of the rounds; cpu s/100k, cpu %, errors: over all rounds)")
+    print()
+    for route in order:
+        if s[route]["cpupct"] < 90:
+            print("note: %s used only %.0f%% of the proxy core, so req/s was limited elsewhere (load core or "
+                  "other processes); compare cpu per request, or rerun on an idle machine" % (route, s[route]["cpupct"]))
+        if s[route]["err"]:
+            print("note: %s had %d errors (non-2xx or socket errors); its numbers are suspect" % (route, s[route]["err"]))
+    base = s.get("plain")
+    for route, name in (("key", "key_auth"), ("jwt", "jwt")):
+        label = "%s/plain:" % name
+        if base is None or route not in s:
+            print("%s n/a (route not measured)" % label)
+            continue
+        x = s[route]
+        rps = x["rps"] / base["rps"]
+        cpu = x["cpureq"] / base["cpureq"] if base["cpureq"] else 0.0
+        paired = [a / b for a, b in zip(x["per_round"], base["per_round"])]
+        verdict = "PASS" if rps >= target else "FAIL"
+        print("%s rps %.2f, cpu per request %.2f  %s (target rps >= %.2f; per round %s)" % (
+            label, rps, cpu, verdict, target, " ".join("%.2f" % v for v in paired)))
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "ports":
@@ -61,5 +234,13 @@ if __name__ == "__main__":
         wait(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "get":
         get(int(sys.argv[2]), *sys.argv[3:4])
+    elif cmd == "jwt-setup":
+        jwt_setup(*sys.argv[2:8])
+    elif cmd == "serve":
+        serve(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif cmd == "status":
+        status(int(sys.argv[2]), sys.argv[3], sys.argv[4:])
+    elif cmd == "auth-report":
+        auth_report(sys.argv[2], float(sys.argv[3]))
     else:
         sys.exit("unknown command %s" % cmd)

@@ -110,6 +110,8 @@ pub struct ResponseBody {
     /// The upstream connection and in-flight counts, released once this body has been read to
     /// the end (the connection goes back to the pool only then).
     lease: Option<Lease>,
+    /// Plugin values released with the body (concurrency slots).
+    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 #[derive(Debug)]
@@ -125,6 +127,7 @@ impl ResponseBody {
             kind: Kind::Upstream(b),
             _guard: None,
             lease: Some(lease),
+            held: Vec::new(),
         }
     }
 
@@ -135,6 +138,7 @@ impl ResponseBody {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
             _guard: None,
             lease: None,
+            held: Vec::new(),
         }
     }
 
@@ -144,7 +148,14 @@ impl ResponseBody {
             kind: Kind::Full(None),
             _guard: None,
             lease: None,
+            held: Vec::new(),
         }
+    }
+
+    /// Keeps `held` until the body is done or dropped.
+    pub fn holding(mut self, held: Vec<Box<dyn std::any::Any + Send + Sync>>) -> Self {
+        self.held = held;
+        self
     }
 
     /// Attaches the in-flight guard, released when the body is done or dropped.
@@ -173,6 +184,7 @@ impl Body for ResponseBody {
             if let Some(l) = this.lease.take() {
                 l.finish();
             }
+            this.held.clear();
             this._guard = None;
         }
         out

@@ -6,6 +6,7 @@ pub mod body;
 pub mod consumer;
 pub mod demo;
 pub mod error;
+pub mod limit;
 pub mod listener;
 pub mod plugin;
 pub mod plugins;

@@ -11,6 +11,7 @@ use frontdesk_config::{Config, Diagnostic, FieldPath};
 use http::HeaderValue;
 
 use crate::consumer::Consumers;
+use crate::limit::redis::RedisStore;
 use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, Scope};
 use crate::plugins;
 use crate::route::RouteTable;
@@ -82,6 +83,8 @@ pub struct Snapshot {
     pub drain_timeout: Duration,
     /// The config it was built from.
     pub config: Arc<Config>,
+    /// The shared limiter store, when `redis:` is configured.
+    pub redis: Option<Arc<RedisStore>>,
     /// Background tasks of this generation (active health checks), aborted when it is retired.
     background: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -123,7 +126,32 @@ impl Snapshot {
                 Arc::default()
             }
         };
-        let env = BuildEnv { consumers };
+        // The Redis store (its connection) survives reloads that keep the same `redis:` settings.
+        let redis = match &cfg.redis {
+            None => None,
+            Some(rc) => match prev
+                .and_then(|p| p.redis.clone())
+                .filter(|r| r.config() == rc)
+            {
+                Some(r) => Some(r),
+                None => match tokio::runtime::Handle::try_current() {
+                    // `validate` builds snapshots without a runtime: nothing to connect then.
+                    Err(_) => None,
+                    Ok(_) => match RedisStore::start(rc) {
+                        Ok(r) => Some(Arc::new(r)),
+                        Err(e) => {
+                            errs.push(Diagnostic::error("redis", e));
+                            None
+                        }
+                    },
+                },
+            },
+        };
+        let env = BuildEnv {
+            consumers,
+            redis: redis.clone(),
+            scope: Scope::Global,
+        };
         let mut global = ChainBuilder::new(env.clone());
         plugins::register_all(
             &mut global,
@@ -230,6 +258,7 @@ impl Snapshot {
                     via,
                     drain_timeout: cfg.server.drain_timeout.get(),
                     config: Arc::new(cfg),
+                    redis,
                     background: Default::default(),
                 },
                 warnings,

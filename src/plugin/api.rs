@@ -109,6 +109,9 @@ pub struct Ctx {
     pub auth: AuthState,
     /// A plugin's cap on the request body, applied with the listener's (the smaller wins).
     pub max_body: Option<u64>,
+    /// Values dropped when the response is over: its body fully sent, or the client gone
+    /// (concurrency slots are released this way).
+    pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
     /// The client certificate the downstream connection presented and the listener verified
     /// against `tls.client_auth.ca` (mutual TLS); `None` when there is none. The same for every
     /// request on the connection; safe to use as the caller's identity.
@@ -127,6 +130,7 @@ impl Ctx {
             client_ip: IpAddr::from([127, 0, 0, 1]),
             auth: AuthState::default(),
             max_body: None,
+            held: Vec::new(),
             client_cert: None,
             ext: http::Extensions::new(),
         }

@@ -8,10 +8,24 @@ use super::{Plugin, PluginChain};
 use crate::consumer::Consumers;
 
 /// What plugins may use while they are built: the snapshot's shared pieces.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BuildEnv {
     /// Every consumer, by credential.
     pub consumers: Arc<Consumers>,
+    /// The shared limiter store, when `redis:` is configured.
+    pub redis: Option<Arc<crate::limit::redis::RedisStore>>,
+    /// Where the plugin being built was configured.
+    pub scope: Scope,
+}
+
+impl Default for BuildEnv {
+    fn default() -> Self {
+        BuildEnv {
+            consumers: Arc::default(),
+            redis: None,
+            scope: Scope::Route,
+        }
+    }
 }
 
 /// Turns one kind's typed config into a plugin instance.
@@ -65,7 +79,11 @@ impl ChainBuilder {
     /// Builds the plugin for `cfg` if present.
     pub fn add<F: PluginFactory>(&mut self, cfg: Option<&F::Config>, scope: Scope, at: &FieldPath) {
         let Some(cfg) = cfg else { return };
-        match F::build(cfg, &self.env) {
+        let env = BuildEnv {
+            scope,
+            ..self.env.clone()
+        };
+        match F::build(cfg, &env) {
             Ok(p) => self.items.push((F::ORDER, scope, F::AUTH, p)),
             Err(msg) => self
                 .errors

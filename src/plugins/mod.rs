@@ -6,8 +6,11 @@
 pub mod acl;
 pub mod basic_auth;
 pub mod client_cert;
+pub mod concurrency;
 pub mod headers;
 pub mod key_auth;
+pub mod quota;
+pub mod rate_limit;
 pub mod respond;
 
 use frontdesk_config::{FieldPath, PluginsConfig};
@@ -20,6 +23,9 @@ pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at:
     b.add::<basic_auth::BasicAuth>(cfg.basic_auth.as_ref(), scope, at);
     b.add::<client_cert::ClientCertAuth>(cfg.client_cert.as_ref(), scope, at);
     b.add::<acl::Acl>(cfg.acl.as_ref(), scope, at);
+    b.add::<rate_limit::RateLimit>(cfg.rate_limit.as_ref(), scope, at);
+    b.add::<quota::Quota>(cfg.quota.as_ref(), scope, at);
+    b.add::<concurrency::Concurrency>(cfg.concurrency.as_ref(), scope, at);
     b.add::<headers::Headers>(cfg.headers.as_ref(), scope, at);
     b.add::<respond::Respond>(cfg.respond.as_ref(), scope, at);
 }

@@ -124,6 +124,7 @@ async fn proxy(
         client_cert: conn.client_cert.clone(),
         auth: AuthState::default(),
         max_body: None,
+        held: Vec::new(),
         ext: http::Extensions::new(),
     };
     let routed = Routed {
@@ -285,10 +286,11 @@ async fn forward_routed(
             .await
             .map_err(plugin_error)?;
     }
-    Ok(Response::from_parts(
-        parts,
-        ResponseBody::upstream(body, lease),
-    ))
+    let mut body = ResponseBody::upstream(body, lease);
+    if !cx.held.is_empty() {
+        body = body.holding(std::mem::take(&mut cx.held));
+    }
+    Ok(Response::from_parts(parts, body))
 }
 
 /// The upstream's request target in origin form: the (maybe stripped) path and the query.

@@ -18,6 +18,11 @@ pub use model::plugin::{
     AclConfig, BasicAuthConfig, ClientCertConfig, CorsConfig, HeaderOps, HeadersConfig,
     IpFilterConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig, RequestSizeConfig, RespondConfig,
 };
+pub use model::plugin::{
+    ConcurrencyConfig, LimitConfig, LimitHeaders, LimitOverride, LimitStore, OnStoreError,
+    QuotaConfig, QuotaWindow, RateLimitConfig,
+};
+pub use model::RedisConfig;
 pub use model::{
     ActiveHealthConfig, ApiKeyConfig, BasicAuthCredential, CertificateConfig, CircuitBreakerConfig,
     ClientAuthConfig, ClientAuthMode, ClientCertIdentity, Config, ConsumerConfig,
@@ -210,13 +215,14 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         ));
         return None;
     };
-    const KNOWN: [&str; 7] = [
+    const KNOWN: [&str; 8] = [
         "version",
         "server",
         "listeners",
         "upstreams",
         "routes",
         "consumers",
+        "redis",
         "plugins",
     ];
     for key in top.keys() {
@@ -256,6 +262,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         list(take(&mut top, "consumers"), &root.key("consumers"), diags)
             .into_iter()
             .unzip();
+    let redis = take(&mut top, "redis").and_then(|v| part(v, &root.key("redis"), diags));
     let plugins = take(&mut top, "plugins").map_or(Some(Default::default()), |v| {
         part(v, &root.key("plugins"), diags)
     });
@@ -267,6 +274,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         upstreams: upstreams.into_iter().collect(),
         routes,
         consumers,
+        redis,
         plugins: plugins.unwrap_or_default(),
     };
     if ok {

@@ -48,12 +48,34 @@ pub struct Config {
     /// Rules that map requests to upstreams, in declaration order.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Shared limiter state; without it every limit is local to the instance.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// Identified callers and their credentials.
     #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,
     /// Global plugins: run on every route, before the route's own plugins of the same kind.
     #[serde(default)]
     pub plugins: PluginsConfig,
+}
+
+/// The Redis server (or cluster) that shares limiter state between instances.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]` of a single server (or `rediss://` for TLS).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Seed node URLs of a Redis Cluster; instead of `url`.
+    #[serde(default)]
+    pub cluster: Vec<String>,
+    /// A limit decision never waits longer than this on Redis.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_redis_timeout() -> Dur {
+    Dur(std::time::Duration::from_millis(20))
 }
 
 impl Config {

@@ -5,6 +5,7 @@
 mod access;
 mod auth;
 mod headers;
+mod limits;
 mod respond;
 
 use schemars::JsonSchema;
@@ -15,6 +16,10 @@ pub use auth::{
     AclConfig, BasicAuthConfig, ClientCertConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig,
 };
 pub use headers::{HeaderOps, HeadersConfig};
+pub use limits::{
+    ConcurrencyConfig, LimitConfig, LimitHeaders, LimitOverride, LimitStore, OnStoreError,
+    QuotaConfig, QuotaWindow, RateLimitConfig,
+};
 pub use respond::RespondConfig;
 
 /// Plugins by kind. A kind appears at most once per scope; unknown kinds are errors.
@@ -42,6 +47,15 @@ pub struct PluginsConfig {
     /// Allow or deny consumers by group (403).
     #[serde(default)]
     pub acl: Option<AclConfig>,
+    /// Token-bucket rate limits, local or shared through Redis (429).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Calendar quotas per day or month (429).
+    #[serde(default)]
+    pub quota: Option<QuotaConfig>,
+    /// A cap on requests in flight (503).
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyConfig>,
     /// Cap the request body (413).
     #[serde(default)]
     pub request_size: Option<RequestSizeConfig>,

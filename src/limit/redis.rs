@@ -1,0 +1,203 @@
+//! The Redis store: limiter state shared by every gateway instance.
+//!
+//! One connection manager per config (it reconnects by itself; no connection per request), made
+//! in the background so a gateway starts while Redis is down. Every call is bounded by
+//! `redis.timeout`; a failure or a timeout is a [`StoreError`] for the caller's
+//! `on_store_error` policy. The first failure of a streak is logged; all are counted.
+//!
+//! The GCRA script runs on the Redis server's clock (`TIME`), so instances' clocks do not matter,
+//! and it mirrors `gcra::take` exactly (microseconds, integer math).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use frontdesk_config::RedisConfig;
+use redis::aio::ConnectionManager;
+
+use super::gcra::{Decision, Params};
+
+/// Why Redis could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Not connected (yet, or Redis is down).
+    #[error("redis is not connected")]
+    NotConnected,
+    /// No answer within `redis.timeout`.
+    #[error("redis did not answer within the timeout")]
+    Timeout,
+    /// Redis answered with an error, or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// GCRA on the server's clock. KEYS[1] bucket; ARGV interval_us, burst.
+/// Returns {allowed, remaining, retry_after_us, reset_us}, as `gcra::take`.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tau = interval * burst
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - tau
+if allow_at > now then
+  return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}
+"#;
+
+/// Counts one request in a quota window. KEYS[1] counter; ARGV limit, ttl_ms.
+/// Returns {allowed, count}. A refused request is not counted.
+const QUOTA: &str = r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n >= tonumber(ARGV[1]) then return {0, n} end
+n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {1, n}
+"#;
+
+/// A shared limiter store.
+pub struct RedisStore {
+    cfg: RedisConfig,
+    conn: Arc<ArcSwapOption<ConnectionManager>>,
+    gcra: redis::Script,
+    quota: redis::Script,
+    /// Failures since start.
+    pub errors: AtomicU64,
+    /// A failure streak is in progress (only its first failure is logged).
+    failing: AtomicBool,
+    connector: tokio::task::AbortHandle,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cfg", &self.cfg)
+            .field("connected", &self.conn.load().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.connector.abort();
+    }
+}
+
+impl RedisStore {
+    /// Starts connecting to the configured server in the background. Must run inside a runtime.
+    pub fn start(cfg: &RedisConfig) -> Result<RedisStore, String> {
+        let url = cfg
+            .url
+            .clone()
+            .or_else(|| cfg.cluster.first().cloned())
+            .ok_or("set `url` (or `cluster`)")?;
+        let client = redis::Client::open(url.as_str()).map_err(|e| format!("url: {e}"))?;
+        let conn = Arc::new(ArcSwapOption::empty());
+        let slot = conn.clone();
+        let timeout = cfg.timeout.get();
+        let connector = tokio::spawn(async move {
+            // The manager reconnects by itself once it exists; until then, keep trying.
+            let mcfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+                .set_response_timeout(Some(timeout.max(Duration::from_millis(200))));
+            loop {
+                match ConnectionManager::new_with_config(client.clone(), mcfg.clone()).await {
+                    Ok(m) => {
+                        slot.store(Some(Arc::new(m)));
+                        tracing::info!("connected to redis");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "redis not reachable yet");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        })
+        .abort_handle();
+        Ok(RedisStore {
+            cfg: cfg.clone(),
+            conn,
+            gcra: redis::Script::new(GCRA),
+            quota: redis::Script::new(QUOTA),
+            errors: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            connector,
+        })
+    }
+
+    /// The config this store was made from (a reload with the same config keeps the store).
+    pub fn config(&self) -> &RedisConfig {
+        &self.cfg
+    }
+
+    /// Takes one token from bucket `key` on the server.
+    pub async fn take(&self, key: &str, p: Params) -> Result<Decision, StoreError> {
+        let r: Result<(u64, u64, u64, u64), StoreError> = self
+            .call(|mut c| {
+                let mut inv = self.gcra.key(key);
+                inv.arg(p.interval_us).arg(p.burst);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await;
+        r.map(|(allowed, remaining, retry_after_us, reset_us)| Decision {
+            allowed: allowed == 1,
+            remaining,
+            retry_after_us,
+            reset_us,
+        })
+    }
+
+    /// Counts one request against `limit` in the window `key`, which expires after `ttl`.
+    /// Returns whether it was admitted and the count.
+    pub async fn count(
+        &self,
+        key: &str,
+        limit: u64,
+        ttl: Duration,
+    ) -> Result<(bool, u64), StoreError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let r: Result<(u64, u64), StoreError> = self
+            .call(|mut c| {
+                let mut inv = self.quota.key(key);
+                inv.arg(limit).arg(ttl_ms);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await;
+        r.map(|(ok, n)| (ok == 1, n))
+    }
+
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        let result = match self.conn.load_full() {
+            None => Err(StoreError::NotConnected),
+            Some(c) => match tokio::time::timeout(self.cfg.timeout.get(), f((*c).clone())).await {
+                Ok(r) => r.map_err(StoreError::from),
+                Err(_) => Err(StoreError::Timeout),
+            },
+        };
+        match &result {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("redis answers again; shared limiting resumed");
+                }
+            }
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "redis limiter store failed; applying on_store_error");
+                }
+            }
+        }
+        result
+    }
+}
