@@ -32,11 +32,17 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
 }
 
-/// GCRA on the server's clock. KEYS[1] bucket; ARGV interval_us, burst.
-/// Returns {allowed, remaining, retry_after_us, reset_us}, as `gcra::take`.
+/// GCRA on the server's clock. KEYS[1] bucket; ARGV interval_us, burst, and optionally `now`
+/// in microseconds (only tests pass it, to compare this script with `gcra::take` on the same
+/// times). Returns {allowed, remaining, retry_after_us, reset_us}, as `gcra::take`.
 const GCRA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now
+if ARGV[3] then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tau = interval * burst
@@ -90,6 +96,11 @@ impl Drop for RedisStore {
 }
 
 impl RedisStore {
+    /// Whether a connection exists (it may still be failing).
+    pub fn is_connected(&self) -> bool {
+        self.conn.load().is_some()
+    }
+
     /// Starts connecting to the configured server in the background. Must run inside a runtime.
     pub fn start(cfg: &RedisConfig) -> Result<RedisStore, String> {
         let url = cfg
@@ -139,10 +150,24 @@ impl RedisStore {
 
     /// Takes one token from bucket `key` on the server.
     pub async fn take(&self, key: &str, p: Params) -> Result<Decision, StoreError> {
+        self.take_at(key, p, None).await
+    }
+
+    /// As [`RedisStore::take`], at `now` (microseconds) instead of the server's clock: for
+    /// tests that compare the script with [`super::gcra::take`].
+    pub async fn take_at(
+        &self,
+        key: &str,
+        p: Params,
+        now: Option<u64>,
+    ) -> Result<Decision, StoreError> {
         let r: Result<(u64, u64, u64, u64), StoreError> = self
             .call(|mut c| {
                 let mut inv = self.gcra.key(key);
                 inv.arg(p.interval_us).arg(p.burst);
+                if let Some(now) = now {
+                    inv.arg(now);
+                }
                 async move { inv.invoke_async(&mut c).await }
             })
             .await;
