@@ -67,7 +67,8 @@ static VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
 );
 
 impl Cors {
-    /// The `Access-Control-Allow-Origin` for `origin`, or `None` when it is not allowed.
+    /// The `Access-Control-Allow-Origin` for the request's `Origin`, or `None` when it is absent,
+    /// repeated or not allowed.
     fn allow_origin(&self, req: &HeaderMap) -> Option<HeaderValue> {
         let mut all = req.get_all(ORIGIN).iter();
         let origin = all.next()?;
