@@ -1,16 +1,19 @@
 //! The plugins that ship with Frontdesk, one file per kind, and the one explicit list of them.
 //!
-//! Kind order on the request (lower first): authentication 100s, limits 200s, transforms 500s,
-//! terminal answers 900s. See docs/plugins.md.
+//! Kind order on the request (lower first): access and authentication 100s, limits 200s-300s,
+//! transforms 500s, terminal answers 900s. See docs/plugins.md.
 
 pub mod acl;
 pub mod basic_auth;
 pub mod client_cert;
 pub mod concurrency;
+pub mod cors;
 pub mod headers;
+pub mod ip_filter;
 pub mod key_auth;
 pub mod quota;
 pub mod rate_limit;
+pub mod request_size;
 pub mod respond;
 
 use frontdesk_config::{FieldPath, PluginsConfig};
@@ -19,6 +22,8 @@ use crate::plugin::{ChainBuilder, Scope};
 
 /// Builds every configured plugin of one scope into `b`. Adding a kind means one line here.
 pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at: &FieldPath) {
+    b.add::<ip_filter::IpFilter>(cfg.ip_filter.as_ref(), scope, at);
+    b.add::<cors::Cors>(cfg.cors.as_ref(), scope, at);
     b.add::<key_auth::KeyAuth>(cfg.key_auth.as_ref(), scope, at);
     b.add::<basic_auth::BasicAuth>(cfg.basic_auth.as_ref(), scope, at);
     b.add::<client_cert::ClientCertAuth>(cfg.client_cert.as_ref(), scope, at);
@@ -26,6 +31,7 @@ pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at:
     b.add::<rate_limit::RateLimit>(cfg.rate_limit.as_ref(), scope, at);
     b.add::<quota::Quota>(cfg.quota.as_ref(), scope, at);
     b.add::<concurrency::Concurrency>(cfg.concurrency.as_ref(), scope, at);
+    b.add::<request_size::RequestSize>(cfg.request_size.as_ref(), scope, at);
     b.add::<headers::Headers>(cfg.headers.as_ref(), scope, at);
     b.add::<respond::Respond>(cfg.respond.as_ref(), scope, at);
 }

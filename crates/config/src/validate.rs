@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
+use crate::model::plugin::CorsConfig;
 use crate::model::{
     ApiKeyConfig, Config, LoadBalancing, PathMatch, PluginsConfig, RouteConfig, UpstreamConfig,
     UpstreamProtocol,
@@ -202,6 +203,13 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
             ));
         }
         check_route(r, &at, &cfg.upstreams, cfg.plugins.respond.is_some(), out);
+        if cfg.plugins.cors.is_some() && r.plugins.cors.is_some() {
+            // The global `cors` answers preflights first, so a route's own would only half apply.
+            out.push(Diagnostic::error(
+                at.key("plugins").key("cors").to_string(),
+                "`cors` is already configured globally; set it on the routes or globally, not both",
+            ));
+        }
     }
 }
 
@@ -285,6 +293,9 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
             }
         }
     }
+    if let Some(c) = &p.cors {
+        check_cors(c, &at.key("cors"), out);
+    }
     if let Some(r) = &p.respond {
         let ra = at.key("respond");
         if !(200..=599).contains(&r.status) {
@@ -297,6 +308,71 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
             check_header(name, value, &ra.key("headers").key(name), out);
         }
     }
+}
+
+fn check_cors(c: &CorsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    if c.allow_origins.is_empty() {
+        out.push(Diagnostic::error(
+            at.key("allow_origins").to_string(),
+            "list at least one origin, or `*`",
+        ));
+    }
+    for (i, o) in c.allow_origins.iter().enumerate() {
+        if o != "*" && !is_origin(o) {
+            out.push(Diagnostic::error(
+                at.key("allow_origins").index(i).to_string(),
+                format!("{o:?} is not an origin: write `scheme://host` or `scheme://host:port`, without a path or wildcard, or `*` alone"),
+            ));
+        }
+    }
+    for (field, list) in [
+        ("allow_methods", &c.allow_methods),
+        ("allow_headers", &c.allow_headers),
+        ("expose_headers", &c.expose_headers),
+    ] {
+        for (i, t) in list.iter().enumerate() {
+            if t != "*" && (t.is_empty() || !t.bytes().all(is_tchar)) {
+                let what = if field == "allow_methods" {
+                    "method"
+                } else {
+                    "header name"
+                };
+                out.push(Diagnostic::error(
+                    at.key(field).index(i).to_string(),
+                    format!("invalid {what} {t:?}"),
+                ));
+            }
+        }
+    }
+    if c.allow_credentials && c.expose_headers.iter().any(|h| h == "*") {
+        out.push(Diagnostic::warning(
+            at.key("expose_headers").to_string(),
+            "with `allow_credentials`, browsers read `*` as a header name, not as every header",
+        ));
+    }
+}
+
+/// A serialized origin (RFC 6454 §6.1): `scheme://host[:port]`, nothing after.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let (host, port) = match rest.rsplit_once(':') {
+        // An IPv6 literal (`[::1]`) holds colons: only a colon after `]` starts a port.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    scheme_ok
+        && !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn check_header(name: &str, value: &str, at: &FieldPath, out: &mut Vec<Diagnostic>) {
