@@ -56,8 +56,10 @@ pub struct Jwt {
 
 /// One accepted issuer: its checks and where its keys come from.
 struct Issuer {
-    /// Algorithms, `iss`, `aud`, required claims and leeway, built once.
-    validation: Validation,
+    /// One validation (`iss`, `aud`, required claims, leeway) per allowed algorithm, built once:
+    /// jsonwebtoken wants every algorithm of a validation to fit the key's family, so a token is
+    /// checked against exactly its own (allowed) algorithm.
+    validations: Vec<(Algorithm, Validation)>,
     keys: IssuerKeys,
 }
 
@@ -205,11 +207,13 @@ impl Jwt {
         let issuer = self.issuers.get(iss).ok_or(Refusal::UnknownIssuer)?;
         // Names jsonwebtoken does not know (`none` among them) are never allowed.
         let alg = Algorithm::from_str(&header.alg).map_err(|_| Refusal::AlgorithmNotAllowed)?;
-        if !issuer.validation.algorithms.contains(&alg) {
-            return Err(Refusal::AlgorithmNotAllowed);
-        }
+        let validation = issuer
+            .validations
+            .iter()
+            .find_map(|(a, v)| (*a == alg).then_some(v))
+            .ok_or(Refusal::AlgorithmNotAllowed)?;
         match &issuer.keys {
-            IssuerKeys::Secret(key) => decode(token, [key], &issuer.validation),
+            IssuerKeys::Secret(key) => decode(token, [key], validation),
             IssuerKeys::Jwks(jwks) => {
                 let keys =
                     jwks.keys_for(header.kid.as_deref(), alg)
@@ -218,7 +222,7 @@ impl Jwt {
                             KeyError::Unknown => Refusal::UnknownKey,
                             KeyError::Unavailable => Refusal::KeysUnavailable,
                         })?;
-                decode(token, keys.iter().map(|k| &k.key), &issuer.validation)
+                decode(token, keys.iter().map(|k| &k.key), validation)
             }
         }
     }
@@ -270,21 +274,28 @@ impl Issuer {
                 IssuerKeys::Secret(DecodingKey::from_secret(secret.as_bytes()))
             }
         };
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
-        validation.leeway = leeway;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[cfg.issuer.as_str()]);
         let mut required = vec!["exp", "iss"];
-        if cfg.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&cfg.audiences);
+        if !cfg.audiences.is_empty() {
             required.push("aud");
         }
-        validation.set_required_spec_claims(&required);
-        Ok(Issuer { validation, keys })
+        let validations = algorithms
+            .into_iter()
+            .map(|alg| {
+                let mut v = Validation::new(alg);
+                v.leeway = leeway;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.set_issuer(&[cfg.issuer.as_str()]);
+                if cfg.audiences.is_empty() {
+                    v.validate_aud = false;
+                } else {
+                    v.set_audience(&cfg.audiences);
+                }
+                v.set_required_spec_claims(&required);
+                (alg, v)
+            })
+            .collect();
+        Ok(Issuer { validations, keys })
     }
 }
 

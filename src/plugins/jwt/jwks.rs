@@ -434,6 +434,112 @@ mod tests {
         serde_json::to_value(JwkSet { keys: vec![jwk] }).expect("json")["keys"][0].clone()
     }
 
+    /// A raw HTTP/1.1 JWKS endpoint answering `doc` (or 500 while `fail`), counting requests.
+    async fn endpoint(
+        doc: String,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>, Arc<AtomicBool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/jwks", listener.local_addr().expect("addr"));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let fail = Arc::new(AtomicBool::new(false));
+        let (h, f) = (hits.clone(), fail.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                h.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = if f.load(Ordering::SeqCst) {
+                    ("500 Internal Server Error", String::new())
+                } else {
+                    ("200 OK", doc.clone())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncache-control: max-age=60\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        (url, hits, fail)
+    }
+
+    /// Marks the cached set stale, as if its max-age had passed.
+    fn expire(jwks: &Jwks) {
+        let set = jwks.state.load_full();
+        jwks.state.store(Arc::new(KeySet {
+            keys: set.keys.clone(),
+            generation: set.generation,
+            refresh_at: Instant::now(),
+        }));
+    }
+
+    async fn wait_for(hits: &std::sync::atomic::AtomicUsize, n: usize) {
+        for _ in 0..200 {
+            if hits.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "endpoint saw {} requests, expected {n}",
+            hits.load(Ordering::SeqCst)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_set_is_served_while_it_refreshes_in_the_background() {
+        let doc = serde_json::json!({ "keys": [ec_jwk("a")] }).to_string();
+        let (url, hits, fail) = endpoint(doc).await;
+        let jwks = Arc::new(Jwks::new(&url).expect("client"));
+        assert!(jwks.keys_for(Some("a"), Algorithm::ES256).await.is_ok());
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        let ttl = jwks.state.load().refresh_at - Instant::now();
+        assert!(
+            ttl > Duration::from_secs(290),
+            "max-age=60 clamped to 5 min: {ttl:?}"
+        );
+
+        expire(&jwks);
+        assert!(
+            jwks.keys_for(Some("a"), Algorithm::ES256).await.is_ok(),
+            "served stale"
+        );
+        wait_for(&hits, 2).await;
+        for _ in 0..100 {
+            if jwks.state.load().generation == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(jwks.state.load().generation, 2, "refreshed set installed");
+
+        // The endpoint fails: the stale keys keep working, and the refresh is retried later,
+        // not on every request.
+        fail.store(true, Ordering::SeqCst);
+        expire(&jwks);
+        assert!(jwks.keys_for(Some("a"), Algorithm::ES256).await.is_ok());
+        wait_for(&hits, 3).await;
+        while jwks.refreshing.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..5 {
+            assert!(jwks.keys_for(Some("a"), Algorithm::ES256).await.is_ok());
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 3, "retry waits STALE_RETRY");
+        let set = jwks.state.load();
+        assert_eq!(set.generation, 2, "the last good keys stay");
+        assert!(set.refresh_at > Instant::now() + STALE_RETRY - Duration::from_secs(5));
+    }
+
     #[test]
     fn parses_signing_keys_and_skips_the_rest() {
         let mut enc_key = ec_jwk("enc");
