@@ -5,7 +5,7 @@
 //! then verified with only that issuer's keys and algorithms, so its own `alg` header is never
 //! trusted: `none` is never accepted, and an HS256 token signed with an RSA public key as the
 //! secret cannot meet an issuer that allows HS* (such an issuer has a secret, never public keys).
-//! Keys come from a shared secret (HS*) or the issuer's JWKS URL ([`jwks`]). `exp` is required,
+//! Keys come from a shared secret (HS*) or the issuer's JWKS URL (`jwks.rs`). `exp` is required,
 //! `nbf`, `iss` and `aud` are checked, with `leeway` on the times.
 //!
 //! A valid token whose `consumer_claim` names a consumer identifies that consumer; one naming none
