@@ -195,6 +195,9 @@ def auth_report(tsv, target):
             "cpureq": cpu / reqs if reqs else 0.0,
             "cpupct": cpu * 100000 / run_ms if run_ms else 0.0,
             "err": sum(r["err"] for r in rs),
+            # Rounds in which the proxy used less than 90% of its core: req/s measured something else.
+            "low": [(i + 1, r["cpu"] * 100000 / r["run_ms"]) for i, r in enumerate(rs)
+                    if r["run_ms"] and r["cpu"] * 100000 / r["run_ms"] < 90],
         }
     print("%-6s %-10s %8s %8s %8s %11s %6s %7s  %s" % (
         "route", "plugin", "req/s", "p50 ms", "p99 ms", "cpu s/100k", "cpu %", "errors", "req/s per round"))
@@ -202,13 +205,17 @@ def auth_report(tsv, target):
         x = s[route]
         print("%-6s %-10s %8.0f %8.3f %8.3f %11.3f %6.0f %7d  %s" % (
             route, rows[route]["label"], x["rps"], x["p50"], x["p99"], x["cpu100k"], x["cpupct"],
-            x["err"], " ".join("%.0f" % v for v in x["per_round"])))
-    print("(req/s, p50, p99: median of the rounds; cpu s/100k, cpu %, errors: over all rounds)")
+            x["err"], " ".join("%.0f%s" % (v, "*" if any(n == i + 1 for n, _ in x["low"]) else "")
+                               for i, v in enumerate(x["per_round"]))))
+    print("(req/s, p50, p99: median of the rounds; cpu s/100k, cpu %, errors: over all rounds;"
+          " * = round with the proxy below 90% of its core)")
     print()
     for route in order:
-        if s[route]["cpupct"] < 90:
-            print("note: %s used only %.0f%% of the proxy core, so req/s was limited elsewhere (load core or "
-                  "other processes); compare cpu per request, or rerun on an idle machine" % (route, s[route]["cpupct"]))
+        if s[route]["low"]:
+            print("note: %s: in round%s %s the proxy used less than 90%% of its core, so req/s there was limited "
+                  "elsewhere (load core or other processes); compare cpu per request, or rerun on an idle machine"
+                  % (route, "s" if len(s[route]["low"]) > 1 else "",
+                     ", ".join("%d (%.0f%%)" % lo for lo in s[route]["low"])))
         if s[route]["err"]:
             print("note: %s had %d errors (non-2xx or socket errors); its numbers are suspect" % (route, s[route]["err"]))
     base = s.get("plain")

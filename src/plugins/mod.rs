@@ -10,6 +10,7 @@ pub mod concurrency;
 pub mod cors;
 pub mod headers;
 pub mod ip_filter;
+pub mod jwt;
 pub mod key_auth;
 pub mod quota;
 pub mod rate_limit;
@@ -25,6 +26,7 @@ pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at:
     b.add::<ip_filter::IpFilter>(cfg.ip_filter.as_ref(), scope, at);
     b.add::<cors::Cors>(cfg.cors.as_ref(), scope, at);
     b.add::<key_auth::KeyAuth>(cfg.key_auth.as_ref(), scope, at);
+    b.add::<jwt::Jwt>(cfg.jwt.as_ref(), scope, at);
     b.add::<basic_auth::BasicAuth>(cfg.basic_auth.as_ref(), scope, at);
     b.add::<client_cert::ClientCertAuth>(cfg.client_cert.as_ref(), scope, at);
     b.add::<acl::Acl>(cfg.acl.as_ref(), scope, at);

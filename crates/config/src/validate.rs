@@ -308,6 +308,124 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
             check_header(name, value, &ra.key("headers").key(name), out);
         }
     }
+    if let Some(j) = &p.jwt {
+        check_jwt(j, &at.key("jwt"), out);
+    }
+}
+
+/// The JWS algorithms the `jwt` plugin knows (RFC 7518 names; `none` is never accepted).
+const JWT_ALGORITHMS: [&str; 12] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+/// `jwt`: issuers with exactly one key source whose kind fits the algorithms, known algorithm
+/// names, unique issuers, header names for `forward_claims`. The plugin's build repeats the
+/// checks it depends on; these give field paths.
+fn check_jwt(j: &crate::model::plugin::JwtConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    if j.issuers.is_empty() {
+        out.push(Diagnostic::error(
+            at.key("issuers").to_string(),
+            "list at least one issuer",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, iss) in j.issuers.iter().enumerate() {
+        let ia = at.key("issuers").index(i);
+        if !seen.insert(iss.issuer.as_str()) {
+            out.push(Diagnostic::error(
+                ia.key("issuer").to_string(),
+                format!("duplicate issuer {:?}", iss.issuer),
+            ));
+        }
+        match (&iss.jwks_url, &iss.secret) {
+            (None, None) => out.push(Diagnostic::error(
+                ia.to_string(),
+                "give the issuer's keys: `jwks_url` (RS/PS/ES/EdDSA) or `secret` (HS)",
+            )),
+            (Some(_), Some(_)) => out.push(Diagnostic::error(
+                ia.to_string(),
+                "give either `jwks_url` or `secret`, not both",
+            )),
+            (Some(url), None) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    out.push(Diagnostic::error(
+                        ia.key("jwks_url").to_string(),
+                        "must be an http:// or https:// URL",
+                    ));
+                } else if url.starts_with("http://") && !is_loopback_url(url) {
+                    out.push(Diagnostic::warning(
+                        ia.key("jwks_url").to_string(),
+                        "keys fetched over plain http can be replaced by anyone on the path; use https",
+                    ));
+                }
+            }
+            (None, Some(secret)) => {
+                if secret.is_empty() {
+                    out.push(Diagnostic::error(
+                        ia.key("secret").to_string(),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+        if iss.algorithms.is_empty() {
+            out.push(Diagnostic::error(
+                ia.key("algorithms").to_string(),
+                "list at least one algorithm",
+            ));
+        }
+        for (k, alg) in iss.algorithms.iter().enumerate() {
+            let aa = ia.key("algorithms").index(k);
+            if !JWT_ALGORITHMS.contains(&alg.as_str()) {
+                out.push(Diagnostic::error(
+                    aa.to_string(),
+                    format!(
+                        "unknown algorithm {alg:?} (one of {})",
+                        JWT_ALGORITHMS.join(", ")
+                    ),
+                ));
+                continue;
+            }
+            let hmac = alg.starts_with("HS");
+            if hmac && iss.secret.is_none() {
+                out.push(Diagnostic::error(
+                    aa.to_string(),
+                    format!("{alg} needs the issuer's `secret`"),
+                ));
+            } else if !hmac && iss.jwks_url.is_none() {
+                out.push(Diagnostic::error(
+                    aa.to_string(),
+                    format!("{alg} needs the issuer's `jwks_url` (a secret only verifies HS*)"),
+                ));
+            }
+        }
+    }
+    if j.consumer_claim.is_empty() {
+        out.push(Diagnostic::error(
+            at.key("consumer_claim").to_string(),
+            "must not be empty",
+        ));
+    }
+    for name in j.forward_claims.keys() {
+        check_header(name, "", &at.key("forward_claims").key(name), out);
+    }
+}
+
+/// True for `http://127.0.0.1…`, `http://[::1]…` and `http://localhost…`.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.trim_start_matches("http://");
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_cors(c: &CorsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
