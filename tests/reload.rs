@@ -107,7 +107,16 @@ async fn in_flight_request_finishes_on_the_config_it_started_with() {
     let gw = gateway(&two_routes(&slow.url(), &b.url(), "a", "old")).await;
     let url = gw.url("/x");
     let pending = tokio::spawn(async move { client().get(url).send().await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Reload only once the request is in flight at the upstream (a fixed sleep is too short
+    // on a loaded machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while slow.requests() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     gw.rewrite(&two_routes(&slow.url(), &b.url(), "b", "new"))
         .await;
     gw.gw.reload().await.expect("reload");

@@ -37,6 +37,7 @@ fn env() -> BuildEnv {
     .expect("consumers");
     BuildEnv {
         consumers: Arc::new(consumers),
+        ..BuildEnv::default()
     }
 }
 
