@@ -45,16 +45,15 @@ else
 end
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local tau = interval * burst
+local latest = now + interval * burst
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + interval
-local allow_at = new_tat - tau
-if allow_at > now then
-  return {0, 0, allow_at - now, tat - now}
+if new_tat > latest then
+  return {0, 0, new_tat - latest, tat - now}
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}
+return {1, math.floor((latest - new_tat) / interval), 0, new_tat - now}
 "#;
 
 /// Counts one request in a quota window. KEYS[1] counter; ARGV limit, ttl_ms.
@@ -113,10 +112,13 @@ impl RedisStore {
         let slot = conn.clone();
         let timeout = cfg.timeout.get();
         let connector = tokio::spawn(async move {
-            // The manager reconnects by itself once it exists; until then, keep trying.
+            // The manager reconnects by itself once it exists; until then, keep trying. Its
+            // backoff doubles from 100ms; capped at 1s, shared limiting resumes within about a
+            // second of Redis coming back (uncapped, the 6th retry waited 3.2s or more).
             let mcfg = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-                .set_response_timeout(Some(timeout.max(Duration::from_millis(200))));
+                .set_response_timeout(Some(timeout.max(Duration::from_millis(200))))
+                .set_max_delay(Duration::from_secs(1));
             loop {
                 match ConnectionManager::new_with_config(client.clone(), mcfg.clone()).await {
                     Ok(m) => {
