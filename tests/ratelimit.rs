@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use common::{client, config, echo, gateway, spawn_bin, upstream, BinGateway, Upstream};
 use frontdesk::config::{Dur, RedisConfig};
 use frontdesk::limit::gcra::{self, Params};
@@ -991,4 +991,73 @@ fn the_redis_script_and_gcra_take_agree_on_random_sequences() {
         })
         .unwrap();
     drop(store);
+}
+
+// === Redis Cluster ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_shared_through_a_redis_cluster_reach_every_node() {
+    let Some(cluster) = blocking(RedisCluster::start) else {
+        return;
+    };
+    let up = echo("u").await;
+    let seeds = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let yaml = gw_config(
+        &up,
+        None,
+        &[
+            route(
+                "clustered",
+                "/",
+                &[
+                    "rate_limit: { store: redis, on_store_error: deny, limits: [{ name: per-user, key: \"header:x-user\", rate: 3, per: 1m }] }",
+                    "quota: { key: \"header:x-user\", limit: 100, per: day, store: redis, on_store_error: deny }",
+                ],
+            ),
+            probe_route(),
+        ],
+    );
+    let gw = gateway(&format!(
+        "{yaml}redis: {{ cluster: [{seeds}], timeout: 1s }}\n"
+    ))
+    .await;
+    let c = client();
+    wait_shared(&c, &base(gw.addr)).await;
+    // Users whose buckets hash to slots all over the cluster: every one is decided by Redis
+    // (`deny` would show a failure as 503).
+    let users: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+    for u in &users {
+        let got = statuses(&c, &[base(gw.addr)], "/", 4, &[("x-user", u)]).await;
+        assert_eq!(got, [200, 200, 200, 429], "{u}");
+    }
+    // Each bucket and quota count lives whole on one node, and the nodes share the work.
+    let per_node: Vec<usize> = blocking(|| {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let r = n.cmd(&["KEYS", "frontdesk:*{clustered|*"]);
+                r.lines()
+                    .next()
+                    .unwrap()
+                    .trim_start_matches('*')
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    });
+    assert_eq!(
+        per_node.iter().sum::<usize>(),
+        2 * users.len(),
+        "a bucket and a quota count per user: {per_node:?}"
+    );
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "keys on every node: {per_node:?}"
+    );
 }

@@ -15,6 +15,8 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     stalled: bool,
+    /// Extra arguments (used on start; a restart uses them again).
+    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -22,6 +24,11 @@ impl RedisServer {
     /// Starts `redis-server --port <free port> --save "" --appendonly no` and waits until it
     /// answers PING. `None` (after printing a skip notice) when the binary is missing outside CI.
     pub fn start() -> Option<RedisServer> {
+        RedisServer::start_with(&[])
+    }
+
+    /// As [`RedisServer::start`], with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Option<RedisServer> {
         if !available() {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!(
@@ -40,6 +47,7 @@ impl RedisServer {
                 port,
                 child: None,
                 stalled: false,
+                extra: extra.iter().map(ToString::to_string).collect(),
                 dir: tempfile::tempdir().expect("tempdir for redis"),
             };
             match server.spawn() {
@@ -125,6 +133,7 @@ impl RedisServer {
             .args(["--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -154,6 +163,56 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A three-node Redis Cluster (primaries only) on free ports.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three `--cluster-enabled` servers, joins them with `redis-cli --cluster create`, and
+    /// waits until every node reports `cluster_state:ok`. `None` as [`RedisServer::start`].
+    pub fn start() -> Option<RedisCluster> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let n = RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ])?;
+            nodes.push(n);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli (it comes with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            while !n.cmd(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the cluster never became ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Some(RedisCluster { nodes })
+    }
+
+    /// The seed URLs, for `redis.cluster`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
     }
 }
 

@@ -279,6 +279,12 @@ fn check_redis(cfg: &Config, out: &mut Vec<Diagnostic>) {
         if r.url.is_none() && r.cluster.is_empty() {
             out.push(Diagnostic::error("redis", "set `url` (or `cluster`)"));
         }
+        if r.url.is_some() && !r.cluster.is_empty() {
+            out.push(Diagnostic::error(
+                "redis",
+                "set `url` for one server or `cluster` for a Redis Cluster, not both",
+            ));
+        }
     }
 }
 

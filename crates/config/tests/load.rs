@@ -158,4 +158,9 @@ plugins:
     assert!(errs
         .iter()
         .any(|e| e.to_string().contains("redis: set `url` (or `cluster`)")));
+    let both = format!(
+        "{text}redis: {{ url: \"redis://127.0.0.1:6379\", cluster: [\"redis://127.0.0.1:7000\"] }}\n"
+    );
+    let errs = load_str(&both, &no_env).unwrap_err();
+    assert!(errs.iter().any(|e| e.to_string().contains("not both")));
 }
