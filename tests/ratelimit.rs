@@ -1,8 +1,8 @@
 //! Limits end to end: exact admission counts for `rate_limit` with the local and the Redis store,
 //! two gateway processes sharing one Redis, bursts, group overrides, the header shapes, several
 //! limits, Redis killed or stalled under each `on_store_error`, concurrency slots, quota
-//! refusals, limiter state across reloads; and a property test that the Redis script and
-//! `gcra::take` agree.
+//! refusals, limiter state across reloads, a three-node Redis Cluster; and a property test that
+//! the Redis script and `gcra::take` agree.
 //!
 //! Tests that need Redis start their own `redis-server` (see `common/redis.rs`); without one they
 //! are skipped, except with `CI=true`, where that fails them.
