@@ -44,16 +44,20 @@ pub struct Decision {
 
 /// Takes one token at `now` from a bucket whose TAT is `tat` (`None`: a full bucket). Returns the
 /// decision and the TAT to store (unchanged when refused).
+///
+/// The textbook form compares `new_tat - tau` with `now`; that difference is negative while
+/// `now < tau` (early on a process clock that starts near zero), so everything here is compared
+/// against `now + tau`, the latest TAT a full bucket allows, and never subtracts below zero.
 pub fn take(now: u64, tat: Option<u64>, p: Params) -> (Decision, Option<u64>) {
     let tat = tat.map_or(now, |t| t.max(now));
     let new_tat = tat.saturating_add(p.interval_us);
-    let allow_at = new_tat.saturating_sub(p.tau());
-    if allow_at > now {
+    let latest = now.saturating_add(p.tau());
+    if new_tat > latest {
         return (
             Decision {
                 allowed: false,
                 remaining: 0,
-                retry_after_us: allow_at - now,
+                retry_after_us: new_tat - latest,
                 reset_us: tat - now,
             },
             None,
@@ -62,7 +66,7 @@ pub fn take(now: u64, tat: Option<u64>, p: Params) -> (Decision, Option<u64>) {
     (
         Decision {
             allowed: true,
-            remaining: (now - allow_at) / p.interval_us,
+            remaining: (latest - new_tat) / p.interval_us,
             retry_after_us: 0,
             reset_us: new_tat - now,
         },
@@ -97,6 +101,18 @@ mod tests {
         assert_eq!(d.remaining, 0);
         let (d, _) = take(now + 6_000_000, t, p);
         assert!(!d.allowed);
+    }
+
+    #[test]
+    fn remaining_is_right_while_now_is_smaller_than_the_bucket() {
+        // A process clock starts near zero; an hour-long bucket must still count down from 99.
+        let p = Params::new(100, Duration::from_secs(3600), 100);
+        let (d, tat) = take(1_000_000, None, p);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 99);
+        assert_eq!(d.reset_us, 36_000_000);
+        let (d, _) = take(1_000_000, tat, p);
+        assert_eq!(d.remaining, 98);
     }
 
     #[test]

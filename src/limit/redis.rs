@@ -1,7 +1,8 @@
 //! The Redis store: limiter state shared by every gateway instance.
 //!
-//! One connection manager per config (it reconnects by itself; no connection per request), made
-//! in the background so a gateway starts while Redis is down. Every call is bounded by
+//! One connection per config (a connection manager for `url`, a cluster connection for `cluster`;
+//! both reconnect by themselves; no connection per request), made in the background so a gateway
+//! starts while Redis is down. Every call is bounded by
 //! `redis.timeout`; a failure or a timeout is a [`StoreError`] for the caller's
 //! `on_store_error` policy. The first failure of a streak is logged; all are counted.
 //!
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use frontdesk_config::RedisConfig;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
 
 use super::gcra::{Decision, Params};
 
@@ -45,16 +47,15 @@ else
 end
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local tau = interval * burst
+local latest = now + interval * burst
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + interval
-local allow_at = new_tat - tau
-if allow_at > now then
-  return {0, 0, allow_at - now, tat - now}
+if new_tat > latest then
+  return {0, 0, new_tat - latest, tat - now}
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}
+return {1, math.floor((latest - new_tat) / interval), 0, new_tat - now}
 "#;
 
 /// Counts one request in a quota window. KEYS[1] counter; ARGV limit, ttl_ms.
@@ -67,10 +68,57 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {1, n}
 "#;
 
+/// A connection to one server (`url`) or to a Redis Cluster (`cluster`). Cheap to clone: clones
+/// share the connection.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    /// Routes each script to the node owning its key's hash slot and follows MOVED/ASK.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Makes a connection (one attempt, with the client's own retries).
+type Connect = Box<
+    dyn Fn()
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<Conn>> + Send>>
+        + Send,
+>;
+
 /// A shared limiter store.
 pub struct RedisStore {
     cfg: RedisConfig,
-    conn: Arc<ArcSwapOption<ConnectionManager>>,
+    conn: Arc<ArcSwapOption<Conn>>,
     gcra: redis::Script,
     quota: redis::Script,
     /// Failures since start.
@@ -101,26 +149,51 @@ impl RedisStore {
         self.conn.load().is_some()
     }
 
-    /// Starts connecting to the configured server in the background. Must run inside a runtime.
+    /// Starts connecting to the configured server (or cluster) in the background. Must run
+    /// inside a runtime.
     pub fn start(cfg: &RedisConfig) -> Result<RedisStore, String> {
-        let url = cfg
-            .url
-            .clone()
-            .or_else(|| cfg.cluster.first().cloned())
-            .ok_or("set `url` (or `cluster`)")?;
-        let client = redis::Client::open(url.as_str()).map_err(|e| format!("url: {e}"))?;
         let conn = Arc::new(ArcSwapOption::empty());
         let slot = conn.clone();
-        let timeout = cfg.timeout.get();
+        let timeout = cfg.timeout.get().max(Duration::from_millis(200));
+        let connect: Connect = match (&cfg.url, cfg.cluster.is_empty()) {
+            (Some(url), _) => {
+                let client = redis::Client::open(url.as_str()).map_err(|e| format!("url: {e}"))?;
+                // The manager's backoff doubles from 100ms; capped at 1s, shared limiting resumes
+                // within about a second of Redis coming back (uncapped, the 6th retry waited
+                // 3.2s or more).
+                let mcfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_max_delay(Duration::from_secs(1));
+                Box::new(move || {
+                    let (client, mcfg) = (client.clone(), mcfg.clone());
+                    Box::pin(async move {
+                        ConnectionManager::new_with_config(client, mcfg)
+                            .await
+                            .map(Conn::Single)
+                    })
+                })
+            }
+            (None, false) => {
+                let client = redis::cluster::ClusterClient::builder(cfg.cluster.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .max_retry_wait(1000)
+                    .build()
+                    .map_err(|e| format!("cluster: {e}"))?;
+                Box::new(move || {
+                    let client = client.clone();
+                    Box::pin(async move { client.get_async_connection().await.map(Conn::Cluster) })
+                })
+            }
+            (None, true) => return Err("set `url` (or `cluster`)".into()),
+        };
         let connector = tokio::spawn(async move {
-            // The manager reconnects by itself once it exists; until then, keep trying.
-            let mcfg = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-                .set_response_timeout(Some(timeout.max(Duration::from_millis(200))));
+            // Once made, the connection reconnects by itself; until then, keep trying.
             loop {
-                match ConnectionManager::new_with_config(client.clone(), mcfg.clone()).await {
-                    Ok(m) => {
-                        slot.store(Some(Arc::new(m)));
+                match connect().await {
+                    Ok(c) => {
+                        slot.store(Some(Arc::new(c)));
                         tracing::info!("connected to redis");
                         return;
                     }
@@ -200,7 +273,7 @@ impl RedisStore {
 
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
         let result = match self.conn.load_full() {

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod pki;
+pub mod redis;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -10,7 +10,7 @@ use crate::model::{
     ApiKeyConfig, Config, LoadBalancing, PathMatch, PluginsConfig, RouteConfig, UpstreamConfig,
     UpstreamProtocol,
 };
-use crate::{Diagnostic, FieldPath};
+use crate::{Diagnostic, FieldPath, LimitStore};
 
 /// Original list positions of the parsed listeners and routes (elements that failed to parse are
 /// absent from the config but must not shift the paths of those after them).
@@ -185,7 +185,9 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
     }
 
     check_consumers(cfg, pos, out);
+    check_redis(cfg, out);
     check_plugins(&cfg.plugins, &root.key("plugins"), out);
+    check_limit_stores(cfg, &cfg.plugins, &root.key("plugins"), out);
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         let at = root
@@ -210,6 +212,7 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
                 "`cors` is already configured globally; set it on the routes or globally, not both",
             ));
         }
+        check_limit_stores(cfg, &r.plugins, &at.key("plugins"), out);
     }
 }
 
@@ -276,6 +279,41 @@ fn check_route<T>(
         check_header(name, value, &m.key("headers").key(name), out);
     }
     check_plugins(&r.plugins, &at.key("plugins"), out);
+}
+
+/// `redis:` names a server (or cluster seeds) to connect to.
+fn check_redis(cfg: &Config, out: &mut Vec<Diagnostic>) {
+    if let Some(r) = &cfg.redis {
+        if r.url.is_none() && r.cluster.is_empty() {
+            out.push(Diagnostic::error("redis", "set `url` (or `cluster`)"));
+        }
+        if r.url.is_some() && !r.cluster.is_empty() {
+            out.push(Diagnostic::error(
+                "redis",
+                "set `url` for one server or `cluster` for a Redis Cluster, not both",
+            ));
+        }
+    }
+}
+
+/// `store: redis` needs the top-level `redis:` section: without it the limit would quietly be
+/// enforced per instance.
+fn check_limit_stores(cfg: &Config, p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    if cfg.redis.is_some() {
+        return;
+    }
+    let stores = [
+        ("rate_limit", p.rate_limit.as_ref().map(|r| r.store)),
+        ("quota", p.quota.as_ref().map(|q| q.store)),
+    ];
+    for (kind, store) in stores {
+        if store == Some(LimitStore::Redis) {
+            out.push(Diagnostic::error(
+                at.key(kind).key("store").to_string(),
+                "`store: redis` needs a top-level `redis:` section",
+            ));
+        }
+    }
 }
 
 fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {

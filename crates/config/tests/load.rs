@@ -122,3 +122,45 @@ fn a_global_respond_plugin_lets_routes_go_without_an_upstream() {
     let errs = load_str(without, &no_env).unwrap_err();
     assert_eq!(errs[0].path, "routes[0].upstream");
 }
+
+#[test]
+fn a_shared_limit_store_needs_the_redis_section() {
+    let text = r#"
+version: 1
+routes:
+  - name: r
+    match: { paths: ["/"] }
+    plugins:
+      respond: { status: 200 }
+      rate_limit: { store: redis, limits: [{ name: a, key: route, rate: 1, per: 1s }] }
+      quota: { key: route, limit: 1, per: day, store: redis }
+plugins:
+  rate_limit: { store: redis, limits: [{ name: g, key: route, rate: 1, per: 1s }] }
+"#;
+    let errs = load_str(text, &no_env).unwrap_err();
+    let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+    for at in [
+        "plugins.rate_limit.store",
+        "routes[0].plugins.rate_limit.store",
+        "routes[0].plugins.quota.store",
+    ] {
+        assert!(
+            has(&format!(
+                "{at}: `store: redis` needs a top-level `redis:` section"
+            )),
+            "{lines:#?}"
+        );
+    }
+    let with_redis = format!("{text}redis: {{ url: \"redis://127.0.0.1:6379\" }}\n");
+    assert!(load_str(&with_redis, &no_env).is_ok());
+    let errs = load_str(&format!("{text}redis: {{ timeout: 1s }}\n"), &no_env).unwrap_err();
+    assert!(errs
+        .iter()
+        .any(|e| e.to_string().contains("redis: set `url` (or `cluster`)")));
+    let both = format!(
+        "{text}redis: {{ url: \"redis://127.0.0.1:6379\", cluster: [\"redis://127.0.0.1:7000\"] }}\n"
+    );
+    let errs = load_str(&both, &no_env).unwrap_err();
+    assert!(errs.iter().any(|e| e.to_string().contains("not both")));
+}
