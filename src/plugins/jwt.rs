@@ -31,6 +31,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use sha2::Digest as _;
 
 use self::jwks::{Jwks, KeyError};
 use crate::consumer::{Consumer, Consumers};
@@ -52,7 +53,23 @@ pub struct Jwt {
     anonymous: Option<Arc<Consumer>>,
     forward_credentials: bool,
     consumers: Arc<Consumers>,
+    /// Clock skew allowed on `exp`, in seconds.
+    leeway: u64,
+    /// Recently verified tokens by SHA-256: an RS256 check costs tens of microseconds, so a
+    /// token seen again within [`VERIFIED_TTL`] (and before its `exp`) is not verified again.
+    verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
 }
+
+/// A token that passed every check, and when it stops being valid.
+struct Verified {
+    claims: Map<String, Value>,
+    /// `exp`, in seconds since the epoch.
+    exp: u64,
+}
+
+/// How long a verified token is remembered. A key removed from the issuer's JWKS stops
+/// accepting already-seen tokens after at most this long.
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One accepted issuer: its checks and where its keys come from.
 struct Issuer {
@@ -144,6 +161,11 @@ impl PluginFactory for Jwt {
             anonymous,
             forward_credentials: cfg.forward_credentials,
             consumers: Arc::clone(&env.consumers),
+            leeway: cfg.leeway.get().as_secs(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
         }))
     }
 }
@@ -171,7 +193,25 @@ impl Plugin for Jwt {
                 .missing(HeaderValue::from_static(CHALLENGE), self.anonymous.as_ref());
             return Ok(Flow::Continue);
         };
-        let claims = self.verify(token).await.map_err(Refusal::into_error)?;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let verified = match self.verified.get(&digest) {
+            Some(v) if now <= v.exp.saturating_add(self.leeway) => v,
+            _ => {
+                let claims = self.verify(token).await.map_err(Refusal::into_error)?;
+                // `exp` is required, so a verified token has one.
+                let exp = claims
+                    .get("exp")
+                    .and_then(Value::as_f64)
+                    .map_or(0, |e| e as u64);
+                let v = Arc::new(Verified { claims, exp });
+                self.verified.insert(digest, v.clone());
+                v
+            }
+        };
+        let claims = &verified.claims;
 
         let consumer = claim_text(claims.get(&self.consumer_claim))
             .and_then(|name| self.consumers.by_name(&name).cloned());
