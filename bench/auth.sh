@@ -119,7 +119,7 @@ preflight() {
     [[ $PROXY_CPU != "$LOAD_CPU" ]] || die "PROXY_CPU and LOAD_CPU must differ"
     [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not $ROUNDS"
     for r in $ROUTES; do
-        case $r in plain | key | jwt) ;; *) die "unknown route in ROUTES: $r (plain, key, jwt)" ;; esac
+        case $r in plain | key | jwt | rl_local | rl_redis) ;; *) die "unknown route in ROUTES: $r (plain, key, jwt, rl_local, rl_redis)" ;; esac
     done
     has_route plain || die "ROUTES must include plain (the baseline)"
 
@@ -209,11 +209,20 @@ upstreams:
       - url: http://127.0.0.1:$UPSTREAM_PORT
 consumers:
   - { name: bench, groups: [b], api_keys: ["$API_KEY"] }
+$(has_route rl_redis && printf 'redis: { url: "redis://127.0.0.1:%s", timeout: 50ms }' "$REDIS_PORT")
 routes:
   - { name: plain, match: { paths: ["/plain"] }, upstream: origin }
 YAML
         if has_route key; then
             echo '  - { name: key, match: { paths: ["/key"] }, upstream: origin, plugins: { key_auth: {} } }'
+        fi
+        # Rate limits set far above what the benchmark sends: they never refuse, so the rows
+        # measure the cost of the decision (local: a CAS on one bucket; redis: one round trip).
+        if has_route rl_local; then
+            echo '  - { name: rl_local, match: { paths: ["/rl_local"] }, upstream: origin, plugins: { rate_limit: { store: local, limits: [{ name: all, key: route, rate: 100000000, per: 1s }] } } }'
+        fi
+        if has_route rl_redis; then
+            echo '  - { name: rl_redis, match: { paths: ["/rl_redis"] }, upstream: origin, plugins: { rate_limit: { store: redis, on_store_error: deny, limits: [{ name: all, key: route, rate: 100000000, per: 1s }] } } }'
         fi
         if has_route jwt; then
             cat <<YAML
@@ -276,6 +285,19 @@ check_routes() {
         expect 401 "without a key" /key || true
         expect 401 "with a wrong key" /key "x-api-key: not-$API_KEY" || true
     fi
+    if has_route rl_local; then
+        expect 200 "under a high local limit" /rl_local || true
+    fi
+    if has_route rl_redis; then
+        # The gateway connects to Redis in the background; on_store_error: deny answers 503 until then.
+        local j
+        for ((j = 0; j < 40; j++)); do
+            request /rl_redis
+            [[ $C_STATUS == 200 ]] && break
+            sleep 0.25
+        done
+        expect 200 "under a high Redis limit (deny on store errors, so 200 proves Redis answered)" /rl_redis || true
+    fi
     if has_route jwt; then
         # The plugin may fetch the JWKS after start: give the valid token a few seconds.
         local i
@@ -311,7 +333,7 @@ run_wrk() {
 }
 
 label_of() {
-    case $1 in plain) echo "-" ;; key) echo "key_auth" ;; jwt) echo "jwt/RS256" ;; esac
+    case $1 in plain) echo "-" ;; key) echo "key_auth" ;; jwt) echo "jwt/RS256" ;; rl_local) echo "rate_limit/local" ;; rl_redis) echo "rate_limit/redis" ;; esac
 }
 
 # measure ROUND ROUTE: one measured wrk run, one line appended to rounds.tsv.
@@ -341,8 +363,14 @@ measure() {
 # -------------------------------------------------------------------- main --
 preflight
 build_frontdesk
-read -r UPSTREAM_PORT FRONTDESK_PORT JWKS_PORT <<<"$(util ports 3)"
+read -r UPSTREAM_PORT FRONTDESK_PORT JWKS_PORT REDIS_PORT <<<"$(util ports 4)"
 start_upstream
+if has_route rl_redis; then
+    command -v redis-server >/dev/null || die "rl_redis needs redis-server (apt-get install -y redis-server)"
+    taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
+    STARTED_PIDS+=("$!")
+    wait_port "$REDIS_PORT" "$!" || die "redis-server did not start, see $OUT/redis.log"
+fi
 if has_route jwt; then
     make_jwt
     start_jwks
@@ -370,7 +398,8 @@ PEAK_RSS=$(awk '$1 == "VmHWM:" {printf "%.1f", $2 / 1024}' "/proc/$PROXY_PID/sta
     echo "# $(nginx -v 2>&1)  $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')  frontdesk $FRONTDESK_DESC"
     echo "# one frontdesk (1 worker) on cpu $PROXY_CPU; wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION per route" \
         "and round, $ROUNDS rounds of: $ROUTES (after $WARMUP warm-up each) + upstream on cpu $LOAD_CPU"
-    echo "# /plain: no plugins; /key: key_auth, x-api-key; /jwt: jwt RS256 (2048-bit key, JWKS over http), Authorization: Bearer"
+    echo "# /plain: no plugins; /key: key_auth, x-api-key; /jwt: jwt RS256 (2048-bit key, JWKS over http), Authorization: Bearer;"
+    echo "# /rl_local, /rl_redis: rate_limit with one never-reached limit (local store; Redis on cpu $LOAD_CPU, 1 round trip per request)"
     if has_route jwt; then
         echo "# frontdesk peak RSS $PEAK_RSS MiB; JWKS fetched $(grep -c 'GET /jwks.json' "$OUT/jwks.log" || true) times"
     else

@@ -219,7 +219,9 @@ def auth_report(tsv, target):
         if s[route]["err"]:
             print("note: %s had %d errors (non-2xx or socket errors); its numbers are suspect" % (route, s[route]["err"]))
     base = s.get("plain")
-    for route, name in (("key", "key_auth"), ("jwt", "jwt")):
+    targets = {"rl_local": 0.95}
+    for route, name in (("key", "key_auth"), ("jwt", "jwt"), ("rl_local", "rate_limit local"),
+                        ("rl_redis", "rate_limit redis")):
         label = "%s/plain:" % name
         if base is None or route not in s:
             print("%s n/a (route not measured)" % label)
@@ -228,9 +230,16 @@ def auth_report(tsv, target):
         rps = x["rps"] / base["rps"]
         cpu = x["cpureq"] / base["cpureq"] if base["cpureq"] else 0.0
         paired = [a / b for a, b in zip(x["per_round"], base["per_round"])]
-        verdict = "PASS" if rps >= target else "FAIL"
+        want = targets.get(route, target)
+        if route == "rl_redis":
+            # The issue sets no target for the shared store; it reports the cost of one Redis
+            # round trip per request (one limit).
+            print("%s rps %.2f, cpu per request %.2f  (1 Redis round trip per request; per round %s)" % (
+                label, rps, cpu, " ".join("%.2f" % v for v in paired)))
+            continue
+        verdict = "PASS" if rps >= want else "FAIL"
         print("%s rps %.2f, cpu per request %.2f  %s (target rps >= %.2f; per round %s)" % (
-            label, rps, cpu, verdict, target, " ".join("%.2f" % v for v in paired)))
+            label, rps, cpu, verdict, want, " ".join("%.2f" % v for v in paired)))
 
 
 if __name__ == "__main__":

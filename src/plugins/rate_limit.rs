@@ -37,9 +37,13 @@ pub struct RateLimit {
 
 #[derive(Debug)]
 struct Limit {
-    name: String,
+    name: Arc<str>,
     key: LimitKey,
     numbers: Numbers,
+    /// The store key of a `key: route` limit without group overrides: the same for every
+    /// request of this plugin instance (one route, or all routes for a global one), so it is
+    /// built once.
+    fixed_key: std::sync::OnceLock<String>,
 }
 
 /// A limit's numbers and what identifies them in store keys (a changed limit gets new buckets).
@@ -75,7 +79,7 @@ impl Numbers {
 /// The decisions of one request, kept for the response headers.
 #[derive(Clone, Debug)]
 struct Report {
-    name: String,
+    name: Arc<str>,
     rate: u64,
     per_secs: u64,
     decision: Decision,
@@ -97,14 +101,15 @@ impl PluginFactory for RateLimit {
                     "limits[{i}].name: non-empty, without quotes, `|` or braces"
                 ));
             }
-            if limits.iter().any(|o: &Limit| o.name == l.name) {
+            if limits.iter().any(|o: &Limit| *o.name == *l.name) {
                 return Err(format!(
                     "limits[{i}].name: duplicate limit name {:?}",
                     l.name
                 ));
             }
             limits.push(Limit {
-                name: l.name.clone(),
+                fixed_key: std::sync::OnceLock::new(),
+                name: Arc::from(l.name.as_str()),
                 key: LimitKey::parse(&l.key).map_err(|e| format!("limits[{i}].key: {e}"))?,
                 numbers: Numbers::new(l.rate, l.per.get(), l.burst)
                     .map_err(|e| format!("limits[{i}]: {e}"))?,
@@ -116,7 +121,7 @@ impl PluginFactory for RateLimit {
             for (name, o) in overrides {
                 let idx = limits
                     .iter()
-                    .position(|l| &l.name == name)
+                    .position(|l| &*l.name == name.as_str())
                     .ok_or_else(|| format!("groups.{group}.{name}: no limit is named {name:?}"))?;
                 list.push((
                     idx,
@@ -227,14 +232,16 @@ impl Plugin for RateLimit {
         let mut refused: Option<Report> = None;
         for (i, limit) in self.limits.iter().enumerate() {
             let n = self.numbers(i, cx);
-            let key = store_key(
-                "rl",
-                route,
-                &limit.name,
-                &n.fingerprint,
-                &limit.key.value(req, cx),
-            );
-            let d = self.decide(&key, n.params).await?;
+            let d = if limit.key == LimitKey::Route && std::ptr::eq(n, &limit.numbers) {
+                let key = limit
+                    .fixed_key
+                    .get_or_init(|| store_key("rl", route, &limit.name, &n.fingerprint, "route"));
+                self.decide(key, n.params).await?
+            } else {
+                let value = limit.key.value(req, cx);
+                let key = store_key("rl", route, &limit.name, &n.fingerprint, &value);
+                self.decide(&key, n.params).await?
+            };
             let r = Report {
                 name: limit.name.clone(),
                 rate: n.rate,
