@@ -291,3 +291,24 @@ fn claims_become_header_text() {
     assert_eq!(claim_text(Some(&Value::Null)), None);
     assert_eq!(claim_text(None), None);
 }
+
+#[tokio::test]
+async fn a_remembered_token_is_still_refused_once_it_expires() {
+    let plugin = Jwt::build(&hs_cfg(json!({ "leeway": "0s" })), &env()).expect("builds");
+    let exp = now() + 1;
+    let token = hs_token(json!({ "iss": "internal", "sub": "alice", "exp": exp }));
+    let bearer = format!("Bearer {token}");
+    // Verified once, then served from the verified-token cache.
+    for _ in 0..3 {
+        let (_, cx, r) = run(&plugin, Some(&bearer)).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert!(cx.auth.identified);
+    }
+    while now() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, _, r) = run(&plugin, Some(&bearer)).await;
+    let err = r.expect_err("expired, even though it was remembered");
+    assert_eq!(err.status, StatusCode::UNAUTHORIZED);
+    assert!(err.message.contains("expired"), "{}", err.message);
+}
