@@ -64,3 +64,13 @@ impl LimitKey {
 pub fn store_key(kind: &str, route: &str, limit: &str, fingerprint: &str, value: &str) -> String {
     format!("frontdesk:{kind}:{{{route}|{limit}|{fingerprint}|{value}}}")
 }
+
+/// The route part of a store key: `*` for a global plugin (its buckets are shared by every
+/// route), the route's name otherwise.
+pub fn bucket_scope(global: bool, cx: &Ctx) -> &str {
+    if global {
+        "*"
+    } else {
+        &cx.route
+    }
+}

@@ -60,7 +60,7 @@ impl Plugin for Concurrency {
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        let route: &str = if self.global { "*" } else { &cx.route };
+        let route = crate::limit::bucket_scope(self.global, cx);
         let key = store_key(
             "cc",
             route,

@@ -109,7 +109,7 @@ impl Quota {
         cx: &Ctx,
     ) -> Result<(), PluginError> {
         let (name, left) = window(now, self.window);
-        let route: &str = if self.global { "*" } else { &cx.route };
+        let route = crate::limit::bucket_scope(self.global, cx);
         let key = store_key(
             "quota",
             route,

@@ -227,7 +227,7 @@ impl Plugin for RateLimit {
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        let route: &str = if self.global { "*" } else { &cx.route };
+        let route = crate::limit::bucket_scope(self.global, cx);
         let mut report: Option<Report> = None;
         let mut refused: Option<Report> = None;
         for (i, limit) in self.limits.iter().enumerate() {
