@@ -8,6 +8,7 @@ pub mod demo;
 pub mod error;
 pub mod limit;
 pub mod listener;
+pub mod observe;
 pub mod plugin;
 pub mod plugins;
 pub mod proxy;

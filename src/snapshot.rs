@@ -12,6 +12,7 @@ use http::HeaderValue;
 
 use crate::consumer::Consumers;
 use crate::limit::redis::RedisStore;
+use crate::observe::metrics::Metrics;
 use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, Scope};
 use crate::plugins;
 use crate::route::RouteTable;
@@ -85,6 +86,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// The shared limiter store, when `redis:` is configured.
     pub redis: Option<Arc<RedisStore>>,
+    /// The process's metrics; the same instance in every generation.
+    pub metrics: Arc<Metrics>,
     /// Background tasks of this generation (active health checks), aborted when it is retired.
     background: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -98,6 +101,7 @@ impl Snapshot {
         prev: Option<&Snapshot>,
     ) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
         let root = FieldPath::root();
+        let metrics = prev.map_or_else(Arc::default, |p| p.metrics.clone());
         let mut errs = Vec::new();
         let mut warnings = Vec::new();
 
@@ -259,6 +263,7 @@ impl Snapshot {
                     drain_timeout: cfg.server.drain_timeout.get(),
                     config: Arc::new(cfg),
                     redis,
+                    metrics,
                     background: Default::default(),
                 },
                 warnings,

@@ -38,6 +38,8 @@ pub struct EndpointState {
     ejected_until: AtomicU64,
     /// Requests in flight (for least_request).
     pub(crate) inflight: AtomicUsize,
+    /// Time from sending to the response head, per attempt that got one.
+    pub latency: crate::observe::metrics::Histogram,
 }
 
 impl Default for EndpointState {
@@ -49,6 +51,7 @@ impl Default for EndpointState {
             passive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
+            latency: Default::default(),
         }
     }
 }

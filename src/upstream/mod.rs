@@ -413,6 +413,16 @@ impl Upstream {
         Some(h)
     }
 
+    /// The configured targets, in order, with their shared health and latency state.
+    pub fn targets(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The circuit breaker, when configured.
+    pub fn breaker(&self) -> Option<&CircuitBreaker> {
+        self.breaker.as_ref()
+    }
+
     /// Sends `req` (origin-form URI, `Host` set to the client's) to an endpoint and returns the
     /// response head, retrying where that is safe:
     ///

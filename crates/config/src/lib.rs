@@ -24,6 +24,9 @@ pub use model::plugin::{
 };
 pub use model::RedisConfig;
 pub use model::{
+    AccessLogConfig, AccessLogFormat, AdminConfig, MetricsConfig, ObservabilityConfig, TracingConfig,
+};
+pub use model::{
     ActiveHealthConfig, ApiKeyConfig, BasicAuthCredential, CertificateConfig, CircuitBreakerConfig,
     ClientAuthConfig, ClientAuthMode, ClientCertIdentity, Config, ConsumerConfig,
     HealthCheckConfig, LimitsConfig, ListenerConfig, ListenerTlsConfig, LoadBalancing, MatchConfig,
@@ -215,7 +218,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         ));
         return None;
     };
-    const KNOWN: [&str; 8] = [
+    const KNOWN: [&str; 10] = [
         "version",
         "server",
         "listeners",
@@ -224,6 +227,8 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         "consumers",
         "redis",
         "plugins",
+        "admin",
+        "observability",
     ];
     for key in top.keys() {
         if !KNOWN.contains(&key.as_str()) {
@@ -266,6 +271,10 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
     let plugins = take(&mut top, "plugins").map_or(Some(Default::default()), |v| {
         part(v, &root.key("plugins"), diags)
     });
+    let admin = take(&mut top, "admin").and_then(|v| part(v, &root.key("admin"), diags));
+    let observability = take(&mut top, "observability").map_or(Some(Default::default()), |v| {
+        part(v, &root.key("observability"), diags)
+    });
     let ok = diags.len() == before;
     let cfg = Config {
         version: version.unwrap_or(1),
@@ -276,6 +285,8 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         consumers,
         redis,
         plugins: plugins.unwrap_or_default(),
+        admin,
+        observability: observability.unwrap_or_default(),
     };
     if ok {
         Some(cfg)

@@ -51,6 +51,8 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
         out.push(Diagnostic::error("server.worker_threads", "at most 1024"));
     }
 
+    check_observe(cfg, out);
+
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -873,4 +875,70 @@ fn distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// The admin listener and the observability section.
+fn check_observe(cfg: &Config, out: &mut Vec<Diagnostic>) {
+    if let Some(admin) = &cfg.admin {
+        match admin.address.parse::<std::net::SocketAddr>() {
+            Err(_) => out.push(Diagnostic::error(
+                "admin.address",
+                format!("{:?} is not an IP:PORT address", admin.address),
+            )),
+            Ok(addr) => {
+                let open = admin.token.as_deref().is_none_or(str::is_empty);
+                if open && !addr.ip().is_loopback() {
+                    out.push(Diagnostic::error(
+                        "admin.token",
+                        "an admin listener on a non-loopback address needs a token",
+                    ));
+                } else if open {
+                    out.push(Diagnostic::warning(
+                        "admin.token",
+                        "no token: any local process can change the config through the admin API",
+                    ));
+                }
+                let clash = cfg.listeners.iter().position(|l| {
+                    l.address.parse::<std::net::SocketAddr>().ok() == Some(addr) && addr.port() != 0
+                });
+                if let Some(i) = clash {
+                    out.push(Diagnostic::error(
+                        "admin.address",
+                        format!("listeners[{i}] already uses {addr}"),
+                    ));
+                }
+            }
+        }
+    }
+    let o = &cfg.observability;
+    if let Some(log) = &o.access_log {
+        if log.output.trim().is_empty() {
+            out.push(Diagnostic::error(
+                "observability.access_log.output",
+                "must be stdout, stderr or a file path",
+            ));
+        }
+    }
+    if let Some(t) = &o.tracing {
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            out.push(Diagnostic::error(
+                "observability.tracing.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if let Some(ep) = &t.otlp_endpoint {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                out.push(Diagnostic::error(
+                    "observability.tracing.otlp_endpoint",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if t.service_name.is_empty() {
+            out.push(Diagnostic::error(
+                "observability.tracing.service_name",
+                "must not be empty",
+            ));
+        }
+    }
 }

@@ -6,6 +6,7 @@
 mod consumer;
 mod listener;
 mod listener_tls;
+mod observe;
 pub mod plugin;
 mod route;
 mod upstream;
@@ -19,6 +20,9 @@ pub use consumer::{ApiKeyConfig, BasicAuthCredential, ClientCertIdentity, Consum
 pub use listener::{LimitsConfig, ListenerConfig};
 pub use listener_tls::{
     CertificateConfig, ClientAuthConfig, ClientAuthMode, ListenerTlsConfig, TlsVersion,
+};
+pub use observe::{
+    AccessLogConfig, AccessLogFormat, AdminConfig, MetricsConfig, ObservabilityConfig, TracingConfig,
 };
 pub use plugin::PluginsConfig;
 pub use route::{MatchConfig, PathMatch, RouteConfig};
@@ -57,6 +61,12 @@ pub struct Config {
     /// Global plugins: run on every route, before the route's own plugins of the same kind.
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// The admin API listener; absent means none.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Metrics, access log and traces.
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
 }
 
 /// The Redis server (or cluster) that shares limiter state between instances.
@@ -96,6 +106,11 @@ impl Config {
                 if let Some(ca) = &mut tls.client_auth {
                     fix(&mut ca.ca);
                 }
+            }
+        }
+        if let Some(log) = &mut self.observability.access_log {
+            if !matches!(log.output.as_str(), "stdout" | "stderr") {
+                fix(&mut log.output);
             }
         }
         for up in self.upstreams.values_mut() {

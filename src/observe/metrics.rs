@@ -1,0 +1,569 @@
+//! Prometheus metrics: every metric name lives here, in one place.
+//!
+//! Series are plain atomics, found in lock-free maps (papaya) or resolved once when a snapshot is
+//! built, so recording takes no lock shared across requests. prometheus-client's own `Histogram`
+//! takes a lock per observation, so histograms here are atomic buckets encoded through
+//! prometheus-client's `Collector` at scrape time; the text format itself is the crate's.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::snapshot::Snapshot;
+
+/// OpenTelemetry's advised boundaries for HTTP durations, in seconds.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+const BUCKETS_US: [u64; 14] = [
+    5_000, 10_000, 25_000, 50_000, 75_000, 100_000, 250_000, 500_000, 750_000, 1_000_000,
+    2_500_000, 5_000_000, 7_500_000, 10_000_000,
+];
+
+/// A duration histogram with OpenTelemetry's HTTP buckets; lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last one is `+Inf`.
+    counts: [AtomicU64; 15],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    #[inline]
+    pub fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(14);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Estimated `q` quantile (0..=1) in seconds, interpolated inside its bucket; `None` before
+    /// the first observation. Beyond the last boundary it answers that boundary.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0u64;
+        for (i, &c) in counts.iter().enumerate() {
+            if c > 0 && (seen + c) as f64 >= rank {
+                let Some(&hi) = DURATION_BUCKETS.get(i) else {
+                    return Some(DURATION_BUCKETS[13]);
+                };
+                let lo = if i == 0 { 0.0 } else { DURATION_BUCKETS[i - 1] };
+                let within = (rank - seen as f64) / c as f64;
+                return Some(lo + (hi - lo) * within.clamp(0.0, 1.0));
+            }
+            seen += c;
+        }
+        Some(DURATION_BUCKETS[13])
+    }
+
+    fn encode(&self, mut enc: MetricEncoder<'_>) -> std::fmt::Result {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(15);
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            buckets.push((DURATION_BUCKETS.get(i).copied().unwrap_or(f64::MAX), cumulative));
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        enc.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+    }
+}
+
+/// The label value for a request method: the standard ones by name, others as `_OTHER`
+/// (OpenTelemetry's rule, so a client cannot grow the series count).
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+/// Counter families with labels chosen at run time. Names and help texts are here only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `frontdesk_auth_failures_total{route,plugin,reason}`
+    AuthFailures,
+    /// `frontdesk_ratelimit_decisions_total{route,limit,decision}`
+    RatelimitDecisions,
+    /// `frontdesk_consumer_requests_total{consumer,route,status_class}`
+    ConsumerRequests,
+}
+
+impl Family {
+    const ALL: [Family; 3] = [
+        Family::AuthFailures,
+        Family::RatelimitDecisions,
+        Family::ConsumerRequests,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::AuthFailures => "frontdesk_auth_failures",
+            Family::RatelimitDecisions => "frontdesk_ratelimit_decisions",
+            Family::ConsumerRequests => "frontdesk_consumer_requests",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Family::AuthFailures => "Requests refused by an authentication or access plugin.",
+            Family::RatelimitDecisions => "Rate limit, quota and concurrency decisions per limit.",
+            Family::ConsumerRequests => "Requests per identified consumer (opt-in).",
+        }
+    }
+
+    fn label_names(self) -> [&'static str; 3] {
+        match self {
+            Family::AuthFailures => ["route", "plugin", "reason"],
+            Family::RatelimitDecisions => ["route", "limit", "decision"],
+            Family::ConsumerRequests => ["consumer", "route", "status_class"],
+        }
+    }
+}
+
+/// A counter family's key: three label values.
+pub type Labels3 = [Arc<str>; 3];
+
+/// One upstream's counters; kept across reloads by name.
+#[derive(Debug, Default)]
+pub struct UpstreamSeries {
+    /// Failed attempts by kind: connect, timeout, reset.
+    pub connect_errors: AtomicU64,
+    /// Attempts that got no response head in time.
+    pub timeouts: AtomicU64,
+    /// Connections that broke mid-exchange.
+    pub resets: AtomicU64,
+    /// Attempts after the first.
+    pub retries: AtomicU64,
+}
+
+/// One listener's counters; kept across reloads by name.
+#[derive(Debug, Default)]
+pub struct ListenerSeries {
+    /// Connections open now.
+    pub connections: AtomicI64,
+    /// Bytes read from clients (TLS records included on TLS listeners).
+    pub received: AtomicU64,
+    /// Bytes written to clients.
+    pub sent: AtomicU64,
+}
+
+/// Key of a server-duration series: route (empty when none matched), method, status.
+type ServerKey = (Arc<str>, &'static str, u16);
+
+/// Every metric of one gateway process. Shared by all snapshots (counts survive reloads).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    server: papaya::HashMap<ServerKey, Histogram>,
+    active: AtomicI64,
+    counters: papaya::HashMap<(Family, Labels3), Arc<AtomicU64>>,
+    upstreams: papaya::HashMap<Arc<str>, Arc<UpstreamSeries>>,
+    listeners: papaya::HashMap<Arc<str>, Arc<ListenerSeries>>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    last_reload_ok_unix: AtomicU64,
+    access_log_dropped: AtomicU64,
+}
+
+/// Marks one request active until dropped (`http_server_active_requests`).
+#[derive(Debug)]
+pub struct Active(Arc<Metrics>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// Counts one request as active until the guard drops.
+    pub fn active(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Active(self.clone())
+    }
+
+    /// Records a finished request.
+    pub fn request(&self, route: &Arc<str>, method: &'static str, status: u16, d: Duration) {
+        let map = self.server.pin();
+        let key = (route.clone(), method, status);
+        match map.get(&key) {
+            Some(h) => h.observe(d),
+            None => map.get_or_insert_with(key, Histogram::default).observe(d),
+        }
+    }
+
+    /// The counter of `family` with these label values, created at zero on first use. Keep the
+    /// handle where the labels are fixed; look it up per request only where they are not.
+    pub fn counter(&self, family: Family, labels: Labels3) -> Arc<AtomicU64> {
+        let map = self.counters.pin();
+        let key = (family, labels);
+        match map.get(&key) {
+            Some(c) => c.clone(),
+            None => map.get_or_insert_with(key, Arc::default).clone(),
+        }
+    }
+
+    /// Adds one to a counter of `family`.
+    pub fn inc(&self, family: Family, labels: Labels3) {
+        let map = self.counters.pin();
+        let key = (family, labels);
+        match map.get(&key) {
+            Some(c) => c.fetch_add(1, Ordering::Relaxed),
+            None => map
+                .get_or_insert_with(key, Arc::default)
+                .fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// The counters of upstream `name` (created on first use, kept across reloads).
+    pub fn upstream(&self, name: &Arc<str>) -> Arc<UpstreamSeries> {
+        self.upstreams
+            .pin()
+            .get_or_insert_with(name.clone(), Arc::default)
+            .clone()
+    }
+
+    /// The counters of listener `name` (created on first use, kept across reloads).
+    pub fn listener(&self, name: &Arc<str>) -> Arc<ListenerSeries> {
+        self.listeners
+            .pin()
+            .get_or_insert_with(name.clone(), Arc::default)
+            .clone()
+    }
+
+    /// Records a reload attempt (not the first load at start).
+    pub fn reload(&self, ok: bool) {
+        if ok {
+            self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.last_reload_ok_unix.store(now, Ordering::Relaxed);
+        } else {
+            self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an access-log line dropped because the writer fell behind.
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (OpenMetrics 1.0) of every metric, with the gauges read
+    /// from `snap` (endpoint health, breakers, store errors).
+    pub fn render(self: &Arc<Self>, snap: &Arc<Snapshot>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape {
+            metrics: self.clone(),
+            snap: snap.clone(),
+        }));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    #[cfg(test)]
+    fn server_count(&self, route: &str, method: &str, status: u16) -> u64 {
+        let key = (Arc::from(route), method_label_static(method), status);
+        self.server.pin().get(&key).map_or(0, Histogram::count)
+    }
+}
+
+#[cfg(test)]
+fn method_label_static(m: &str) -> &'static str {
+    method_label(&http::Method::from_bytes(m.as_bytes()).unwrap_or(http::Method::GET))
+}
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One scrape: encodes the metrics and reads the snapshot's gauges.
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    snap: Arc<Snapshot>,
+}
+
+fn counter_family(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, u64, u64>(&v, None)?;
+    }
+    Ok(())
+}
+
+fn gauge_family(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'static str, String)>, i64)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        if labels.is_empty() {
+            m.encode_gauge(&v)?;
+        } else {
+            m.encode_family(&labels)?.encode_gauge(&v)?;
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let m = &self.metrics;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+        {
+            let mut d = enc.encode_descriptor(
+                "http_server_request_duration",
+                "Duration of HTTP server requests, until the response body ends.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for ((route, method, status), h) in m.server.pin().iter() {
+                let labels = [
+                    ("route", route.to_string()),
+                    ("method", (*method).to_string()),
+                    ("status", status.to_string()),
+                ];
+                h.encode(d.encode_family(&labels)?)?;
+            }
+        }
+        gauge_family(
+            &mut enc,
+            "http_server_active_requests",
+            "Requests being served now.",
+            [(vec![], m.active.load(Ordering::Relaxed))],
+        )?;
+
+        {
+            let mut d = enc.encode_descriptor(
+                "http_client_request_duration",
+                "Time from sending a request to an upstream target to its response head.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (name, up) in sorted(&self.snap.upstreams) {
+                for t in up.targets() {
+                    let labels = [("upstream", name.clone()), ("target", t.url.to_string())];
+                    t.state.latency.encode(d.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let ups = m.upstreams.pin();
+        let mut errors = Vec::new();
+        let mut retries = Vec::new();
+        for (name, s) in ups.iter() {
+            for (kind, c) in [
+                ("connect", &s.connect_errors),
+                ("timeout", &s.timeouts),
+                ("reset", &s.resets),
+            ] {
+                errors.push((
+                    vec![("upstream", name.to_string()), ("kind", kind.to_string())],
+                    load(c),
+                ));
+            }
+            retries.push((vec![("upstream", name.to_string())], load(&s.retries)));
+        }
+        counter_family(
+            &mut enc,
+            "frontdesk_upstream_errors",
+            "Failed upstream attempts by kind (connect, timeout, reset).",
+            errors,
+        )?;
+        counter_family(
+            &mut enc,
+            "frontdesk_upstream_retries",
+            "Upstream attempts after the first.",
+            retries,
+        )?;
+
+        let mut healthy = Vec::new();
+        let mut breakers = Vec::new();
+        for (name, up) in sorted(&self.snap.upstreams) {
+            for t in up.targets() {
+                healthy.push((
+                    vec![("upstream", name.clone()), ("target", t.url.to_string())],
+                    i64::from(t.state.is_healthy()),
+                ));
+            }
+            if let Some(open) = up.breaker().map(|b| b.is_open()) {
+                breakers.push((vec![("upstream", name.clone())], i64::from(open)));
+            }
+        }
+        gauge_family(
+            &mut enc,
+            "frontdesk_upstream_target_healthy",
+            "1 when the target is in rotation (active checks pass and it is not ejected).",
+            healthy,
+        )?;
+        gauge_family(
+            &mut enc,
+            "frontdesk_circuit_breaker_open",
+            "1 when the upstream's circuit breaker is open or half-open.",
+            breakers,
+        )?;
+
+        for family in Family::ALL {
+            let names = family.label_names();
+            let series: Vec<_> = m
+                .counters
+                .pin()
+                .iter()
+                .filter(|((f, _), _)| *f == family)
+                .map(|((_, l), c)| {
+                    (
+                        names
+                            .iter()
+                            .zip(l.iter())
+                            .map(|(n, v)| (*n, v.to_string()))
+                            .collect(),
+                        load(c),
+                    )
+                })
+                .collect();
+            counter_family(&mut enc, family.name(), family.help(), series)?;
+        }
+        let store_errors = self.snap.redis.as_ref().map_or(0, |r| r.errors.load(Ordering::Relaxed));
+        counter_family(
+            &mut enc,
+            "frontdesk_ratelimit_store_errors",
+            "Limit decisions whose shared store failed or was slower than its timeout.",
+            [(vec![], store_errors)],
+        )?;
+
+        counter_family(
+            &mut enc,
+            "frontdesk_config_reloads",
+            "Config reloads by result (the first load at start is not one).",
+            [
+                (vec![("result", "success".into())], load(&m.reloads_ok)),
+                (vec![("result", "failure".into())], load(&m.reloads_failed)),
+            ],
+        )?;
+        gauge_family(
+            &mut enc,
+            "frontdesk_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful reload (0 before the first).",
+            [(
+                vec![],
+                i64::try_from(load(&m.last_reload_ok_unix)).unwrap_or(i64::MAX),
+            )],
+        )?;
+        let listeners = m.listeners.pin();
+        gauge_family(
+            &mut enc,
+            "frontdesk_listener_connections",
+            "Client connections open now.",
+            listeners.iter().map(|(n, s)| {
+                (
+                    vec![("listener", n.to_string())],
+                    s.connections.load(Ordering::Relaxed),
+                )
+            }),
+        )?;
+        counter_family(
+            &mut enc,
+            "frontdesk_received_bytes",
+            "Bytes read from clients.",
+            listeners
+                .iter()
+                .map(|(n, s)| (vec![("listener", n.to_string())], load(&s.received))),
+        )?;
+        counter_family(
+            &mut enc,
+            "frontdesk_sent_bytes",
+            "Bytes written to clients.",
+            listeners
+                .iter()
+                .map(|(n, s)| (vec![("listener", n.to_string())], load(&s.sent))),
+        )?;
+        counter_family(
+            &mut enc,
+            "frontdesk_access_log_dropped",
+            "Access-log lines dropped because the writer fell behind.",
+            [(vec![], load(&m.access_log_dropped))],
+        )?;
+        Ok(())
+    }
+}
+
+fn sorted<V>(map: &std::collections::HashMap<String, V>) -> Vec<(String, &V)> {
+    let mut v: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_quantiles() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for _ in 0..50 {
+            h.observe(Duration::from_millis(3));
+        }
+        for _ in 0..50 {
+            h.observe(Duration::from_millis(40));
+        }
+        assert_eq!(h.count(), 100);
+        let p50 = h.quantile(0.5).expect("observed");
+        assert!(p50 <= 0.005, "{p50}");
+        let p90 = h.quantile(0.9).expect("observed");
+        assert!((0.025..=0.05).contains(&p90), "{p90}");
+        h.observe(Duration::from_secs(60));
+        assert_eq!(h.quantile(1.0), Some(10.0));
+    }
+
+    #[test]
+    fn request_counts_are_exact_per_series() {
+        let m = Metrics::default();
+        let r: Arc<str> = Arc::from("users");
+        for _ in 0..7 {
+            m.request(&r, "GET", 200, Duration::from_millis(1));
+        }
+        m.request(&r, "POST", 201, Duration::from_millis(1));
+        assert_eq!(m.server_count("users", "GET", 200), 7);
+        assert_eq!(m.server_count("users", "POST", 201), 1);
+        assert_eq!(m.server_count("users", "GET", 500), 0);
+    }
+}
