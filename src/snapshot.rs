@@ -13,6 +13,7 @@ use http::HeaderValue;
 use crate::consumer::Consumers;
 use crate::limit::redis::RedisStore;
 use crate::observe::metrics::Metrics;
+use crate::observe::Observer;
 use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, Scope};
 use crate::plugins;
 use crate::route::RouteTable;
@@ -88,6 +89,8 @@ pub struct Snapshot {
     pub redis: Option<Arc<RedisStore>>,
     /// The process's metrics; the same instance in every generation.
     pub metrics: Arc<Metrics>,
+    /// Records finished requests (metrics, access log, traces).
+    pub observer: Arc<Observer>,
     /// Background tasks of this generation (active health checks), aborted when it is retired.
     background: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -108,7 +111,12 @@ impl Snapshot {
         let mut upstreams = HashMap::new();
         for (name, up) in &cfg.upstreams {
             let prev_up = prev.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
-            match Upstream::build(name, up, prev_up) {
+            match Upstream::build(
+                name,
+                up,
+                prev_up,
+                metrics.upstream(&Arc::from(name.as_str())),
+            ) {
                 Ok(u) => {
                     upstreams.insert(name.clone(), Arc::new(u));
                 }
@@ -250,6 +258,23 @@ impl Snapshot {
                 max_body: l.limits.max_request_body.map(|b| b.0),
             }));
         }
+        // Only once everything else is valid: starting an access-log writer or an exporter for a
+        // config that is refused would be wasted.
+        let observer = if errs.is_empty() {
+            match Observer::build(
+                &cfg.observability,
+                metrics.clone(),
+                prev.map(|p| p.observer.as_ref()),
+            ) {
+                Ok(o) => Some(Arc::new(o)),
+                Err(e) => {
+                    errs.push(Diagnostic::error("observability", e));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let via = HeaderValue::from_str(&format!("1.1 {}", cfg.server.via))
             .map_err(|_| vec![Diagnostic::error("server.via", "invalid header value")])?;
         match table {
@@ -264,6 +289,8 @@ impl Snapshot {
                     config: Arc::new(cfg),
                     redis,
                     metrics,
+                    observer: observer
+                        .unwrap_or_else(|| Arc::new(Observer::metrics_only(Arc::default()))),
                     background: Default::default(),
                 },
                 warnings,

@@ -82,7 +82,10 @@ impl Histogram {
         let mut buckets = Vec::with_capacity(15);
         for (i, c) in self.counts.iter().enumerate() {
             cumulative += c.load(Ordering::Relaxed);
-            buckets.push((DURATION_BUCKETS.get(i).copied().unwrap_or(f64::MAX), cumulative));
+            buckets.push((
+                DURATION_BUCKETS.get(i).copied().unwrap_or(f64::MAX),
+                cumulative,
+            ));
         }
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         enc.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
@@ -461,7 +464,11 @@ impl Collector for Scrape {
                 .collect();
             counter_family(&mut enc, family.name(), family.help(), series)?;
         }
-        let store_errors = self.snap.redis.as_ref().map_or(0, |r| r.errors.load(Ordering::Relaxed));
+        let store_errors = self
+            .snap
+            .redis
+            .as_ref()
+            .map_or(0, |r| r.errors.load(Ordering::Relaxed));
         counter_family(
             &mut enc,
             "frontdesk_ratelimit_store_errors",
