@@ -12,7 +12,7 @@ use http::HeaderValue;
 
 use crate::consumer::Consumers;
 use crate::limit::redis::RedisStore;
-use crate::observe::metrics::Metrics;
+use crate::observe::metrics::{ListenerSeries, Metrics};
 use crate::observe::Observer;
 use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, Scope};
 use crate::plugins;
@@ -56,6 +56,8 @@ pub struct ListenerSpec {
     pub redirect_https: bool,
     /// Peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connection and byte counters, kept across reloads by name.
+    pub series: Arc<ListenerSeries>,
     /// The address the socket is bound to, once it is (differs from `address` with port 0).
     /// Shared with the next generation's spec while the listener keeps its socket.
     pub bound: Arc<OnceLock<SocketAddr>>,
@@ -163,6 +165,8 @@ impl Snapshot {
             consumers,
             redis: redis.clone(),
             scope: Scope::Global,
+            metrics: metrics.clone(),
+            route: None,
         };
         let mut global = ChainBuilder::new(env.clone());
         plugins::register_all(
@@ -175,7 +179,11 @@ impl Snapshot {
 
         let mut routes = Vec::new();
         for (i, r) in cfg.routes.iter().enumerate() {
-            let mut chain = ChainBuilder::new(env.clone());
+            let name: Arc<str> = Arc::from(r.name.as_str());
+            let mut chain = ChainBuilder::new(BuildEnv {
+                route: Some(name.clone()),
+                ..env.clone()
+            });
             chain.extend_from(&global);
             plugins::register_all(
                 &mut chain,
@@ -184,12 +192,14 @@ impl Snapshot {
                 &root.key("routes").index(i).key("plugins"),
             );
             errs.append(&mut chain.errors);
+            let mut plugins = chain.finish();
+            plugins.count_refusals(&name, &metrics);
             let route = Route {
-                name: Arc::from(r.name.as_str()),
+                name,
                 upstream: r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned()),
                 strip_prefix: r.strip_prefix,
                 preserve_host: r.preserve_host,
-                plugins: chain.finish(),
+                plugins,
             };
             routes.push((r.clone(), route));
         }
@@ -237,8 +247,10 @@ impl Snapshot {
                 .filter(|p| p.address == address)
                 .map(|p| p.bound.clone())
                 .unwrap_or_default();
+            let name: Arc<str> = Arc::from(l.name.as_str());
             listeners.push(Arc::new(ListenerSpec {
-                name: Arc::from(l.name.as_str()),
+                series: metrics.listener(&name),
+                name,
                 address,
                 tls,
                 redirect_https: l.redirect_https,

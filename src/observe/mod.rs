@@ -77,7 +77,7 @@ pub struct Exchange {
     pub request_id: HeaderValue,
     /// The matched route; `None` when no route matched.
     pub route: Option<Arc<str>>,
-    /// The client, as trusted proxies tell it.
+    /// The client: the peer, or once a route matched, the client trusted proxies name.
     pub client_ip: Option<IpAddr>,
     /// The identified consumer.
     pub consumer: Option<Arc<str>>,
@@ -176,6 +176,7 @@ impl Observer {
         listener: &Arc<str>,
         tls: bool,
         request_id: &HeaderValue,
+        peer: IpAddr,
     ) -> Option<Box<Exchange>> {
         if !self.metrics_on && self.access_log.is_none() && self.trace_ratio.is_none() {
             return None;
@@ -201,7 +202,7 @@ impl Observer {
             tls,
             request_id: request_id.clone(),
             route: None,
-            client_ip: None,
+            client_ip: Some(peer.to_canonical()),
             consumer: None,
             upstream: None,
             call: CallReport {

@@ -40,6 +40,9 @@ pub struct PluginError {
     pub message: String,
     /// Headers for the refusal (`WWW-Authenticate`, `Retry-After`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A short, bounded reason for metrics (`frontdesk_auth_failures_total{reason}`); by default
+    /// named after the status.
+    pub reason: &'static str,
 }
 
 impl PluginError {
@@ -49,7 +52,19 @@ impl PluginError {
             status,
             message: message.into(),
             headers: Vec::new(),
+            reason: match status.as_u16() {
+                401 => "invalid_credentials",
+                403 => "forbidden",
+                429 => "rate_limited",
+                _ => "refused",
+            },
         }
+    }
+
+    /// Sets the metrics reason (a fixed identifier, never request data).
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = reason;
+        self
     }
 
     /// Adds a header to the refusal.

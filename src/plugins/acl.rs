@@ -51,13 +51,15 @@ impl Plugin for Acl {
             return Err(PluginError::new(
                 StatusCode::FORBIDDEN,
                 "the consumer's group is denied on this route",
-            ));
+            )
+            .with_reason("group_denied"));
         }
         if !self.allow.is_empty() && !in_any(&self.allow) {
             return Err(PluginError::new(
                 StatusCode::FORBIDDEN,
                 "the consumer is in no group allowed on this route",
-            ));
+            )
+            .with_reason("group_not_allowed"));
         }
         Ok(Flow::Continue)
     }

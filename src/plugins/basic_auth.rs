@@ -90,6 +90,7 @@ fn parse_basic(v: &HeaderValue) -> Option<Result<(String, String), &'static str>
 impl BasicAuth {
     fn refuse(&self, why: &str) -> PluginError {
         PluginError::new(StatusCode::UNAUTHORIZED, why)
+            .with_reason("invalid_password")
             .with_header(header::WWW_AUTHENTICATE, self.challenge.clone())
     }
 }

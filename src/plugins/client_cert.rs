@@ -68,6 +68,7 @@ impl Plugin for ClientCertAuth {
                 StatusCode::UNAUTHORIZED,
                 "the client certificate names no consumer",
             )
+            .with_reason("unknown_certificate")
             .with_header(http::header::WWW_AUTHENTICATE, CHALLENGE.clone())),
         }
     }

@@ -132,7 +132,8 @@ impl Plugin for IpFilter {
         Err(PluginError::new(
             StatusCode::FORBIDDEN,
             "the client address is not allowed on this route",
-        ))
+        )
+        .with_reason("ip_denied"))
     }
 }
 

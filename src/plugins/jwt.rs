@@ -343,6 +343,11 @@ impl Issuer {
 
 impl Refusal {
     fn into_error(self) -> PluginError {
+        let reason = match &self {
+            Refusal::Expired => "token_expired",
+            Refusal::BadSignature => "bad_signature",
+            _ => "invalid_token",
+        };
         let why: Cow<'static, str> = match self {
             Refusal::KeysUnavailable => {
                 return PluginError::new(
@@ -364,6 +369,7 @@ impl Refusal {
             Refusal::NoConsumer => "it names no known consumer".into(),
         };
         PluginError::new(StatusCode::UNAUTHORIZED, format!("invalid token: {why}"))
+            .with_reason(reason)
             .with_header(WWW_AUTHENTICATE, HeaderValue::from_static(INVALID_TOKEN))
     }
 

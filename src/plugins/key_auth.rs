@@ -90,10 +90,12 @@ impl Plugin for KeyAuth {
         };
         let Some(consumer) = self.env.consumers.by_api_key(&key) else {
             return Err(
-                PluginError::new(StatusCode::UNAUTHORIZED, "the API key is not valid").with_header(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Key realm=\"frontdesk\", error=\"invalid_key\""),
-                ),
+                PluginError::new(StatusCode::UNAUTHORIZED, "the API key is not valid")
+                    .with_reason("invalid_key")
+                    .with_header(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Key realm=\"frontdesk\", error=\"invalid_key\""),
+                    ),
             );
         };
         cx.auth.identify(Some(consumer.clone()));

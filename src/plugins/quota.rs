@@ -11,7 +11,7 @@ use http::{header, HeaderValue, StatusCode};
 
 use crate::limit::local::LocalStore;
 use crate::limit::redis::RedisStore;
-use crate::limit::{store_key, LimitKey};
+use crate::limit::{store_key, DecisionCounter, LimitKey};
 use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead, Scope};
 
 /// The `quota` plugin.
@@ -24,6 +24,7 @@ pub struct Quota {
     redis: Option<Arc<RedisStore>>,
     local: Arc<LocalStore>,
     global: bool,
+    decisions: DecisionCounter,
 }
 
 impl PluginFactory for Quota {
@@ -46,6 +47,7 @@ impl PluginFactory for Quota {
             },
             local: LocalStore::global().clone(),
             global: env.scope == Scope::Global,
+            decisions: DecisionCounter::new(env, "quota"),
         }))
     }
 }
@@ -134,6 +136,7 @@ impl Quota {
                 },
             },
         };
+        self.decisions.count(cx, admitted);
         if admitted {
             return Ok(());
         }
@@ -199,6 +202,7 @@ mod tests {
             redis: None,
             local: Arc::new(LocalStore::default()),
             global: false,
+            decisions: DecisionCounter::new(&BuildEnv::default(), "quota"),
         };
         let (req, _) = http::Request::new(()).into_parts();
         let mut cx = Ctx::for_test();

@@ -16,7 +16,7 @@ use http::{header, HeaderName, HeaderValue, StatusCode};
 use crate::limit::gcra::{Decision, Params};
 use crate::limit::local::LocalStore;
 use crate::limit::redis::RedisStore;
-use crate::limit::{store_key, LimitKey};
+use crate::limit::{store_key, DecisionCounter, LimitKey};
 use crate::plugin::{
     BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead, ResponseHead, Scope,
 };
@@ -44,6 +44,7 @@ struct Limit {
     /// request of this plugin instance (one route, or all routes for a global one), so it is
     /// built once.
     fixed_key: std::sync::OnceLock<String>,
+    decisions: DecisionCounter,
 }
 
 /// A limit's numbers and what identifies them in store keys (a changed limit gets new buckets).
@@ -109,6 +110,7 @@ impl PluginFactory for RateLimit {
             }
             limits.push(Limit {
                 fixed_key: std::sync::OnceLock::new(),
+                decisions: DecisionCounter::new(env, &l.name),
                 name: Arc::from(l.name.as_str()),
                 key: LimitKey::parse(&l.key).map_err(|e| format!("limits[{i}].key: {e}"))?,
                 numbers: Numbers::new(l.rate, l.per.get(), l.burst)
@@ -242,6 +244,7 @@ impl Plugin for RateLimit {
                 let key = store_key("rl", route, &limit.name, &n.fingerprint, &value);
                 self.decide(&key, n.params).await?
             };
+            limit.decisions.count(cx, d.allowed);
             let r = Report {
                 name: limit.name.clone(),
                 rate: n.rate,

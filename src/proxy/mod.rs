@@ -36,6 +36,7 @@ pub async fn handle(
         &conn.listener.name,
         conn.listener.tls.is_some(),
         &request_id,
+        conn.peer.ip(),
     );
     let client_upgrade =
         if req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers()).is_some() {
