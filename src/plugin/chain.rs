@@ -18,6 +18,10 @@ pub static X_ANONYMOUS_CONSUMER: HeaderName = HeaderName::from_static("x-anonymo
 #[derive(Clone, Default)]
 pub struct PluginChain {
     plugins: Arc<[Arc<dyn Plugin>]>,
+    /// The plugins with an upstream-request phase, in run order.
+    upstream: Arc<[Arc<dyn Plugin>]>,
+    /// The plugins with a response phase, in reverse run order (the order they run in).
+    responders: Arc<[Arc<dyn Plugin>]>,
     /// Index after the last authentication plugin, where the caller's identity is settled.
     auth_end: Option<usize>,
     /// Where refusals are counted (`frontdesk_auth_failures_total`), once the route is known.
@@ -43,8 +47,21 @@ impl std::fmt::Debug for PluginChain {
 
 impl PluginChain {
     pub(crate) fn new(plugins: Vec<Arc<dyn Plugin>>, auth_end: Option<usize>) -> Self {
+        let upstream = plugins
+            .iter()
+            .filter(|p| p.phases().upstream_request)
+            .cloned()
+            .collect();
+        let responders = plugins
+            .iter()
+            .rev()
+            .filter(|p| p.phases().response)
+            .cloned()
+            .collect();
         PluginChain {
             plugins: plugins.into(),
+            upstream,
+            responders,
             auth_end,
             refusals: None,
         }
@@ -115,20 +132,24 @@ impl PluginChain {
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<(), PluginError> {
-        for p in self.plugins.iter() {
+        for p in self.upstream.iter() {
             p.upstream_request_filter(req, cx).await?;
         }
         Ok(())
     }
 
-    /// Runs `response_filter` in reverse order, so the outermost plugin sees the final response.
+    /// Runs `response_filter` in reverse order, so the outermost plugin sees the final response,
+    /// then adds the request phase's [`Ctx::response_headers`].
     pub async fn response_filter(
         &self,
         resp: &mut ResponseHead,
         cx: &mut Ctx,
     ) -> Result<(), PluginError> {
-        for p in self.plugins.iter().rev() {
+        for p in self.responders.iter() {
             p.response_filter(resp, cx).await?;
+        }
+        for (name, value) in cx.response_headers.drain(..) {
+            resp.headers.insert(name, value);
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use frontdesk_config::AclConfig;
 use http::StatusCode;
 
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// The `acl` plugin.
 #[derive(Debug)]
@@ -37,6 +37,10 @@ impl PluginFactory for Acl {
 impl Plugin for Acl {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

@@ -15,7 +15,7 @@ use http::{header, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
 use crate::consumer::Consumer;
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// How long a verified password is remembered.
 const VERIFIED_TTL: Duration = Duration::from_secs(60);
@@ -99,6 +99,10 @@ impl BasicAuth {
 impl Plugin for BasicAuth {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

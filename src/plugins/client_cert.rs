@@ -10,7 +10,7 @@ use frontdesk_config::ClientCertConfig;
 use http::{HeaderValue, StatusCode};
 
 use crate::consumer::Consumer;
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// The `client_cert` plugin.
 #[derive(Debug)]
@@ -40,6 +40,10 @@ impl PluginFactory for ClientCertAuth {
 impl Plugin for ClientCertAuth {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

@@ -11,7 +11,9 @@ use http::{header, HeaderValue, StatusCode};
 
 use crate::limit::local::{Counter, LocalStore};
 use crate::limit::{store_key, DecisionCounter, LimitKey};
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead, Scope};
+use crate::plugin::{
+    BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead, Scope,
+};
 
 /// The `concurrency` plugin.
 #[derive(Debug)]
@@ -55,6 +57,10 @@ impl PluginFactory for Concurrency {
 impl Plugin for Concurrency {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use frontdesk_config::{Diagnostic, FieldPath, IpFilterConfig};
 use http::StatusCode;
 
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 use crate::snapshot::parse_nets;
 
 /// The `ip_filter` plugin.
@@ -118,6 +118,10 @@ impl PluginFactory for IpFilter {
 impl Plugin for IpFilter {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

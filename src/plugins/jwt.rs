@@ -35,7 +35,7 @@ use sha2::Digest as _;
 
 use self::jwks::{Jwks, KeyError};
 use crate::consumer::{Consumer, Consumers};
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// Challenge offered when a request carries no bearer token.
 const CHALLENGE: &str = "Bearer realm=\"frontdesk\"";
@@ -174,6 +174,10 @@ impl PluginFactory for Jwt {
 impl Plugin for Jwt {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

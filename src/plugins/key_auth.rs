@@ -12,7 +12,7 @@ use frontdesk_config::KeyAuthConfig;
 use http::{header, HeaderName, HeaderValue, StatusCode, Uri};
 
 use crate::consumer::Consumer;
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// The `key_auth` plugin.
 #[derive(Debug)]
@@ -68,6 +68,10 @@ static CHALLENGE: HeaderValue = HeaderValue::from_static("Key realm=\"frontdesk\
 impl Plugin for KeyAuth {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

@@ -12,7 +12,9 @@ use http::{header, HeaderValue, StatusCode};
 use crate::limit::local::LocalStore;
 use crate::limit::redis::RedisStore;
 use crate::limit::{store_key, DecisionCounter, LimitKey};
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead, Scope};
+use crate::plugin::{
+    BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead, Scope,
+};
 
 /// The `quota` plugin.
 #[derive(Debug)]
@@ -155,6 +157,10 @@ impl Quota {
 impl Plugin for Quota {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

@@ -147,6 +147,7 @@ async fn proxy(
         max_body: None,
         held: Vec::new(),
         ext: http::Extensions::new(),
+        response_headers: Vec::new(),
     };
     if let Some(ex) = ex {
         ex.route = Some(route.name.clone());
