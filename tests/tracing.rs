@@ -103,6 +103,29 @@ async fn receiver() -> (String, Recorded) {
     (format!("http://{addr}"), recorded)
 }
 
+/// A sampled `traceparent` continuing `trace` from the caller's span `PARENT`.
+fn sampled(trace: &str) -> String {
+    format!("00-{trace}-{PARENT}-01")
+}
+
+/// Sends `req` as part of sampled trace `trace`.
+async fn send_sampled(req: reqwest::RequestBuilder, trace: &str) -> reqwest::Response {
+    req.header("traceparent", sampled(trace))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A span's status code; unset when it has none.
+fn status(span: &Span) -> i32 {
+    span.status.clone().unwrap_or_default().code
+}
+
+/// A span's attribute.
+fn span_attr(span: &Span, key: &str) -> Option<String> {
+    attr(&span.attributes, key)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -166,13 +189,13 @@ async fn a_sampled_parent_is_continued_and_the_attempt_span_is_the_upstreams_par
     let (endpoint, rec) = receiver().await;
     let up = echo("users").await;
     let gw = traced(&endpoint, &[up.url()], "").await;
-    let resp = client()
-        .get(gw.url("/users/42"))
-        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
-        .header("tracestate", "vendor=1,other=2")
-        .send()
-        .await
-        .unwrap();
+    let resp = send_sampled(
+        client()
+            .get(gw.url("/users/42"))
+            .header("tracestate", "vendor=1,other=2"),
+        TRACE,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let body = echo_json(resp).await;
     let [version, trace, parent, flags] = traceparent(&body);
@@ -233,40 +256,35 @@ async fn a_retry_gives_two_attempt_spans_under_one_server_span() {
         "    retries: { attempts: 1, on: [connect_failure], backoff: 0s }",
     )
     .await;
-    let resp = client()
-        .get(gw.url("/users"))
-        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
-        .send()
-        .await
-        .unwrap();
+    let resp = send_sampled(client().get(gw.url("/users")), TRACE).await;
     assert_eq!(resp.status(), 200);
     let [_, _, parent, _] = traceparent(&echo_json(resp).await);
 
     let (_, server, attempts) = rec.wait(TRACE, 3).await;
     assert_eq!(
-        attr(&server.attributes, "http.response.status_code").as_deref(),
+        span_attr(&server, "http.response.status_code").as_deref(),
         Some("200")
     );
     let (first, second) = (&attempts[0], &attempts[1]);
     assert!(attempts.iter().all(|a| a.parent_span_id == server.span_id));
     assert_ne!(first.span_id, second.span_id);
-    assert_eq!(attr(&first.attributes, "url.full"), Some(dead));
+    assert_eq!(span_attr(first, "url.full"), Some(dead));
     assert_eq!(
-        attr(&first.attributes, "error.type").as_deref(),
+        span_attr(first, "error.type").as_deref(),
         Some("upstream_connect")
     );
-    assert_eq!(attr(&first.attributes, "http.response.status_code"), None);
-    assert_eq!(first.status.clone().unwrap().code, StatusCode::Error as i32);
-    assert_eq!(attr(&second.attributes, "url.full"), Some(up.url()));
+    assert_eq!(span_attr(first, "http.response.status_code"), None);
+    assert_eq!(status(first), StatusCode::Error as i32);
+    assert_eq!(span_attr(second, "url.full"), Some(up.url()));
     assert_eq!(
-        attr(&second.attributes, "http.response.status_code").as_deref(),
+        span_attr(second, "http.response.status_code").as_deref(),
         Some("200")
     );
     assert_eq!(
-        attr(&second.attributes, "http.request.resend_count").as_deref(),
+        span_attr(second, "http.request.resend_count").as_deref(),
         Some("1")
     );
-    assert_eq!(attr(&second.attributes, "error.type"), None);
+    assert_eq!(span_attr(second, "error.type"), None);
     assert_eq!(
         hex(&second.span_id),
         parent,
@@ -296,11 +314,7 @@ async fn an_unsampled_parent_is_propagated_but_nothing_is_exported() {
 
     // A sampled request after it: once its spans are in, the earlier ones would be too.
     let marker = "0af7651916cd43dd8448eb211c80319c";
-    c.get(gw.url("/users"))
-        .header("traceparent", format!("00-{marker}-{PARENT}-01"))
-        .send()
-        .await
-        .unwrap();
+    send_sampled(c.get(gw.url("/users")), marker).await;
     rec.wait(marker, 2).await;
     assert!(rec.spans(TRACE).is_empty(), "{:#?}", rec.spans(TRACE));
 }
@@ -335,18 +349,17 @@ routes:
 
     // A matched route, a consumer, a query string that must not appear.
     let trace_ok = "11111111111111111111111111111111";
-    let resp = c
-        .get(gw.url("/keyed/7?secret=1"))
-        .header("traceparent", format!("00-{trace_ok}-{PARENT}-01"))
-        .header("x-api-key", "alice-key-0001")
-        .send()
-        .await
-        .unwrap();
+    let resp = send_sampled(
+        c.get(gw.url("/keyed/7?secret=1"))
+            .header("x-api-key", "alice-key-0001"),
+        trace_ok,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let (_, server, attempts) = rec.wait(trace_ok, 2).await;
     assert_eq!(server.name, "GET keyed");
-    let a = |k| attr(&server.attributes, k);
+    let a = |k| span_attr(&server, k);
     assert_eq!(a("http.request.method").as_deref(), Some("GET"));
     assert_eq!(a("url.path").as_deref(), Some("/keyed/7"));
     assert_eq!(a("url.scheme").as_deref(), Some("http"));
@@ -368,13 +381,10 @@ routes:
                 && !format!("{kv:?}").contains("alice-key")),
         "no query string or credential in a span"
     );
-    assert_eq!(
-        server.status.clone().unwrap_or_default().code,
-        StatusCode::Unset as i32
-    );
+    assert_eq!(status(&server), StatusCode::Unset as i32);
     let attempt = &attempts[0];
     assert_eq!(attempt.name, "GET");
-    let b = |k| attr(&attempt.attributes, k);
+    let b = |k| span_attr(attempt, k);
     assert_eq!(b("http.request.method").as_deref(), Some("GET"));
     assert_eq!(b("url.full"), Some(up.url()));
     assert_eq!(b("server.address").as_deref(), Some("127.0.0.1"));
@@ -384,60 +394,44 @@ routes:
     // The gateway answering 502 for a dead upstream, tried twice (a refused connection sent
     // nothing, so even a POST goes again): a server-span error over two failed attempts.
     let trace_bad = "22222222222222222222222222222222";
-    let resp = c
-        .post(gw.url("/broken"))
-        .header("traceparent", format!("00-{trace_bad}-{PARENT}-01"))
-        .send()
-        .await
-        .unwrap();
+    let resp = send_sampled(c.post(gw.url("/broken")), trace_bad).await;
     assert_eq!(resp.status(), 502);
     let (_, server, attempts) = rec.wait(trace_bad, 3).await;
     assert_eq!(server.name, "POST broken");
     assert_eq!(
-        attr(&server.attributes, "http.response.status_code").as_deref(),
+        span_attr(&server, "http.response.status_code").as_deref(),
         Some("502")
     );
     assert_eq!(
-        attr(&server.attributes, "error.type").as_deref(),
+        span_attr(&server, "error.type").as_deref(),
         Some("upstream_connect")
     );
-    assert_eq!(
-        server.status.clone().unwrap().code,
-        StatusCode::Error as i32
-    );
+    assert_eq!(status(&server), StatusCode::Error as i32);
     for a in &attempts {
         assert_eq!(
-            attr(&a.attributes, "error.type").as_deref(),
+            span_attr(a, "error.type").as_deref(),
             Some("upstream_connect")
         );
-        assert_eq!(a.status.clone().unwrap().code, StatusCode::Error as i32);
+        assert_eq!(status(a), StatusCode::Error as i32);
     }
 
     // No route: named by the method alone, a 404 is not a span error.
     let trace_none = "33333333333333333333333333333333";
-    let resp = c
-        .get(gw.url("/nowhere"))
-        .header("traceparent", format!("00-{trace_none}-{PARENT}-01"))
-        .send()
-        .await
-        .unwrap();
+    let resp = send_sampled(c.get(gw.url("/nowhere")), trace_none).await;
     assert_eq!(resp.status(), 404);
     let (_, server, _) = rec.wait(trace_none, 1).await;
     assert_eq!(server.name, "GET");
-    assert_eq!(attr(&server.attributes, "http.route"), None);
+    assert_eq!(span_attr(&server, "http.route"), None);
     assert_eq!(
-        attr(&server.attributes, "http.response.status_code").as_deref(),
+        span_attr(&server, "http.response.status_code").as_deref(),
         Some("404")
     );
-    assert_eq!(attr(&server.attributes, "error.type"), None);
+    assert_eq!(span_attr(&server, "error.type"), None);
     assert_eq!(
-        attr(&server.attributes, "frontdesk.error").as_deref(),
+        span_attr(&server, "frontdesk.error").as_deref(),
         Some("no_route")
     );
-    assert_eq!(
-        server.status.clone().unwrap_or_default().code,
-        StatusCode::Unset as i32
-    );
+    assert_eq!(status(&server), StatusCode::Unset as i32);
 }
 
 #[tokio::test]
@@ -453,7 +447,7 @@ routes:
         up.url()
     )))
     .await;
-    let tp = format!("00-{TRACE}-{PARENT}-01");
+    let tp = sampled(TRACE);
     let body = echo_json(
         client()
             .get(gw.url("/users"))
