@@ -24,7 +24,8 @@ pub use model::plugin::{
 };
 pub use model::RedisConfig;
 pub use model::{
-    AccessLogConfig, AccessLogFormat, AdminConfig, MetricsConfig, ObservabilityConfig, TracingConfig,
+    AccessLogConfig, AccessLogFormat, AdminConfig, MetricsConfig, ObservabilityConfig,
+    TracingConfig,
 };
 pub use model::{
     ActiveHealthConfig, ApiKeyConfig, BasicAuthCredential, CertificateConfig, CircuitBreakerConfig,

@@ -22,7 +22,8 @@ pub use listener_tls::{
     CertificateConfig, ClientAuthConfig, ClientAuthMode, ListenerTlsConfig, TlsVersion,
 };
 pub use observe::{
-    AccessLogConfig, AccessLogFormat, AdminConfig, MetricsConfig, ObservabilityConfig, TracingConfig,
+    AccessLogConfig, AccessLogFormat, AdminConfig, MetricsConfig, ObservabilityConfig,
+    TracingConfig,
 };
 pub use plugin::PluginsConfig;
 pub use route::{MatchConfig, PathMatch, RouteConfig};
