@@ -37,6 +37,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// Global and route plugins in run order.
     pub plugins: PluginChain,
+    /// Its request-duration series (kept across reloads by name).
+    pub series: Arc<crate::observe::metrics::RouteSeries>,
 }
 
 /// A listener's runtime settings.
@@ -195,6 +197,7 @@ impl Snapshot {
             let mut plugins = chain.finish();
             plugins.count_refusals(&name, &metrics);
             let route = Route {
+                series: metrics.route(&name),
                 name,
                 upstream: r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned()),
                 strip_prefix: r.strip_prefix,

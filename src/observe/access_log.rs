@@ -117,7 +117,7 @@ fn render(line: &Line) -> Value {
         "request_id": ex.request_id.to_str().unwrap_or(""),
         "trace_id": ex.trace().map(super::trace::TraceContext::trace_id_hex),
         "listener": &*ex.listener,
-        "route": ex.route.as_deref(),
+        "route": ex.route_name().map(|r| &**r),
         "method": ex.method.as_str(),
         "path": ex.path.as_deref(),
         "status": ex.status,

@@ -181,21 +181,69 @@ pub struct ListenerSeries {
     pub sent: AtomicU64,
 }
 
-/// Key of a server-duration series: route (empty when none matched), method, status.
-type ServerKey = (Arc<str>, &'static str, u16);
+/// Seeded and fast: the maps are keyed by config names and bounded label values.
+type Hasher = foldhash::fast::RandomState;
+
+/// One route's request durations by method and status; found once per snapshot, so a request
+/// hashes only its method and status.
+#[derive(Debug)]
+pub struct RouteSeries {
+    /// The route's name (empty for requests that matched no route).
+    pub name: Arc<str>,
+    by: papaya::HashMap<(&'static str, u16), Histogram, Hasher>,
+}
+
+impl RouteSeries {
+    fn new(name: Arc<str>) -> Self {
+        RouteSeries {
+            name,
+            by: papaya::HashMap::default(),
+        }
+    }
+
+    /// Records a finished request.
+    pub fn observe(&self, method: &'static str, status: u16, d: Duration) {
+        let map = self.by.pin();
+        match map.get(&(method, status)) {
+            Some(h) => h.observe(d),
+            None => map
+                .get_or_insert_with((method, status), Histogram::default)
+                .observe(d),
+        }
+    }
+}
 
 /// Every metric of one gateway process. Shared by all snapshots (counts survive reloads).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    server: papaya::HashMap<ServerKey, Histogram>,
+    server: papaya::HashMap<Arc<str>, Arc<RouteSeries>, Hasher>,
+    /// Requests that matched no route (`route=""`).
+    unmatched: Arc<RouteSeries>,
     active: AtomicI64,
-    counters: papaya::HashMap<(Family, Labels3), Arc<AtomicU64>>,
-    upstreams: papaya::HashMap<Arc<str>, Arc<UpstreamSeries>>,
-    listeners: papaya::HashMap<Arc<str>, Arc<ListenerSeries>>,
+    counters: papaya::HashMap<(Family, Labels3), Arc<AtomicU64>, Hasher>,
+    upstreams: papaya::HashMap<Arc<str>, Arc<UpstreamSeries>, Hasher>,
+    listeners: papaya::HashMap<Arc<str>, Arc<ListenerSeries>, Hasher>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_ok_unix: AtomicU64,
     access_log_dropped: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            server: papaya::HashMap::default(),
+            unmatched: Arc::new(RouteSeries::new(Arc::from(""))),
+            active: AtomicI64::default(),
+            counters: papaya::HashMap::default(),
+            upstreams: papaya::HashMap::default(),
+            listeners: papaya::HashMap::default(),
+            reloads_ok: AtomicU64::default(),
+            reloads_failed: AtomicU64::default(),
+            last_reload_ok_unix: AtomicU64::default(),
+            access_log_dropped: AtomicU64::default(),
+        }
+    }
 }
 
 /// Marks one request active until dropped (`http_server_active_requests`).
@@ -215,14 +263,17 @@ impl Metrics {
         Active(self.clone())
     }
 
-    /// Records a finished request.
-    pub fn request(&self, route: &Arc<str>, method: &'static str, status: u16, d: Duration) {
-        let map = self.server.pin();
-        let key = (route.clone(), method, status);
-        match map.get(&key) {
-            Some(h) => h.observe(d),
-            None => map.get_or_insert_with(key, Histogram::default).observe(d),
-        }
+    /// The duration series of route `name` (created on first use, kept across reloads).
+    pub fn route(&self, name: &Arc<str>) -> Arc<RouteSeries> {
+        self.server
+            .pin()
+            .get_or_insert_with(name.clone(), || Arc::new(RouteSeries::new(name.clone())))
+            .clone()
+    }
+
+    /// The series of requests that matched no route.
+    pub fn unmatched(&self) -> &Arc<RouteSeries> {
+        &self.unmatched
     }
 
     /// The counter of `family` with these label values, created at zero on first use. Keep the
@@ -295,17 +346,6 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
-
-    #[cfg(test)]
-    fn server_count(&self, route: &str, method: &str, status: u16) -> u64 {
-        let key = (Arc::from(route), method_label_static(method), status);
-        self.server.pin().get(&key).map_or(0, Histogram::count)
-    }
-}
-
-#[cfg(test)]
-fn method_label_static(m: &str) -> &'static str {
-    method_label(&http::Method::from_bytes(m.as_bytes()).unwrap_or(http::Method::GET))
 }
 
 /// The content type of [`Metrics::render`]'s output.
@@ -361,13 +401,16 @@ impl Collector for Scrape {
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
-            for ((route, method, status), h) in m.server.pin().iter() {
-                let labels = [
-                    ("route", route.to_string()),
-                    ("method", (*method).to_string()),
-                    ("status", status.to_string()),
-                ];
-                h.encode(d.encode_family(&labels)?)?;
+            let server = m.server.pin();
+            for series in std::iter::once(&m.unmatched).chain(server.values()) {
+                for ((method, status), h) in series.by.pin().iter() {
+                    let labels = [
+                        ("route", series.name.to_string()),
+                        ("method", (*method).to_string()),
+                        ("status", status.to_string()),
+                    ];
+                    h.encode(d.encode_family(&labels)?)?;
+                }
             }
         }
         gauge_family(
@@ -566,13 +609,21 @@ mod tests {
     #[test]
     fn request_counts_are_exact_per_series() {
         let m = Metrics::default();
-        let r: Arc<str> = Arc::from("users");
+        let r = m.route(&Arc::from("users"));
         for _ in 0..7 {
-            m.request(&r, "GET", 200, Duration::from_millis(1));
+            r.observe("GET", 200, Duration::from_millis(1));
         }
-        m.request(&r, "POST", 201, Duration::from_millis(1));
-        assert_eq!(m.server_count("users", "GET", 200), 7);
-        assert_eq!(m.server_count("users", "POST", 201), 1);
-        assert_eq!(m.server_count("users", "GET", 500), 0);
+        r.observe("POST", 201, Duration::from_millis(1));
+        let again = m.route(&Arc::from("users"));
+        let count = |method, status| {
+            again
+                .by
+                .pin()
+                .get(&(method, status))
+                .map_or(0, Histogram::count)
+        };
+        assert_eq!(count("GET", 200), 7);
+        assert_eq!(count("POST", 201), 1);
+        assert_eq!(count("GET", 500), 0);
     }
 }

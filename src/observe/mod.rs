@@ -20,7 +20,7 @@ use http::{HeaderValue, Method, Version};
 
 use crate::error::ErrorKind;
 use access_log::AccessLog;
-use metrics::{Family, Metrics};
+use metrics::{Family, Metrics, RouteSeries};
 use trace::TraceContext;
 
 /// One upstream attempt, kept for its trace span.
@@ -75,8 +75,8 @@ pub struct Exchange {
     pub tls: bool,
     /// The request id sent upstream and back.
     pub request_id: HeaderValue,
-    /// The matched route; `None` when no route matched.
-    pub route: Option<Arc<str>>,
+    /// The matched route (its name and duration series); `None` when no route matched.
+    pub route: Option<Arc<RouteSeries>>,
     /// The client: the peer, or once a route matched, the client trusted proxies name.
     pub client_ip: Option<IpAddr>,
     /// The identified consumer.
@@ -96,6 +96,11 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// The matched route's name.
+    pub fn route_name(&self) -> Option<&Arc<str>> {
+        self.route.as_ref().map(|r| &r.name)
+    }
+
     /// The request's trace, if it has one.
     pub fn trace(&self) -> Option<&TraceContext> {
         self.call.trace.as_ref()
@@ -220,13 +225,8 @@ impl Observer {
     pub fn finish(&self, ex: Box<Exchange>, bytes_out: u64) {
         let duration = ex.started.elapsed();
         if self.metrics_on {
-            let route = ex.route.clone().unwrap_or_else(|| Arc::from(""));
-            self.metrics.request(
-                &route,
-                metrics::method_label(&ex.method),
-                ex.status,
-                duration,
-            );
+            let series = ex.route.as_ref().unwrap_or(self.metrics.unmatched());
+            series.observe(metrics::method_label(&ex.method), ex.status, duration);
             if self.consumer_label {
                 if let Some(c) = &ex.consumer {
                     let class = match ex.status {
@@ -238,7 +238,7 @@ impl Observer {
                     };
                     self.metrics.inc(
                         Family::ConsumerRequests,
-                        [c.clone(), route, Arc::from(class)],
+                        [c.clone(), series.name.clone(), Arc::from(class)],
                     );
                 }
             }

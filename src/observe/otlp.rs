@@ -136,7 +136,7 @@ impl Exporter {
                 .map_or(SpanId::INVALID, SpanId::from_bytes),
             parent_span_is_remote: trace.parent_span_id.is_some(),
             span_kind: SpanKind::Server,
-            name: method.span_name(ex.route.as_deref()),
+            name: method.span_name(ex.route_name().map(|r| &**r)),
             start_time: ex.ts,
             end_time: ex.ts + duration,
             attributes: server_attributes(&method, ex),
@@ -256,7 +256,7 @@ fn server_attributes(method: &Semconv, ex: &Exchange) -> Vec<KeyValue> {
         "network.protocol.version",
         protocol_version(ex.version),
     ));
-    if let Some(r) = &ex.route {
+    if let Some(r) = ex.route_name() {
         attrs.push(KeyValue::new("http.route", r.clone()));
     }
     attrs.push(KeyValue::new(

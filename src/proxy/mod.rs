@@ -150,7 +150,7 @@ async fn proxy(
         response_headers: Vec::new(),
     };
     if let Some(ex) = ex {
-        ex.route = Some(route.name.clone());
+        ex.route = Some(route.series.clone());
         ex.client_ip = Some(cx.client_ip);
         ex.upstream = route.upstream.as_ref().map(|u| u.name.clone());
     }
