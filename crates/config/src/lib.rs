@@ -6,6 +6,7 @@
 
 mod env;
 pub mod model;
+mod redact;
 mod units;
 mod validate;
 
@@ -24,7 +25,8 @@ pub use model::plugin::{
 };
 pub use model::RedisConfig;
 pub use model::{
-    AccessLogConfig, AccessLogFormat, AdminConfig, MetricsConfig, ObservabilityConfig, TracingConfig,
+    AccessLogConfig, AccessLogFormat, AdminConfig, MetricsConfig, ObservabilityConfig,
+    TracingConfig,
 };
 pub use model::{
     ActiveHealthConfig, ApiKeyConfig, BasicAuthCredential, CertificateConfig, CircuitBreakerConfig,
@@ -34,6 +36,7 @@ pub use model::{
     ServerConfig, TargetConfig, TimeoutsConfig, TlsVersion, UpstreamConfig, UpstreamProtocol,
     UpstreamTlsConfig,
 };
+pub use redact::REDACTED;
 pub use units::{ByteSize, Dur};
 
 /// How bad a [`Diagnostic`] is.
