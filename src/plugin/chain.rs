@@ -37,6 +37,11 @@ impl PluginChain {
         }
     }
 
+    /// The plugins' kinds, in run order.
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.plugins.iter().map(|p| p.kind())
+    }
+
     /// True when the route has no plugins (the proxy then skips every phase).
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
