@@ -71,6 +71,90 @@ pub struct Hit<'a, R> {
     pub strip_len: usize,
 }
 
+/// A whole explanation, as the admin API returns it and `frontdesk explain --json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    /// The request as the router saw it.
+    pub request: RequestSummary,
+    /// The route taken; `null` when none matches (the proxy answers 404).
+    pub matched: Option<MatchedRoute>,
+    /// Routes passed over before the match (or all of them), in the order considered.
+    pub considered: Vec<Rejection>,
+}
+
+/// The request part of an [`Explanation`].
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestSummary {
+    /// The method.
+    pub method: String,
+    /// The host routed on, lowercased and without port.
+    pub host: Option<String>,
+    /// The path.
+    pub path: String,
+    /// The query, without `?`.
+    pub query: Option<String>,
+}
+
+/// The route a request takes, and where it goes from there.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatchedRoute {
+    /// The route's name.
+    pub route: String,
+    /// The path rule that matched, as written (`prefix /users`).
+    pub rule: String,
+    /// Plugin kinds in the order they run (global ones included).
+    pub plugins: Vec<String>,
+    /// The upstream the request is forwarded to; `null` when a plugin answers.
+    pub upstream: Option<String>,
+    /// The path and query the upstream receives (after `strip_prefix`).
+    pub upstream_path: Option<String>,
+}
+
+impl std::fmt::Display for Explanation {
+    /// The human form `frontdesk explain` prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.request;
+        let query = r
+            .query
+            .as_deref()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        writeln!(
+            f,
+            "request: {} {}{}{query}",
+            r.method,
+            r.host.as_deref().unwrap_or("(no host)"),
+            r.path
+        )?;
+        match &self.matched {
+            Some(m) => {
+                writeln!(f, "matched: route {:?} ({})", m.route, m.rule)?;
+                let plugins = if m.plugins.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    m.plugins.join(" -> ")
+                };
+                writeln!(f, "plugins: {plugins}")?;
+                match (&m.upstream, &m.upstream_path) {
+                    (Some(u), Some(p)) => writeln!(f, "upstream: {u} {p}")?,
+                    _ => writeln!(f, "upstream: (none; a plugin answers)")?,
+                }
+            }
+            None => writeln!(f, "matched: no route (the gateway answers 404)")?,
+        }
+        if !self.considered.is_empty() {
+            writeln!(f, "passed over:")?;
+        }
+        for c in &self.considered {
+            match &c.rule {
+                Some(rule) => writeln!(f, "  - {:?} ({rule}): {}", c.route, c.reason)?,
+                None => writeln!(f, "  - {:?}: {}", c.route, c.reason)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ExplainRequest {
     /// A request from its parts; `path` may carry `?query`, each header is `name: value`.
     pub fn new(
@@ -218,6 +302,28 @@ impl<R> RouteTable<R> {
             matched: None,
             rejected,
         }
+    }
+
+    /// Every route once, in match order: by host group (exact hosts in name order, wildcards
+    /// longest suffix first, then routes without hosts) and path priority inside each; the
+    /// route's declaration index comes with it.
+    pub fn ranked(&self) -> Vec<(usize, &R)> {
+        let mut exact: Vec<(&String, &Vec<usize>)> = self.exact_hosts.iter().collect();
+        exact.sort_by(|a, b| a.0.cmp(b.0));
+        let lists = exact
+            .into_iter()
+            .map(|(_, l)| l)
+            .chain(self.wildcard_hosts.iter().map(|(_, l)| l))
+            .chain(std::iter::once(&self.any_host));
+        let mut seen = vec![false; self.routes.len()];
+        let mut out = Vec::new();
+        for &e in lists.flatten() {
+            let r = self.entries[e].route;
+            if !std::mem::replace(&mut seen[r], true) {
+                out.push((r, &self.routes[r].payload));
+            }
+        }
+        out
     }
 
     /// `first_in`'s checks for one entry, in its order, saying which one failed.

@@ -14,7 +14,10 @@ use frontdesk_config::{Diagnostic, FieldPath, PathMatch, RouteConfig};
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
-pub use explain::{stripped_path, ExplainError, ExplainRequest, Hit, Rejection, TableExplanation};
+pub use explain::{
+    stripped_path, ExplainError, ExplainRequest, Explanation, Hit, MatchedRoute, Rejection,
+    RequestSummary, TableExplanation,
+};
 use path::{PathRule, Template};
 
 /// A compiled route table whose routes carry a payload `R` (the snapshot's runtime route).
@@ -333,7 +336,7 @@ impl HostKey {
 }
 
 /// Lowercases and drops the port (and IPv6 brackets' port) from a `Host` value.
-fn normalize_host(h: &str) -> std::borrow::Cow<'_, str> {
+pub fn normalize_host(h: &str) -> std::borrow::Cow<'_, str> {
     let without_port = if h.starts_with('[') {
         match h.find(']') {
             Some(end) => &h[..=end],
