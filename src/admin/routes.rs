@@ -85,7 +85,12 @@ pub(crate) fn router(state: AdminState) -> Router {
     let mut open = Router::new();
     let mut guarded = Router::new();
     for e in endpoints() {
-        tracing::trace!(method = e.method, path = e.path, open = e.open, "admin route");
+        tracing::trace!(
+            method = e.method,
+            path = e.path,
+            open = e.open,
+            "admin route"
+        );
         if e.open {
             open = open.route(e.path, e.handler);
         } else {
