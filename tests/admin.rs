@@ -100,6 +100,15 @@ async fn admin_gateway(yaml: &str, token: Option<&str>) -> (TestGateway, Admin) 
     (gw, Admin::of(addr, token))
 }
 
+/// A gateway on [`routes_config`] (answering `/hello` with `hello`) and its admin API, token
+/// [`TOKEN`].
+async fn routed(hello: &str) -> (common::Upstream, TestGateway, Admin) {
+    let up = echo("users").await;
+    let yaml = with_admin(&routes_config(&up.url(), hello), Some(TOKEN));
+    let (gw, admin) = admin_gateway(&yaml, Some(TOKEN)).await;
+    (up, gw, admin)
+}
+
 fn messages(v: &Value, key: &str) -> Vec<(String, String)> {
     v[key]
         .as_array()
@@ -122,12 +131,7 @@ fn messages(v: &Value, key: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn livez_readyz_and_metrics_are_open_and_everything_else_needs_the_token() {
-    let up = echo("users").await;
-    let (gw, admin) = admin_gateway(
-        &with_admin(&routes_config(&up.url(), "hi"), Some(TOKEN)),
-        Some(TOKEN),
-    )
-    .await;
+    let (up, gw, admin) = routed("hi").await;
     let anon = Admin::of(gw.gw.admin_addr().unwrap(), None);
     let wrong = Admin::of(gw.gw.admin_addr().unwrap(), Some("not-the-token"));
 
@@ -319,12 +323,7 @@ routes:
 
 #[tokio::test]
 async fn validate_answers_warnings_or_every_error_with_its_path() {
-    let up = echo("users").await;
-    let (gw, admin) = admin_gateway(
-        &with_admin(&routes_config(&up.url(), "hi"), Some(TOKEN)),
-        Some(TOKEN),
-    )
-    .await;
+    let (up, gw, admin) = routed("hi").await;
     let valid = routes_config(&up.url(), "changed");
     let (status, v) = admin
         .send(reqwest::Method::POST, "/config/validate", &config(&valid))
@@ -422,12 +421,7 @@ async fn put_config_that_is_invalid_changes_nothing() {
 
 #[tokio::test]
 async fn post_reload_rereads_the_file() {
-    let up = echo("users").await;
-    let (gw, admin) = admin_gateway(
-        &with_admin(&routes_config(&up.url(), "one"), Some(TOKEN)),
-        Some(TOKEN),
-    )
-    .await;
+    let (up, gw, admin) = routed("one").await;
     gw.rewrite(&with_admin(&routes_config(&up.url(), "two"), Some(TOKEN)))
         .await;
     let (status, v) = admin.send(reqwest::Method::POST, "/reload", "").await;
@@ -612,12 +606,7 @@ async fn put_config_applies_saves_and_survives_a_restart() {
 
 #[tokio::test]
 async fn routes_are_listed_in_match_order_with_their_plugins() {
-    let up = echo("users").await;
-    let (_gw, admin) = admin_gateway(
-        &with_admin(&routes_config(&up.url(), "hi"), Some(TOKEN)),
-        Some(TOKEN),
-    )
-    .await;
+    let (_up, _gw, admin) = routed("hi").await;
     let (status, v) = admin.get("/routes").await;
     assert_eq!(status, 200);
     let names: Vec<&str> = v
@@ -697,12 +686,7 @@ routes:
 
 #[tokio::test]
 async fn explain_names_the_route_plugins_upstream_and_why_others_did_not_match() {
-    let up = echo("users").await;
-    let (_gw, admin) = admin_gateway(
-        &with_admin(&routes_config(&up.url(), "hi"), Some(TOKEN)),
-        Some(TOKEN),
-    )
-    .await;
+    let (_up, _gw, admin) = routed("hi").await;
     let (status, v) = admin
         .get("/explain?method=GET&host=api.example.com&path=%2Fusers%2F42%3Fa%3D1&header=x-api-version:2")
         .await;
