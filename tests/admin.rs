@@ -109,6 +109,18 @@ async fn routed(hello: &str) -> (common::Upstream, TestGateway, Admin) {
     (up, gw, admin)
 }
 
+/// The body of a plain `GET url`.
+async fn body(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn messages(v: &Value, key: &str) -> Vec<(String, String)> {
     v[key]
         .as_array()
@@ -403,16 +415,8 @@ async fn put_config_that_is_invalid_changes_nothing() {
     );
     assert_eq!(std::fs::read(gw.path()).unwrap(), on_disk, "file untouched");
     assert_eq!(gw.gw.snapshot().generation, 1);
-    let hello = client().get(gw.url("/hello")).send().await.unwrap();
-    assert_eq!(hello.text().await.unwrap(), "before");
-    let m = client()
-        .get(format!("{}/metrics", admin.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(body(&gw.url("/hello")).await, "before");
+    let m = body(&format!("{}/metrics", admin.base)).await;
     assert!(
         m.contains("frontdesk_config_reloads_total{result=\"failure\"} 1"),
         "{m}"
@@ -426,22 +430,14 @@ async fn post_reload_rereads_the_file() {
         .await;
     let (status, v) = admin.send(reqwest::Method::POST, "/reload", "").await;
     assert_eq!((status, &v["generation"]), (200, &json!(2)), "{v}");
-    let hello = client().get(gw.url("/hello")).send().await.unwrap();
-    assert_eq!(hello.text().await.unwrap(), "two");
+    assert_eq!(body(&gw.url("/hello")).await, "two");
 
     gw.rewrite("version: 1\nroutes: nope\n").await;
     let (status, v) = admin.send(reqwest::Method::POST, "/reload", "").await;
     assert_eq!((status, &v["valid"]), (422, &json!(false)), "{v}");
     assert!(!messages(&v, "errors").is_empty());
     assert_eq!(gw.gw.snapshot().generation, 2);
-    let m = client()
-        .get(format!("{}/metrics", admin.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = body(&format!("{}/metrics", admin.base)).await;
     assert!(
         m.contains("frontdesk_config_reloads_total{result=\"success\"} 1"),
         "{m}"
@@ -534,32 +530,12 @@ async fn put_config_applies_saves_and_survives_a_restart() {
     .unwrap();
     let admin = Admin::of(bin.admin, Some(TOKEN));
     let hello = format!("http://{}/hello", bin.proxy);
-    assert_eq!(
-        client()
-            .get(&hello)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "before"
-    );
+    assert_eq!(body(&hello).await, "before");
 
     let new = with_admin(&routes_config(&up.url(), "after"), Some(TOKEN));
     let (status, v) = admin.send(reqwest::Method::PUT, "/config", &new).await;
     assert_eq!((status, &v["generation"]), (200, &json!(2)), "{v}");
-    assert_eq!(
-        client()
-            .get(&hello)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "after"
-    );
+    assert_eq!(body(&hello).await, "after");
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         new,
@@ -587,14 +563,7 @@ async fn put_config_applies_saves_and_survives_a_restart() {
     .unwrap();
     let hello = format!("http://{}/hello", bin.proxy);
     assert_eq!(
-        client()
-            .get(&hello)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
+        body(&hello).await,
         "after",
         "a restart keeps the config that was PUT"
     );
