@@ -5,6 +5,13 @@
 #
 #   bench/callgrind.sh [FRONTDESK_BIN] [N]      (defaults: target/release/frontdesk, 5000)
 #
+# Options (environment), to count what a feature costs against the same run without it:
+#   PLUGINS   the route's plugins, a YAML flow mapping, e.g.
+#             PLUGINS='{ rate_limit: { limits: [{ name: all, key: route, rate: 100000000, per: 1s }] } }'
+#   OBSERVE   the observability section, a YAML flow mapping (default: metrics on, no access log),
+#             e.g. OBSERVE='{ metrics: { enabled: false } }' or
+#             OBSERVE='{ access_log: { output: /tmp/access.log } }'
+#
 # Needs valgrind, nginx and h2load (apt-get install -y valgrind nginx-light nghttp2-client).
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +30,8 @@ version: 1
 server: { worker_threads: 1 }
 listeners: [{ name: bench, address: "127.0.0.1:$FD" }]
 upstreams: { origin: { targets: [{ url: "http://127.0.0.1:$UP" }] } }
-routes: [{ name: all, match: { paths: ["/"] }, upstream: origin }]
+routes: [{ name: all, match: { paths: ["/"] }, upstream: origin, plugins: ${PLUGINS:-{\}} }]
+observability: ${OBSERVE:-{\}}
 YAML
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::observe::{Exchange, Observer};
 use crate::server::InflightGuard;
 use crate::upstream::Lease;
 
@@ -23,6 +24,8 @@ pub struct RequestBody {
     limit: u64,
     /// Fired (or dropped) when the body has been sent completely, to start the response timer.
     on_end: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Where the bytes read are reported, when the request is observed.
+    counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// A body that went over the listener's size limit mid-stream.
@@ -38,6 +41,7 @@ impl RequestBody {
             seen: 0,
             limit,
             on_end: None,
+            counted: None,
         }
     }
 
@@ -48,7 +52,14 @@ impl RequestBody {
             seen: 0,
             limit: u64::MAX,
             on_end: None,
+            counted: None,
         }
+    }
+
+    /// Adds the bytes read to `counter` (the access log's `bytes_in`).
+    pub fn counting(mut self, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.counted = Some(counter);
+        self
     }
 
     /// Signals `tx` when the last byte has been read (or the body is dropped).
@@ -75,6 +86,7 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
+                    crate::observe::count(&this.counted, d.len());
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
@@ -112,6 +124,16 @@ pub struct ResponseBody {
     lease: Option<Lease>,
     /// Plugin values released with the body (concurrency slots).
     held: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// The request's record, finished when the body ends or is dropped.
+    record: Option<Record>,
+}
+
+/// An exchange waiting for its response body to end, and the body bytes sent so far.
+#[derive(Debug)]
+struct Record {
+    observer: std::sync::Arc<Observer>,
+    exchange: Box<Exchange>,
+    sent: u64,
 }
 
 #[derive(Debug)]
@@ -128,6 +150,7 @@ impl ResponseBody {
             _guard: None,
             lease: Some(lease),
             held: Vec::new(),
+            record: None,
         }
     }
 
@@ -139,6 +162,7 @@ impl ResponseBody {
             _guard: None,
             lease: None,
             held: Vec::new(),
+            record: None,
         }
     }
 
@@ -149,6 +173,7 @@ impl ResponseBody {
             _guard: None,
             lease: None,
             held: Vec::new(),
+            record: None,
         }
     }
 
@@ -156,6 +181,22 @@ impl ResponseBody {
     pub fn holding(mut self, held: Vec<Box<dyn std::any::Any + Send + Sync>>) -> Self {
         self.held = held;
         self
+    }
+
+    /// Attaches the request's record, finished by `observer` when the body is done or dropped.
+    pub fn observed(mut self, observer: std::sync::Arc<Observer>, exchange: Box<Exchange>) -> Self {
+        self.record = Some(Record {
+            observer,
+            exchange,
+            sent: 0,
+        });
+        self
+    }
+
+    fn finish_record(&mut self) {
+        if let Some(r) = self.record.take() {
+            r.observer.finish(r.exchange, r.sent);
+        }
     }
 
     /// Attaches the in-flight guard, released when the body is done or dropped.
@@ -178,14 +219,23 @@ impl Body for ResponseBody {
             Kind::Upstream(b) => boxed(Pin::new(b).poll_frame(cx)),
             Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
-        if let Poll::Ready(None) = out {
-            // The upstream connection is reusable once its body ended; release the
-            // downstream connection's in-flight mark as soon as the last frame is out.
-            if let Some(l) = this.lease.take() {
-                l.finish();
+        match &out {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(r), Some(d)) = (&mut this.record, frame.data_ref()) {
+                    r.sent += d.len() as u64;
+                }
             }
-            this.held.clear();
-            this._guard = None;
+            Poll::Ready(None) => {
+                // The upstream connection is reusable once its body ended; release the
+                // downstream connection's in-flight mark as soon as the last frame is out.
+                if let Some(l) = this.lease.take() {
+                    l.finish();
+                }
+                this.held.clear();
+                this._guard = None;
+                this.finish_record();
+            }
+            _ => {}
         }
         out
     }
@@ -214,6 +264,8 @@ impl Drop for ResponseBody {
                 l.finish();
             }
         }
+        // A body never polled (HEAD, 204, 304) or abandoned by the client still ends the record.
+        self.finish_record();
     }
 }
 

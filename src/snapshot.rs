@@ -12,7 +12,8 @@ use http::HeaderValue;
 
 use crate::consumer::Consumers;
 use crate::limit::redis::RedisStore;
-use crate::observe::metrics::Metrics;
+use crate::observe::metrics::{ListenerSeries, Metrics};
+use crate::observe::Observer;
 use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, Scope};
 use crate::plugins;
 use crate::route::{
@@ -58,6 +59,8 @@ pub struct ListenerSpec {
     pub redirect_https: bool,
     /// Peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connection and byte counters, kept across reloads by name.
+    pub series: Arc<ListenerSeries>,
     /// The address the socket is bound to, once it is (differs from `address` with port 0).
     /// Shared with the next generation's spec while the listener keeps its socket.
     pub bound: Arc<OnceLock<SocketAddr>>,
@@ -93,6 +96,8 @@ pub struct Snapshot {
     pub metrics: Arc<Metrics>,
     /// When this generation was built (it goes live right after).
     pub loaded_at: std::time::SystemTime,
+    /// Records finished requests (metrics, access log, traces).
+    pub observer: Arc<Observer>,
     /// Background tasks of this generation (active health checks), aborted when it is retired.
     background: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -127,7 +132,12 @@ impl Snapshot {
         let mut upstreams = HashMap::new();
         for (name, up) in &cfg.upstreams {
             let prev_up = prev.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
-            match Upstream::build(name, up, prev_up) {
+            match Upstream::build(
+                name,
+                up,
+                prev_up,
+                metrics.upstream(&Arc::from(name.as_str())),
+            ) {
                 Ok(u) => {
                     upstreams.insert(name.clone(), Arc::new(u));
                 }
@@ -178,6 +188,8 @@ impl Snapshot {
             consumers,
             redis: redis.clone(),
             scope: Scope::Global,
+            metrics: metrics.clone(),
+            route: None,
         };
         let mut global = ChainBuilder::new(env.clone());
         plugins::register_all(
@@ -190,7 +202,11 @@ impl Snapshot {
 
         let mut routes = Vec::new();
         for (i, r) in cfg.routes.iter().enumerate() {
-            let mut chain = ChainBuilder::new(env.clone());
+            let name: Arc<str> = Arc::from(r.name.as_str());
+            let mut chain = ChainBuilder::new(BuildEnv {
+                route: Some(name.clone()),
+                ..env.clone()
+            });
             chain.extend_from(&global);
             plugins::register_all(
                 &mut chain,
@@ -199,12 +215,14 @@ impl Snapshot {
                 &root.key("routes").index(i).key("plugins"),
             );
             errs.append(&mut chain.errors);
+            let mut plugins = chain.finish();
+            plugins.count_refusals(&name, &metrics);
             let route = Route {
-                name: Arc::from(r.name.as_str()),
+                name,
                 upstream: r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned()),
                 strip_prefix: r.strip_prefix,
                 preserve_host: r.preserve_host,
-                plugins: chain.finish(),
+                plugins,
             };
             routes.push((r.clone(), route));
         }
@@ -252,8 +270,10 @@ impl Snapshot {
                 .filter(|p| p.address == address)
                 .map(|p| p.bound.clone())
                 .unwrap_or_default();
+            let name: Arc<str> = Arc::from(l.name.as_str());
             listeners.push(Arc::new(ListenerSpec {
-                name: Arc::from(l.name.as_str()),
+                series: metrics.listener(&name),
+                name,
                 address,
                 tls,
                 redirect_https: l.redirect_https,
@@ -273,6 +293,23 @@ impl Snapshot {
                 max_body: l.limits.max_request_body.map(|b| b.0),
             }));
         }
+        // Only once everything else is valid: starting an access-log writer or an exporter for a
+        // config that is refused would be wasted.
+        let observer = if errs.is_empty() {
+            match Observer::build(
+                &cfg.observability,
+                metrics.clone(),
+                prev.map(|p| p.observer.as_ref()),
+            ) {
+                Ok(o) => Some(Arc::new(o)),
+                Err(e) => {
+                    errs.push(Diagnostic::error("observability", e));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let via = HeaderValue::from_str(&format!("1.1 {}", cfg.server.via))
             .map_err(|_| vec![Diagnostic::error("server.via", "invalid header value")])?;
         match table {
@@ -288,6 +325,8 @@ impl Snapshot {
                     redis,
                     metrics,
                     loaded_at: std::time::SystemTime::now(),
+                    observer: observer
+                        .unwrap_or_else(|| Arc::new(Observer::metrics_only(Arc::default()))),
                     background: Default::default(),
                 },
                 warnings,

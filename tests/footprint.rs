@@ -29,6 +29,7 @@ async fn the_task_of_a_connection_stays_under_a_kilobyte() {
         redirect_https: false,
         trusted_proxies: Vec::new(),
         bound: Default::default(),
+        series: Default::default(),
     };
     let cfg = frontdesk::config::load_str("version: 1\n", &|_| None)
         .expect("config")

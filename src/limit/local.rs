@@ -14,10 +14,13 @@ use super::gcra::{self, Decision, Params};
 /// TATs (microseconds, process clock) by bucket key.
 #[derive(Debug, Default)]
 pub struct LocalStore {
-    buckets: papaya::HashMap<Box<str>, Arc<AtomicU64>>,
+    buckets: papaya::HashMap<Box<str>, AtomicU64, Hasher>,
     /// Quota and concurrency counters by key.
-    counters: papaya::HashMap<Box<str>, Arc<Counter>>,
+    counters: papaya::HashMap<Box<str>, Arc<Counter>, Hasher>,
 }
+
+/// Randomly seeded per process, fast on short keys.
+type Hasher = foldhash::fast::RandomState;
 
 /// A shared count, forgotten after `expires_us` (0: when idle at zero).
 #[derive(Debug, Default)]
@@ -59,11 +62,10 @@ impl LocalStore {
     /// Takes one token from bucket `key`.
     pub fn take(&self, key: &str, p: Params) -> Decision {
         let buckets = self.buckets.pin();
+        // Borrowed under the pin guard: no reference count is touched per request.
         let cell = match buckets.get(key) {
-            Some(c) => c.clone(),
-            None => buckets
-                .get_or_insert_with(key.into(), || Arc::new(AtomicU64::new(0)))
-                .clone(),
+            Some(c) => c,
+            None => buckets.get_or_insert_with(key.into(), || AtomicU64::new(0)),
         };
         let now = now_us();
         let mut cur = cell.load(Ordering::Acquire);

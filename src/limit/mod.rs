@@ -8,7 +8,15 @@ pub mod redis;
 
 use http::HeaderName;
 
-use crate::plugin::{Ctx, RequestHead};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use crate::observe::metrics::{Family, Metrics};
+use crate::plugin::{BuildEnv, Ctx, RequestHead};
+
+/// The `decision` label values, made once.
+static DECISIONS: LazyLock<[Arc<str>; 2]> =
+    LazyLock::new(|| [Arc::from("allowed"), Arc::from("rejected")]);
 
 /// What a limit counts per.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -72,5 +80,53 @@ pub fn bucket_scope(global: bool, cx: &Ctx) -> &str {
         "*"
     } else {
         &cx.route
+    }
+}
+
+/// Counts one limit's decisions in `frontdesk_ratelimit_decisions_total{route,limit,decision}`.
+/// A route plugin's counters are found once, when it is built; a global plugin runs on every
+/// route, so it finds the route's counter per decision.
+#[derive(Debug)]
+pub struct DecisionCounter {
+    limit: Arc<str>,
+    metrics: Arc<Metrics>,
+    /// Allowed and rejected, for a route plugin.
+    fixed: Option<[Arc<AtomicU64>; 2]>,
+}
+
+impl DecisionCounter {
+    /// The counters of limit `limit` of a plugin built with `env`.
+    pub fn new(env: &BuildEnv, limit: &str) -> DecisionCounter {
+        let limit: Arc<str> = Arc::from(limit);
+        let fixed = env.route.as_ref().map(|route| {
+            DECISIONS.clone().map(|d| {
+                env.metrics.counter(
+                    Family::RatelimitDecisions,
+                    [route.clone(), limit.clone(), d],
+                )
+            })
+        });
+        DecisionCounter {
+            limit,
+            metrics: env.metrics.clone(),
+            fixed,
+        }
+    }
+
+    /// Counts one decision on the request's route.
+    pub fn count(&self, cx: &Ctx, allowed: bool) {
+        match &self.fixed {
+            Some(c) => {
+                c[usize::from(!allowed)].fetch_add(1, Ordering::Relaxed);
+            }
+            None => self.metrics.inc(
+                Family::RatelimitDecisions,
+                [
+                    cx.route.clone(),
+                    self.limit.clone(),
+                    DECISIONS[usize::from(!allowed)].clone(),
+                ],
+            ),
+        }
     }
 }

@@ -78,14 +78,19 @@ impl Histogram {
     }
 
     fn encode(&self, mut enc: MetricEncoder<'_>) -> std::fmt::Result {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(15);
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            buckets.push((DURATION_BUCKETS.get(i).copied().unwrap_or(f64::MAX), cumulative));
-        }
+        // Per-bucket counts: the encoder makes them cumulative.
+        let buckets: Vec<(f64, u64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let bound = DURATION_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+                (bound, c.load(Ordering::Relaxed))
+            })
+            .collect();
+        let count = buckets.iter().map(|b| b.1).sum();
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        enc.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        enc.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 }
 
@@ -461,7 +466,11 @@ impl Collector for Scrape {
                 .collect();
             counter_family(&mut enc, family.name(), family.help(), series)?;
         }
-        let store_errors = self.snap.redis.as_ref().map_or(0, |r| r.errors.load(Ordering::Relaxed));
+        let store_errors = self
+            .snap
+            .redis
+            .as_ref()
+            .map_or(0, |r| r.errors.load(Ordering::Relaxed));
         counter_family(
             &mut enc,
             "frontdesk_ratelimit_store_errors",

@@ -1,4 +1,262 @@
 //! Observability: what the gateway records about its traffic. [`metrics`] (Prometheus, names in
-//! one place), the access log and traces; all written off the request path.
+//! one place), the [`access_log`] and traces ([`trace`] for W3C context, [`otlp`] for export).
+//!
+//! Each request that is observed at all carries one [`Exchange`], filled in along its path and
+//! finished when its response body ends or is dropped: then its metrics are recorded, its spans
+//! handed to the exporter and its log line to the writer thread. Nothing here blocks a request.
 
+pub mod access_log;
 pub mod metrics;
+pub mod otlp;
+pub mod trace;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use frontdesk_config::ObservabilityConfig;
+use http::{HeaderValue, Method, Version};
+
+use crate::error::ErrorKind;
+use access_log::AccessLog;
+use metrics::{Family, Metrics};
+use trace::TraceContext;
+
+/// One upstream attempt, kept for its trace span.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The span the attempt was sent under (its `traceparent` parent id upstream).
+    pub span_id: [u8; 8],
+    /// The target URL.
+    pub target: Arc<str>,
+    /// When it started.
+    pub start: SystemTime,
+    /// How long until the response head or the failure.
+    pub duration: Duration,
+    /// The response status, when a head came back.
+    pub status: Option<u16>,
+    /// The failure, when none did.
+    pub error: Option<ErrorKind>,
+}
+
+/// What one upstream call did, filled in by `Upstream::call`.
+#[derive(Debug, Default)]
+pub struct CallReport {
+    /// The last target tried: the one that answered, or the last that failed.
+    pub target: Option<Arc<str>>,
+    /// From the first attempt to the response head (or the final failure), backoffs included.
+    pub duration: Option<Duration>,
+    /// The trace to send attempts under; when set, each attempt gets its own span id, is sent
+    /// with a `traceparent` naming it, and is listed in `attempts` when sampled.
+    pub trace: Option<TraceContext>,
+    /// The attempts, in order (only for sampled traces).
+    pub attempts: Vec<Attempt>,
+}
+
+/// The record of one observed request.
+#[derive(Debug)]
+pub struct Exchange {
+    /// When the request arrived.
+    pub started: Instant,
+    /// The same instant on the wall clock.
+    pub ts: SystemTime,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The request method.
+    pub method: Method,
+    /// The request path without the query (only kept when the access log or traces need it).
+    pub path: Option<String>,
+    /// `Host` (or the URI authority), for traces.
+    pub host: Option<HeaderValue>,
+    /// The HTTP version.
+    pub version: Version,
+    /// Whether the client spoke TLS.
+    pub tls: bool,
+    /// The request id sent upstream and back.
+    pub request_id: HeaderValue,
+    /// The matched route; `None` when no route matched.
+    pub route: Option<Arc<str>>,
+    /// The client: the peer, or once a route matched, the client trusted proxies name.
+    pub client_ip: Option<IpAddr>,
+    /// The identified consumer.
+    pub consumer: Option<Arc<str>>,
+    /// The route's upstream.
+    pub upstream: Option<Arc<str>>,
+    /// What the upstream call did, trace context included.
+    pub call: CallReport,
+    /// The failure, when the gateway answered for the upstream.
+    pub error: Option<ErrorKind>,
+    /// The response status.
+    pub status: u16,
+    /// Request body bytes read, when the request had a body.
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    /// Keeps `http_server_active_requests` until the record finishes.
+    _active: Option<metrics::Active>,
+}
+
+impl Exchange {
+    /// The request's trace, if it has one.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.call.trace.as_ref()
+    }
+}
+
+/// Turns finished exchanges into metrics, spans and log lines.
+#[derive(Debug)]
+pub struct Observer {
+    /// The process's metrics (the same in every generation).
+    pub metrics: Arc<Metrics>,
+    metrics_on: bool,
+    consumer_label: bool,
+    access_log: Option<Arc<AccessLog>>,
+    /// The share of new traces sampled; `None` when tracing is not configured (trace headers
+    /// then pass through untouched).
+    trace_ratio: Option<f64>,
+    exporter: Option<Arc<otlp::Exporter>>,
+}
+
+impl Observer {
+    /// Builds the observer of a new generation. The access-log writer and the trace exporter
+    /// are kept from `prev` when their settings did not change.
+    pub fn build(
+        cfg: &ObservabilityConfig,
+        metrics: Arc<Metrics>,
+        prev: Option<&Observer>,
+    ) -> Result<Observer, String> {
+        // `frontdesk validate` builds snapshots without a runtime: no writer or exporter then.
+        let running = tokio::runtime::Handle::try_current().is_ok();
+        let access_log = match cfg.access_log.as_ref().filter(|_| running) {
+            None => None,
+            Some(c) => match prev.and_then(|p| p.access_log.clone()) {
+                Some(l) if l.config() == c => Some(l),
+                _ => Some(Arc::new(
+                    AccessLog::start(c, metrics.clone())
+                        .map_err(|e| format!("access_log.output: {e}"))?,
+                )),
+            },
+        };
+        let exporter = match cfg.tracing.as_ref() {
+            Some(t) if t.otlp_endpoint.is_some() && running => {
+                match prev.and_then(|p| p.exporter.clone()) {
+                    Some(e) if e.config() == t => Some(e),
+                    _ => Some(Arc::new(
+                        otlp::Exporter::start(t).map_err(|e| format!("tracing: {e}"))?,
+                    )),
+                }
+            }
+            _ => None,
+        };
+        Ok(Observer {
+            metrics,
+            metrics_on: cfg.metrics.enabled,
+            consumer_label: cfg.metrics.consumer_label,
+            access_log,
+            trace_ratio: cfg.tracing.as_ref().map(|t| t.sample_ratio),
+            exporter,
+        })
+    }
+
+    /// An observer that records nothing but metrics (tests, tools).
+    pub fn metrics_only(metrics: Arc<Metrics>) -> Observer {
+        Observer {
+            metrics,
+            metrics_on: true,
+            consumer_label: false,
+            access_log: None,
+            trace_ratio: None,
+            exporter: None,
+        }
+    }
+
+    /// Starts the record of a request, or `None` when nothing observes requests.
+    pub fn begin<B>(
+        &self,
+        req: &http::Request<B>,
+        listener: &Arc<str>,
+        tls: bool,
+        request_id: &HeaderValue,
+        peer: IpAddr,
+    ) -> Option<Box<Exchange>> {
+        if !self.metrics_on && self.access_log.is_none() && self.trace_ratio.is_none() {
+            return None;
+        }
+        let trace = self
+            .trace_ratio
+            .map(|ratio| TraceContext::from_headers(req.headers(), ratio));
+        let keep_path = self.access_log.is_some() || trace.as_ref().is_some_and(|t| t.sampled);
+        Some(Box::new(Exchange {
+            started: Instant::now(),
+            ts: SystemTime::now(),
+            listener: listener.clone(),
+            method: req.method().clone(),
+            path: keep_path.then(|| req.uri().path().to_string()),
+            host: trace.as_ref().filter(|t| t.sampled).and_then(|_| {
+                req.headers().get(http::header::HOST).cloned().or_else(|| {
+                    req.uri()
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                })
+            }),
+            version: req.version(),
+            tls,
+            request_id: request_id.clone(),
+            route: None,
+            client_ip: Some(peer.to_canonical()),
+            consumer: None,
+            upstream: None,
+            call: CallReport {
+                trace,
+                ..CallReport::default()
+            },
+            error: None,
+            status: 0,
+            bytes_in: None,
+            _active: self.metrics_on.then(|| self.metrics.active()),
+        }))
+    }
+
+    /// Records a finished exchange: `bytes_out` body bytes were sent.
+    pub fn finish(&self, ex: Box<Exchange>, bytes_out: u64) {
+        let duration = ex.started.elapsed();
+        if self.metrics_on {
+            let route = ex.route.clone().unwrap_or_else(|| Arc::from(""));
+            self.metrics.request(
+                &route,
+                metrics::method_label(&ex.method),
+                ex.status,
+                duration,
+            );
+            if self.consumer_label {
+                if let Some(c) = &ex.consumer {
+                    let class = match ex.status {
+                        100..=199 => "1xx",
+                        200..=299 => "2xx",
+                        300..=399 => "3xx",
+                        400..=499 => "4xx",
+                        _ => "5xx",
+                    };
+                    self.metrics.inc(
+                        Family::ConsumerRequests,
+                        [c.clone(), route, Arc::from(class)],
+                    );
+                }
+            }
+        }
+        if let Some(exp) = &self.exporter {
+            if ex.trace().is_some_and(|t| t.sampled) {
+                exp.export(&ex, duration);
+            }
+        }
+        if let Some(log) = &self.access_log {
+            log.write(ex, bytes_out, duration);
+        }
+    }
+}
+
+/// Counts bytes of a request body as it streams.
+pub fn count(counter: &Option<Arc<AtomicU64>>, n: usize) {
+    if let Some(c) = counter {
+        c.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}

@@ -40,6 +40,9 @@ pub struct PluginError {
     pub message: String,
     /// Headers for the refusal (`WWW-Authenticate`, `Retry-After`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A short, bounded reason for metrics (`frontdesk_auth_failures_total{reason}`); by default
+    /// named after the status.
+    pub reason: &'static str,
 }
 
 impl PluginError {
@@ -49,7 +52,19 @@ impl PluginError {
             status,
             message: message.into(),
             headers: Vec::new(),
+            reason: match status.as_u16() {
+                401 => "invalid_credentials",
+                403 => "forbidden",
+                429 => "rate_limited",
+                _ => "refused",
+            },
         }
+    }
+
+    /// Sets the metrics reason (a fixed identifier, never request data).
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = reason;
+        self
     }
 
     /// Adds a header to the refusal.
@@ -118,6 +133,10 @@ pub struct Ctx {
     pub client_cert: Option<Arc<ClientCert>>,
     /// Typed plugin-private state (one value per type), carried from request to response.
     pub ext: http::Extensions,
+    /// Headers a request-phase plugin adds to the response, whatever it turns out to be (the
+    /// upstream's, a plugin's answer or a gateway error): appended after the response phase.
+    /// Cheaper than a `response_filter` that reads state back from `ext`.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Ctx {
@@ -133,8 +152,37 @@ impl Ctx {
             held: Vec::new(),
             client_cert: None,
             ext: http::Extensions::new(),
+            response_headers: Vec::new(),
         }
     }
+}
+
+/// The phases a plugin takes part in. The chain calls a plugin only in its phases: each call of
+/// an `async_trait` method allocates its future, so skipping no-op phases is measurable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phases {
+    /// `upstream_request_filter`.
+    pub upstream_request: bool,
+    /// `response_filter`.
+    pub response: bool,
+}
+
+impl Phases {
+    /// Every phase (the default).
+    pub const ALL: Phases = Phases {
+        upstream_request: true,
+        response: true,
+    };
+    /// `request_filter` only.
+    pub const REQUEST: Phases = Phases {
+        upstream_request: false,
+        response: false,
+    };
+    /// `request_filter` and `response_filter`.
+    pub const REQUEST_RESPONSE: Phases = Phases {
+        upstream_request: false,
+        response: true,
+    };
 }
 
 /// A plugin: one instance per configured scope (global or route), shared by all requests.
@@ -145,6 +193,12 @@ impl Ctx {
 pub trait Plugin: Send + Sync + 'static {
     /// The kind name, equal to its config key and file name.
     fn kind(&self) -> &'static str;
+
+    /// The phases besides `request_filter` this plugin implements; the others are skipped.
+    /// Must cover every phase method the plugin overrides.
+    fn phases(&self) -> Phases {
+        Phases::ALL
+    }
 
     /// Runs when the request head has arrived and a route matched. Can change the request, refuse it
     /// (`Err`), or answer it (`Flow::Respond`).

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use http::{header, HeaderName, HeaderValue, StatusCode};
 
 use super::{Ctx, Flow, Plugin, PluginError, RequestHead, ResponseHead};
+use crate::observe::metrics::{Family, Metrics};
 
 /// `x-consumer-name`: the identified consumer, for the upstream.
 pub static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
@@ -17,8 +18,23 @@ pub static X_ANONYMOUS_CONSUMER: HeaderName = HeaderName::from_static("x-anonymo
 #[derive(Clone, Default)]
 pub struct PluginChain {
     plugins: Arc<[Arc<dyn Plugin>]>,
+    /// The plugins with an upstream-request phase, in run order.
+    upstream: Arc<[Arc<dyn Plugin>]>,
+    /// The plugins with a response phase, in reverse run order (the order they run in).
+    responders: Arc<[Arc<dyn Plugin>]>,
     /// Index after the last authentication plugin, where the caller's identity is settled.
     auth_end: Option<usize>,
+    /// Where refusals are counted (`frontdesk_auth_failures_total`), once the route is known.
+    refusals: Option<Refusals>,
+}
+
+/// Counts a route's authentication and access refusals.
+#[derive(Clone)]
+struct Refusals {
+    route: Arc<str>,
+    /// The auth plugins' kinds joined by `+`: the plugin label of "no credentials accepted".
+    auth_kinds: Arc<str>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for PluginChain {
@@ -31,15 +47,54 @@ impl std::fmt::Debug for PluginChain {
 
 impl PluginChain {
     pub(crate) fn new(plugins: Vec<Arc<dyn Plugin>>, auth_end: Option<usize>) -> Self {
+        let upstream = plugins
+            .iter()
+            .filter(|p| p.phases().upstream_request)
+            .cloned()
+            .collect();
+        let responders = plugins
+            .iter()
+            .rev()
+            .filter(|p| p.phases().response)
+            .cloned()
+            .collect();
         PluginChain {
             plugins: plugins.into(),
+            upstream,
+            responders,
             auth_end,
+            refusals: None,
         }
     }
 
     /// The plugins' kinds, in run order.
     pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.plugins.iter().map(|p| p.kind())
+    }
+
+    /// Counts this chain's 401 and 403 refusals under `route` in `metrics`.
+    pub fn count_refusals(&mut self, route: &Arc<str>, metrics: &Arc<Metrics>) {
+        let auth_kinds = self.plugins[..self.auth_end.unwrap_or(0)]
+            .iter()
+            .map(|p| p.kind())
+            .filter(|k| matches!(*k, "key_auth" | "jwt" | "basic_auth" | "client_cert"))
+            .collect::<Vec<_>>()
+            .join("+");
+        self.refusals = Some(Refusals {
+            route: route.clone(),
+            auth_kinds: Arc::from(auth_kinds),
+            metrics: metrics.clone(),
+        });
+    }
+
+    fn refused(&self, plugin: &str, e: PluginError) -> PluginError {
+        if let (Some(r), 401 | 403) = (&self.refusals, e.status.as_u16()) {
+            r.metrics.inc(
+                Family::AuthFailures,
+                [r.route.clone(), Arc::from(plugin), Arc::from(e.reason)],
+            );
+        }
+        e
     }
 
     /// True when the route has no plugins (the proxy then skips every phase).
@@ -54,16 +109,24 @@ impl PluginChain {
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
+        let settle = |req: &mut RequestHead, cx: &mut Ctx| {
+            settle_auth(req, cx).map_err(|e| {
+                let kinds = self.refusals.as_ref().map(|r| r.auth_kinds.clone());
+                self.refused(kinds.as_deref().unwrap_or("auth"), e)
+            })
+        };
         for (i, p) in self.plugins.iter().enumerate() {
             if self.auth_end == Some(i) {
-                settle_auth(req, cx)?;
+                settle(req, cx)?;
             }
-            if let Flow::Respond(r) = p.request_filter(req, cx).await? {
-                return Ok(Flow::Respond(r));
+            match p.request_filter(req, cx).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Respond(r)) => return Ok(Flow::Respond(r)),
+                Err(e) => return Err(self.refused(p.kind(), e)),
             }
         }
         if self.auth_end == Some(self.plugins.len()) {
-            settle_auth(req, cx)?;
+            settle(req, cx)?;
         }
         Ok(Flow::Continue)
     }
@@ -74,20 +137,24 @@ impl PluginChain {
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<(), PluginError> {
-        for p in self.plugins.iter() {
+        for p in self.upstream.iter() {
             p.upstream_request_filter(req, cx).await?;
         }
         Ok(())
     }
 
-    /// Runs `response_filter` in reverse order, so the outermost plugin sees the final response.
+    /// Runs `response_filter` in reverse order, so the outermost plugin sees the final response,
+    /// then adds the request phase's [`Ctx::response_headers`].
     pub async fn response_filter(
         &self,
         resp: &mut ResponseHead,
         cx: &mut Ctx,
     ) -> Result<(), PluginError> {
-        for p in self.plugins.iter().rev() {
+        for p in self.responders.iter() {
             p.response_filter(resp, cx).await?;
+        }
+        for (name, value) in cx.response_headers.drain(..) {
+            resp.headers.insert(name, value);
         }
         Ok(())
     }
@@ -111,7 +178,8 @@ fn settle_auth(req: &mut RequestHead, cx: &mut Ctx) -> Result<(), PluginError> {
                 let mut err = PluginError::new(
                     StatusCode::UNAUTHORIZED,
                     "the request carries no credentials this route accepts",
-                );
+                )
+                .with_reason("missing_credentials");
                 for c in auth.challenges.drain(..) {
                     err = err.with_header(header::WWW_AUTHENTICATE, c);
                 }

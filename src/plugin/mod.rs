@@ -10,7 +10,7 @@ mod chain;
 mod registry;
 
 pub use api::{
-    AuthState, Ctx, Flow, Plugin, PluginError, PluginResponse, RequestHead, ResponseHead,
+    AuthState, Ctx, Flow, Phases, Plugin, PluginError, PluginResponse, RequestHead, ResponseHead,
 };
 pub use chain::{PluginChain, X_ANONYMOUS_CONSUMER, X_CONSUMER_GROUPS, X_CONSUMER_NAME};
 pub use registry::{BuildEnv, ChainBuilder, PluginFactory, Scope};

@@ -16,6 +16,11 @@ pub struct BuildEnv {
     pub redis: Option<Arc<crate::limit::redis::RedisStore>>,
     /// Where the plugin being built was configured.
     pub scope: Scope,
+    /// The process's metrics, for plugins that count decisions.
+    pub metrics: Arc<crate::observe::metrics::Metrics>,
+    /// The route a route-scoped plugin belongs to (`None` for global plugins, which run on
+    /// every route).
+    pub route: Option<Arc<str>>,
 }
 
 impl Default for BuildEnv {
@@ -24,6 +29,8 @@ impl Default for BuildEnv {
             consumers: Arc::default(),
             redis: None,
             scope: Scope::Route,
+            metrics: Arc::default(),
+            route: None,
         }
     }
 }
@@ -81,6 +88,9 @@ impl ChainBuilder {
         let Some(cfg) = cfg else { return };
         let env = BuildEnv {
             scope,
+            route: (scope == Scope::Route)
+                .then(|| self.env.route.clone())
+                .flatten(),
             ..self.env.clone()
         };
         match F::build(cfg, &env) {

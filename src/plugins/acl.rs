@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use frontdesk_config::AclConfig;
 use http::StatusCode;
 
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// The `acl` plugin.
 #[derive(Debug)]
@@ -39,6 +39,10 @@ impl Plugin for Acl {
         Self::KIND
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
+
     async fn request_filter(
         &self,
         _req: &mut RequestHead,
@@ -51,13 +55,15 @@ impl Plugin for Acl {
             return Err(PluginError::new(
                 StatusCode::FORBIDDEN,
                 "the consumer's group is denied on this route",
-            ));
+            )
+            .with_reason("group_denied"));
         }
         if !self.allow.is_empty() && !in_any(&self.allow) {
             return Err(PluginError::new(
                 StatusCode::FORBIDDEN,
                 "the consumer is in no group allowed on this route",
-            ));
+            )
+            .with_reason("group_not_allowed"));
         }
         Ok(Flow::Continue)
     }

@@ -15,7 +15,7 @@ use http::{header, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
 use crate::consumer::Consumer;
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// How long a verified password is remembered.
 const VERIFIED_TTL: Duration = Duration::from_secs(60);
@@ -90,6 +90,7 @@ fn parse_basic(v: &HeaderValue) -> Option<Result<(String, String), &'static str>
 impl BasicAuth {
     fn refuse(&self, why: &str) -> PluginError {
         PluginError::new(StatusCode::UNAUTHORIZED, why)
+            .with_reason("invalid_password")
             .with_header(header::WWW_AUTHENTICATE, self.challenge.clone())
     }
 }
@@ -98,6 +99,10 @@ impl BasicAuth {
 impl Plugin for BasicAuth {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

@@ -10,7 +10,7 @@ use frontdesk_config::ClientCertConfig;
 use http::{HeaderValue, StatusCode};
 
 use crate::consumer::Consumer;
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// The `client_cert` plugin.
 #[derive(Debug)]
@@ -42,6 +42,10 @@ impl Plugin for ClientCertAuth {
         Self::KIND
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
+
     async fn request_filter(
         &self,
         _req: &mut RequestHead,
@@ -68,6 +72,7 @@ impl Plugin for ClientCertAuth {
                 StatusCode::UNAUTHORIZED,
                 "the client certificate names no consumer",
             )
+            .with_reason("unknown_certificate")
             .with_header(http::header::WWW_AUTHENTICATE, CHALLENGE.clone())),
         }
     }

@@ -10,8 +10,10 @@ use frontdesk_config::ConcurrencyConfig;
 use http::{header, HeaderValue, StatusCode};
 
 use crate::limit::local::{Counter, LocalStore};
-use crate::limit::{store_key, LimitKey};
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead, Scope};
+use crate::limit::{store_key, DecisionCounter, LimitKey};
+use crate::plugin::{
+    BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead, Scope,
+};
 
 /// The `concurrency` plugin.
 #[derive(Debug)]
@@ -20,6 +22,7 @@ pub struct Concurrency {
     max: u64,
     local: Arc<LocalStore>,
     global: bool,
+    decisions: DecisionCounter,
 }
 
 /// One request's slot; released on drop.
@@ -45,6 +48,7 @@ impl PluginFactory for Concurrency {
             max: cfg.max,
             local: LocalStore::global().clone(),
             global: env.scope == Scope::Global,
+            decisions: DecisionCounter::new(env, "concurrency"),
         }))
     }
 }
@@ -53,6 +57,10 @@ impl PluginFactory for Concurrency {
 impl Plugin for Concurrency {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(
@@ -75,6 +83,7 @@ impl Plugin for Concurrency {
                 (n < self.max).then_some(n + 1)
             })
             .is_ok();
+        self.decisions.count(cx, admitted);
         if !admitted {
             return Err(PluginError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

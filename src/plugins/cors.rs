@@ -24,7 +24,7 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::plugin::{
-    BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, PluginResponse, RequestHead,
+    BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, PluginResponse, RequestHead,
     ResponseHead,
 };
 
@@ -239,6 +239,10 @@ impl PluginFactory for Cors {
 impl Plugin for Cors {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_RESPONSE
     }
 
     async fn request_filter(

@@ -9,7 +9,7 @@ use frontdesk_config::{HeaderOps, HeadersConfig};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::plugin::{
-    BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead, ResponseHead,
+    BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead, ResponseHead,
 };
 
 /// The `headers` plugin.
@@ -81,6 +81,10 @@ impl PluginFactory for Headers {
 impl Plugin for Headers {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_RESPONSE
     }
 
     async fn request_filter(

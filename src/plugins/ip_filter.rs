@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use frontdesk_config::{Diagnostic, FieldPath, IpFilterConfig};
 use http::StatusCode;
 
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 use crate::snapshot::parse_nets;
 
 /// The `ip_filter` plugin.
@@ -120,6 +120,10 @@ impl Plugin for IpFilter {
         Self::KIND
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
+
     async fn request_filter(
         &self,
         _req: &mut RequestHead,
@@ -132,7 +136,8 @@ impl Plugin for IpFilter {
         Err(PluginError::new(
             StatusCode::FORBIDDEN,
             "the client address is not allowed on this route",
-        ))
+        )
+        .with_reason("ip_denied"))
     }
 }
 

@@ -35,7 +35,7 @@ use sha2::Digest as _;
 
 use self::jwks::{Jwks, KeyError};
 use crate::consumer::{Consumer, Consumers};
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// Challenge offered when a request carries no bearer token.
 const CHALLENGE: &str = "Bearer realm=\"frontdesk\"";
@@ -174,6 +174,10 @@ impl PluginFactory for Jwt {
 impl Plugin for Jwt {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(
@@ -343,6 +347,11 @@ impl Issuer {
 
 impl Refusal {
     fn into_error(self) -> PluginError {
+        let reason = match &self {
+            Refusal::Expired => "token_expired",
+            Refusal::BadSignature => "bad_signature",
+            _ => "invalid_token",
+        };
         let why: Cow<'static, str> = match self {
             Refusal::KeysUnavailable => {
                 return PluginError::new(
@@ -364,6 +373,7 @@ impl Refusal {
             Refusal::NoConsumer => "it names no known consumer".into(),
         };
         PluginError::new(StatusCode::UNAUTHORIZED, format!("invalid token: {why}"))
+            .with_reason(reason)
             .with_header(WWW_AUTHENTICATE, HeaderValue::from_static(INVALID_TOKEN))
     }
 

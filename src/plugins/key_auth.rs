@@ -12,7 +12,7 @@ use frontdesk_config::KeyAuthConfig;
 use http::{header, HeaderName, HeaderValue, StatusCode, Uri};
 
 use crate::consumer::Consumer;
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// The `key_auth` plugin.
 #[derive(Debug)]
@@ -70,6 +70,10 @@ impl Plugin for KeyAuth {
         Self::KIND
     }
 
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
+
     async fn request_filter(
         &self,
         req: &mut RequestHead,
@@ -90,10 +94,12 @@ impl Plugin for KeyAuth {
         };
         let Some(consumer) = self.env.consumers.by_api_key(&key) else {
             return Err(
-                PluginError::new(StatusCode::UNAUTHORIZED, "the API key is not valid").with_header(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Key realm=\"frontdesk\", error=\"invalid_key\""),
-                ),
+                PluginError::new(StatusCode::UNAUTHORIZED, "the API key is not valid")
+                    .with_reason("invalid_key")
+                    .with_header(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Key realm=\"frontdesk\", error=\"invalid_key\""),
+                    ),
             );
         };
         cx.auth.identify(Some(consumer.clone()));

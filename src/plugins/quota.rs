@@ -11,8 +11,10 @@ use http::{header, HeaderValue, StatusCode};
 
 use crate::limit::local::LocalStore;
 use crate::limit::redis::RedisStore;
-use crate::limit::{store_key, LimitKey};
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead, Scope};
+use crate::limit::{store_key, DecisionCounter, LimitKey};
+use crate::plugin::{
+    BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead, Scope,
+};
 
 /// The `quota` plugin.
 #[derive(Debug)]
@@ -24,6 +26,7 @@ pub struct Quota {
     redis: Option<Arc<RedisStore>>,
     local: Arc<LocalStore>,
     global: bool,
+    decisions: DecisionCounter,
 }
 
 impl PluginFactory for Quota {
@@ -46,6 +49,7 @@ impl PluginFactory for Quota {
             },
             local: LocalStore::global().clone(),
             global: env.scope == Scope::Global,
+            decisions: DecisionCounter::new(env, "quota"),
         }))
     }
 }
@@ -134,6 +138,7 @@ impl Quota {
                 },
             },
         };
+        self.decisions.count(cx, admitted);
         if admitted {
             return Ok(());
         }
@@ -152,6 +157,10 @@ impl Quota {
 impl Plugin for Quota {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(
@@ -199,6 +208,7 @@ mod tests {
             redis: None,
             local: Arc::new(LocalStore::default()),
             global: false,
+            decisions: DecisionCounter::new(&BuildEnv::default(), "quota"),
         };
         let (req, _) = http::Request::new(()).into_parts();
         let mut cx = Ctx::for_test();

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use frontdesk_config::RequestSizeConfig;
 use http::{header, StatusCode};
 
-use crate::plugin::{BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
 
 /// The `request_size` plugin.
 #[derive(Debug)]
@@ -35,6 +35,10 @@ impl PluginFactory for RequestSize {
 impl Plugin for RequestSize {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

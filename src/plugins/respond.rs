@@ -8,7 +8,7 @@ use frontdesk_config::RespondConfig;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::plugin::{
-    BuildEnv, Ctx, Flow, Plugin, PluginError, PluginFactory, PluginResponse, RequestHead,
+    BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, PluginResponse, RequestHead,
 };
 
 /// The `respond` plugin.
@@ -51,6 +51,10 @@ impl PluginFactory for Respond {
 impl Plugin for Respond {
     fn kind(&self) -> &'static str {
         Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
     }
 
     async fn request_filter(

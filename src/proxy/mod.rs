@@ -14,7 +14,8 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
+use crate::observe::Exchange;
 use crate::plugin::{AuthState, Ctx, Flow, PluginError};
 use crate::route::RequestKey;
 use crate::server::ConnInfo;
@@ -30,22 +31,41 @@ pub async fn handle(
     let guard = conn.shared.start_request();
     let request_id = forward::request_id(req.headers());
     let grpc = error_response::is_grpc(req.headers());
+    let mut ex = snap.observer.begin(
+        &req,
+        &conn.listener.name,
+        conn.listener.tls.is_some(),
+        &request_id,
+        conn.peer.ip(),
+    );
     let client_upgrade =
         if req.version() == Version::HTTP_11 && forward::wants_upgrade(req.headers()).is_some() {
             Some(hyper::upgrade::on(&mut req))
         } else {
             None
         };
-    let mut resp = match proxy(&snap, req, conn, &request_id, client_upgrade).await {
+    let mut resp = match proxy(&snap, req, conn, &request_id, client_upgrade, &mut ex).await {
         Ok(r) => r,
-        Err(e) => error_response::for_request(&e, Some(&request_id), grpc),
+        Err(e) => {
+            if let Some(ex) = &mut ex {
+                ex.error = Some(e.kind);
+            }
+            error_response::for_request(&e, Some(&request_id), grpc)
+        }
     };
     resp.headers_mut()
         .insert(forward::X_REQUEST_ID.clone(), request_id);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         conn.shared.mark_upgraded();
     }
-    resp.map(|b| b.with_guard(Some(guard)))
+    match ex {
+        Some(mut ex) => {
+            ex.status = resp.status().as_u16();
+            let observer = snap.observer.clone();
+            resp.map(|b| b.with_guard(Some(guard)).observed(observer, ex))
+        }
+        None => resp.map(|b| b.with_guard(Some(guard))),
+    }
 }
 
 async fn proxy(
@@ -54,6 +74,7 @@ async fn proxy(
     conn: &ConnInfo,
     request_id: &HeaderValue,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ex: &mut Option<Box<Exchange>>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     if conn.listener.redirect_https {
         return redirect::to_https(snap, &req);
@@ -126,7 +147,13 @@ async fn proxy(
         max_body: None,
         held: Vec::new(),
         ext: http::Extensions::new(),
+        response_headers: Vec::new(),
     };
+    if let Some(ex) = ex {
+        ex.route = Some(route.name.clone());
+        ex.client_ip = Some(cx.client_ip);
+        ex.upstream = route.upstream.as_ref().map(|u| u.name.clone());
+    }
     let routed = Routed {
         snap,
         route,
@@ -137,9 +164,16 @@ async fn proxy(
         body_limit,
     };
     let grpc = !route.plugins.is_empty() && error_response::is_grpc(req.headers());
-    match forward_routed(routed, req, &mut cx).await {
+    let result = forward_routed(routed, req, &mut cx, ex).await;
+    if let Some(ex) = ex {
+        ex.consumer = cx.auth.consumer.as_ref().map(|c| c.name.clone());
+    }
+    match result {
         Ok(resp) => Ok(resp),
         Err(e) if !route.plugins.is_empty() => {
+            if let Some(ex) = ex {
+                ex.error = Some(e.kind);
+            }
             // The response phase also sees gateway errors on a matched route (CORS, security
             // headers). A plugin failing here leaves the original error in place.
             let (mut parts, body) =
@@ -167,6 +201,7 @@ async fn forward_routed(
     r: Routed<'_>,
     req: Request<Incoming>,
     cx: &mut Ctx,
+    ex: &mut Option<Box<Exchange>>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let Routed {
         snap,
@@ -241,21 +276,26 @@ async fn forward_routed(
         (RequestBody::new(body, body_limit), BodySent::default())
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        (
-            RequestBody::new(body, body_limit).on_end(tx),
-            BodySent::new(rx),
-        )
+        let mut body = RequestBody::new(body, body_limit).on_end(tx);
+        if let Some(ex) = ex {
+            let counter = std::sync::Arc::default();
+            ex.bytes_in = Some(std::sync::Arc::clone(&counter));
+            body = body.counting(counter);
+        }
+        (body, BodySent::new(rx))
     };
-    let opts = CallOptions {
+    let mut opts = CallOptions {
         hash: upstream.hash_of(&head.headers, head.uri.path(), conn.peer.ip()),
         preserve_host: route.preserve_host,
         body_sent,
+        report: ex.as_mut().map(|ex| std::mem::take(&mut ex.call)),
     };
     let upstream_req = Request::from_parts(head, body);
-    let (mut resp, lease) = upstream
-        .call(upstream_req, opts)
-        .await
-        .map_err(|e| classify(&e))?;
+    let called = upstream.call(upstream_req, &mut opts).await;
+    if let (Some(ex), Some(report)) = (ex.as_mut(), opts.report) {
+        ex.call = report;
+    }
+    let (mut resp, lease) = called.map_err(|e| classify(&e))?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         match (client_upgrade, upgrade) {
@@ -325,36 +365,42 @@ fn plugin_error(e: PluginError) -> GatewayError {
 
 /// Maps a call error to its status without revealing upstream details.
 fn classify(e: &CallError) -> GatewayError {
-    let (status, detail, retryable) = match e {
+    let (status, detail, retryable, kind) = match e {
         CallError::Connect(_) => (
             StatusCode::BAD_GATEWAY,
             "the upstream could not be reached",
             true,
+            ErrorKind::UpstreamConnect,
         ),
         CallError::Reset(_) => (
             StatusCode::BAD_GATEWAY,
             "the upstream closed the connection or sent an invalid response",
             false,
+            ErrorKind::UpstreamReset,
         ),
         CallError::Timeout => (
             StatusCode::GATEWAY_TIMEOUT,
             "the upstream did not answer in time",
             true,
+            ErrorKind::UpstreamTimeout,
         ),
         CallError::CircuitOpen => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the upstream is failing; its circuit breaker is open",
             true,
+            ErrorKind::CircuitOpen,
         ),
         CallError::Saturated => (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many requests are in flight to the upstream",
             true,
+            ErrorKind::CircuitOpen,
         ),
         CallError::NoHealthyEndpoint => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy upstream endpoint is available",
             true,
+            ErrorKind::NoHealthyTarget,
         ),
         CallError::BodyTooLarge(_) => {
             return GatewayError::downstream(
@@ -363,5 +409,5 @@ fn classify(e: &CallError) -> GatewayError {
             )
         }
     };
-    GatewayError::upstream(status, detail, retryable)
+    GatewayError::upstream(status, detail, retryable).with_kind(kind)
 }

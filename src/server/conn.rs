@@ -22,6 +22,7 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::observe::metrics::ListenerSeries;
 use crate::proxy::error_response;
 
 /// The head limits a connection enforces (from its listener's config).
@@ -135,6 +136,8 @@ pub struct GuardedIo<T> {
     body_left: Option<u64>,
     /// Bytes hyper had read but not used when the connection was parked; served first.
     prefix: Option<bytes::Bytes>,
+    /// The listener's byte counters.
+    series: Option<Arc<ListenerSeries>>,
 }
 
 /// What a parked connection's wait ended with.
@@ -163,7 +166,14 @@ impl<T> GuardedIo<T> {
             unflushed: false,
             body_left: Some(0),
             prefix: None,
+            series: None,
         }
+    }
+
+    /// Counts the bytes read and written in the listener's `series`.
+    pub fn counting(mut self, series: Arc<ListenerSeries>) -> Self {
+        self.series = Some(series);
+        self
     }
 
     /// Parks idle HTTP/1 connections after `after` without a request.
@@ -242,6 +252,30 @@ use std::future::Future;
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
     fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = self.as_mut().read_guarded(cx, buf);
+        if let Some(s) = &self.series {
+            let n = buf.filled().len().saturating_sub(before);
+            if n > 0 {
+                s.received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
+    fn count_sent(&self, r: &Poll<io::Result<usize>>) {
+        if let (Some(s), Poll::Ready(Ok(n))) = (&self.series, r) {
+            s.sent.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn read_guarded(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
@@ -665,7 +699,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.unflushed = true;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count_sent(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -674,7 +710,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.unflushed = true;
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count_sent(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

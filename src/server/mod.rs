@@ -20,6 +20,7 @@ use tokio::sync::{watch, Notify};
 
 pub use conn::{ConnShared, GuardedIo, HeadLimits, InflightGuard, Wake};
 
+use crate::observe::metrics::ListenerSeries;
 use crate::proxy;
 use crate::snapshot::{ListenerSpec, Live};
 use crate::tls::client_cert::ClientCert;
@@ -172,6 +173,22 @@ impl Drop for DrainToken {
     }
 }
 
+/// Counts a connection in `frontdesk_listener_connections` while it is open.
+struct OpenConnection(Arc<ListenerSeries>);
+
+impl OpenConnection {
+    fn new(series: &Arc<ListenerSeries>) -> Self {
+        series.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(series.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves one accepted connection until it closes, times out idle, or `drain` asks it to stop.
 ///
 /// A plain connection holds no HTTP state until it sends its first byte, and again whenever it
@@ -187,6 +204,7 @@ pub async fn serve(
     drain: Drain,
 ) {
     let _token = drain.token();
+    let _open = OpenConnection::new(&spec.series);
     let mut stop = drain.inner.stop.subscribe();
     if *stop.borrow_and_update() {
         return;
@@ -198,7 +216,9 @@ pub async fn serve(
         return;
     }
     let shared = Arc::new(ConnShared::default());
-    let mut io = GuardedIo::new(stream, spec.limits, shared.clone()).with_parking(PARK_AFTER);
+    let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
+        .with_parking(PARK_AFTER)
+        .counting(spec.series.clone());
     let info = ConnInfo::new(peer, spec, shared, tunnels, None);
     let svc = service_fn(move |req| {
         // One atomic load per request: every phase of this request sees this snapshot.
@@ -266,7 +286,7 @@ async fn serve_tls(
         }
     };
     let shared = Arc::new(ConnShared::default());
-    let mut io = GuardedIo::new(stream, spec.limits, shared.clone());
+    let mut io = GuardedIo::new(stream, spec.limits, shared.clone()).counting(spec.series.clone());
     let info = ConnInfo::new(peer, spec, shared, tunnels, negotiated.client_cert);
     let svc = service_fn(move |req| {
         let snap = live.load_full();

@@ -17,7 +17,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use frontdesk_config::{
     ActiveHealthConfig, PassiveHealthConfig, RetryOn, UpstreamConfig, UpstreamProtocol,
@@ -28,6 +28,9 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use crate::body::{BodyTooLarge, RequestBody};
+use crate::error::ErrorKind;
+use crate::observe::metrics::UpstreamSeries;
+use crate::observe::{trace, Attempt, CallReport};
 use balance::{Balancer, Tried};
 use breaker::{CircuitBreaker, InflightToken, Refusal, RetryBudget};
 use health::EndpointState;
@@ -153,6 +156,8 @@ pub struct Upstream {
     breaker: Option<CircuitBreaker>,
     pool_id: u64,
     pool_settings: PoolSettings,
+    /// Error and retry counters, kept across reloads by name.
+    series: Arc<UpstreamSeries>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -173,6 +178,9 @@ pub struct CallOptions {
     pub preserve_host: bool,
     /// Fires when the request body has been sent: the response timer starts then.
     pub body_sent: BodySent,
+    /// Filled in with what the call did, when the request is observed. Its trace context (if
+    /// any) names each attempt's span in the `traceparent` sent upstream.
+    pub report: Option<CallReport>,
 }
 
 /// Waits for the request body to be sent. Survives attempts: a request that comes back unsent
@@ -239,6 +247,17 @@ enum Failed {
     TooLarge(BodyTooLarge),
 }
 
+impl Failed {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Failed::Connect(..) => ErrorKind::UpstreamConnect,
+            Failed::Reset(..) => ErrorKind::UpstreamReset,
+            Failed::Timeout => ErrorKind::UpstreamTimeout,
+            Failed::TooLarge(_) => ErrorKind::BadRequest,
+        }
+    }
+}
+
 impl Upstream {
     /// Compiles `cfg`. From `prev` (the same upstream in the running config) it keeps the health
     /// state of unchanged endpoints and the pool when the connection settings are unchanged.
@@ -246,6 +265,7 @@ impl Upstream {
         name: &str,
         cfg: &UpstreamConfig,
         prev: Option<&Upstream>,
+        series: Arc<UpstreamSeries>,
     ) -> Result<Upstream, UpstreamError> {
         let pool_settings = PoolSettings {
             connect_timeout: cfg.connect_timeout(),
@@ -346,6 +366,7 @@ impl Upstream {
             breaker: cfg.circuit_breaker.as_ref().map(CircuitBreaker::new),
             pool_id,
             pool_settings,
+            series,
         })
     }
 
@@ -433,7 +454,7 @@ impl Upstream {
     pub async fn call(
         &self,
         req: Request<RequestBody>,
-        mut opts: CallOptions,
+        opts: &mut CallOptions,
     ) -> Result<(Response<Incoming>, Lease), CallError> {
         let mut admission = match &self.breaker {
             Some(b) => Some(b.admit().map_err(|r| match r {
@@ -442,7 +463,11 @@ impl Upstream {
             })?),
             None => None,
         };
-        let result = self.attempts(req, &mut opts).await;
+        let started = Instant::now();
+        let result = self.attempts(req, opts).await;
+        if let Some(r) = &mut opts.report {
+            r.duration = Some(started.elapsed());
+        }
         if let (Some(b), Some(a)) = (&self.breaker, &mut admission) {
             let ok = match &result {
                 Ok((resp, _)) => Some(!resp.status().is_server_error()),
@@ -487,8 +512,34 @@ impl Upstream {
             let ep = &self.endpoints[idx];
             // Always counted (one atomic add): least_request reads it, and so does the admin API.
             let inflight = Some(EndpointInflight::new(&ep.state));
-            let failed = match self.attempt(ep, req, opts).await {
+            let mut req = req;
+            let span = opts.report.as_mut().and_then(|r| {
+                r.target = Some(ep.url.clone());
+                let trace = r.trace.as_ref()?;
+                let span_id = trace::new_span_id();
+                trace.inject(req.headers_mut(), &span_id);
+                Some((span_id, trace.sampled))
+            });
+            let (t0, wall) = (Instant::now(), span.map(|_| SystemTime::now()));
+            let result = self.attempt(ep, req, opts).await;
+            let took = t0.elapsed();
+            if let (Some((span_id, true)), Some(start), Some(r)) = (span, wall, &mut opts.report) {
+                let (status, error) = match &result {
+                    Ok((resp, _)) => (Some(resp.status().as_u16()), None),
+                    Err(f) => (None, Some(f.kind())),
+                };
+                r.attempts.push(Attempt {
+                    span_id,
+                    target: ep.url.clone(),
+                    start,
+                    duration: took,
+                    status,
+                    error,
+                });
+            }
+            let failed = match result {
                 Ok((resp, pool)) => {
+                    ep.state.latency.observe(took);
                     let status = resp.status();
                     ep.state.record(!status.is_server_error(), &self.passive);
                     let retry = self.retries.statuses.contains(&status.as_u16())
@@ -506,6 +557,7 @@ impl Upstream {
                         ));
                     }
                     tracing::debug!(upstream = %self.name, endpoint = %ep.authority, %status, "retrying");
+                    self.series.retries.fetch_add(1, Ordering::Relaxed);
                     next = replay.as_ref().map(Replay::request);
                     retries_left -= 1;
                     retry_no += 1;
@@ -518,14 +570,17 @@ impl Upstream {
             let (err, again, allowed) = match failed {
                 Failed::TooLarge(e) => return Err(CallError::BodyTooLarge(e)),
                 Failed::Connect(e, r) => {
+                    self.series.connect_errors.fetch_add(1, Ordering::Relaxed);
                     ep.state.record(false, &self.passive);
                     (CallError::Connect(e), Some(r), self.retries.connect_failure)
                 }
                 Failed::Reset(e, unsent) => {
+                    self.series.resets.fetch_add(1, Ordering::Relaxed);
                     ep.state.record(false, &self.passive);
                     (CallError::Reset(e), unsent, self.retries.reset)
                 }
                 Failed::Timeout => {
+                    self.series.timeouts.fetch_add(1, Ordering::Relaxed);
                     ep.state.record(false, &self.passive);
                     (CallError::Timeout, None, self.retries.timeout)
                 }
@@ -536,6 +591,7 @@ impl Upstream {
                 return Err(err);
             }
             tracing::debug!(upstream = %self.name, endpoint = %ep.authority, error = %err, "retrying");
+            self.series.retries.fetch_add(1, Ordering::Relaxed);
             next = again;
             retries_left -= 1;
             retry_no += 1;

@@ -1,0 +1,478 @@
+//! Metrics and the access log, through the real gateway: known traffic in, exact counts out.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use prometheus_parse::{Scrape, Value};
+
+/// The gateway's metrics, parsed by a Prometheus text parser.
+fn scrape(gw: &TestGateway) -> Scrape {
+    let snap = gw.gw.snapshot();
+    let text = snap.metrics.render(&snap);
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    Scrape::parse(lines).expect("the exposition parses")
+}
+
+/// The value of the sample `name` whose labels include all of `labels` (0 when there is none).
+fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(b) => b.last().map_or(0.0, |b| b.count),
+            Value::Summary(_) => f64::NAN,
+        })
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
+    found.first().copied().unwrap_or(0.0)
+}
+
+/// Scrapes until `check` holds (a finished response is recorded just after its last byte is
+/// sent, so the client may see it a moment before the counters do).
+async fn settled(gw: &TestGateway, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let s = scrape(gw);
+        if check(&s) || std::time::Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn counters_are_exact_after_known_traffic() {
+    let up = echo("svc").await;
+    let dead = closed_port().await;
+    let gw = gateway(&config(&format!(
+        r#"
+consumers:
+  - {{ name: alice, api_keys: ["alice-key-0001"] }}
+observability:
+  metrics: {{ consumer_label: true }}
+upstreams:
+  svc: {{ targets: [{{ url: "{url}" }}] }}
+  dead:
+    targets: [{{ url: "http://{dead}" }}]
+    retries: {{ attempts: 0 }}
+routes:
+  - {{ name: open, match: {{ paths: ["/open"] }}, upstream: svc }}
+  - name: keyed
+    match: {{ paths: ["/keyed"] }}
+    upstream: svc
+    plugins: {{ key_auth: {{}} }}
+  - name: limited
+    match: {{ paths: ["/limited"] }}
+    upstream: svc
+    plugins:
+      rate_limit: {{ limits: [{{ name: per-route, key: route, rate: 3, per: 1m }}] }}
+  - {{ name: broken, match: {{ paths: ["/broken"] }}, upstream: dead }}
+"#,
+        url = up.url()
+    )))
+    .await;
+    let c = client();
+    let base = format!("http://{}", gw.addr);
+    let status = |path: &'static str, key: Option<&'static str>| {
+        let c = c.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let mut r = c.get(&url);
+            if let Some(k) = key {
+                r = r.header("x-api-key", k);
+            }
+            let resp = r.send().await.expect("response");
+            let s = resp.status().as_u16();
+            let _ = resp.bytes().await;
+            s
+        }
+    };
+    for _ in 0..17 {
+        assert_eq!(status("/open", None).await, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(status("/nowhere", None).await, 404);
+    }
+    for _ in 0..4 {
+        assert_eq!(status("/keyed", None).await, 401);
+    }
+    for _ in 0..2 {
+        assert_eq!(status("/keyed", Some("wrong-key")).await, 401);
+    }
+    for _ in 0..5 {
+        assert_eq!(status("/keyed", Some("alice-key-0001")).await, 200);
+    }
+    let mut limited = HashMap::new();
+    for _ in 0..5 {
+        *limited.entry(status("/limited", None).await).or_insert(0) += 1;
+    }
+    assert_eq!(limited, HashMap::from([(200, 3), (429, 2)]));
+    for _ in 0..2 {
+        assert_eq!(status("/broken", None).await, 502);
+    }
+
+    let total = 17.0 + 3.0 + 6.0 + 5.0 + 5.0 + 2.0;
+    let s = settled(&gw, |s| {
+        let sum: f64 = s
+            .samples
+            .iter()
+            .filter(|x| x.metric == "http_server_request_duration_seconds_count")
+            .map(|x| match x.value {
+                Value::Untyped(v) | Value::Counter(v) | Value::Gauge(v) => v,
+                _ => 0.0,
+            })
+            .sum();
+        sum >= total
+    })
+    .await;
+    let dur = "http_server_request_duration_seconds_count";
+    let get = [("method", "GET")];
+    let series =
+        |route: &str, st: &str| value(&s, dur, &[("route", route), ("status", st), get[0]]);
+    assert_eq!(series("open", "200"), 17.0);
+    assert_eq!(series("", "404"), 3.0);
+    assert_eq!(series("keyed", "401"), 6.0);
+    assert_eq!(series("keyed", "200"), 5.0);
+    assert_eq!(series("limited", "200"), 3.0);
+    assert_eq!(series("limited", "429"), 2.0);
+    assert_eq!(series("broken", "502"), 2.0);
+    // The histogram's buckets are cumulative and end with every observation.
+    let open = s
+        .samples
+        .iter()
+        .find(|x| {
+            x.metric == "http_server_request_duration_seconds"
+                && x.labels.get("route") == Some("open")
+        })
+        .expect("histogram of route open");
+    match &open.value {
+        Value::Histogram(b) => {
+            assert!(b.windows(2).all(|w| w[0].count <= w[1].count), "{b:?}");
+            assert_eq!(b.last().map(|b| b.count), Some(17.0));
+            assert_eq!(b.first().map(|b| b.less_than), Some(0.005));
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    assert_eq!(value(&s, "http_server_active_requests", &[]), 0.0);
+
+    let auth = "frontdesk_auth_failures_total";
+    let missing = [("route", "keyed"), ("plugin", "key_auth")];
+    assert_eq!(
+        value(
+            &s,
+            auth,
+            &[missing[0], missing[1], ("reason", "missing_credentials")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            auth,
+            &[missing[0], missing[1], ("reason", "invalid_key")]
+        ),
+        2.0
+    );
+    let rl = "frontdesk_ratelimit_decisions_total";
+    let lim = [("route", "limited"), ("limit", "per-route")];
+    assert_eq!(
+        value(&s, rl, &[lim[0], lim[1], ("decision", "allowed")]),
+        3.0
+    );
+    assert_eq!(
+        value(&s, rl, &[lim[0], lim[1], ("decision", "rejected")]),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_consumer_requests_total",
+            &[
+                ("consumer", "alice"),
+                ("route", "keyed"),
+                ("status_class", "2xx")
+            ]
+        ),
+        5.0
+    );
+
+    let errors = "frontdesk_upstream_errors_total";
+    assert_eq!(
+        value(&s, errors, &[("upstream", "dead"), ("kind", "connect")]),
+        2.0
+    );
+    assert_eq!(
+        value(&s, errors, &[("upstream", "svc"), ("kind", "connect")]),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_upstream_retries_total",
+            &[("upstream", "dead")]
+        ),
+        0.0
+    );
+    let client_count = "http_client_request_duration_seconds_count";
+    assert_eq!(
+        value(&s, client_count, &[("upstream", "svc")]),
+        17.0 + 5.0 + 3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_upstream_target_healthy",
+            &[("upstream", "svc")]
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &s,
+            "frontdesk_received_bytes_total",
+            &[("listener", "public")]
+        ) > 0.0
+    );
+    assert!(value(&s, "frontdesk_sent_bytes_total", &[("listener", "public")]) > 0.0);
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_config_reloads_total",
+            &[("result", "success")]
+        ),
+        0.0,
+        "the first load is not a reload"
+    );
+}
+
+#[tokio::test]
+async fn retries_and_ejections_are_counted() {
+    let up = echo("svc").await;
+    let dead = closed_port().await;
+    let gw = gateway(&config(&format!(
+        r#"
+upstreams:
+  svc:
+    load_balancing: round_robin
+    targets: [{{ url: "http://{dead}" }}, {{ url: "{url}" }}]
+    health_check: {{ passive: {{ unhealthy_after: 2, eject_for: 60s }} }}
+routes:
+  - {{ name: r, match: {{ paths: ["/"] }}, upstream: svc }}
+"#,
+        url = up.url()
+    )))
+    .await;
+    let c = client();
+    for _ in 0..6 {
+        let r = c
+            .get(format!("http://{}/x", gw.addr))
+            .send()
+            .await
+            .expect("response");
+        assert_eq!(
+            r.status(),
+            200,
+            "a connect failure is retried on the other target"
+        );
+    }
+    let s = settled(&gw, |s| {
+        value(
+            s,
+            "http_server_request_duration_seconds_count",
+            &[("route", "r")],
+        ) >= 6.0
+    })
+    .await;
+    // Round robin sends every other first try to the dead target until it is ejected after two
+    // failures; each failure is one connect error and one retry.
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_upstream_errors_total",
+            &[("upstream", "svc"), ("kind", "connect")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_upstream_retries_total",
+            &[("upstream", "svc")]
+        ),
+        2.0
+    );
+    let dead_url = format!("http://{dead}");
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_upstream_target_healthy",
+            &[("target", &dead_url)]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_upstream_target_healthy",
+            &[("target", &up.url())]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn access_log_lines_are_json_with_every_field_and_no_secrets() {
+    let up = echo("svc").await;
+    let dead = closed_port().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = gateway_in(
+        dir,
+        &config(&format!(
+            r#"
+consumers:
+  - {{ name: alice, api_keys: ["alice-secret-key-42"] }}
+observability:
+  access_log: {{ output: access.log }}
+  tracing: {{ sample_ratio: 1.0 }}
+upstreams:
+  svc: {{ targets: [{{ url: "{url}" }}] }}
+  dead:
+    targets: [{{ url: "http://{dead}" }}]
+    retries: {{ attempts: 0 }}
+routes:
+  - name: keyed
+    match: {{ paths: ["/keyed"] }}
+    upstream: svc
+    plugins: {{ key_auth: {{ query: apikey }} }}
+  - {{ name: broken, match: {{ paths: ["/broken"] }}, upstream: dead }}
+"#,
+            url = up.url()
+        )),
+    )
+    .await;
+    let c = client();
+    let base = format!("http://{}", gw.addr);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let ok = c
+        .post(format!(
+            "{base}/keyed/upload?apikey=alice-secret-key-42&x=1"
+        ))
+        .header("authorization", "Bearer very-secret-token")
+        .header("cookie", "session=cookie-secret")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .header("x-request-id", "req-123")
+        .body(vec![b'a'; 1000])
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(ok.status(), 200);
+    let ok_len = ok.bytes().await.expect("body").len();
+    let get = |path: &str| c.get(format!("{base}{path}")).send();
+    let refused = get("/keyed?apikey=wrong-secret").await.expect("response");
+    assert_eq!(refused.status(), 401);
+    let refused_len = refused.bytes().await.expect("body").len();
+    for (path, want) in [("/nowhere", 404), ("/broken", 502)] {
+        let r = get(path).await.expect("response");
+        assert_eq!(r.status(), want);
+        let _ = r.bytes().await;
+    }
+
+    let path = gw.dir.path().join("access.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 4 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for secret in [
+        "alice-secret-key-42",
+        "very-secret-token",
+        "cookie-secret",
+        "wrong-secret",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into the access log:\n{text}"
+        );
+    }
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let keys = [
+        "ts",
+        "request_id",
+        "trace_id",
+        "listener",
+        "route",
+        "method",
+        "path",
+        "status",
+        "bytes_in",
+        "bytes_out",
+        "client_ip",
+        "consumer",
+        "upstream",
+        "upstream_target",
+        "duration_ms",
+        "upstream_duration_ms",
+        "error",
+    ];
+    for l in &lines {
+        for k in keys {
+            assert!(l.get(k).is_some(), "{k} missing in {l}");
+        }
+        assert!(
+            l["ts"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z') && t.contains('T')),
+            "{l}"
+        );
+        assert_eq!(l["listener"], "public");
+        assert_eq!(l["client_ip"], "127.0.0.1");
+    }
+    let ok = &lines[0];
+    assert_eq!(ok["request_id"], "req-123");
+    assert_eq!(ok["trace_id"], trace);
+    assert_eq!(ok["route"], "keyed");
+    assert_eq!(ok["method"], "POST");
+    assert_eq!(ok["path"], "/keyed/upload");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["bytes_in"], 1000);
+    assert_eq!(ok["bytes_out"], ok_len);
+    assert_eq!(ok["consumer"], "alice");
+    assert_eq!(ok["upstream"], "svc");
+    assert_eq!(ok["upstream_target"], up.url().trim_end_matches('/'));
+    assert!(ok["upstream_duration_ms"]
+        .as_f64()
+        .is_some_and(|d| d >= 0.0));
+    assert!(ok["duration_ms"].as_f64() >= ok["upstream_duration_ms"].as_f64());
+    assert_eq!(ok["error"], serde_json::Value::Null);
+
+    let refused = &lines[1];
+    assert_eq!(refused["status"], 401);
+    assert_eq!(refused["error"], "auth_failed");
+    assert_eq!(refused["bytes_out"], refused_len);
+    assert_eq!(refused["consumer"], serde_json::Value::Null);
+    assert_eq!(refused["upstream_target"], serde_json::Value::Null);
+    assert_eq!(refused["bytes_in"], 0);
+    assert_eq!(
+        refused["trace_id"].as_str().map(str::len),
+        Some(32),
+        "a new trace is started"
+    );
+
+    assert_eq!(lines[2]["route"], serde_json::Value::Null);
+    assert_eq!(lines[2]["error"], "no_route");
+    assert_eq!(lines[3]["error"], "upstream_connect");
+    assert_eq!(lines[3]["upstream_target"], format!("http://{dead}"));
+}
