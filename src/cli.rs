@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `schema`, `demo`.
+//! The command line: `run`, `validate`, `explain`, `schema`, `demo`.
 
 use std::path::PathBuf;
 
@@ -27,6 +27,23 @@ pub enum Command {
         /// Config file.
         #[arg(short, long, default_value = "frontdesk.yaml")]
         config: PathBuf,
+    },
+    /// Explain which route a request would take, offline: the routes passed over and why, the
+    /// plugins that would run, and the upstream and path it would reach.
+    Explain {
+        /// Config file.
+        #[arg(short, long, default_value = "frontdesk.yaml")]
+        config: PathBuf,
+        /// The request's method, e.g. GET.
+        method: String,
+        /// `http://host/path?query`, or `/path?query` without a host.
+        url: String,
+        /// A request header, `name: value`; repeat for more.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Print the same JSON as the admin API's `GET /explain`.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the config's JSON Schema (draft-07).
     Schema,

@@ -2,6 +2,7 @@
 //! [`listener`] → [`server`] → [`route`] → [`plugin`] chain → [`upstream`] → [`proxy`];
 //! [`snapshot`] holds one compiled config generation and [`runtime`] runs and reloads it.
 
+pub mod admin;
 pub mod body;
 pub mod consumer;
 pub mod demo;

@@ -31,6 +31,13 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Validate { config } => return validate(&config),
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+            json,
+        } => explain(&config, &method, &url, &headers, json),
         Command::Schema => {
             // A closed pipe (`frontdesk schema | head`) is not an error worth a panic.
             use std::io::Write as _;
@@ -85,6 +92,35 @@ fn validate(path: &Path) -> ExitCode {
             }
         }
     }
+}
+
+fn explain(
+    path: &Path,
+    method: &str,
+    url: &str,
+    headers: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let req = frontdesk::route::ExplainRequest::from_url(method, url, headers)?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let invalid = |d: Vec<Diagnostic>| {
+        let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid config:\n{}", lines.join("\n"))
+    };
+    let loaded = frontdesk::runtime::reload::load_text(path, &text).map_err(invalid)?;
+    // No runtime: nothing is connected or started, only compiled.
+    let (snap, _) = Snapshot::build(loaded.config, None).map_err(invalid)?;
+    let explanation = snap.explain(&req);
+    let out = if json {
+        format!("{}\n", serde_json::to_string_pretty(&explanation)?)
+    } else {
+        explanation.to_string()
+    };
+    // A closed pipe (`frontdesk explain ... | head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    Ok(())
 }
 
 fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {

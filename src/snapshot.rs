@@ -16,7 +16,10 @@ use crate::observe::metrics::{ListenerSeries, Metrics};
 use crate::observe::Observer;
 use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, Scope};
 use crate::plugins;
-use crate::route::RouteTable;
+use crate::route::{
+    normalize_host, stripped_path, ExplainRequest, Explanation, MatchedRoute, RequestSummary,
+    RouteTable,
+};
 use crate::server::HeadLimits;
 use crate::tls::server::ServerTls;
 use crate::upstream::Upstream;
@@ -93,6 +96,8 @@ pub struct Snapshot {
     pub redis: Option<Arc<RedisStore>>,
     /// The process's metrics; the same instance in every generation.
     pub metrics: Arc<Metrics>,
+    /// When this generation was built (it goes live right after).
+    pub loaded_at: std::time::SystemTime,
     /// Records finished requests (metrics, access log, traces).
     pub observer: Arc<Observer>,
     /// Background tasks of this generation (active health checks), aborted when it is retired.
@@ -106,6 +111,20 @@ impl Snapshot {
     pub fn build(
         cfg: Config,
         prev: Option<&Snapshot>,
+    ) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
+        Self::compile(cfg, prev, true)
+    }
+
+    /// Runs every check [`Snapshot::build`] runs, without connecting to anything (a new Redis
+    /// store is not started): what `POST /config/validate` answers. Returns the warnings.
+    pub fn check(cfg: Config, prev: Option<&Snapshot>) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
+        Self::compile(cfg, prev, false).map(|(_, warnings)| warnings)
+    }
+
+    fn compile(
+        cfg: Config,
+        prev: Option<&Snapshot>,
+        connect: bool,
     ) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
         let root = FieldPath::root();
         let metrics = prev.map_or_else(Arc::default, |p| p.metrics.clone());
@@ -150,10 +169,14 @@ impl Snapshot {
                 .filter(|r| r.config() == rc)
             {
                 Some(r) => Some(r),
-                None => match tokio::runtime::Handle::try_current() {
-                    // `validate` builds snapshots without a runtime: nothing to connect then.
-                    Err(_) => None,
-                    Ok(_) => match RedisStore::start(rc) {
+                // `validate` builds snapshots without a runtime, and `check` must not connect:
+                // nothing to start then.
+                None => match tokio::runtime::Handle::try_current()
+                    .ok()
+                    .filter(|_| connect)
+                {
+                    None => None,
+                    Some(_) => match RedisStore::start(rc) {
                         Ok(r) => Some(Arc::new(r)),
                         Err(e) => {
                             errs.push(Diagnostic::error("redis", e));
@@ -304,6 +327,7 @@ impl Snapshot {
                     config: Arc::new(cfg),
                     redis,
                     metrics,
+                    loaded_at: std::time::SystemTime::now(),
                     observer: observer
                         .unwrap_or_else(|| Arc::new(Observer::metrics_only(Arc::default()))),
                     background: Default::default(),
@@ -335,6 +359,37 @@ impl Snapshot {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         tasks.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+
+    /// Which route `req` takes, why the routes before it did not, which plugins run and where
+    /// the request goes (`GET /explain`, `frontdesk explain`).
+    pub fn explain(&self, req: &ExplainRequest) -> Explanation {
+        let key = req.key();
+        let found = self.routes.explain(&key);
+        let matched = found.matched.map(|hit| {
+            let route = hit.route;
+            let upstream_path = route.upstream.as_ref().map(|_| {
+                let strip = if route.strip_prefix { hit.strip_len } else { 0 };
+                stripped_path(&req.path, strip, req.query.as_deref())
+            });
+            MatchedRoute {
+                route: hit.name.to_string(),
+                rule: hit.rule.to_string(),
+                plugins: route.plugins.kinds().map(str::to_string).collect(),
+                upstream: route.upstream.as_ref().map(|u| u.name.to_string()),
+                upstream_path,
+            }
+        });
+        Explanation {
+            request: RequestSummary {
+                method: req.method.to_string(),
+                host: req.host.as_deref().map(|h| normalize_host(h).into_owned()),
+                path: req.path.clone(),
+                query: req.query.clone(),
+            },
+            matched,
+            considered: found.rejected,
+        }
     }
 
     /// A listener's settings by name.

@@ -67,6 +67,11 @@ impl PluginChain {
         }
     }
 
+    /// The plugins' kinds, in run order.
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.plugins.iter().map(|p| p.kind())
+    }
+
     /// Counts this chain's 401 and 403 refusals under `route` in `metrics`.
     pub fn count_refusals(&mut self, route: &Arc<str>, metrics: &Arc<Metrics>) {
         let auth_kinds = self.plugins[..self.auth_end.unwrap_or(0)]

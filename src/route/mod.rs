@@ -5,6 +5,7 @@
 //! template, prefix with longer prefixes first, regex), then declaration order. The first route
 //! whose every condition holds wins. Built once per snapshot; matching takes no locks.
 
+mod explain;
 mod path;
 
 use std::collections::HashMap;
@@ -13,6 +14,10 @@ use frontdesk_config::{Diagnostic, FieldPath, PathMatch, RouteConfig};
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
+pub use explain::{
+    stripped_path, ExplainError, ExplainRequest, Explanation, Hit, MatchedRoute, Rejection,
+    RequestSummary, TableExplanation,
+};
 use path::{PathRule, Template};
 
 /// A compiled route table whose routes carry a payload `R` (the snapshot's runtime route).
@@ -24,6 +29,17 @@ pub struct RouteTable<R> {
     /// `(".example.org", entries)`, longest suffix first.
     wildcard_hosts: Vec<(String, Vec<usize>)>,
     any_host: Vec<usize>,
+    /// Per route, what only introspection reads ([`RouteTable::explain`]); `find` never does.
+    meta: Vec<RouteMeta>,
+    /// Per entry, its path rule as written (`prefix /users`), for introspection only.
+    entry_rules: Vec<String>,
+}
+
+/// A route's name and hosts as configured.
+#[derive(Debug)]
+struct RouteMeta {
+    name: String,
+    hosts: Vec<String>,
 }
 
 /// A successful match.
@@ -79,6 +95,8 @@ impl<R> RouteTable<R> {
             exact_hosts: HashMap::new(),
             wildcard_hosts: Vec::new(),
             any_host: Vec::new(),
+            meta: Vec::new(),
+            entry_rules: Vec::new(),
         };
         let mut names = Vec::new();
         // (host key, entry index); the host key decides the group an entry sorts into.
@@ -149,9 +167,23 @@ impl<R> RouteTable<R> {
                 payload,
             });
             names.push(cfg.name.clone());
+            table.meta.push(RouteMeta {
+                name: cfg.name.clone(),
+                hosts: m.hosts.clone(),
+            });
             let first_rule = table.entries.len();
-            for rule in rules {
+            let written: Vec<String> = if m.paths.is_empty() {
+                vec!["prefix /".into()]
+            } else {
+                m.paths
+                    .iter()
+                    .map(|p| format!("{} {}", p.kind(), p.pattern()))
+                    .collect()
+            };
+            // With an invalid regex the lists differ in length, but then the build fails below.
+            for (rule, written) in rules.into_iter().zip(written) {
                 table.entries.push(Entry { route: idx, rule });
+                table.entry_rules.push(written);
             }
             let last_rule = table.entries.len();
             for h in hosts {
@@ -304,7 +336,7 @@ impl HostKey {
 }
 
 /// Lowercases and drops the port (and IPv6 brackets' port) from a `Host` value.
-fn normalize_host(h: &str) -> std::borrow::Cow<'_, str> {
+pub fn normalize_host(h: &str) -> std::borrow::Cow<'_, str> {
     let without_port = if h.starts_with('[') {
         match h.find(']') {
             Some(end) => &h[..=end],

@@ -8,13 +8,14 @@ mod signals;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use frontdesk_config::Diagnostic;
 use tokio::sync::Mutex;
 
-pub use reload::{load_file, ReloadOutcome};
+pub use reload::{load_file, ApplyError, ReloadOutcome};
 pub use signals::Signals;
 
 use crate::listener::RunningListener;
@@ -32,6 +33,12 @@ pub struct Gateway {
     last_text: Mutex<u64>,
     /// Re-reads TLS listeners' certificate files when they change on disk.
     certs: certs::CertWatcher,
+    /// Set once every listener of the first config is serving (`/readyz`).
+    ready: AtomicBool,
+    /// Set when shutdown begins (`/readyz` answers 503 from then on).
+    draining: AtomicBool,
+    /// The admin listener, when `admin:` was configured at start; stopped last.
+    admin: std::sync::Mutex<Option<crate::admin::AdminServer>>,
 }
 
 /// Why the gateway could not start.
@@ -43,6 +50,14 @@ pub enum StartError {
     /// A listener could not bind.
     #[error(transparent)]
     Listener(#[from] crate::listener::ListenerError),
+    /// The admin listener could not bind.
+    #[error("admin listener {addr}: {source}")]
+    Admin {
+        /// The configured address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Other I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -68,7 +83,27 @@ impl Gateway {
             listeners: Mutex::new(HashMap::new()),
             tunnels: Arc::new(Tunnels::default()),
             last_text: Mutex::new(reload::hash(&text)),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            admin: std::sync::Mutex::new(None),
         });
+        // The admin listener first: it answers `/readyz` with 503 until the proxies serve.
+        let admin = gw.live.load().config.admin.clone();
+        if let Some(a) = admin {
+            let err = |source| StartError::Admin {
+                addr: a.address.clone(),
+                source,
+            };
+            let addr: SocketAddr = a
+                .address
+                .parse()
+                .map_err(|_| err(std::io::ErrorKind::InvalidInput.into()))?;
+            let server = crate::admin::start(addr, Arc::downgrade(&gw), a.token.clone())
+                .await
+                .map_err(err)?;
+            tracing::info!(listener = "admin", address = %server.local_addr(), "admin API listening");
+            *gw.admin_slot() = Some(server);
+        }
         let specs = gw.live.load().listeners.clone();
         let mut running = gw.listeners.lock().await;
         for spec in specs {
@@ -78,7 +113,36 @@ impl Gateway {
             running.insert(l.name.clone(), l);
         }
         drop(running);
+        gw.ready.store(true, Ordering::Release);
         Ok(gw)
+    }
+
+    fn admin_slot(&self) -> std::sync::MutexGuard<'_, Option<crate::admin::AdminServer>> {
+        self.admin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The admin listener's bound address, when one runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_slot()
+            .as_ref()
+            .map(crate::admin::AdminServer::local_addr)
+    }
+
+    /// True once the first config is live and every listener serves, until shutdown begins.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The config file this gateway runs (and `PUT /config` writes).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
     }
 
     /// The current snapshot.
@@ -102,7 +166,9 @@ impl Gateway {
     }
 
     /// Stops every listener and waits up to the drain timeout for requests and tunnels to finish.
+    /// The admin listener keeps answering meanwhile (`/readyz` says 503) and stops last.
     pub async fn shutdown(&self) {
+        self.draining.store(true, Ordering::Release);
         let drain = self.snapshot().drain_timeout;
         let deadline = tokio::time::Instant::now() + drain;
         let listeners: Vec<RunningListener> = self
@@ -115,6 +181,10 @@ impl Gateway {
         let stops = listeners.into_iter().map(|l| l.stop(drain));
         futures_join_all(stops).await;
         let _ = tokio::time::timeout_at(deadline, self.tunnels.wait_idle()).await;
+        let admin = self.admin_slot().take();
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
     }
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and on changes to the config file.

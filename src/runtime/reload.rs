@@ -1,13 +1,17 @@
-//! The one reload path (file watch, SIGHUP, and later the admin API all call [`apply`]): load and
-//! validate off the hot path, build a snapshot that reuses unchanged pools, bind new listeners,
-//! swap atomically, then retire listeners that went away. Any error leaves everything as it was.
+//! The one reload path: file watch, SIGHUP and the admin API's `POST /reload` call [`apply`],
+//! `PUT /config` calls [`apply_text`]; all of them end in `apply_locked`. It loads and validates
+//! off the hot path, builds a snapshot that reuses unchanged pools, binds new listeners, writes
+//! the text back to the config file when it came from the API, swaps atomically, then retires
+//! listeners that went away. Any error leaves everything as it was. Every attempt is counted in
+//! `frontdesk_config_reloads_total`.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
-use frontdesk_config::{load_str, Diagnostic, Loaded};
+use frontdesk_config::{load_str, Config, Diagnostic, Loaded};
 
 use super::Gateway;
 use crate::listener::{self, RunningListener};
@@ -53,20 +57,142 @@ pub(crate) fn hash(text: &str) -> u64 {
     h.finish()
 }
 
+/// Why [`apply_text`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The config was refused: every error (and the warnings).
+    #[error("invalid config")]
+    Invalid(Vec<Diagnostic>),
+    /// The config was valid but could not be written back to the config file.
+    #[error("cannot write the config file: {0}")]
+    Persist(std::io::Error),
+}
+
+impl From<Vec<Diagnostic>> for ApplyError {
+    fn from(d: Vec<Diagnostic>) -> Self {
+        ApplyError::Invalid(d)
+    }
+}
+
+impl ApplyError {
+    /// As diagnostics, for callers that report both kinds the same way.
+    pub fn into_diagnostics(self) -> Vec<Diagnostic> {
+        match self {
+            ApplyError::Invalid(d) => d,
+            ApplyError::Persist(e) => vec![Diagnostic::error("", e.to_string())],
+        }
+    }
+}
+
+type Running = HashMap<Arc<str>, RunningListener>;
+
+/// Re-reads the config file and applies it.
 pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>> {
     // Reloads are serialized by the listener lock; requests never take it.
     let mut running = gw.listeners.lock().await;
-    let (text, loaded) = load_file(&gw.config_path).await?;
+    let result = match read(&gw.config_path).await {
+        Ok(text) => apply_locked(gw, &mut running, text, false).await,
+        Err(e) => Err(e.into()),
+    };
+    record(gw, result).map_err(ApplyError::into_diagnostics)
+}
+
+/// Applies `text` as the new config and, once it is known to be good, writes it to the config
+/// file (atomically: a temporary file renamed over it) so that a restart keeps it. The file
+/// watcher sees that write and does nothing, since the text is the one last applied.
+pub async fn apply_text(gw: &Gateway, text: String) -> Result<ReloadOutcome, ApplyError> {
+    let mut running = gw.listeners.lock().await;
+    let result = apply_locked(gw, &mut running, text, true).await;
+    record(gw, result)
+}
+
+/// Checks `text` as `PUT /config` would apply it, without applying anything or connecting to
+/// anything. Returns the warnings, or every error.
+pub fn check_text(gw: &Gateway, text: &str) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
+    let loaded = load_text(&gw.config_path, text)?;
     let current = gw.live.load_full();
-    let threads_before = current.config.server.worker_threads;
-    let (snap, mut warnings) = Snapshot::build(loaded.config, Some(&current))?;
-    warnings.extend(loaded.warnings);
-    if snap.config.server.worker_threads != threads_before {
-        warnings.push(Diagnostic::warning(
+    let restart = restart_warnings(&current.config, &loaded.config);
+    let mut warnings = loaded.warnings;
+    warnings.extend(Snapshot::check(loaded.config, Some(&current))?);
+    warnings.extend(restart);
+    Ok(warnings)
+}
+
+/// Counts a reload attempt in the metrics.
+fn record<T>(gw: &Gateway, r: Result<T, ApplyError>) -> Result<T, ApplyError> {
+    gw.live.load().metrics.reload(r.is_ok());
+    r
+}
+
+async fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
+    tokio::fs::read_to_string(path).await.map_err(|e| {
+        vec![Diagnostic::error(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )]
+    })
+}
+
+/// Settings that are read once at start: a change to them waits for the next start.
+fn restart_warnings(old: &Config, new: &Config) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if new.server.worker_threads != old.server.worker_threads {
+        out.push(Diagnostic::warning(
             "server.worker_threads",
             "the worker count is fixed at start; this change takes effect at the next start",
         ));
     }
+    let admin = |c: &Config| c.admin.as_ref().map(|a| a.address.clone());
+    if admin(new) != admin(old) {
+        out.push(Diagnostic::warning(
+            "admin.address",
+            "the admin listener is bound at start; this change takes effect at the next start",
+        ));
+    }
+    out
+}
+
+/// Writes `text` to `path` by renaming a temporary file in the same directory over it, so a
+/// reader never sees half a file. A symlinked config file keeps its link: the target is replaced.
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = target.file_name().map_or_else(
+        || "frontdesk.yaml".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        // The file may hold secrets: keep the original's permissions.
+        if let Ok(meta) = std::fs::metadata(&target) {
+            f.set_permissions(meta.permissions())?;
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &target)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+async fn apply_locked(
+    gw: &Gateway,
+    running: &mut Running,
+    text: String,
+    persist: bool,
+) -> Result<ReloadOutcome, ApplyError> {
+    let loaded = load_text(&gw.config_path, &text)?;
+    let current = gw.live.load_full();
+    let (snap, mut warnings) = Snapshot::build(loaded.config, Some(&current))?;
+    warnings.extend(loaded.warnings);
+    warnings.extend(restart_warnings(&current.config, &snap.config));
 
     // Plan listener changes and bind what is new before anything changes, so a failed bind
     // refuses the whole reload. A listener whose address another listener held (a rename, or an
@@ -92,14 +218,24 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
             None => match listener::bind(spec) {
                 Ok(sock) => Source::Bound(sock),
                 Err(e) => {
-                    return Err(vec![Diagnostic::error(
+                    return Err(ApplyError::Invalid(vec![Diagnostic::error(
                         format!("listeners[{i}].address"),
                         e.to_string(),
-                    )]);
+                    )]));
                 }
             },
         };
         planned.push((spec.clone(), source));
+    }
+
+    // The last step that can fail, so a file that cannot be written changes nothing.
+    if persist {
+        let path = gw.config_path.clone();
+        let body = text.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&path, &body))
+            .await
+            .map_err(|e| ApplyError::Persist(std::io::Error::other(e)))?
+            .map_err(ApplyError::Persist)?;
     }
 
     let generation = snap.generation;
@@ -173,13 +309,16 @@ pub(crate) async fn apply(gw: &Gateway) -> Result<ReloadOutcome, Vec<Diagnostic>
     Ok(outcome)
 }
 
-/// Reloads only if the file's text changed since the last applied config.
+/// Reloads only if the file's text changed since the last applied config. The comparison is made
+/// under the reload lock, so a file written by [`apply_text`] is never applied a second time.
 pub(crate) async fn apply_if_changed(
     gw: &Gateway,
 ) -> Option<Result<ReloadOutcome, Vec<Diagnostic>>> {
+    let mut running = gw.listeners.lock().await;
     let text = tokio::fs::read_to_string(&gw.config_path).await.ok()?;
     if hash(&text) == *gw.last_text.lock().await {
         return None;
     }
-    Some(apply(gw).await)
+    let result = apply_locked(gw, &mut running, text, false).await;
+    Some(record(gw, result).map_err(ApplyError::into_diagnostics))
 }

@@ -141,6 +141,28 @@ pub struct CircuitBreaker {
     inflight: Arc<AtomicUsize>,
 }
 
+/// What a circuit breaker is doing now, as the admin API reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Requests flow.
+    Closed,
+    /// Requests are refused until `open_for` has passed.
+    Open,
+    /// One probe request decides whether it closes again.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
 /// Why the breaker refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -187,6 +209,16 @@ impl CircuitBreaker {
     /// Whether the breaker is open now (for metrics and tests).
     pub fn is_open(&self) -> bool {
         self.state.load(Ordering::Acquire) != CLOSED
+    }
+
+    /// The breaker's state now. An open breaker whose wait is over reads as open until a request
+    /// takes the probe.
+    pub fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => BreakerState::Closed,
+            OPEN => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
     }
 
     /// Admits a request, or refuses it at once.

@@ -36,7 +36,7 @@ pub struct EndpointState {
     passive_failures: AtomicU32,
     /// `now_ms` until which the endpoint is ejected; 0 when it is not.
     ejected_until: AtomicU64,
-    /// Requests in flight (for least_request).
+    /// Requests in flight (read by least_request and the admin API).
     pub(crate) inflight: AtomicUsize,
     /// Time from sending to the response head, per attempt that got one.
     pub latency: crate::observe::metrics::Histogram,
@@ -65,6 +65,18 @@ impl EndpointState {
         }
         let until = self.ejected_until.load(Ordering::Relaxed);
         until == 0 || now_ms() >= until
+    }
+
+    /// Whether passive checks have ejected the endpoint (live traffic failed it) and the
+    /// ejection has not run out yet. Active check verdicts are not part of it.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
+    /// Requests in flight to the endpoint now.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
     }
 
     /// Records a live request's outcome for passive health.

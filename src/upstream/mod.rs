@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use frontdesk_config::{
-    ActiveHealthConfig, LoadBalancing, PassiveHealthConfig, RetryOn, UpstreamConfig,
-    UpstreamProtocol,
+    ActiveHealthConfig, PassiveHealthConfig, RetryOn, UpstreamConfig, UpstreamProtocol,
 };
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
@@ -155,8 +154,6 @@ pub struct Upstream {
     active: Option<ActiveHealthConfig>,
     budget: RetryBudget,
     breaker: Option<CircuitBreaker>,
-    /// Endpoint in-flight counts are kept only when the balancer reads them.
-    track_inflight: bool,
     pool_id: u64,
     pool_settings: PoolSettings,
     /// Error and retry counters, kept across reloads by name.
@@ -357,7 +354,6 @@ impl Upstream {
         };
         Ok(Upstream {
             name: Arc::from(name),
-            track_inflight: cfg.load_balancing == LoadBalancing::LeastRequest,
             endpoints,
             balancer,
             hash_key,
@@ -514,9 +510,8 @@ impl Upstream {
             };
             tried.add(idx);
             let ep = &self.endpoints[idx];
-            let inflight = self
-                .track_inflight
-                .then(|| EndpointInflight::new(&ep.state));
+            // Always counted (one atomic add): least_request reads it, and so does the admin API.
+            let inflight = Some(EndpointInflight::new(&ep.state));
             let mut req = req;
             let span = opts.report.as_mut().and_then(|r| {
                 r.target = Some(ep.url.clone());

@@ -6,6 +6,7 @@
 
 mod env;
 pub mod model;
+mod redact;
 mod units;
 mod validate;
 
@@ -35,6 +36,7 @@ pub use model::{
     ServerConfig, TargetConfig, TimeoutsConfig, TlsVersion, UpstreamConfig, UpstreamProtocol,
     UpstreamTlsConfig,
 };
+pub use redact::REDACTED;
 pub use units::{ByteSize, Dur};
 
 /// How bad a [`Diagnostic`] is.

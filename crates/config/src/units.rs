@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 /// A size in bytes, written as a plain integer or with a unit: `512`, `8KiB`, `1MiB`, `2GB`.
 ///
@@ -70,6 +70,13 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+impl Serialize for ByteSize {
+    /// In its human form (`32KiB`), which reads back as the same size.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl JsonSchema for ByteSize {
     fn schema_name() -> Cow<'static, str> {
         "ByteSize".into()
@@ -129,6 +136,18 @@ impl fmt::Display for Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         scalar(d, |n| Dur(Duration::from_secs(n)), Dur::parse)
+    }
+}
+
+impl Serialize for Dur {
+    /// In its human form (`20ms`, `30s`); sub-millisecond durations in `us`, so that it reads
+    /// back as the same duration.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.subsec_nanos() % 1_000_000 == 0 {
+            s.collect_str(self)
+        } else {
+            s.collect_str(&format_args!("{}us", self.0.as_micros()))
+        }
     }
 }
 

@@ -1,10 +1,10 @@
 //! Consumers: identified callers, the credentials that identify them, and their groups.
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// An identified caller. Credentials map requests to consumers; groups drive `acl` and limits.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {
     /// Unique name, sent upstream as `x-consumer-name`.
@@ -25,7 +25,7 @@ pub struct ConsumerConfig {
 }
 
 /// An API key, in clear or as the hex SHA-256 of the key.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(untagged)]
 pub enum ApiKeyConfig {
     /// The key itself.
@@ -38,7 +38,7 @@ pub enum ApiKeyConfig {
 }
 
 /// A username and a bcrypt hash of the password.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuthCredential {
     /// The username, unique across consumers.
@@ -48,7 +48,7 @@ pub struct BasicAuthCredential {
 }
 
 /// How a client certificate names this consumer.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCertIdentity {
     /// The certificate's subject common name.

@@ -1,14 +1,14 @@
 //! Listener settings: where the gateway accepts connections and the limits it enforces there.
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::units::{ByteSize, Dur};
 
 pub use super::listener_tls::ListenerTlsConfig;
 
 /// A socket that accepts HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on one port.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Unique name, used in logs and to match listeners across reloads.
@@ -32,7 +32,7 @@ pub struct ListenerConfig {
 }
 
 /// Limits on what a client may send. Requests over a limit never reach an upstream.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Request line plus all header lines; over it the client gets 431.

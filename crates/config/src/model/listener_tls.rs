@@ -1,10 +1,10 @@
 //! TLS on a listener: certificates chosen by SNI, optional client certificates.
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// TLS termination settings of a listener.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
     /// Server certificates. The one whose names match the client's SNI is used; the first is the
@@ -21,7 +21,7 @@ pub struct ListenerTlsConfig {
 
 /// A certificate chain and its private key, both PEM files (relative paths are relative to the
 /// config file's directory).
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     /// PEM file with the certificate chain, leaf first.
@@ -31,7 +31,7 @@ pub struct CertificateConfig {
 }
 
 /// Client certificate verification.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuthConfig {
     /// PEM file with the CA certificates that client certificates must chain to.
@@ -43,7 +43,7 @@ pub struct ClientAuthConfig {
 }
 
 /// Whether a client certificate is required.
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuthMode {
     /// Verified when sent; not required.
@@ -54,7 +54,7 @@ pub enum ClientAuthMode {
 }
 
 /// A TLS protocol version.
-#[derive(Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, JsonSchema, Serialize, PartialEq, Eq)]
 pub enum TlsVersion {
     /// TLS 1.2 (and 1.3).
     #[default]

@@ -14,7 +14,7 @@ mod upstream;
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use consumer::{ApiKeyConfig, BasicAuthCredential, ClientCertIdentity, ConsumerConfig};
 pub use listener::{LimitsConfig, ListenerConfig};
@@ -36,7 +36,7 @@ pub use upstream::{
 use crate::units::Dur;
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Schema version; must be 1.
@@ -71,7 +71,7 @@ pub struct Config {
 }
 
 /// The Redis server (or cluster) that shares limiter state between instances.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]` of a single server (or `rediss://` for TLS).
@@ -128,7 +128,7 @@ impl Config {
 }
 
 /// Process-wide settings.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Worker threads; 0 means one per available core (respecting CPU affinity). Read at start only.

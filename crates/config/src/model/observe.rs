@@ -2,10 +2,10 @@
 //! (metrics, access log, traces).
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The admin API's own listener. Without this section no admin listener runs.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `IP:PORT` to bind; loopback by default. It never serves proxied routes.
@@ -31,7 +31,7 @@ fn default_admin_address() -> String {
 }
 
 /// Metrics, access log and tracing.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityConfig {
     /// One line per request; absent means no access log.
@@ -44,7 +44,7 @@ pub struct ObservabilityConfig {
 
 /// The access log: one line per request, written by a background thread so it never blocks a
 /// request (lines are dropped and counted when the writer falls behind).
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogConfig {
     /// Line format.
@@ -60,7 +60,7 @@ fn default_output() -> String {
 }
 
 /// Access log line format.
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessLogFormat {
     /// One JSON object per line.
@@ -69,7 +69,7 @@ pub enum AccessLogFormat {
 }
 
 /// Prometheus metrics.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Record request metrics at all (on by default; off only to measure their cost).
@@ -89,7 +89,7 @@ impl Default for MetricsConfig {
 }
 
 /// OpenTelemetry trace export over OTLP/gRPC.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
     /// The collector's OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`; absent means no export.

@@ -4,13 +4,13 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lenient;
 use super::plugin::PluginsConfig;
 
 /// A rule that matches requests and sends them to an upstream (or answers them with a plugin).
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique name, used in logs and metrics.
@@ -37,7 +37,7 @@ fn yes() -> bool {
 }
 
 /// Conditions on a request; all present conditions must hold.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Exact hosts (`api.example.com`) or wildcards (`*.example.org`); absent means any host.
@@ -128,6 +128,16 @@ impl<'de> Deserialize<'de> for PathMatch {
                 }
             }
         }
+    }
+}
+
+impl Serialize for PathMatch {
+    /// The map form (`{ prefix: /users }`), which reads back as the same rule.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(self.kind(), self.pattern())?;
+        m.end()
     }
 }
 

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::units::Dur;
 
 /// A named group of targets.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The endpoints of this upstream; at least one.
@@ -79,7 +79,7 @@ impl UpstreamConfig {
 }
 
 /// One endpoint of an upstream.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// `http://host:port` or `https://host:port`; a path is not allowed.
@@ -90,7 +90,7 @@ pub struct TargetConfig {
 }
 
 /// How a target is picked for each request.
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadBalancing {
     /// Smooth weighted round robin (nginx's).
@@ -106,7 +106,7 @@ pub enum LoadBalancing {
 }
 
 /// Health checking. Passive checks are on by default; active checks only when configured.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// Periodic probes of every target in the background.
@@ -118,7 +118,7 @@ pub struct HealthCheckConfig {
 }
 
 /// Periodic HTTP probes.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveHealthConfig {
     /// Path probed with `GET`; a 2xx or 3xx answer is a success.
@@ -140,7 +140,7 @@ pub struct ActiveHealthConfig {
 
 /// Passive health: consecutive failures of live traffic (connect failures, resets, timeouts or
 /// 5xx answers) eject a target for a while.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthConfig {
     /// Consecutive failures that eject a target; 0 turns passive checks off.
@@ -159,7 +159,7 @@ impl Default for PassiveHealthConfig {
 }
 
 /// Upstream timeouts; the defaults are 5 s, 60 s and 90 s.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
     /// Opening a connection (TCP and TLS handshake); over it: 502.
@@ -178,7 +178,7 @@ pub struct TimeoutsConfig {
 /// before a byte was written) is retried for any method. Once sent, `reset`, `timeout` and statuses
 /// are retried only for idempotent methods without a body (bodies are streamed, not kept). Each
 /// retry prefers another target and takes one from the retry budget.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetriesConfig {
     /// Retries after the first try; 0 turns retries off.
@@ -233,8 +233,20 @@ impl<'de> Deserialize<'de> for RetryOn {
     }
 }
 
+impl Serialize for RetryOn {
+    /// As written in the file: a condition's name, or a status number.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RetryOn::ConnectFailure => s.serialize_str("connect_failure"),
+            RetryOn::Reset => s.serialize_str("reset"),
+            RetryOn::Timeout => s.serialize_str("timeout"),
+            RetryOn::Status(code) => s.serialize_u16(*code),
+        }
+    }
+}
+
 /// A per-upstream circuit breaker.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakerConfig {
     /// Share of failed requests (connect failures, resets, timeouts, 5xx) in `window` that opens
@@ -263,7 +275,7 @@ impl Default for CircuitBreakerConfig {
 }
 
 /// Wire protocol to the targets.
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 (over TLS for `https://` targets, ALPN `http/1.1`).
@@ -276,7 +288,7 @@ pub enum UpstreamProtocol {
 }
 
 /// TLS to `https://` targets. The server is always verified.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
     /// PEM file of CA certificates to verify targets with; absent: the system's roots.

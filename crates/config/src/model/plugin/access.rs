@@ -1,12 +1,12 @@
 //! Config of the access plugins that need no identity: `ip_filter`, `cors`, `request_size`.
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::units::{ByteSize, Dur};
 
 /// Allow and deny lists of client addresses (CIDR or single addresses).
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IpFilterConfig {
     /// When set, only these networks pass.
@@ -18,7 +18,7 @@ pub struct IpFilterConfig {
 }
 
 /// Cross-origin resource sharing.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
     /// Allowed origins (`https://app.example.com`), or `*`.
@@ -42,7 +42,7 @@ pub struct CorsConfig {
 }
 
 /// A cap on the request body.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSizeConfig {
     /// Largest body accepted; over it: 413.

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::units::Dur;
 
 /// API keys from a header or a query parameter.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KeyAuthConfig {
     /// Header carrying the key.
@@ -31,7 +31,7 @@ fn default_key_header() -> String {
 }
 
 /// JSON Web Tokens in `Authorization: Bearer`.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// Accepted issuers; a token's `iss` selects one.
@@ -65,7 +65,7 @@ fn default_leeway() -> Dur {
 }
 
 /// One accepted token issuer: keys from a JWKS URL or a shared secret.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JwtIssuerConfig {
     /// Expected `iss`.
@@ -85,7 +85,7 @@ pub struct JwtIssuerConfig {
 }
 
 /// `Authorization: Basic` against consumers' `basic_auth` credentials.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuthConfig {
     /// Realm in the `WWW-Authenticate` challenge.
@@ -100,7 +100,7 @@ pub struct BasicAuthConfig {
 }
 
 /// Identification by the verified client certificate of the connection.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCertConfig {
     /// Consumer to go on as when no auth plugin found credentials.
@@ -112,7 +112,7 @@ pub struct ClientCertConfig {
 }
 
 /// Access by consumer group.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AclConfig {
     /// Consumers in one of these groups pass; others get 403.

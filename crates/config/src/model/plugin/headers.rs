@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::lenient;
 
 /// Header edits on the request (before it is forwarded) and on the response (before the client sees it).
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeadersConfig {
     /// Edits applied to the request.
@@ -20,7 +20,7 @@ pub struct HeadersConfig {
 }
 
 /// Edits, applied in this order: remove, set, add.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOps {
     /// Replace every value of the header with this one.

@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::units::Dur;
 
 /// Where limiter state lives.
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitStore {
     /// In this instance only: each instance enforces the full limit alone.
@@ -19,7 +19,7 @@ pub enum LimitStore {
 }
 
 /// What to do when Redis fails or is slower than `redis.timeout`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStoreError {
     /// Fall back to a per-instance limiter with the same limits.
@@ -32,7 +32,7 @@ pub enum OnStoreError {
 }
 
 /// Which rate-limit headers responses carry.
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitHeaders {
     /// `RateLimit-Policy` and `RateLimit` (IETF draft).
@@ -47,7 +47,7 @@ pub enum LimitHeaders {
 }
 
 /// Token-bucket rate limits (GCRA).
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Where the buckets live.
@@ -67,7 +67,7 @@ pub struct RateLimitConfig {
 }
 
 /// One token bucket per key: `burst` tokens (default `rate`), refilled at `rate` per `per`.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Name, reported in headers and used by group overrides.
@@ -84,7 +84,7 @@ pub struct LimitConfig {
 }
 
 /// New numbers for a named limit, for one consumer group.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverride {
     /// Tokens added per `per`.
@@ -97,7 +97,7 @@ pub struct LimitOverride {
 }
 
 /// A calendar quota.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
     /// What a quota is per: `consumer`, `client_ip`, `route`, or `header:NAME`.
@@ -115,7 +115,7 @@ pub struct QuotaConfig {
 }
 
 /// A calendar window in UTC.
-#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum QuotaWindow {
     /// From 00:00 UTC to the next.
@@ -125,7 +125,7 @@ pub enum QuotaWindow {
 }
 
 /// A cap on requests in flight.
-#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyConfig {
     /// What the cap is per: `route`, `consumer`, `client_ip`, or `header:NAME`.

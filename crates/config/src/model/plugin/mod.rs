@@ -9,7 +9,7 @@ mod limits;
 mod respond;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use access::{CorsConfig, IpFilterConfig, RequestSizeConfig};
 pub use auth::{
@@ -23,7 +23,7 @@ pub use limits::{
 pub use respond::RespondConfig;
 
 /// Plugins by kind. A kind appears at most once per scope; unknown kinds are errors.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Refuse clients by address (403).

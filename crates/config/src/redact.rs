@@ -1,0 +1,101 @@
+//! Secrets out of a config before it is shown (the admin API's `GET /config`): API keys,
+//! basic-auth password hashes, JWT HMAC secrets, the admin token and passwords inside URLs.
+//! File paths (certificates, keys) stay: they name secrets without being them.
+
+use crate::model::plugin::PluginsConfig;
+use crate::model::{ApiKeyConfig, Config};
+
+/// What a redacted value reads as.
+pub const REDACTED: &str = "<redacted>";
+
+impl Config {
+    /// A copy with every secret replaced by [`REDACTED`]; the shape is unchanged, so the result
+    /// still shows which secrets are set.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for consumer in &mut c.consumers {
+            for key in &mut consumer.api_keys {
+                *key = match key {
+                    ApiKeyConfig::Plain(_) => ApiKeyConfig::Plain(REDACTED.into()),
+                    ApiKeyConfig::Hashed { .. } => ApiKeyConfig::Hashed {
+                        sha256: REDACTED.into(),
+                    },
+                };
+            }
+            if let Some(b) = &mut consumer.basic_auth {
+                b.password_hash = REDACTED.into();
+            }
+        }
+        redact_plugins(&mut c.plugins);
+        for r in &mut c.routes {
+            redact_plugins(&mut r.plugins);
+        }
+        if let Some(a) = &mut c.admin {
+            if a.token.is_some() {
+                a.token = Some(REDACTED.into());
+            }
+        }
+        if let Some(r) = &mut c.redis {
+            r.url = r.url.as_deref().map(redact_url);
+            r.cluster = r.cluster.iter().map(|u| redact_url(u)).collect();
+        }
+        for up in c.upstreams.values_mut() {
+            for t in &mut up.targets {
+                t.url = redact_url(&t.url);
+            }
+        }
+        if let Some(t) = &mut c.observability.tracing {
+            t.otlp_endpoint = t.otlp_endpoint.as_deref().map(redact_url);
+        }
+        c
+    }
+}
+
+fn redact_plugins(p: &mut PluginsConfig) {
+    if let Some(jwt) = &mut p.jwt {
+        for issuer in &mut jwt.issuers {
+            if issuer.secret.is_some() {
+                issuer.secret = Some(REDACTED.into());
+            }
+            issuer.jwks_url = issuer.jwks_url.as_deref().map(redact_url);
+        }
+    }
+}
+
+/// `scheme://user:secret@host/...` → `scheme://user:<redacted>@host/...`; a user part without a
+/// `:` is redacted whole (Redis reads some such forms as a password).
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let userinfo = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None => REDACTED.to_string(),
+    };
+    format!("{scheme}://{userinfo}@{host}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_redacted_and_the_rest_kept() {
+        assert_eq!(
+            redact_url("redis://:hunter2@cache:6379/0"),
+            "redis://:<redacted>@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://app:s3cret@cache/1"),
+            "rediss://app:<redacted>@cache/1"
+        );
+        assert_eq!(redact_url("redis://tok@cache"), "redis://<redacted>@cache");
+        assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
+    }
+}
