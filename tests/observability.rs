@@ -8,10 +8,21 @@ use std::time::Duration;
 use common::*;
 use prometheus_parse::{Scrape, Value};
 
-/// The gateway's metrics, parsed by a Prometheus text parser.
-fn scrape(gw: &TestGateway) -> Scrape {
-    let snap = gw.gw.snapshot();
-    let text = snap.metrics.render(&snap);
+/// The gateway's metrics, scraped from the admin listener's `/metrics` and parsed by a Prometheus
+/// text parser.
+async fn scrape(gw: &TestGateway) -> Scrape {
+    let admin = gw.gw.admin_addr().expect("the admin listener runs");
+    let resp = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        frontdesk::observe::metrics::CONTENT_TYPE
+    );
+    let text = resp.text().await.expect("metrics text");
     let lines = text.lines().map(|l| Ok(l.to_string()));
     Scrape::parse(lines).expect("the exposition parses")
 }
@@ -38,7 +49,7 @@ fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 async fn settled(gw: &TestGateway, check: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
-        let s = scrape(gw);
+        let s = scrape(gw).await;
         if check(&s) || std::time::Instant::now() > deadline {
             return s;
         }
@@ -52,6 +63,7 @@ async fn counters_are_exact_after_known_traffic() {
     let dead = closed_port().await;
     let gw = gateway(&config(&format!(
         r#"
+admin: {{ address: "127.0.0.1:0" }}
 consumers:
   - {{ name: alice, api_keys: ["alice-key-0001"] }}
 observability:
@@ -257,6 +269,7 @@ async fn retries_and_ejections_are_counted() {
     let dead = closed_port().await;
     let gw = gateway(&config(&format!(
         r#"
+admin: {{ address: "127.0.0.1:0" }}
 upstreams:
   svc:
     load_balancing: round_robin
