@@ -46,110 +46,20 @@ JWT_ISSUER="bench-issuer"
 JWT_AUDIENCE="bench"
 JWT_KID="bench-rs256"
 cd "$ROOT"
-
-log() { printf '[auth-bench] %s\n' "$*" >&2; }
-die() { printf '[auth-bench] error: %s\n' "$*" >&2; exit 1; }
-util() { python3 "$BENCH/benchutil.py" "$@"; }
-
-# ---------------------------------------------------------------- cleanup --
-STARTED_PIDS=()
-KEY_DIR=
-cleanup() {
-    [[ -z $KEY_DIR ]] || rm -rf "$KEY_DIR"
-    local pid
-    for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
-        stop_pid "$pid"
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# stop_pid PID: SIGTERM, wait up to 10s, then SIGKILL.
-stop_pid() {
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        if [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]]; then break; fi
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# CPU ticks (utime + stime, fields 14 and 15 of /proc/PID/stat) of one process, all threads.
-cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-alive() {
-    [[ -r /proc/$2/stat && $(awk '{print $3}' "/proc/$2/stat" 2>/dev/null) != Z ]] ||
-        die "$1 (pid $2) exited, see the logs in $OUT"
-}
-# to_ms VALUE: wrk latency (812.00us, 1.23ms, 1.01s) in milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
-        printf "%.3f", n }'
-}
-wait_port() { util wait "$1" 30 "$2"; }
+TAG=auth-bench
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 has_route() { [[ " $ROUTES " == *" $1 "* ]]; }
 
 # --------------------------------------------------------------- preflight --
 preflight() {
-    local need=() r
-    command -v nginx >/dev/null || need+=(nginx-light)
-    command -v wrk >/dev/null || need+=(wrk)
-    command -v openssl >/dev/null || need+=(openssl)
-    command -v python3 >/dev/null || die "python3 not found"
-    command -v taskset >/dev/null || die "taskset not found (util-linux)"
-    if ((${#need[@]})); then
-        [[ $(id -u) == 0 ]] || die "missing ${need[*]}; run as root or apt-get install ${need[*]}"
-        log "installing ${need[*]} with apt-get"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    fi
-    local cpu
-    for cpu in "$PROXY_CPU" "$LOAD_CPU"; do
-        taskset -c "$cpu" true 2>/dev/null || die "cannot pin to CPU $cpu (need 2 cores; nproc=$(nproc))"
-    done
-    [[ $PROXY_CPU != "$LOAD_CPU" ]] || die "PROXY_CPU and LOAD_CPU must differ"
-    [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not $ROUNDS"
+    local r extra=()
+    command -v openssl >/dev/null || extra+=(openssl)
     for r in $ROUTES; do
         case $r in plain | key | jwt | rl_local | rl_redis) ;; *) die "unknown route in ROUTES: $r (plain, key, jwt, rl_local, rl_redis)" ;; esac
     done
     has_route plain || die "ROUTES must include plain (the baseline)"
-
-    NOFILE=$((2 * CONNECTIONS + 4096))
-    local hard
-    hard=$(ulimit -Hn)
-    if [[ $hard != unlimited ]] && ((hard < NOFILE)); then
-        ulimit -Hn "$NOFILE" 2>/dev/null || NOFILE=$hard
-    fi
-    ulimit -Sn "$NOFILE" || die "cannot raise ulimit -n to $NOFILE"
-    ((NOFILE >= 2 * CONNECTIONS + 200)) || die "ulimit -n is $NOFILE, too low for CONNECTIONS=$CONNECTIONS"
-
-    CLK_TCK=$(getconf CLK_TCK)
-    rm -rf "$OUT"
-    mkdir -p "$OUT"
-}
-
-build_frontdesk() {
-    if [[ -n $FRONTDESK_BIN ]]; then
-        [[ -x $FRONTDESK_BIN ]] || die "FRONTDESK_BIN=$FRONTDESK_BIN is not executable"
-        return
-    fi
-    command -v cargo >/dev/null || die "cargo not found (or set FRONTDESK_BIN)"
-    log "cargo build --release --bin frontdesk"
-    cargo build --release --bin frontdesk >&2
-    local target=${CARGO_TARGET_DIR:-target}
-    [[ $target == /* ]] || target=$ROOT/$target
-    FRONTDESK_BIN=$target/release/frontdesk
-    FRONTDESK_DESC="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?') (release build)"
-    [[ -x $FRONTDESK_BIN ]] || die "$FRONTDESK_BIN not found after build"
+    preflight_common "${extra[@]+"${extra[@]}"}"
 }
 
 # ------------------------------------------------------------ credentials --
@@ -175,21 +85,6 @@ start_jwks() {
     STARTED_PIDS+=("$JWKS_PID")
     wait_port "$JWKS_PORT" "$JWKS_PID" || die "JWKS server did not start, see $OUT/jwks.log"
     log "JWKS on http://127.0.0.1:$JWKS_PORT/jwks.json (pid $JWKS_PID, cpu $LOAD_CPU)"
-}
-
-# ---------------------------------------------------------------- upstream --
-start_upstream() {
-    sed -e "s|@OUT@|$OUT|g" -e "s|@PORT@|$UPSTREAM_PORT|g" -e "s|@BODY@|$UPSTREAM_BODY\\\\n|g" \
-        -e "s|@NOFILE@|$NOFILE|g" -e "s|@WORKER_CONNECTIONS@|$((2 * CONNECTIONS + 1024))|g" \
-        "$BENCH/nginx-upstream.conf" >"$OUT/upstream.conf"
-    ! grep -q '@[A-Z_]*@' "$OUT/upstream.conf" || die "unfilled placeholder in $OUT/upstream.conf"
-    mkdir -p "$OUT/upstream-tmp"
-    taskset -c "$LOAD_CPU" nginx -p "$OUT" -e "$OUT/upstream.error.log" -c "$OUT/upstream.conf" \
-        >>"$OUT/upstream.stderr" 2>&1 &
-    UPSTREAM_PID=$!
-    STARTED_PIDS+=("$UPSTREAM_PID")
-    wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" || die "upstream nginx did not start, see $OUT/upstream.error.log"
-    log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT (pid $UPSTREAM_PID, cpu $LOAD_CPU)"
 }
 
 # --------------------------------------------------------------- frontdesk --
@@ -334,30 +229,6 @@ run_wrk() {
 
 label_of() {
     case $1 in plain) echo "-" ;; key) echo "key_auth" ;; jwt) echo "jwt/RS256" ;; rl_local) echo "rate_limit/local" ;; rl_redis) echo "rate_limit/redis" ;; esac
-}
-
-# measure ROUND ROUTE: one measured wrk run, one line appended to rounds.tsv.
-measure() {
-    local rnd=$1 route=$2 out before after reqs rps p50 p99 err run_ms secs
-    out=$OUT/wrk-$route-$rnd.txt
-    alive frontdesk "$PROXY_PID"
-    before=$(cpu_ticks "$PROXY_PID")
-    run_wrk "$route" "$DURATION" "$out"
-    alive frontdesk "$PROXY_PID"
-    after=$(cpu_ticks "$PROXY_PID")
-    reqs=$(awk '/ requests in / {print $1}' "$out")
-    [[ -n $reqs && $reqs -gt 0 ]] || die "$route round $rnd: no requests completed, see $out"
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
-    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
-    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
-    err=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
-        /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")
-    run_ms=$(to_ms "$(awk '/ requests in / {sub(/,$/, "", $4); print $4}' "$out")")
-    secs=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rnd" "$route" "$(label_of "$route")" \
-        "$reqs" "$rps" "$p50" "$p99" "$secs" "$run_ms" "$err" >>"$OUT/rounds.tsv"
-    log "round $rnd $route: $reqs requests, $rps req/s, ${secs}s CPU, $err errors"
-    ((err == 0)) || log "warning: $route round $rnd: $err errors, see $out"
 }
 
 # -------------------------------------------------------------------- main --

@@ -167,8 +167,9 @@ def median(xs):
     return statistics.median(xs)
 
 
-def auth_report(tsv, target):
-    """Per-round rows (round route label reqs rps p50_ms p99_ms cpu_s run_ms errors) -> table, ratios."""
+def summarize(tsv):
+    """Per-round rows (round route label reqs rps p50_ms p99_ms cpu_s run_ms errors) -> printed
+    table; returns the per-route summary and the route order."""
     rows = {}
     order = []
     with open(tsv) as f:
@@ -218,6 +219,27 @@ def auth_report(tsv, target):
                      ", ".join("%d (%.0f%%)" % lo for lo in s[route]["low"])))
         if s[route]["err"]:
             print("note: %s had %d errors (non-2xx or socket errors); its numbers are suspect" % (route, s[route]["err"]))
+    return s, order
+
+
+def ratio_report(tsv, base_name):
+    """The table, then every other row against `base_name`: req/s and CPU per request ratios."""
+    s, order = summarize(tsv)
+    base = s[base_name]
+    for route in order:
+        if route == base_name:
+            continue
+        x = s[route]
+        paired = [a / b for a, b in zip(x["per_round"], base["per_round"])]
+        print("%s/%s: rps %.3f, cpu per request %.3f  (per round %s)" % (
+            route, base_name, x["rps"] / base["rps"],
+            x["cpureq"] / base["cpureq"] if base["cpureq"] else 0.0,
+            " ".join("%.3f" % v for v in paired)))
+
+
+def auth_report(tsv, target):
+    """The table, then each auth and limit route against plain, with its target."""
+    s, order = summarize(tsv)
     base = s.get("plain")
     targets = {"rl_local": 0.95}
     for route, name in (("key", "key_auth"), ("jwt", "jwt"), ("rl_local", "rate_limit local"),
@@ -258,5 +280,7 @@ if __name__ == "__main__":
         status(int(sys.argv[2]), sys.argv[3], sys.argv[4:])
     elif cmd == "auth-report":
         auth_report(sys.argv[2], float(sys.argv[3]))
+    elif cmd == "ratio-report":
+        ratio_report(sys.argv[2], sys.argv[3])
     else:
         sys.exit("unknown command %s" % cmd)
