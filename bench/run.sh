@@ -215,10 +215,10 @@ build_frontdesk() {
 start_frontdesk() {
     local port=$1 scenario=$2
     if is_tls "$scenario"; then
-        fill "$BENCH/frontdesk-tls.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" \
+        fill "$BENCH/frontdesk-tls.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" OUT="$OUT" \
             CERT="$CERT" KEY="$KEY"
     else
-        fill "$BENCH/frontdesk.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
+        fill "$BENCH/frontdesk.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" OUT="$OUT"
     fi
     taskset -c "$PROXY_CPU" "$FRONTDESK_BIN" run -c "$OUT/frontdesk.yaml" >>"$OUT/frontdesk.log" 2>&1 &
     PROXY_MAIN_PID=$!
