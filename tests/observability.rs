@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use prometheus_parse::{Scrape, Value};
 
 /// The gateway's metrics, scraped from the admin listener's `/metrics` and parsed by a Prometheus
@@ -488,4 +490,124 @@ routes:
     assert_eq!(lines[2]["error"], "no_route");
     assert_eq!(lines[3]["error"], "upstream_connect");
     assert_eq!(lines[3]["upstream_target"], format!("http://{dead}"));
+}
+
+#[tokio::test]
+async fn gauges_follow_breakers_connections_and_store_errors() {
+    // An upstream that always fails with 500, behind a circuit breaker.
+    let failing = upstream(|_req: Request<Incoming>| async {
+        let mut r = Response::new(full("no"));
+        *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+    .await;
+    let dead_redis = closed_port().await;
+    let healthy = echo("svc").await;
+    let gw = gateway(&config(&format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+redis: {{ url: "redis://{dead_redis}", timeout: 50ms }}
+upstreams:
+  flaky:
+    targets: [{{ url: "{url}" }}]
+    health_check: {{ passive: {{ unhealthy_after: 0 }} }}
+    circuit_breaker: {{ failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 60s }}
+  svc: {{ targets: [{{ url: "{healthy}" }}] }}
+routes:
+  - {{ name: flaky, match: {{ paths: ["/flaky"] }}, upstream: flaky }}
+  - name: shared
+    match: {{ paths: ["/shared"] }}
+    upstream: svc
+    plugins:
+      rate_limit:
+        store: redis
+        on_store_error: deny
+        limits: [{{ name: all, key: route, rate: 100, per: 1s }}]
+"#,
+        url = failing.url(),
+        healthy = healthy.url()
+    )))
+    .await;
+    let c = client();
+    let s = scrape(&gw).await;
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_circuit_breaker_open",
+            &[("upstream", "flaky")]
+        ),
+        0.0
+    );
+    for _ in 0..4 {
+        let r = c.get(gw.url("/flaky")).send().await.expect("response");
+        assert_eq!(r.status(), 500);
+    }
+    let r = c.get(gw.url("/flaky")).send().await.expect("response");
+    assert_eq!(r.status(), 503, "the breaker opened");
+    // Redis is down: each decision fails and, with `deny`, answers 503.
+    for _ in 0..3 {
+        let r = c.get(gw.url("/shared")).send().await.expect("response");
+        assert_eq!(r.status(), 503);
+        let body = r.text().await.expect("body");
+        assert!(body.contains("rate limiter is unavailable"), "{body}");
+    }
+    // Three idle keep-alive connections held open by raw sockets.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /flaky HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let head = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        held.push(s);
+    }
+    let s = settled(&gw, |s| {
+        value(s, "frontdesk_ratelimit_store_errors_total", &[]) >= 3.0
+    })
+    .await;
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_circuit_breaker_open",
+            &[("upstream", "flaky")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "frontdesk_ratelimit_store_errors_total", &[]),
+        3.0
+    );
+    let rl = "frontdesk_ratelimit_decisions_total";
+    assert_eq!(
+        value(&s, rl, &[("route", "shared"), ("decision", "allowed")]),
+        0.0
+    );
+    // reqwest's pooled connection plus the three raw ones.
+    let open = value(
+        &s,
+        "frontdesk_listener_connections",
+        &[("listener", "public")],
+    );
+    assert!((4.0..=5.0).contains(&open), "{open}");
+    drop(held);
+    let s = settled(&gw, |s| {
+        value(
+            s,
+            "frontdesk_listener_connections",
+            &[("listener", "public")],
+        ) <= open - 3.0
+    })
+    .await;
+    assert_eq!(
+        value(
+            &s,
+            "frontdesk_listener_connections",
+            &[("listener", "public")]
+        ),
+        open - 3.0,
+        "closed connections are no longer counted"
+    );
 }

@@ -366,8 +366,13 @@ fn counter_family(
 ) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in series {
-        m.encode_family(&labels)?
-            .encode_counter::<NoLabelSet, u64, u64>(&v, None)?;
+        // No labels: `name_total 3`, not `name_total{} 3` (which some parsers refuse).
+        if labels.is_empty() {
+            m.encode_counter::<NoLabelSet, u64, u64>(&v, None)?;
+        } else {
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, u64, u64>(&v, None)?;
+        }
     }
     Ok(())
 }
