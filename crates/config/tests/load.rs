@@ -164,3 +164,54 @@ plugins:
     let errs = load_str(&both, &no_env).unwrap_err();
     assert!(errs.iter().any(|e| e.to_string().contains("not both")));
 }
+
+#[test]
+fn admin_and_observability_sections_are_checked_with_field_paths() {
+    let text = r#"
+version: 1
+listeners: [{ name: public, address: "127.0.0.1:8080" }]
+admin: { address: "0.0.0.0:9901" }
+observability:
+  access_log: { output: "" }
+  tracing: { otlp_endpoint: "https://collector:4317", sample_ratio: 1.5, service_name: "" }
+"#;
+    let errs = load_str(text, &no_env).unwrap_err();
+    let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    for needle in [
+        "admin.token: an admin listener on a non-loopback address needs a token",
+        "observability.access_log.output: must be stdout, stderr or a file path",
+        "observability.tracing.otlp_endpoint: TLS to the collector is not supported yet",
+        "observability.tracing.sample_ratio: must be between 0.0 and 1.0",
+        "observability.tracing.service_name: must not be empty",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "{needle}: {lines:#?}"
+        );
+    }
+
+    let clash = r#"
+version: 1
+listeners: [{ name: public, address: "127.0.0.1:8080" }]
+admin: { address: "127.0.0.1:8080", token: t }
+"#;
+    let errs = load_str(clash, &no_env).unwrap_err();
+    assert!(
+        errs.iter().any(|e| e
+            .to_string()
+            .contains("admin.address: listeners[0] already uses")),
+        "{errs:?}"
+    );
+
+    let open = "version: 1\nadmin: {}\nobservability: { metrics: { consumer_label: true } }\n";
+    let loaded = load_str(open, &no_env).expect("loopback without a token is allowed");
+    assert_eq!(
+        loaded.config.admin.map(|a| a.address).as_deref(),
+        Some("127.0.0.1:9901")
+    );
+    assert!(loaded.config.observability.metrics.enabled);
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.to_string().contains("admin.token: no token")));
+}
