@@ -343,12 +343,7 @@ fn upstream_uri(uri: &Uri, route: &Route, strip_len: usize) -> Result<Uri, Gatew
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         return Ok(Uri::from(pq));
     }
-    let rest = uri.path().get(strip_len..).unwrap_or("");
-    let slash = if rest.starts_with('/') { "" } else { "/" };
-    let pq = match uri.query() {
-        Some(q) => format!("{slash}{rest}?{q}"),
-        None => format!("{slash}{rest}"),
-    };
+    let pq = crate::route::stripped_path(uri.path(), strip_len, uri.query());
     Uri::try_from(pq).map_err(|_| {
         GatewayError::downstream(
             StatusCode::BAD_REQUEST,
