@@ -611,3 +611,55 @@ routes:
         "closed connections are no longer counted"
     );
 }
+
+/// Lines of the file at `path` once it has at least `n` (or after 5 s).
+async fn lines_of(path: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigusr1_reopens_a_rotated_access_log() {
+    let up = echo("svc").await;
+    let gw = spawn_bin(&config(&format!(
+        r#"
+observability:
+  access_log: {{ output: access.log }}
+upstreams:
+  svc: {{ targets: [{{ url: "{url}" }}] }}
+routes:
+  - {{ name: r, match: {{ paths: ["/"] }}, upstream: svc }}
+"#,
+        url = up.url()
+    )));
+    let c = client();
+    let get = |path: &'static str| c.get(format!("http://{}{path}", gw.addr)).send();
+    for _ in 0..2 {
+        assert_eq!(get("/before").await.expect("response").status(), 200);
+    }
+    let log = gw.dir.path().join("access.log");
+    assert_eq!(lines_of(&log, 2).await.len(), 2);
+    // logrotate's way: rename, then tell the process.
+    let rotated = gw.dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    gw.signal("USR1");
+    assert!(gw
+        .wait_log("reopening the access log", Duration::from_secs(5))
+        .is_some());
+    for _ in 0..3 {
+        assert_eq!(get("/after").await.expect("response").status(), 200);
+    }
+    let fresh = lines_of(&log, 3).await;
+    assert_eq!(fresh.len(), 3, "the new file gets the new lines");
+    assert!(fresh.iter().all(|l| l.contains("\"path\":\"/after\"")));
+    let old = std::fs::read_to_string(&rotated).expect("rotated file");
+    assert_eq!(old.lines().count(), 2);
+    assert!(old.lines().all(|l| l.contains("\"path\":\"/before\"")));
+}

@@ -6,7 +6,7 @@
 //! path is logged without its query (where API keys may travel).
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -31,6 +31,8 @@ pub struct AccessLog {
     cfg: AccessLogConfig,
     tx: SyncSender<Line>,
     metrics: Arc<Metrics>,
+    /// Asks the writer to reopen its file before the next write (SIGUSR1).
+    reopen: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -42,25 +44,26 @@ impl std::fmt::Debug for AccessLog {
 impl AccessLog {
     /// Opens the output (a file is created or appended to) and starts the writer thread.
     pub fn start(cfg: &AccessLogConfig, metrics: Arc<Metrics>) -> std::io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match cfg.output.as_str() {
-            "stdout" => Box::new(std::io::stdout()),
-            "stderr" => Box::new(std::io::stderr()),
-            path => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
-        };
+        let out = open(&cfg.output)?;
         let (tx, rx) = sync_channel(QUEUE);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let output = cfg.output.clone();
+        let flag = reopen.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(&rx, out))?;
+            .spawn(move || write_loop(&rx, out, &output, &flag))?;
         Ok(AccessLog {
             cfg: cfg.clone(),
             tx,
             metrics,
+            reopen,
         })
+    }
+
+    /// Makes the writer reopen a file output before its next write, so a rotated file (renamed
+    /// away) is replaced by a new one at the configured path.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     /// The settings it runs with.
@@ -90,16 +93,41 @@ impl AccessLog {
 /// at most this late.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 
-fn write_loop(rx: &Receiver<Line>, out: Box<dyn Write + Send>) {
+/// The output named by `access_log.output`: stdout, stderr, or a file opened for appending.
+fn open(output: &str) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match output {
+        "stdout" => Box::new(std::io::stdout()),
+        "stderr" => Box::new(std::io::stderr()),
+        path => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+    })
+}
+
+fn write_loop(rx: &Receiver<Line>, out: Box<dyn Write + Send>, output: &str, reopen: &AtomicBool) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut failed = false;
     let mut buf = Vec::with_capacity(512);
     let mut renderer = Renderer::new();
+    let reopen_if_asked = |out: &mut std::io::BufWriter<Box<dyn Write + Send>>| {
+        if reopen.swap(false, Ordering::Relaxed) {
+            let _ = out.flush();
+            match open(output) {
+                Ok(new) => *out = std::io::BufWriter::with_capacity(64 * 1024, new),
+                Err(e) => tracing::error!(error = %e, output, "cannot reopen the access log"),
+            }
+        }
+    };
     loop {
         let mut wrote = false;
         loop {
             match rx.try_recv() {
                 Ok(line) => {
+                    // Checked per line: a line queued after the signal goes to the new file.
+                    reopen_if_asked(&mut out);
                     buf.clear();
                     renderer.render(&line, &mut buf);
                     if let Err(e) = out.write_all(&buf) {
@@ -121,6 +149,7 @@ fn write_loop(rx: &Receiver<Line>, out: Box<dyn Write + Send>) {
         if wrote && out.flush().is_ok() {
             failed = false;
         }
+        reopen_if_asked(&mut out);
         std::thread::sleep(IDLE_WAIT);
     }
 }

@@ -221,6 +221,13 @@ impl Observer {
         }))
     }
 
+    /// Reopens the access-log file (after rotation); no-op for stdout and stderr.
+    pub fn reopen_logs(&self) {
+        if let Some(log) = &self.access_log {
+            log.reopen();
+        }
+    }
+
     /// Records a finished exchange: `bytes_out` body bytes were sent.
     pub fn finish(&self, ex: Box<Exchange>, bytes_out: u64) {
         let duration = ex.started.elapsed();

@@ -16,25 +16,29 @@ pub struct Signals {
     hup: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    /// Installs handlers for SIGHUP, SIGTERM and SIGINT. Needs a running tokio runtime.
+    /// Installs handlers for SIGHUP, SIGTERM, SIGINT and SIGUSR1. Needs a running tokio runtime.
     pub fn install() -> std::io::Result<Signals> {
         Ok(Signals {
             hup: signal(SignalKind::hangup())?,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 }
 
-/// Runs until SIGTERM/SIGINT: SIGHUP and file changes reload; then drains and returns.
+/// Runs until SIGTERM/SIGINT: SIGHUP and file changes reload, SIGUSR1 reopens the access-log
+/// file (after log rotation, as nginx does); then drains and returns.
 pub(crate) async fn run(gw: Arc<Gateway>, signals: Signals) -> std::io::Result<()> {
     let Signals {
         mut hup,
         mut term,
         mut int,
+        mut usr1,
     } = signals;
 
     // Watch the directory, not the file: editors and Kubernetes replace files by rename.
@@ -65,6 +69,10 @@ pub(crate) async fn run(gw: Arc<Gateway>, signals: Signals) -> std::io::Result<(
                 if let Some(r) = reload::apply_if_changed(&gw).await {
                     report(r);
                 }
+            }
+            _ = usr1.recv() => {
+                gw.snapshot().observer.reopen_logs();
+                tracing::info!("SIGUSR1: reopening the access log");
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
