@@ -1,5 +1,6 @@
 //! Secrets out of a config before it is shown (the admin API's `GET /config`): API keys,
-//! basic-auth password hashes, JWT HMAC secrets, the admin token and passwords inside URLs.
+//! basic-auth password hashes, JWT HMAC secrets, the admin token, passwords inside URLs, and the
+//! values of credential headers set by the `headers` plugin.
 //! File paths (certificates, keys) stay: they name secrets without being them.
 
 use crate::model::plugin::PluginsConfig;
@@ -52,6 +53,15 @@ impl Config {
 }
 
 fn redact_plugins(p: &mut PluginsConfig) {
+    if let Some(h) = &mut p.headers {
+        for ops in [&mut h.request, &mut h.response].into_iter().flatten() {
+            for (name, value) in ops.set.iter_mut().chain(ops.add.iter_mut()) {
+                if is_credential_header(name) {
+                    *value = REDACTED.into();
+                }
+            }
+        }
+    }
     if let Some(jwt) = &mut p.jwt {
         for issuer in &mut jwt.issuers {
             if issuer.secret.is_some() {
@@ -60,6 +70,18 @@ fn redact_plugins(p: &mut PluginsConfig) {
             issuer.jwks_url = issuer.jwks_url.as_deref().map(redact_url);
         }
     }
+}
+
+/// Header names whose values are credentials: the standard ones, and any whose name says so
+/// (`x-api-key`, `x-auth-token`, `x-client-secret`, ...).
+fn is_credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || ["key", "token", "secret", "password", "auth", "session"]
+        .iter()
+        .any(|w| n.contains(w))
 }
 
 /// `scheme://user:secret@host/...` → `scheme://user:<redacted>@host/...`; a user part without a
@@ -83,6 +105,28 @@ fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_headers_set_by_the_headers_plugin_are_redacted() {
+        let text = r#"
+version: 1
+plugins:
+  headers:
+    request:
+      set: { authorization: "Bearer upstream-secret", x-tenant: acme }
+      add: { X-Api-Key: k-123 }
+    response:
+      set: { set-cookie: "s=1", cache-control: no-store }
+"#;
+        let cfg = crate::load_str(text, &|_| None).expect("valid").config;
+        let shown = serde_json::to_string(&cfg.redacted()).expect("serializes");
+        for secret in ["upstream-secret", "k-123", "s=1"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        for kept in ["acme", "no-store"] {
+            assert!(shown.contains(kept), "{kept} missing from {shown}");
+        }
+    }
 
     #[test]
     fn passwords_in_urls_are_redacted_and_the_rest_kept() {
