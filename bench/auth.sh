@@ -66,6 +66,7 @@ preflight() {
 # A throwaway RSA key (removed on exit), its JWKS and an RS256 token, in $OUT.
 make_jwt() {
     KEY_DIR=$(mktemp -d)
+    TEMP_DIRS+=("$KEY_DIR")
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEY_DIR/key.pem" \
         >"$OUT/openssl.log" 2>&1 || die "openssl genpkey failed, see $OUT/openssl.log"
     util jwt-setup "$KEY_DIR/key.pem" "$OUT" "$JWT_ISSUER" "$JWT_AUDIENCE" bench "$JWT_KID" ||

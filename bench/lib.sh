@@ -10,10 +10,13 @@ util() { python3 "$BENCH/benchutil.py" "$@"; }
 
 # ---------------------------------------------------------------- cleanup --
 STARTED_PIDS=()
-KEY_DIR=
+# Temporary directories (keys, certificates) removed on exit.
+TEMP_DIRS=()
 cleanup() {
-    [[ -z $KEY_DIR ]] || rm -rf "$KEY_DIR"
     local pid
+    for pid in "${TEMP_DIRS[@]+"${TEMP_DIRS[@]}"}"; do
+        rm -rf "$pid"
+    done
     for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -41,9 +44,13 @@ stop_pid() {
 
 # CPU ticks (utime + stime, fields 14 and 15 of /proc/PID/stat) of one process, all threads.
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-alive() {
-    [[ -r /proc/$2/stat && $(awk '{print $3}' "/proc/$2/stat" 2>/dev/null) != Z ]] ||
-        die "$1 (pid $2) exited, see the logs in $OUT"
+alive() { # alive NAME PID...: die unless all PIDs still run.
+    local name=$1 pid
+    shift
+    for pid in "$@"; do
+        [[ -r /proc/$pid/stat && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] ||
+            die "$name (pid $pid) exited, see the logs in $OUT"
+    done
 }
 # to_ms VALUE: wrk latency (812.00us, 1.23ms, 1.01s) in milliseconds.
 to_ms() {

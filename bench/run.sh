@@ -43,57 +43,11 @@ OUT=$BENCH/out
 UPSTREAM_BODY="hello from upstream"
 cd "$ROOT"
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
-
-# ---------------------------------------------------------------- cleanup --
-STARTED_PIDS=()
-CERT_DIR=
-cleanup() {
-    [[ -z $CERT_DIR ]] || rm -rf "$CERT_DIR"
-    local pid
-    for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
-        stop_pid "$pid"
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# stop_pid PID: SIGTERM, wait up to 10s, then SIGKILL.
-stop_pid() {
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        # Reap it if it is our child (a zombie still answers kill -0).
-        if [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]]; then break; fi
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
+TAG=bench
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
 
 # ------------------------------------------------------------- /proc utils --
-# CPU ticks (utime + stime) of one process, all its threads included.
-cpu_ticks() {
-    # Drop "pid (comm) " first: comm may contain spaces. Then utime and
-    # stime (fields 14 and 15 of /proc/PID/stat) are fields 12 and 13.
-    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
-}
-# alive NAME PID...: die unless all PIDs still run.
-alive() {
-    local name=$1 pid
-    shift
-    for pid in "$@"; do
-        [[ -r /proc/$pid/stat && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] ||
-            die "$name (pid $pid) exited, see the logs in $OUT"
-    done
-}
 # Sum of cpu_ticks over several PIDs.
 cpu_ticks_sum() {
     local total=0 pid
@@ -157,6 +111,7 @@ preflight() {
 # A throwaway self-signed ECDSA P-256 certificate for 127.0.0.1, shared by both proxies.
 make_cert() {
     CERT_DIR=$(mktemp -d)
+    TEMP_DIRS+=("$CERT_DIR")
     CERT=$CERT_DIR/cert.pem
     KEY=$CERT_DIR/key.pem
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -177,40 +132,11 @@ fill() {
     if grep -q '@[A-Z_]*@' "$dest"; then die "unfilled placeholder in $dest"; fi
 }
 
-wait_port() { python3 "$BENCH/benchutil.py" wait "$1" 30 "$2"; }
-
-# ---------------------------------------------------------------- upstream --
-start_upstream() {
-    fill "$BENCH/nginx-upstream.conf" "$OUT/upstream.conf" \
-        OUT="$OUT" PORT="$UPSTREAM_PORT" BODY="$UPSTREAM_BODY\\\\n" NOFILE="$NOFILE" \
-        WORKER_CONNECTIONS=$((2 * CONNECTIONS + 1024))
-    mkdir -p "$OUT/upstream-tmp"
-    taskset -c "$LOAD_CPU" nginx -p "$OUT" -e "$OUT/upstream.error.log" -c "$OUT/upstream.conf" \
-        >>"$OUT/upstream.stderr" 2>&1 &
-    UPSTREAM_PID=$!
-    STARTED_PIDS+=("$UPSTREAM_PID")
-    wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" || die "upstream nginx did not start, see $OUT/upstream.error.log and upstream.stderr"
-    log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT (pid $UPSTREAM_PID, cpu $LOAD_CPU)"
-}
 
 # ------------------------------------------------------------------ proxies --
 # start_<proxy> sets: PROXY_MAIN_PID (stopped afterwards), CPU_PIDS (CPU time
 # summed over these), MEM_PID (memory read from this one).
 
-build_frontdesk() {
-    if [[ -n $FRONTDESK_BIN ]]; then
-        [[ -x $FRONTDESK_BIN ]] || die "FRONTDESK_BIN=$FRONTDESK_BIN is not executable"
-        return
-    fi
-    command -v cargo >/dev/null || die "cargo not found (or set FRONTDESK_BIN)"
-    log "cargo build --release --bin frontdesk"
-    cargo build --release --bin frontdesk >&2
-    local target=${CARGO_TARGET_DIR:-target}
-    [[ $target == /* ]] || target=$ROOT/$target
-    FRONTDESK_BIN=$target/release/frontdesk
-    FRONTDESK_DESC="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?') (release build)"
-    [[ -x $FRONTDESK_BIN ]] || die "$FRONTDESK_BIN not found after build"
-}
 
 start_frontdesk() {
     local port=$1 scenario=$2
@@ -251,13 +177,6 @@ start_nginx() {
 }
 
 # ----------------------------------------------------------------- measure --
-# to_ms VALUE: wrk latency (e.g. 812.00us, 1.23ms, 1.01s) in milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
-        printf "%.3f", n }'
-}
 
 run_load() { # run_load SCENARIO PORT DURATION OUTFILE
     local url
