@@ -1,4 +1,4 @@
-# Shared by bench/auth.sh and bench/observe.sh: process control, preflight, the nginx upstream,
+# Shared by bench/run.sh, bench/auth.sh and bench/observe.sh: process control, preflight, the nginx upstream,
 # one measured wrk run. Source it after setting TAG (log prefix), OUT (scratch dir), BENCH, ROOT,
 # CONNECTIONS, ROUNDS, PROXY_CPU, LOAD_CPU, FRONTDESK_BIN and UPSTREAM_BODY. The sourcing script
 # defines run_wrk NAME DURATION OUTFILE and label_of NAME, and sets PROXY_PID (and, for measure,
