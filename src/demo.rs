@@ -74,8 +74,18 @@ pub async fn write_config(listen: &str) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-/// The curl commands printed after the demo starts.
-pub fn tour(addr: SocketAddr) -> String {
+/// The curl commands printed after the demo starts; `admin` is the admin listener's address.
+pub fn tour(addr: SocketAddr, admin: Option<SocketAddr>) -> String {
+    let admin = admin.map_or_else(String::new, |a| {
+        format!(
+            r#"
+  # the admin API: Prometheus metrics, the effective config, and why a request goes where it goes:
+  curl -s http://{a}/metrics
+  curl -s -H 'authorization: Bearer demo-token' http://{a}/config
+  curl -s -H 'authorization: Bearer demo-token' 'http://{a}/explain?method=GET&path=/orders/7'
+"#
+        )
+    });
     format!(
         r#"Frontdesk demo is running on http://{addr}  (Ctrl-C to stop)
 
@@ -90,6 +100,8 @@ pub fn tour(addr: SocketAddr) -> String {
   curl -si http://{addr}/nope
   # HTTP/2 cleartext on the same port:
   curl -s --http2-prior-knowledge http://{addr}/users/1
+{admin}
+Access-log lines follow, one JSON object per request:
 "#
     )
 }

@@ -165,7 +165,7 @@ fn demo(listen: &str) -> anyhow::Result<()> {
         let path = frontdesk::demo::write_config(listen).await?;
         let gw = Gateway::start(&path).await?;
         if let Some(addr) = gw.local_addr("public").await {
-            println!("{}", frontdesk::demo::tour(addr));
+            println!("{}", frontdesk::demo::tour(addr, gw.admin_addr()));
         }
         let result = gw.run_until_signal(signals).await;
         if let Some(dir) = path.parent() {

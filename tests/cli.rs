@@ -1100,4 +1100,20 @@ async fn demo_serves_status_users_and_a_problem_404() {
         .recv_timeout(Duration::from_secs(10))
         .expect("demo stdout closed");
     assert!(tour.contains(&base), "the tour names the address: {tour}");
+    assert!(
+        tour.contains("/metrics"),
+        "the tour shows the admin API: {tour}"
+    );
+    // The access log shares stdout with the tour: one JSON line per request made above.
+    let logged: Vec<Value> = tour
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("access-log line is JSON"))
+        .collect();
+    for path in ["/status", "/users/1", "/nope"] {
+        assert!(
+            logged.iter().any(|l| l["path"] == path),
+            "no access-log line for {path}: {tour}"
+        );
+    }
 }

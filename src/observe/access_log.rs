@@ -19,6 +19,13 @@ use super::Exchange;
 /// Lines waiting for the writer at most; beyond this they are dropped.
 const QUEUE: usize = 16 * 1024;
 
+/// What the writer receives: lines, and flush requests (acknowledged once every line queued
+/// before them is written).
+enum Msg {
+    Line(Line),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 /// A finished exchange on its way to the writer.
 struct Line {
     ex: Box<Exchange>,
@@ -29,7 +36,7 @@ struct Line {
 /// A running access log (its writer thread ends when the last handle is dropped).
 pub struct AccessLog {
     cfg: AccessLogConfig,
-    tx: SyncSender<Line>,
+    tx: SyncSender<Msg>,
     metrics: Arc<Metrics>,
     /// Asks the writer to reopen its file before the next write (SIGUSR1).
     reopen: Arc<AtomicBool>,
@@ -60,6 +67,15 @@ impl AccessLog {
         })
     }
 
+    /// Waits, at most `wait`, until every line queued so far is written and flushed (shutdown:
+    /// the process must not exit with lines still queued).
+    pub fn flush(&self, wait: Duration) {
+        let (ack, done) = std::sync::mpsc::channel();
+        if send_within(&self.tx, Msg::Flush(ack), wait) {
+            let _ = done.recv_timeout(wait);
+        }
+    }
+
     /// Makes the writer reopen a file output before its next write, so a rotated file (renamed
     /// away) is replaced by a new one at the configured path.
     pub fn reopen(&self) {
@@ -78,7 +94,7 @@ impl AccessLog {
             bytes_out,
             duration,
         };
-        match self.tx.try_send(line) {
+        match self.tx.try_send(Msg::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.metrics.access_log_dropped();
@@ -107,7 +123,23 @@ fn open(output: &str) -> std::io::Result<Box<dyn Write + Send>> {
     })
 }
 
-fn write_loop(rx: &Receiver<Line>, out: Box<dyn Write + Send>, output: &str, reopen: &AtomicBool) {
+/// Enqueues `msg`, waiting at most `wait` for room (`SyncSender::send_timeout` is not stable).
+fn send_within(tx: &SyncSender<Msg>, mut msg: Msg, wait: Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                msg = m;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(TrySendError::Full(_)) => return false,
+        }
+    }
+}
+
+fn write_loop(rx: &Receiver<Msg>, out: Box<dyn Write + Send>, output: &str, reopen: &AtomicBool) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut failed = false;
     let mut buf = Vec::with_capacity(512);
@@ -125,7 +157,13 @@ fn write_loop(rx: &Receiver<Line>, out: Box<dyn Write + Send>, output: &str, reo
         let mut wrote = false;
         loop {
             match rx.try_recv() {
-                Ok(line) => {
+                Ok(Msg::Flush(ack)) => {
+                    if out.flush().is_ok() {
+                        failed = false;
+                    }
+                    let _ = ack.send(());
+                }
+                Ok(Msg::Line(line)) => {
                     // Checked per line: a line queued after the signal goes to the new file.
                     reopen_if_asked(&mut out);
                     buf.clear();

@@ -221,6 +221,13 @@ impl Observer {
         }))
     }
 
+    /// Writes out every access-log line queued so far, waiting at most `wait` (shutdown).
+    pub fn flush_logs(&self, wait: std::time::Duration) {
+        if let Some(log) = &self.access_log {
+            log.flush(wait);
+        }
+    }
+
     /// Reopens the access-log file (after rotation); no-op for stdout and stderr.
     pub fn reopen_logs(&self) {
         if let Some(log) = &self.access_log {

@@ -185,6 +185,12 @@ impl Gateway {
         if let Some(admin) = admin {
             admin.stop().await;
         }
+        // The access log's last lines: its writer runs on a thread the process exit would cut.
+        let observer = self.snapshot().observer.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            observer.flush_logs(std::time::Duration::from_secs(2));
+        });
+        let _ = flushed.await;
     }
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and on changes to the config file.
