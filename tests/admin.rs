@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{client, closed_port, config, echo, full, gateway, upstream, TestGateway};
@@ -463,52 +462,14 @@ impl Drop for Bin {
 }
 
 fn spawn_on(path: &Path) -> Bin {
-    let mut child = Command::new(common::bin())
-        .args(["run", "-c"])
-        .arg(path)
-        .env("FRONTDESK_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn frontdesk");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("[frontdesk] {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let address = |line: &str| -> SocketAddr {
-        let a = line.split("address=").nth(1).expect("address");
-        a.split_whitespace().next().unwrap().parse().unwrap()
-    };
-    let (mut proxy, mut admin) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while proxy.is_none() || admin.is_none() {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .expect("gateway did not start in time");
-        let line = rx
-            .recv_timeout(left)
-            .expect("gateway exited before listening");
-        if line.contains("admin API listening") {
-            admin = Some(address(&line));
-        } else if line.contains("listening") && line.contains("listener=public") {
-            proxy = Some(address(&line));
-        }
-    }
+    let s = common::spawn_at(path);
+    let log = s.log;
     // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
+    std::thread::spawn(move || while log.recv().is_ok() {});
     Bin {
-        child,
-        proxy: proxy.unwrap(),
-        admin: admin.unwrap(),
+        child: s.child,
+        proxy: s.addr,
+        admin: s.admin.expect("the admin listener started"),
     }
 }
 

@@ -306,13 +306,35 @@ impl Drop for BinGateway {
 
 /// Starts the binary on `yaml` and waits until listener `public` is bound.
 pub fn spawn_bin(yaml: &str) -> BinGateway {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("frontdesk.yaml");
     std::fs::write(&path, yaml).expect("write config");
+    let s = spawn_at(&path);
+    BinGateway {
+        child: s.child,
+        addr: s.addr,
+        dir,
+        log: s.log,
+    }
+}
+
+/// A binary started by [`spawn_at`].
+pub struct Spawned {
+    pub child: std::process::Child,
+    /// Listener `public`.
+    pub addr: SocketAddr,
+    /// The admin listener, when the config has one (it is bound before the proxy listeners).
+    pub admin: Option<SocketAddr>,
+    /// Lines of stderr not read yet.
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts `frontdesk run -c path` and waits until listener `public` is bound.
+pub fn spawn_at(path: &std::path::Path) -> Spawned {
+    use std::io::BufRead;
     let mut child = std::process::Command::new(bin())
         .args(["run", "-c"])
-        .arg(&path)
+        .arg(path)
         .env(
             "FRONTDESK_LOG",
             std::env::var("TEST_FRONTDESK_LOG").unwrap_or_else(|_| "info".into()),
@@ -334,7 +356,18 @@ pub fn spawn_bin(yaml: &str) -> BinGateway {
             }
         }
     });
+    let address = |line: &str| -> SocketAddr {
+        line.split("address=")
+            .nth(1)
+            .expect("address")
+            .split_whitespace()
+            .next()
+            .expect("addr")
+            .parse()
+            .expect("socket addr")
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut admin = None;
     let addr = loop {
         let left = deadline
             .checked_duration_since(std::time::Instant::now())
@@ -342,21 +375,16 @@ pub fn spawn_bin(yaml: &str) -> BinGateway {
         let line = rx
             .recv_timeout(left)
             .expect("gateway exited before listening");
-        if line.contains("listening") && line.contains("listener=public") {
-            let a = line
-                .split("address=")
-                .nth(1)
-                .expect("address")
-                .split_whitespace()
-                .next()
-                .expect("addr");
-            break a.parse().expect("socket addr");
+        if line.contains("admin API listening") {
+            admin = Some(address(&line));
+        } else if line.contains("listening") && line.contains("listener=public") {
+            break address(&line);
         }
     };
-    BinGateway {
+    Spawned {
         child,
         addr,
-        dir,
+        admin,
         log: rx,
     }
 }
