@@ -23,6 +23,10 @@ use access_log::AccessLog;
 use metrics::{Family, Metrics, RouteSeries};
 use trace::TraceContext;
 
+/// The `status_class` label values, made once.
+static STATUS_CLASSES: std::sync::LazyLock<[Arc<str>; 5]> =
+    std::sync::LazyLock::new(|| ["1xx", "2xx", "3xx", "4xx", "5xx"].map(Arc::from));
+
 /// One upstream attempt, kept for its trace span.
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -192,7 +196,12 @@ impl Observer {
         let keep_path = self.access_log.is_some() || trace.as_ref().is_some_and(|t| t.sampled);
         Some(Box::new(Exchange {
             started: Instant::now(),
-            ts: SystemTime::now(),
+            // Only logs and spans show the wall clock; metrics need the monotonic one alone.
+            ts: if keep_path {
+                SystemTime::now()
+            } else {
+                SystemTime::UNIX_EPOCH
+            },
             listener: listener.clone(),
             method: req.method().clone(),
             path: keep_path.then(|| req.uri().path().to_string()),
@@ -244,15 +253,19 @@ impl Observer {
             if self.consumer_label {
                 if let Some(c) = &ex.consumer {
                     let class = match ex.status {
-                        100..=199 => "1xx",
-                        200..=299 => "2xx",
-                        300..=399 => "3xx",
-                        400..=499 => "4xx",
-                        _ => "5xx",
+                        100..=199 => 0,
+                        200..=299 => 1,
+                        300..=399 => 2,
+                        400..=499 => 3,
+                        _ => 4,
                     };
                     self.metrics.inc(
                         Family::ConsumerRequests,
-                        [c.clone(), series.name.clone(), Arc::from(class)],
+                        [
+                            c.clone(),
+                            series.name.clone(),
+                            STATUS_CLASSES[class].clone(),
+                        ],
                     );
                 }
             }
