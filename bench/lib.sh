@@ -62,13 +62,14 @@ to_ms() {
 wait_port() { util wait "$1" 30 "$2"; }
 
 # ---------------------------------------------------------------- preflight --
-# preflight_common [EXTRA_APT_PACKAGE...]: tools, CPU pinning, file limits, a fresh $OUT.
-preflight_common() {
+# install_and_pin [EXTRA_APT_PACKAGE...]: the load tools (apt-get as root when missing) and the
+# two CPUs to pin to.
+install_and_pin() {
     local need=("$@")
     command -v nginx >/dev/null || need+=(nginx-light)
     command -v wrk >/dev/null || need+=(wrk)
-    command -v python3 >/dev/null || die "python3 not found"
-    command -v taskset >/dev/null || die "taskset not found (util-linux)"
+    command -v taskset >/dev/null || need+=(util-linux)
+    command -v python3 >/dev/null || need+=(python3)
     if ((${#need[@]})); then
         [[ $(id -u) == 0 ]] || die "missing ${need[*]}; run as root or apt-get install ${need[*]}"
         log "installing ${need[*]} with apt-get"
@@ -80,20 +81,33 @@ preflight_common() {
         taskset -c "$cpu" true 2>/dev/null || die "cannot pin to CPU $cpu (need 2 cores; nproc=$(nproc))"
     done
     [[ $PROXY_CPU != "$LOAD_CPU" ]] || die "PROXY_CPU and LOAD_CPU must differ"
-    [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not $ROUNDS"
+}
 
-    NOFILE=$((2 * CONNECTIONS + 4096))
+# raise_nofile WANT MIN WHY: sets NOFILE to WANT open files (or the hard limit), dies below MIN.
+raise_nofile() {
+    NOFILE=$1
     local hard
     hard=$(ulimit -Hn)
     if [[ $hard != unlimited ]] && ((hard < NOFILE)); then
         ulimit -Hn "$NOFILE" 2>/dev/null || NOFILE=$hard
     fi
     ulimit -Sn "$NOFILE" || die "cannot raise ulimit -n to $NOFILE"
-    ((NOFILE >= 2 * CONNECTIONS + 200)) || die "ulimit -n is $NOFILE, too low for CONNECTIONS=$CONNECTIONS"
+    ((NOFILE >= $2)) || die "ulimit -n is $NOFILE, too low for $3"
+}
 
+# fresh_out: CLK_TCK for CPU readings, and an empty $OUT.
+fresh_out() {
     CLK_TCK=$(getconf CLK_TCK)
     rm -rf "$OUT"
     mkdir -p "$OUT"
+}
+
+# preflight_common [EXTRA_APT_PACKAGE...]: tools, CPU pinning, file limits, a fresh $OUT.
+preflight_common() {
+    install_and_pin "$@"
+    [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not $ROUNDS"
+    raise_nofile $((2 * CONNECTIONS + 4096)) $((2 * CONNECTIONS + 200)) "CONNECTIONS=$CONNECTIONS"
+    fresh_out
 }
 
 build_frontdesk() {

@@ -67,45 +67,21 @@ children_of() {
 
 # --------------------------------------------------------------- preflight --
 preflight() {
-    local need=()
-    command -v nginx >/dev/null || need+=(nginx)
-    command -v wrk >/dev/null || need+=(wrk)
-    command -v taskset >/dev/null || need+=(util-linux)
-    command -v python3 >/dev/null || need+=(python3)
-    command -v openssl >/dev/null || need+=(openssl)
-    case " $SCENARIOS " in *" h2c "* | *" h2 "*) command -v h2load >/dev/null || need+=(nghttp2-client) ;; esac
-    if ((${#need[@]})); then
-        [[ $(id -u) == 0 ]] || die "missing ${need[*]}; run as root or apt-get install ${need[*]}"
-        log "installing ${need[*]} with apt-get"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    fi
-    local cpu
-    for cpu in "$PROXY_CPU" "$LOAD_CPU"; do
-        taskset -c "$cpu" true 2>/dev/null || die "cannot pin to CPU $cpu (need 2 cores; nproc=$(nproc))"
-    done
-    [[ $PROXY_CPU != "$LOAD_CPU" ]] || die "PROXY_CPU and LOAD_CPU must differ"
+    local extra=()
+    command -v openssl >/dev/null || extra+=(openssl)
+    case " $SCENARIOS " in *" h2c "* | *" h2 "*) command -v h2load >/dev/null || extra+=(nghttp2-client) ;; esac
+    install_and_pin "${extra[@]+"${extra[@]}"}"
 
     # File descriptors: idle connections + load + headroom, for us and children.
-    NOFILE=$((IDLE_CONNS + 2 * CONNECTIONS + 4096))
-    local hard
-    hard=$(ulimit -Hn)
-    if [[ $hard != unlimited ]] && ((hard < NOFILE)); then
-        ulimit -Hn "$NOFILE" 2>/dev/null || NOFILE=$hard
-    fi
-    ulimit -Sn "$NOFILE" || die "cannot raise ulimit -n to $NOFILE"
-    ((NOFILE >= IDLE_CONNS + CONNECTIONS + 200)) ||
-        die "ulimit -n is $NOFILE, too low for IDLE_CONNS=$IDLE_CONNS; run as root or lower IDLE_CONNS"
+    raise_nofile $((IDLE_CONNS + 2 * CONNECTIONS + 4096)) $((IDLE_CONNS + CONNECTIONS + 200)) \
+        "IDLE_CONNS=$IDLE_CONNS; run as root or lower IDLE_CONNS"
     log "ulimit -n $NOFILE"
 
     local sc
     for sc in $SCENARIOS; do
         case $sc in http | https | h2c | h2) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
     done
-
-    CLK_TCK=$(getconf CLK_TCK)
-    rm -rf "$OUT"
-    mkdir -p "$OUT"
+    fresh_out
 }
 
 # A throwaway self-signed ECDSA P-256 certificate for 127.0.0.1, shared by both proxies.
