@@ -663,3 +663,46 @@ routes:
     assert_eq!(old.lines().count(), 2);
     assert!(old.lines().all(|l| l.contains("\"path\":\"/before\"")));
 }
+
+#[tokio::test]
+async fn reloads_are_counted_by_result_with_the_last_success_time() {
+    let up = echo("svc").await;
+    let yaml = |route: &str| {
+        config(&format!(
+            r#"
+admin: {{ address: "127.0.0.1:0" }}
+upstreams:
+  svc: {{ targets: [{{ url: "{url}" }}] }}
+routes:
+  - {{ name: {route}, match: {{ paths: ["/"] }}, upstream: svc }}
+"#,
+            url = up.url()
+        ))
+    };
+    let gw = gateway(&yaml("first")).await;
+    let reloads = "frontdesk_config_reloads_total";
+    let last = "frontdesk_config_last_reload_success_timestamp_seconds";
+    let s = scrape(&gw).await;
+    assert_eq!(value(&s, reloads, &[("result", "success")]), 0.0);
+    assert_eq!(value(&s, last, &[]), 0.0, "no reload yet");
+
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as f64;
+    gw.rewrite(&yaml("second")).await;
+    gw.gw.reload().await.expect("a valid config reloads");
+    gw.rewrite("version: 1\nroutes: [{ name: broken }]\n").await;
+    assert!(
+        gw.gw.reload().await.is_err(),
+        "an invalid config is refused"
+    );
+    let s = scrape(&gw).await;
+    assert_eq!(value(&s, reloads, &[("result", "success")]), 1.0);
+    assert_eq!(value(&s, reloads, &[("result", "failure")]), 1.0);
+    let at = value(&s, last, &[]);
+    assert!(
+        (before..=before + 60.0).contains(&at),
+        "last success at {at}, the reload was at {before}"
+    );
+}
