@@ -24,6 +24,9 @@ pub struct PluginChain {
     responders: Arc<[Arc<dyn Plugin>]>,
     /// Index after the last authentication plugin, where the caller's identity is settled.
     auth_end: Option<usize>,
+    /// The authentication plugins' kinds joined by `+`: the plugin label of "no credentials
+    /// accepted" refusals.
+    auth_kinds: Arc<str>,
     /// Where refusals are counted (`frontdesk_auth_failures_total`), once the route is known.
     refusals: Option<Refusals>,
 }
@@ -46,7 +49,17 @@ impl std::fmt::Debug for PluginChain {
 }
 
 impl PluginChain {
-    pub(crate) fn new(plugins: Vec<Arc<dyn Plugin>>, auth_end: Option<usize>) -> Self {
+    /// `auth` marks the authentication plugins among `plugins` (same order).
+    pub(crate) fn new(plugins: Vec<Arc<dyn Plugin>>, auth: &[bool]) -> Self {
+        // Authentication is settled right after the last auth plugin.
+        let auth_end = auth.iter().rposition(|a| *a).map(|i| i + 1);
+        let auth_kinds = plugins
+            .iter()
+            .zip(auth)
+            .filter(|(_, a)| **a)
+            .map(|(p, _)| p.kind())
+            .collect::<Vec<_>>()
+            .join("+");
         let upstream = plugins
             .iter()
             .filter(|p| p.phases().upstream_request)
@@ -63,6 +76,7 @@ impl PluginChain {
             upstream,
             responders,
             auth_end,
+            auth_kinds: Arc::from(auth_kinds),
             refusals: None,
         }
     }
@@ -74,15 +88,9 @@ impl PluginChain {
 
     /// Counts this chain's 401 and 403 refusals under `route` in `metrics`.
     pub fn count_refusals(&mut self, route: &Arc<str>, metrics: &Arc<Metrics>) {
-        let auth_kinds = self.plugins[..self.auth_end.unwrap_or(0)]
-            .iter()
-            .map(|p| p.kind())
-            .filter(|k| matches!(*k, "key_auth" | "jwt" | "basic_auth" | "client_cert"))
-            .collect::<Vec<_>>()
-            .join("+");
         self.refusals = Some(Refusals {
             route: route.clone(),
-            auth_kinds: Arc::from(auth_kinds),
+            auth_kinds: self.auth_kinds.clone(),
             metrics: metrics.clone(),
         });
     }

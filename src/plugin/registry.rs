@@ -110,15 +110,10 @@ impl ChainBuilder {
     pub fn finish(mut self) -> PluginChain {
         self.items
             .sort_by_key(|(order, scope, _, _)| (*order, *scope));
-        // Authentication is settled right after the last auth plugin.
-        let auth_end = self
-            .items
-            .iter()
-            .rposition(|(_, _, auth, _)| *auth)
-            .map(|i| i + 1);
+        let auth: Vec<bool> = self.items.iter().map(|(_, _, a, _)| *a).collect();
         PluginChain::new(
             self.items.into_iter().map(|(_, _, _, p)| p).collect(),
-            auth_end,
+            &auth,
         )
     }
 }
