@@ -8,8 +8,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::observe::{Exchange, Observer};
+use crate::observe::Exchange;
 use crate::server::InflightGuard;
+use crate::snapshot::Snapshot;
 use crate::upstream::Lease;
 
 /// Boxed error type of bodies.
@@ -131,7 +132,8 @@ pub struct ResponseBody {
 /// An exchange waiting for its response body to end, and the body bytes sent so far.
 #[derive(Debug)]
 struct Record {
-    observer: std::sync::Arc<Observer>,
+    /// The request's own snapshot (moved here, not cloned): its observer finishes the record.
+    snap: std::sync::Arc<Snapshot>,
     exchange: Box<Exchange>,
     sent: u64,
 }
@@ -183,10 +185,11 @@ impl ResponseBody {
         self
     }
 
-    /// Attaches the request's record, finished by `observer` when the body is done or dropped.
-    pub fn observed(mut self, observer: std::sync::Arc<Observer>, exchange: Box<Exchange>) -> Self {
+    /// Attaches the request's record, finished by the snapshot's observer when the body is done
+    /// or dropped.
+    pub fn observed(mut self, snap: std::sync::Arc<Snapshot>, exchange: Box<Exchange>) -> Self {
         self.record = Some(Record {
-            observer,
+            snap,
             exchange,
             sent: 0,
         });
@@ -195,7 +198,7 @@ impl ResponseBody {
 
     fn finish_record(&mut self) {
         if let Some(r) = self.record.take() {
-            r.observer.finish(r.exchange, r.sent);
+            r.snap.observer.finish(r.exchange, r.sent);
         }
     }
 

@@ -61,8 +61,8 @@ pub async fn handle(
     match ex {
         Some(mut ex) => {
             ex.status = resp.status().as_u16();
-            let observer = snap.observer.clone();
-            resp.map(|b| b.with_guard(Some(guard)).observed(observer, ex))
+            // The snapshot moves into the body: no shared reference count is touched.
+            resp.map(|b| b.with_guard(Some(guard)).observed(snap, ex))
         }
         None => resp.map(|b| b.with_guard(Some(guard))),
     }
