@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `explain`, `schema`, `demo`.
+//! The command line: `run`, `reload`, `validate`, `explain`, `schema`, `demo`.
 
 use std::path::PathBuf;
 
@@ -21,6 +21,16 @@ pub enum Command {
         /// Config file.
         #[arg(short, long, default_value = "frontdesk.yaml")]
         config: PathBuf,
+        /// Write the process id to this file once the listeners are bound (removed at exit),
+        /// for `frontdesk reload` and service managers.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+    /// Reload a running gateway: send SIGHUP to the process named in its pid file.
+    Reload {
+        /// The pid file the gateway was started with (`run --pid-file`).
+        #[arg(long)]
+        pid_file: PathBuf,
     },
     /// Check a config: exit 0 if valid (warnings are printed), 1 with every error otherwise.
     Validate {

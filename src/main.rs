@@ -44,7 +44,8 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stdout(), "{:#}", frontdesk::config::json_schema());
             Ok(())
         }
-        Command::Run { config } => run(&config),
+        Command::Run { config, pid_file } => run(&config, pid_file.as_deref()),
+        Command::Reload { pid_file } => reload(&pid_file),
         Command::Demo { listen } => demo(&listen),
     };
     match result {
@@ -145,7 +146,7 @@ fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     rt.context("cannot start the async runtime")
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
+fn run(path: &Path, pid_file: Option<&Path>) -> anyhow::Result<()> {
     // The worker count is read before the runtime exists; errors surface again, fully, at start.
     let threads = std::fs::read_to_string(path)
         .ok()
@@ -154,9 +155,71 @@ fn run(path: &Path) -> anyhow::Result<()> {
     runtime(threads)?.block_on(async {
         let signals = Signals::install()?;
         let gw = Gateway::start(path).await?;
-        gw.run_until_signal(signals).await?;
+        let pid = pid_file.map(PidFile::write).transpose()?;
+        let result = gw.run_until_signal(signals).await;
+        drop(pid);
+        result?;
         Ok(())
     })
+}
+
+/// The pid file of a running gateway: written once the listeners are bound, removed when the
+/// process exits normally.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &Path) -> anyhow::Result<PidFile> {
+        // Written beside and renamed into place, so `frontdesk reload` never reads half a file.
+        let tmp = path.with_extension("pid.tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write the pid file {}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `frontdesk reload`: SIGHUP to the gateway named in `pid_file`, which reloads as for a file change.
+fn reload(pid_file: &Path) -> anyhow::Result<()> {
+    use rustix::process::{kill_process, Pid, Signal};
+    let text = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("cannot read the pid file {}", pid_file.display()))?;
+    let pid = text
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .and_then(Pid::from_raw)
+        .with_context(|| {
+            format!(
+                "{}: not a process id: {:?}",
+                pid_file.display(),
+                text.trim()
+            )
+        })?;
+    // A stale pid file may name a reused pid: signal only a process that is a frontdesk.
+    if let Ok(comm) = std::fs::read_to_string(format!("/proc/{}/comm", pid.as_raw_nonzero())) {
+        anyhow::ensure!(
+            comm.trim().starts_with("frontdesk"),
+            "{}: process {} is {:?}, not frontdesk (a stale pid file?)",
+            pid_file.display(),
+            pid.as_raw_nonzero(),
+            comm.trim()
+        );
+    }
+    kill_process(pid, Signal::HUP).with_context(|| {
+        format!(
+            "cannot signal process {} from {}",
+            pid.as_raw_nonzero(),
+            pid_file.display()
+        )
+    })?;
+    println!("sent SIGHUP to frontdesk (pid {})", pid.as_raw_nonzero());
+    Ok(())
 }
 
 fn demo(listen: &str) -> anyhow::Result<()> {

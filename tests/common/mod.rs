@@ -331,10 +331,16 @@ pub struct Spawned {
 
 /// Starts `frontdesk run -c path` and waits until listener `public` is bound.
 pub fn spawn_at(path: &std::path::Path) -> Spawned {
+    spawn_at_with(path, &[])
+}
+
+/// [`spawn_at`] with more arguments for `run`.
+pub fn spawn_at_with(path: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Spawned {
     use std::io::BufRead;
     let mut child = std::process::Command::new(bin())
         .args(["run", "-c"])
         .arg(path)
+        .args(extra)
         .env(
             "FRONTDESK_LOG",
             std::env::var("TEST_FRONTDESK_LOG").unwrap_or_else(|_| "info".into()),
