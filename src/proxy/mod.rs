@@ -76,6 +76,9 @@ async fn proxy(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ex: &mut Option<Box<Exchange>>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    // Before anything reads the host (routing, the HTTPS redirect, forwarding): exactly one
+    // valid host, agreeing with the target's authority.
+    crate::server::fields::check_host(req.version(), req.uri(), req.headers())?;
     if conn.listener.redirect_https {
         return redirect::to_https(snap, &req);
     }
