@@ -4,8 +4,8 @@
 //!
 //! Checked on the parsed request, so every request is covered, pipelined ones included.
 
-use http::header::{HeaderMap, HOST};
-use http::{StatusCode, Uri, Version};
+use http::header::{HeaderMap, HeaderValue, HOST};
+use http::{Request, StatusCode, Uri, Version};
 
 use crate::error::GatewayError;
 
@@ -24,9 +24,6 @@ pub enum FieldError {
     /// A target authority (absolute form, `:authority`) that is not `host[:port]`.
     #[error("the request target's authority is not a valid host")]
     InvalidAuthority,
-    /// `Host` names another host than the target's authority.
-    #[error("the Host header does not match the request target's authority")]
-    HostMismatch,
     /// HTTP/2: `:authority` with the deprecated userinfo (RFC 9113 §8.3.1).
     #[error(":authority must not carry userinfo")]
     AuthorityUserinfo,
@@ -41,34 +38,43 @@ impl From<FieldError> for GatewayError {
     }
 }
 
-/// Checks `Host` and the target's authority; the caller answers `400` on an error.
+/// Checks `Host` and the target's authority (the caller answers `400` on an error), and makes
+/// them agree.
 ///
 /// At most one `Host`, and one on every HTTP/1.1 request; every `Host` and authority a valid
-/// `host[:port]`; when the target carries an authority (HTTP/1 absolute form, HTTP/2
-/// `:authority`), a `Host` must name the same (ASCII case aside), so routing and the upstream
-/// never see a host the target disagrees with. An empty `Host` (RFC 9112 §3.2 allows it when the
-/// target has no authority) passes and routes like no `Host`.
-pub fn check_host(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), FieldError> {
-    let mut all = headers.get_all(HOST).iter();
+/// `host[:port]`. When the target carries an authority (HTTP/1 absolute form, HTTP/2
+/// `:authority`), it wins: a `Host` naming anything else is replaced by it (RFC 9112 §3.2.2;
+/// RFC 9113 §8.3.1 lets the authority win), so routing, plugins and the upstream all see the one
+/// host the target names. An empty `Host` (RFC 9112 §3.2 allows it when the target has no
+/// authority) passes and routes like no `Host`.
+pub fn check_host<B>(req: &mut Request<B>) -> Result<(), FieldError> {
+    let mut all = req.headers().get_all(HOST).iter();
     let host = all.next();
     if all.next().is_some() {
         return Err(FieldError::DuplicateHost);
     }
     match host {
-        None if version == Version::HTTP_11 => return Err(FieldError::MissingHost),
+        None if req.version() == Version::HTTP_11 => return Err(FieldError::MissingHost),
         Some(h) if !h.is_empty() && !valid_host(h.as_bytes()) => {
             return Err(FieldError::InvalidHost)
         }
         _ => {}
     }
-    if let Some(authority) = uri.authority() {
-        let authority = authority.as_str().as_bytes();
-        if !valid_host(authority) {
-            return Err(FieldError::InvalidAuthority);
-        }
-        if host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(authority)) {
-            return Err(FieldError::HostMismatch);
-        }
+    let Some(authority) = req.uri().authority() else {
+        return Ok(());
+    };
+    if !valid_host(authority.as_str().as_bytes()) {
+        return Err(FieldError::InvalidAuthority);
+    }
+    let differs = host.is_some_and(|h| {
+        !h.as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    });
+    if differs {
+        // Valid host characters only (checked above): always a valid header value.
+        let value =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| FieldError::InvalidAuthority)?;
+        req.headers_mut().insert(HOST, value);
     }
     Ok(())
 }
@@ -177,50 +183,47 @@ mod tests {
         }
     }
 
-    fn headers(hosts: &[&'static str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    /// `check_host` on a request for `uri` with these `Host` fields; the `Host` it leaves.
+    fn check(
+        version: Version,
+        uri: &str,
+        hosts: &[&'static str],
+    ) -> Result<Option<HeaderValue>, FieldError> {
+        let mut req = Request::builder()
+            .version(version)
+            .uri(uri)
+            .body(())
+            .expect("request");
         for v in hosts {
-            h.append(HOST, HeaderValue::from_static(v));
+            req.headers_mut().append(HOST, HeaderValue::from_static(v));
         }
-        h
+        check_host(&mut req)?;
+        Ok(req.headers().get(HOST).cloned())
     }
 
     #[test]
-    fn one_host_that_agrees_with_the_authority() {
-        let origin: Uri = "/x".parse().expect("uri");
-        let absolute: Uri = "http://v.test/x".parse().expect("uri");
-        let v11 = Version::HTTP_11;
-        assert_eq!(check_host(v11, &origin, &headers(&["v.test"])), Ok(()));
-        assert_eq!(check_host(v11, &origin, &headers(&[""])), Ok(()));
-        assert_eq!(check_host(Version::HTTP_10, &origin, &headers(&[])), Ok(()));
+    fn one_valid_host_and_the_authority_wins() {
+        let (v10, v11, v2) = (Version::HTTP_10, Version::HTTP_11, Version::HTTP_2);
+        let host = |v: &'static str| Ok(Some(HeaderValue::from_static(v)));
+        assert_eq!(check(v11, "/x", &["v.test"]), host("v.test"));
+        assert_eq!(check(v11, "/x", &[""]), host(""));
+        assert_eq!(check(v10, "/x", &[]), Ok(None));
+        assert_eq!(check(v2, "http://v.test/", &[]), Ok(None));
+        assert_eq!(check(v11, "http://v.test/", &["V.TEST"]), host("V.TEST"));
+        assert_eq!(check(v11, "http://v.test/", &["evil.test"]), host("v.test"));
+        assert_eq!(check(v2, "http://v.test/", &["evil.test"]), host("v.test"));
+        assert_eq!(check(v11, "/x", &[]), Err(FieldError::MissingHost));
         assert_eq!(
-            check_host(Version::HTTP_2, &absolute, &headers(&[])),
-            Ok(())
-        );
-        assert_eq!(check_host(v11, &absolute, &headers(&["V.TEST"])), Ok(()));
-        assert_eq!(
-            check_host(v11, &origin, &headers(&[])),
+            check(v11, "http://v.test/", &[]),
             Err(FieldError::MissingHost)
         );
         assert_eq!(
-            check_host(v11, &absolute, &headers(&[])),
-            Err(FieldError::MissingHost)
-        );
-        assert_eq!(
-            check_host(Version::HTTP_10, &origin, &headers(&["v.test", "v.test"])),
+            check(v10, "/x", &["v.test", "v.test"]),
             Err(FieldError::DuplicateHost)
         );
+        assert_eq!(check(v11, "/x", &["a b"]), Err(FieldError::InvalidHost));
         assert_eq!(
-            check_host(v11, &origin, &headers(&["a b"])),
-            Err(FieldError::InvalidHost)
-        );
-        assert_eq!(
-            check_host(v11, &absolute, &headers(&["evil.test"])),
-            Err(FieldError::HostMismatch)
-        );
-        let userinfo: Uri = "http://u@v.test/".parse().expect("uri");
-        assert_eq!(
-            check_host(Version::HTTP_2, &userinfo, &headers(&[])),
+            check(v2, "http://u@v.test/", &[]),
             Err(FieldError::InvalidAuthority)
         );
     }
