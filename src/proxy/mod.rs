@@ -70,12 +70,15 @@ pub async fn handle(
 
 async fn proxy(
     snap: &Snapshot,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ex: &mut Option<Box<Exchange>>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    // Before anything reads the host (routing, the HTTPS redirect, plugins, forwarding): one
+    // valid host, and the target's authority wins over a `Host` that differs.
+    crate::server::fields::check_host(&mut req)?;
     if conn.listener.redirect_https {
         return redirect::to_https(snap, &req);
     }

@@ -1,10 +1,10 @@
 //! Serving one downstream connection: HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on the same
 //! port, or over TLS (HTTP/2 when ALPN chose `h2`); head limits and timers (see [`conn`]), and
-//! one snapshot load per request.
+//! one snapshot load per request; malformed HTTP/2 requests are reset here (see [`fields`]).
 
 mod conn;
+pub mod fields;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,9 +20,10 @@ use tokio::sync::{watch, Notify};
 
 pub use conn::{ConnShared, GuardedIo, HeadLimits, InflightGuard, Wake};
 
+use crate::body::ResponseBody;
 use crate::observe::metrics::ListenerSeries;
 use crate::proxy;
-use crate::snapshot::{ListenerSpec, Live};
+use crate::snapshot::{ListenerSpec, Live, Snapshot};
 use crate::tls::client_cert::ClientCert;
 use crate::tls::server::{negotiated, ServerTls};
 
@@ -223,8 +224,7 @@ pub async fn serve(
     let svc = service_fn(move |req| {
         // One atomic load per request: every phase of this request sees this snapshot.
         let snap = live.load_full();
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(snap, req, &info).await) }
+        respond(snap, req, info.clone())
     });
 
     // Every phase below is boxed, so the task of an idle connection stays small: only the
@@ -290,8 +290,7 @@ async fn serve_tls(
     let info = ConnInfo::new(peer, spec, shared, tunnels, negotiated.client_cert);
     let svc = service_fn(move |req| {
         let snap = live.load_full();
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(snap, req, &info).await) }
+        respond(snap, req, info.clone())
     });
     if negotiated.h2 {
         io.set_http2();
@@ -300,6 +299,24 @@ async fn serve_tls(
     }
     // Without parking the guard never hands the stream back: this serves until the end.
     let _ = serve_h1(io, svc, peer, &mut stop).await;
+}
+
+/// Serves one request. A malformed HTTP/2 request (RFC 9113 §8.1.1) is a stream error: the
+/// service fails with `PROTOCOL_ERROR`, which hyper sends as RST_STREAM; nothing is forwarded and
+/// the connection's other streams go on. Every other request gets a response (never an error:
+/// on HTTP/1 an error would close the connection without an answer).
+async fn respond(
+    snap: Arc<Snapshot>,
+    req: hyper::Request<hyper::body::Incoming>,
+    info: Arc<ConnInfo>,
+) -> Result<hyper::Response<ResponseBody>, h2::Error> {
+    if req.version() == http::Version::HTTP_2 {
+        if let Err(e) = fields::check_h2(req.uri(), req.headers()) {
+            tracing::debug!(peer = %info.peer, error = %e, "malformed HTTP/2 request; stream reset");
+            return Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
+        }
+    }
+    Ok(proxy::handle(snap, req, &info).await)
 }
 
 fn io_idle(io: &GuardedIo<TcpStream>) -> Duration {
