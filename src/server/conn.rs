@@ -138,6 +138,14 @@ pub struct GuardedIo<T> {
     prefix: Option<bytes::Bytes>,
     /// The listener's byte counters.
     series: Option<Arc<ListenerSeries>>,
+    /// Writes may make no progress for this long (a client that reads nothing): then they fail
+    /// and hyper closes the connection.
+    send_timeout: Option<Duration>,
+    /// Runs while writes wait on the client; made at the first such wait, so connections whose
+    /// client keeps up never allocate it.
+    send_timer: Option<Pin<Box<Sleep>>>,
+    /// A write or flush is waiting on the client since `send_timer` was last armed.
+    send_stalled: bool,
 }
 
 /// What a parked connection's wait ended with.
@@ -167,7 +175,42 @@ impl<T> GuardedIo<T> {
             body_left: Some(0),
             prefix: None,
             series: None,
+            send_timeout: None,
+            send_timer: None,
+            send_stalled: false,
         }
+    }
+
+    /// Fails writes that make no progress for `after` (the client stopped reading).
+    pub fn with_send_timeout(mut self, after: Duration) -> Self {
+        self.send_timeout = Some(after);
+        self
+    }
+
+    /// Tracks write progress: `pending` when a write or flush could not go on. Returns the error
+    /// to give hyper once no progress has been made for the whole send timeout.
+    fn send_progress(&mut self, cx: &mut Context<'_>, pending: bool) -> Option<io::Error> {
+        let timeout = self.send_timeout?;
+        if !pending {
+            self.send_stalled = false;
+            return None;
+        }
+        let deadline = Instant::now() + timeout;
+        let timer = self
+            .send_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.send_stalled {
+            // The first write to wait on the client starts the clock; later ones keep it.
+            self.send_stalled = true;
+            timer.as_mut().reset(deadline);
+        }
+        // Polled so the task wakes at the deadline even if the socket never becomes writable.
+        timer.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for the send timeout",
+            )
+        })
     }
 
     /// Counts the bytes read and written in the listener's `series`.
@@ -269,6 +312,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
+    /// Applies the send timeout to a write's or flush's result.
+    fn watch_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match self.send_progress(cx, r.is_pending()) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => r,
+        }
+    }
+
     fn count_sent(&self, r: &Poll<io::Result<usize>>) {
         if let (Some(s), Poll::Ready(Ok(n))) = (&self.series, r) {
             s.sent.fetch_add(*n as u64, Ordering::Relaxed);
@@ -701,7 +756,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         self.unflushed = true;
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.count_sent(&r);
-        r
+        self.watch_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -712,7 +767,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         self.unflushed = true;
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.count_sent(&r);
-        r
+        self.watch_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -725,7 +780,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         if r.is_ready() {
             self.unflushed = false;
         }
-        r
+        self.watch_write(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
