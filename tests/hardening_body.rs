@@ -78,6 +78,11 @@ async fn malformed_chunked_bodies_get_400_and_never_eject_the_upstream() {
             "request {i}: expected 400, got {text:?}"
         );
         assert!(text.contains("application/problem+json"), "{text}");
+        assert!(text.contains("the request body is malformed"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
         assert!(closed, "request {i}: the connection stayed open: {text}");
     }
     assert_still_served(gw.url("/after"), "six malformed chunked bodies").await;
@@ -169,6 +174,7 @@ routes:
             text.starts_with("HTTP/1.1 400 "),
             "request {i}: expected 400, got {text:?}"
         );
+        assert!(text.contains("the request body is malformed"), "{text}");
         assert!(closed, "request {i}: the connection stayed open");
     }
     assert_still_served(gw.url("/after"), "six malformed bodies over h2").await;
@@ -460,5 +466,41 @@ async fn slow_readers_cost_a_bounded_amount_of_memory_each() {
     );
     for r in readers {
         r.abort();
+    }
+}
+
+#[test]
+fn the_body_timers_are_validated_and_default_to_60s_and_none() {
+    let load = |limits: &str| {
+        frontdesk::config::load_str(
+            &format!(
+                "version: 1\nlisteners:\n  - {{ name: a, address: \"127.0.0.1:0\", limits: {{ {limits} }} }}\n"
+            ),
+            &|_| None,
+        )
+    };
+    let cfg = load("").unwrap().config;
+    let limits = &cfg.listeners[0].limits;
+    assert_eq!(limits.send_timeout.get(), Duration::from_secs(60));
+    assert_eq!(limits.body_timeout, None);
+    let cfg = load("send_timeout: 5s, body_timeout: 2s").unwrap().config;
+    let limits = &cfg.listeners[0].limits;
+    assert_eq!(limits.send_timeout.get(), Duration::from_secs(5));
+    assert_eq!(
+        limits.body_timeout.map(|d| d.get()),
+        Some(Duration::from_secs(2))
+    );
+    let errs: Vec<String> = load("send_timeout: 0s, body_timeout: 0s")
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for field in ["send_timeout", "body_timeout"] {
+        assert!(
+            errs.iter().any(|e| e.contains(&format!(
+                "listeners[0].limits.{field}: must be greater than zero"
+            ))),
+            "{errs:#?}"
+        );
     }
 }
