@@ -504,3 +504,66 @@ fn the_body_timers_are_validated_and_default_to_60s_and_none() {
         );
     }
 }
+
+/// The other direction: clients that send fast to an upstream that reads slowly. hyper's read
+/// buffer (bounded by the listener's head limit) and the upstream connection's write buffer
+/// (bounded with its read buffer) are all a connection holds; without those bounds a connection
+/// would hold 400 KiB and more. A debug build's request futures account for much of the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_to_a_slow_upstream_cost_a_bounded_amount_of_memory_each() {
+    const CONNS: usize = 100;
+    // The upstream takes a sip of each body every 100 ms: far slower than the clients send.
+    let up: Upstream = upstream(
+        move |req: hyper::Request<hyper::body::Incoming>| async move {
+            let mut body = req.into_body();
+            while let Some(Ok(_)) = body.frame().await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Response::new(full("done"))
+        },
+    )
+    .await;
+    let gw = common::spawn_bin(&config(&guarded_config(&up.url(), "")));
+    let pid = gw.child.id();
+    let c = client();
+    for _ in 0..4 {
+        let resp = c
+            .post(format!("http://{}/warm", gw.addr))
+            .body(vec![b'w'; 64 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid);
+    let mut writers = Vec::new();
+    for _ in 0..CONNS {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        writers.push(tokio::spawn(async move {
+            let _ = s
+                .write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 8388608\r\n\r\n")
+                .await;
+            let chunk = vec![b'u'; 64 * 1024];
+            for _ in 0..128 {
+                if s.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    let mut after = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = after.max(rss_kib(pid));
+    }
+    let per_conn = after.saturating_sub(before) / CONNS as u64;
+    eprintln!("RSS {before} KiB -> {after} KiB: {per_conn} KiB per upload");
+    assert!(
+        per_conn <= 512,
+        "each upload to a slow upstream costs {per_conn} KiB ({before} -> {after} KiB)"
+    );
+    for w in writers {
+        w.abort();
+    }
+}
