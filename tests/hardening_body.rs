@@ -507,8 +507,8 @@ fn the_body_timers_are_validated_and_default_to_60s_and_none() {
 
 /// The other direction: clients that send fast to an upstream that reads slowly. hyper's read
 /// buffer (bounded by the listener's head limit) and the upstream connection's write buffer
-/// (bounded with its read buffer) are all a connection holds; without those bounds a connection
-/// would hold 400 KiB and more. A debug build's request futures account for much of the rest.
+/// (bounded with its read buffer; hyper's default lets it reach 400 KiB) are all a connection
+/// holds. A debug build's request futures account for much of what is measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_to_a_slow_upstream_cost_a_bounded_amount_of_memory_each() {
     const CONNS: usize = 100;
