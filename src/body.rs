@@ -335,6 +335,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(g) = &mut this._guard {
+            g.asked();
+        }
         let out = match &mut this.kind {
             Kind::Upstream(b) => boxed(Pin::new(b).poll_frame(cx)),
             Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
@@ -343,6 +346,15 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(r), Some(d)) = (&mut this.record, frame.data_ref()) {
                     r.sent += d.len() as u64;
+                }
+                // Until hyper asks again, this response waits on the client (or on its HTTP/2
+                // flow-control window): the connection's send timeout watches for that.
+                let more = match &this.kind {
+                    Kind::Upstream(b) => !b.is_end_stream(),
+                    Kind::Full(b) => b.is_some(),
+                };
+                if let (Some(g), true) = (&mut this._guard, more) {
+                    g.handed();
                 }
             }
             Poll::Ready(None) => {

@@ -567,3 +567,77 @@ async fn uploads_to_a_slow_upstream_cost_a_bounded_amount_of_memory_each() {
         w.abort();
     }
 }
+
+#[tokio::test]
+async fn an_http2_client_that_opens_no_window_is_cut_after_send_timeout() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let d = dropped.clone();
+    let up = upstream(move |_req| {
+        let d = d.clone();
+        async move { Response::new(endless(256 << 20, d)) }
+    })
+    .await;
+    let gw = gateway(&config(&guarded_config(&up.url(), "send_timeout: 1s"))).await;
+    // A frame-level HTTP/2 client whose stream window is the protocol's minimum, and which never
+    // reads the body, so it never opens the window again: the gateway can send nothing more,
+    // while the socket itself stays readable.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://{}/big", gw.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Hold the body unread. The connection must end: the gateway gives up on it.
+    let ended = tokio::time::timeout(Duration::from_secs(15), conn).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection was kept open");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dropped.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream connection was kept after the client was cut"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(resp);
+}
+
+#[tokio::test]
+async fn an_http2_stream_waiting_on_a_slow_upstream_is_not_cut_by_send_timeout() {
+    // The upstream pauses 2.5 s mid-body: no progress, but nothing waits on the client either.
+    let up = upstream(|_req| async {
+        let stream = futures_util::stream::unfold(0u8, |n| async move {
+            match n {
+                0 => Some((
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(
+                        Bytes::from_static(b"first,"),
+                    )),
+                    1,
+                )),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    Some((Ok(Frame::data(Bytes::from_static(b"second"))), 2))
+                }
+                _ => None,
+            }
+        });
+        Response::new(StreamBody::new(stream).boxed())
+    })
+    .await;
+    let gw = gateway(&config(&guarded_config(&up.url(), "send_timeout: 1s"))).await;
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = c.get(gw.url("/slow")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.text().await.unwrap(), "first,second");
+}

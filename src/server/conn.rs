@@ -12,7 +12,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -49,6 +49,11 @@ pub struct ConnShared {
     done: AtomicU64,
     upgraded: AtomicBool,
     waker: AtomicWaker,
+    /// Response bodies that handed hyper data and wait to be asked for more: over HTTP/2, a
+    /// client that opens no flow-control window leaves them waiting while its socket is idle.
+    bodies_waiting: AtomicUsize,
+    /// Bumped whenever hyper asks a response body for more: the responses' progress.
+    body_polls: AtomicU64,
 }
 
 impl ConnShared {
@@ -57,6 +62,7 @@ impl ConnShared {
         self.started.fetch_add(1, Ordering::AcqRel);
         InflightGuard {
             shared: self.clone(),
+            waiting: false,
         }
     }
 
@@ -78,10 +84,34 @@ impl ConnShared {
 #[derive(Debug)]
 pub struct InflightGuard {
     shared: Arc<ConnShared>,
+    /// Counted in `bodies_waiting`.
+    waiting: bool,
+}
+
+impl InflightGuard {
+    /// hyper asked the response body for more: the response makes progress.
+    pub fn asked(&mut self) {
+        self.shared.body_polls.fetch_add(1, Ordering::Relaxed);
+        if self.waiting {
+            self.waiting = false;
+            self.shared.bodies_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The response body handed hyper data and has more to come.
+    pub fn handed(&mut self) {
+        if !self.waiting {
+            self.waiting = true;
+            self.shared.bodies_waiting.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
+        if self.waiting {
+            self.shared.bodies_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
         self.shared.done.fetch_add(1, Ordering::AcqRel);
         // The stream may be parked in a read; let it arm the idle timer now.
         self.shared.waker.wake();
@@ -146,6 +176,10 @@ pub struct GuardedIo<T> {
     send_timer: Option<Pin<Box<Sleep>>>,
     /// A write or flush is waiting on the client since `send_timer` was last armed.
     send_stalled: bool,
+    /// HTTP/2: whether the armed timer watches sends (streams in flight) rather than idleness,
+    /// and the response bodies' progress when it was armed.
+    h2_busy: bool,
+    polls_seen: u64,
 }
 
 /// What a parked connection's wait ended with.
@@ -178,6 +212,8 @@ impl<T> GuardedIo<T> {
             send_timeout: None,
             send_timer: None,
             send_stalled: false,
+            h2_busy: false,
+            polls_seen: 0,
         }
     }
 
@@ -185,6 +221,32 @@ impl<T> GuardedIo<T> {
     pub fn with_send_timeout(mut self, after: Duration) -> Self {
         self.send_timeout = Some(after);
         self
+    }
+
+    /// Arms the HTTP/2 timer: the idle timeout with no stream in flight, else the send timeout,
+    /// which checks once per period that response bodies waiting on the client were asked for
+    /// more (without a clock read per frame).
+    fn arm_h2(&mut self) {
+        if !self.h2_busy {
+            let idle = self.limits.idle_timeout;
+            self.arm(idle);
+            return;
+        }
+        match self.send_timeout {
+            Some(t) => {
+                self.polls_seen = self.shared.body_polls.load(Ordering::Relaxed);
+                self.arm(t);
+            }
+            None => self.timer_armed = false,
+        }
+    }
+
+    /// True when, over a whole send timeout, some response body waited on the client and no
+    /// response body was asked for more: the client opens no flow-control window (or reads
+    /// nothing), so nothing can be sent.
+    fn h2_send_stalled(&self) -> bool {
+        self.shared.bodies_waiting.load(Ordering::Relaxed) > 0
+            && self.shared.body_polls.load(Ordering::Relaxed) == self.polls_seen
     }
 
     /// Tracks write progress: `pending` when a write or flush could not go on. Returns the error
@@ -400,19 +462,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
                     this.enter_idle();
                 }
                 Scan::Idle if this.mode == Mode::Http2 => {
-                    if this.shared.in_flight() {
-                        this.timer_armed = false;
-                    } else if !this.timer_armed {
-                        let idle = this.limits.idle_timeout;
-                        this.arm(idle);
+                    let busy = this.shared.in_flight();
+                    if busy != this.h2_busy || !this.timer_armed {
+                        this.h2_busy = busy;
+                        this.arm_h2();
                     }
                     return match Pin::new(&mut this.inner).poll_read(cx, buf) {
                         Poll::Pending if this.timer_fired(cx) => {
+                            if this.h2_busy && !this.h2_send_stalled() {
+                                // Responses moved (or none waits on the client): watch again.
+                                this.arm_h2();
+                                let _ = this.timer_fired(cx);
+                                return Poll::Pending;
+                            }
                             Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
                         }
                         other => {
-                            if matches!(other, Poll::Ready(Ok(()))) {
-                                // Activity: restart the idle clock.
+                            if matches!(other, Poll::Ready(Ok(()))) && !this.h2_busy {
+                                // Activity: restart the idle clock. Bytes from the client say
+                                // nothing about whether it takes what is sent to it.
                                 this.timer_armed = false;
                             }
                             other
