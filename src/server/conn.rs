@@ -9,6 +9,12 @@
 //! runs `idle_timeout`. A refused head is answered here (problem+json, `Connection: close`) before
 //! hyper sees a byte of it, then the connection is closed. HTTP/2 connections (prior-knowledge
 //! preface) and upgraded tunnels pass through with only the idle timer (HTTP/2) or nothing (tunnels).
+//!
+//! On every connection, writes that make no progress for `send_timeout` fail, so hyper closes a
+//! connection whose client reads nothing (hyper has no send timeout). Over HTTP/2 the client can
+//! also stall the responses by opening no flow-control window while its socket stays readable:
+//! response bodies report through [`InflightGuard`] when they wait to be asked for more, and the
+//! HTTP/2 timer closes a connection whose waiting responses were not asked for a whole period.
 
 use std::io;
 use std::pin::Pin;
