@@ -263,15 +263,16 @@ impl<T> GuardedIo<T> {
             self.send_stalled = false;
             return None;
         }
-        let deadline = Instant::now() + timeout;
-        let timer = self
-            .send_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.send_stalled {
             // The first write to wait on the client starts the clock; later ones keep it.
             self.send_stalled = true;
-            timer.as_mut().reset(deadline);
+            let deadline = Instant::now() + timeout;
+            match &mut self.send_timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
+        let timer = self.send_timer.as_mut()?;
         // Polled so the task wakes at the deadline even if the socket never becomes writable.
         timer.as_mut().poll(cx).is_ready().then(|| {
             io::Error::new(
