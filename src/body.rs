@@ -152,8 +152,6 @@ impl RequestBody {
 
     fn fail(&mut self, e: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.failed = true;
-        // Dropping the downstream body tells hyper no more of it will be read.
-        self.inner = None;
         if let Some(tx) = self.on_end.take() {
             let _ = tx.send(Err(e));
         }

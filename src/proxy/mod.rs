@@ -367,8 +367,10 @@ fn plugin_error(e: PluginError) -> GatewayError {
     g
 }
 
-/// A request body that failed as the client's fault: a 4xx that closes an HTTP/1 connection
-/// (the rest of the body is never read, so the connection cannot carry another request).
+/// A request body that failed as the client's fault: a 4xx. A broken, abandoned or stalled body
+/// also closes an HTTP/1 connection: where its next request would start cannot be known. (After
+/// a body over the limit, hyper drains what is left of it when that is little, and the
+/// connection goes on.)
 fn client_body_error(e: ClientBodyError, downstream_h1: bool) -> GatewayError {
     let (status, detail) = match e {
         ClientBodyError::TooLarge(_) => (
@@ -386,7 +388,7 @@ fn client_body_error(e: ClientBodyError, downstream_h1: bool) -> GatewayError {
         ),
     };
     let mut g = GatewayError::downstream(status, detail);
-    if downstream_h1 {
+    if downstream_h1 && !matches!(e, ClientBodyError::TooLarge(_)) {
         // HTTP/2 has no `Connection` field: its stream simply ends.
         g.headers
             .push((header::CONNECTION, HeaderValue::from_static("close")));
