@@ -1,6 +1,7 @@
 //! Body types that flow through the proxy without copies: the request body forwarded upstream and
 //! the response body sent downstream.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -16,23 +17,87 @@ use crate::upstream::Lease;
 /// Boxed error type of bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The downstream request body on its way upstream, with an optional size limit.
+/// The downstream request body on its way upstream, with an optional size limit and stall timer.
+///
+/// Every way it can fail is the client's doing and comes out as a [`ClientBodyError`] (boxed, as
+/// the body error hyper hands back, and through [`RequestBody::on_end`]), so the upstream call can
+/// tell a client's fault from an upstream's.
 #[derive(Debug)]
 pub struct RequestBody {
     /// `None` for a request made by the gateway (a replayed retry or a health probe): no body.
     inner: Option<Incoming>,
     seen: u64,
     limit: u64,
-    /// Fired (or dropped) when the body has been sent completely, to start the response timer.
-    on_end: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Told when the body has been sent completely (or failed), to start the response timer and
+    /// to say whose fault a failed call was.
+    on_end: Option<tokio::sync::oneshot::Sender<Result<(), ClientBodyError>>>,
     /// Where the bytes read are reported, when the request is observed.
     counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// `body_timeout`: how long the client may send nothing while the body is being read.
+    stall: Option<Box<Stall>>,
+    /// Set once the body failed: it yields nothing more.
+    failed: bool,
 }
 
-/// A body that went over the listener's size limit mid-stream.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the limit of {0} bytes")]
-pub struct BodyTooLarge(pub u64);
+/// The stall timer of a request body.
+#[derive(Debug)]
+struct Stall {
+    after: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The body is waiting on the client since the timer was last armed.
+    waiting: bool,
+}
+
+/// Why a request body failed on its way upstream: always the client's fault, never the
+/// upstream's, so it never counts against an upstream's health, circuit breaker or retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientBodyError {
+    /// Over the listener's (or a plugin's) size limit: 413.
+    #[error("request body exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    /// Broken framing (an invalid chunk, say): 400.
+    #[error("the request body is malformed")]
+    Malformed,
+    /// The client stopped sending mid-body (closed the connection, reset the stream): 400.
+    #[error("the client abandoned the request body")]
+    Aborted,
+    /// Nothing arrived for the listener's `body_timeout`: 408.
+    #[error("the request body stalled")]
+    Stalled,
+}
+
+impl ClientBodyError {
+    /// The client fault behind a downstream body's read error.
+    fn of(e: &hyper::Error) -> ClientBodyError {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                // hyper's body decoder reports broken framing as invalid input or data, and a
+                // connection that ended mid-body as an unexpected end of file.
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                ) {
+                    return ClientBodyError::Malformed;
+                }
+            }
+            src = s.source();
+        }
+        ClientBodyError::Aborted
+    }
+
+    /// The client fault inside an upstream call's error, if that is what failed it.
+    pub fn within(e: &hyper::Error) -> Option<ClientBodyError> {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = src {
+            if let Some(t) = s.downcast_ref::<ClientBodyError>() {
+                return Some(*t);
+            }
+            src = s.source();
+        }
+        None
+    }
+}
 
 impl RequestBody {
     /// Wraps a downstream body; `limit` of `u64::MAX` means none.
@@ -43,6 +108,8 @@ impl RequestBody {
             limit,
             on_end: None,
             counted: None,
+            stall: None,
+            failed: false,
         }
     }
 
@@ -54,6 +121,8 @@ impl RequestBody {
             limit: u64::MAX,
             on_end: None,
             counted: None,
+            stall: None,
+            failed: false,
         }
     }
 
@@ -63,10 +132,30 @@ impl RequestBody {
         self
     }
 
-    /// Signals `tx` when the last byte has been read (or the body is dropped).
-    pub fn on_end(mut self, tx: tokio::sync::oneshot::Sender<()>) -> Self {
+    /// Tells `tx` when the last byte has been read (`Ok`), or the client's fault that ended the
+    /// body (`Err`); dropped unsent when the body is dropped.
+    pub fn on_end(mut self, tx: tokio::sync::oneshot::Sender<Result<(), ClientBodyError>>) -> Self {
         self.on_end = Some(tx);
         self
+    }
+
+    /// Fails the body with [`ClientBodyError::Stalled`] when the client sends nothing for `after`
+    /// while the body is waiting for it. Time the upstream spends not reading does not count.
+    pub fn stalling_after(mut self, after: std::time::Duration) -> Self {
+        self.stall = Some(Box::new(Stall {
+            after,
+            timer: Box::pin(tokio::time::sleep(after)),
+            waiting: false,
+        }));
+        self
+    }
+
+    fn fail(&mut self, e: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.failed = true;
+        if let Some(tx) = self.on_end.take() {
+            let _ = tx.send(Err(e));
+        }
+        Poll::Ready(Some(Err(Box::new(e))))
     }
 }
 
@@ -82,27 +171,53 @@ impl Body for RequestBody {
         let Some(inner) = &mut this.inner else {
             return Poll::Ready(None);
         };
-        let polled = boxed(Pin::new(inner).poll_frame(cx));
-        match &polled {
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(st) = &mut this.stall {
+                    st.waiting = false;
+                }
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
                     crate::observe::count(&this.counted, d.len());
                     if this.seen > this.limit {
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                        let limit = this.limit;
+                        return this.fail(ClientBodyError::TooLarge(limit));
                     }
                 }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let fault = ClientBodyError::of(&e);
+                tracing::debug!(error = %e, %fault, "request body failed");
+                this.fail(fault)
             }
             Poll::Ready(None) => {
-                this.on_end.take().map(|tx| tx.send(()));
+                if let Some(tx) = this.on_end.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                Poll::Ready(None)
             }
-            _ => {}
+            Poll::Pending => {
+                let Some(st) = &mut this.stall else {
+                    return Poll::Pending;
+                };
+                if !st.waiting {
+                    // Waiting on the client starts now: the clock never counts time in which
+                    // the upstream was not asking for more.
+                    st.waiting = true;
+                    let deadline = tokio::time::Instant::now() + st.after;
+                    st.timer.as_mut().reset(deadline);
+                }
+                if st.timer.as_mut().poll(cx).is_ready() {
+                    return this.fail(ClientBodyError::Stalled);
+                }
+                Poll::Pending
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.failed || self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -218,6 +333,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(g) = &mut this._guard {
+            g.asked();
+        }
         let out = match &mut this.kind {
             Kind::Upstream(b) => boxed(Pin::new(b).poll_frame(cx)),
             Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
@@ -226,6 +344,15 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(r), Some(d)) = (&mut this.record, frame.data_ref()) {
                     r.sent += d.len() as u64;
+                }
+                // Until hyper asks again, this response waits on the client (or on its HTTP/2
+                // flow-control window): the connection's send timeout watches for that.
+                let more = match &this.kind {
+                    Kind::Upstream(b) => !b.is_end_stream(),
+                    Kind::Full(b) => b.is_some(),
+                };
+                if let (Some(g), true) = (&mut this._guard, more) {
+                    g.handed();
                 }
             }
             Poll::Ready(None) => {

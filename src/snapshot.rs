@@ -20,7 +20,7 @@ use crate::route::{
     normalize_host, stripped_path, ExplainRequest, Explanation, MatchedRoute, RequestSummary,
     RouteTable,
 };
-use crate::server::HeadLimits;
+use crate::server::{HeadLimits, Transfer};
 use crate::tls::server::ServerTls;
 use crate::upstream::Upstream;
 
@@ -55,6 +55,8 @@ pub struct ListenerSpec {
     pub limits: HeadLimits,
     /// Largest request body, if limited.
     pub max_body: Option<u64>,
+    /// Timers on the bodies in flight: response writes and request uploads.
+    pub transfer: Transfer,
     /// TLS termination (HTTPS), when configured: the handshake config and certificates.
     pub tls: Option<Arc<ServerTls>>,
     /// Answer every request with a redirect to HTTPS (plain listeners only).
@@ -294,6 +296,10 @@ impl Snapshot {
                     idle_timeout: l.limits.idle_timeout.get(),
                 },
                 max_body: l.limits.max_request_body.map(|b| b.0),
+                transfer: Transfer {
+                    send_timeout: l.limits.send_timeout.get(),
+                    body_timeout: l.limits.body_timeout.map(|d| d.get()),
+                },
             }));
         }
         // Only once everything else is valid: starting an access-log writer or an exporter for a

@@ -25,6 +25,7 @@ async fn the_task_of_a_connection_stays_under_a_kilobyte() {
             idle_timeout: Duration::from_secs(60),
         },
         max_body: None,
+        transfer: Default::default(),
         tls: None,
         redirect_https: false,
         trusted_proxies: Vec::new(),

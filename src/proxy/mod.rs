@@ -13,7 +13,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ClientBodyError, RequestBody, ResponseBody};
 use crate::error::{ErrorKind, GatewayError};
 use crate::observe::Exchange;
 use crate::plugin::{AuthState, Ctx, Flow, PluginError};
@@ -216,6 +216,7 @@ async fn forward_routed(
         body_limit,
     } = r;
     let request_id = cx.request_id.clone();
+    let downstream_h1 = req.version() < Version::HTTP_2;
     let (mut head, body) = req.into_parts();
     let upgrade = client_upgrade
         .as_ref()
@@ -280,6 +281,9 @@ async fn forward_routed(
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut body = RequestBody::new(body, body_limit).on_end(tx);
+        if let Some(after) = conn.listener.transfer.body_timeout {
+            body = body.stalling_after(after);
+        }
         if let Some(ex) = ex {
             let counter = std::sync::Arc::default();
             ex.bytes_in = Some(std::sync::Arc::clone(&counter));
@@ -298,7 +302,7 @@ async fn forward_routed(
     if let (Some(ex), Some(report)) = (ex.as_mut(), opts.report) {
         ex.call = report;
     }
-    let (mut resp, lease) = called.map_err(|e| classify(&e))?;
+    let (mut resp, lease) = called.map_err(|e| classify(&e, downstream_h1))?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         match (client_upgrade, upgrade) {
@@ -322,6 +326,11 @@ async fn forward_routed(
     }
 
     let (mut parts, body) = resp.into_parts();
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        // RFC 9112 §6.3: the transfer coding frames the body and `Content-Length` is wrong (a
+        // smuggling vector). hyper decoded the chunks; the length must not reach the client.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     forward::strip_hop_by_hop(&mut parts.headers);
     if !plugins.is_empty() {
         plugins
@@ -361,8 +370,38 @@ fn plugin_error(e: PluginError) -> GatewayError {
     g
 }
 
-/// Maps a call error to its status without revealing upstream details.
-fn classify(e: &CallError) -> GatewayError {
+/// A request body that failed as the client's fault: a 4xx. A broken, abandoned or stalled body
+/// also closes an HTTP/1 connection: where its next request would start cannot be known. (After
+/// a body over the limit, hyper drains what is left of it when that is little, and the
+/// connection goes on.)
+fn client_body_error(e: ClientBodyError, downstream_h1: bool) -> GatewayError {
+    let (status, detail) = match e {
+        ClientBodyError::TooLarge(_) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is too large",
+        ),
+        ClientBodyError::Malformed => (StatusCode::BAD_REQUEST, "the request body is malformed"),
+        ClientBodyError::Aborted => (
+            StatusCode::BAD_REQUEST,
+            "the request body ended before it was complete",
+        ),
+        ClientBodyError::Stalled => (
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        ),
+    };
+    let mut g = GatewayError::downstream(status, detail);
+    if downstream_h1 && !matches!(e, ClientBodyError::TooLarge(_)) {
+        // HTTP/2 has no `Connection` field: its stream simply ends.
+        g.headers
+            .push((header::CONNECTION, HeaderValue::from_static("close")));
+    }
+    g
+}
+
+/// Maps a call error to its status without revealing upstream details; `downstream_h1` when the
+/// client speaks HTTP/1.
+fn classify(e: &CallError, downstream_h1: bool) -> GatewayError {
     let (status, detail, retryable, kind) = match e {
         CallError::Connect(_) => (
             StatusCode::BAD_GATEWAY,
@@ -400,12 +439,7 @@ fn classify(e: &CallError) -> GatewayError {
             true,
             ErrorKind::NoHealthyTarget,
         ),
-        CallError::BodyTooLarge(_) => {
-            return GatewayError::downstream(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is too large",
-            )
-        }
+        CallError::ClientBody(e) => return client_body_error(*e, downstream_h1),
     };
     GatewayError::upstream(status, detail, retryable).with_kind(kind)
 }

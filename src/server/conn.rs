@@ -9,10 +9,16 @@
 //! runs `idle_timeout`. A refused head is answered here (problem+json, `Connection: close`) before
 //! hyper sees a byte of it, then the connection is closed. HTTP/2 connections (prior-knowledge
 //! preface) and upgraded tunnels pass through with only the idle timer (HTTP/2) or nothing (tunnels).
+//!
+//! On every connection, writes that make no progress for `send_timeout` fail, so hyper closes a
+//! connection whose client reads nothing (hyper has no send timeout). Over HTTP/2 the client can
+//! also stall the responses by opening no flow-control window while its socket stays readable:
+//! response bodies report through [`InflightGuard`] when they wait to be asked for more, and the
+//! HTTP/2 timer closes a connection whose waiting responses were not asked for a whole period.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -49,6 +55,11 @@ pub struct ConnShared {
     done: AtomicU64,
     upgraded: AtomicBool,
     waker: AtomicWaker,
+    /// Response bodies that handed hyper data and wait to be asked for more: over HTTP/2, a
+    /// client that opens no flow-control window leaves them waiting while its socket is idle.
+    bodies_waiting: AtomicUsize,
+    /// Bumped whenever hyper asks a response body for more: the responses' progress.
+    body_polls: AtomicU64,
 }
 
 impl ConnShared {
@@ -57,6 +68,7 @@ impl ConnShared {
         self.started.fetch_add(1, Ordering::AcqRel);
         InflightGuard {
             shared: self.clone(),
+            waiting: false,
         }
     }
 
@@ -78,10 +90,34 @@ impl ConnShared {
 #[derive(Debug)]
 pub struct InflightGuard {
     shared: Arc<ConnShared>,
+    /// Counted in `bodies_waiting`.
+    waiting: bool,
+}
+
+impl InflightGuard {
+    /// hyper asked the response body for more: the response makes progress.
+    pub fn asked(&mut self) {
+        self.shared.body_polls.fetch_add(1, Ordering::Relaxed);
+        if self.waiting {
+            self.waiting = false;
+            self.shared.bodies_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The response body handed hyper data and has more to come.
+    pub fn handed(&mut self) {
+        if !self.waiting {
+            self.waiting = true;
+            self.shared.bodies_waiting.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
+        if self.waiting {
+            self.shared.bodies_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
         self.shared.done.fetch_add(1, Ordering::AcqRel);
         // The stream may be parked in a read; let it arm the idle timer now.
         self.shared.waker.wake();
@@ -138,6 +174,18 @@ pub struct GuardedIo<T> {
     prefix: Option<bytes::Bytes>,
     /// The listener's byte counters.
     series: Option<Arc<ListenerSeries>>,
+    /// Writes may make no progress for this long (a client that reads nothing): then they fail
+    /// and hyper closes the connection.
+    send_timeout: Option<Duration>,
+    /// Runs while writes wait on the client; made at the first such wait, so connections whose
+    /// client keeps up never allocate it.
+    send_timer: Option<Pin<Box<Sleep>>>,
+    /// A write or flush is waiting on the client since `send_timer` was last armed.
+    send_stalled: bool,
+    /// HTTP/2: whether the armed timer watches sends (streams in flight) rather than idleness,
+    /// and the response bodies' progress when it was armed.
+    h2_busy: bool,
+    polls_seen: u64,
 }
 
 /// What a parked connection's wait ended with.
@@ -167,7 +215,71 @@ impl<T> GuardedIo<T> {
             body_left: Some(0),
             prefix: None,
             series: None,
+            send_timeout: None,
+            send_timer: None,
+            send_stalled: false,
+            h2_busy: false,
+            polls_seen: 0,
         }
+    }
+
+    /// Fails writes that make no progress for `after` (the client stopped reading).
+    pub fn with_send_timeout(mut self, after: Duration) -> Self {
+        self.send_timeout = Some(after);
+        self
+    }
+
+    /// Arms the HTTP/2 timer: the idle timeout with no stream in flight, else the send timeout,
+    /// which checks once per period that response bodies waiting on the client were asked for
+    /// more (without a clock read per frame).
+    fn arm_h2(&mut self) {
+        if !self.h2_busy {
+            let idle = self.limits.idle_timeout;
+            self.arm(idle);
+            return;
+        }
+        match self.send_timeout {
+            Some(t) => {
+                self.polls_seen = self.shared.body_polls.load(Ordering::Relaxed);
+                self.arm(t);
+            }
+            None => self.timer_armed = false,
+        }
+    }
+
+    /// True when, over a whole send timeout, some response body waited on the client and no
+    /// response body was asked for more: the client opens no flow-control window (or reads
+    /// nothing), so nothing can be sent.
+    fn h2_send_stalled(&self) -> bool {
+        self.shared.bodies_waiting.load(Ordering::Relaxed) > 0
+            && self.shared.body_polls.load(Ordering::Relaxed) == self.polls_seen
+    }
+
+    /// Tracks write progress: `pending` when a write or flush could not go on. Returns the error
+    /// to give hyper once no progress has been made for the whole send timeout.
+    fn send_progress(&mut self, cx: &mut Context<'_>, pending: bool) -> Option<io::Error> {
+        let timeout = self.send_timeout?;
+        if !pending {
+            self.send_stalled = false;
+            return None;
+        }
+        if !self.send_stalled {
+            // The first write to wait on the client starts the clock; later ones keep it.
+            self.send_stalled = true;
+            let deadline = Instant::now() + timeout;
+            match &mut self.send_timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let timer = self.send_timer.as_mut()?;
+        // Polled so the task wakes at the deadline even if the socket never becomes writable.
+        timer.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for the send timeout",
+            )
+        })
     }
 
     /// Counts the bytes read and written in the listener's `series`.
@@ -269,6 +381,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
+    /// Applies the send timeout to a write's or flush's result.
+    fn watch_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match self.send_progress(cx, r.is_pending()) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => r,
+        }
+    }
+
     fn count_sent(&self, r: &Poll<io::Result<usize>>) {
         if let (Some(s), Poll::Ready(Ok(n))) = (&self.series, r) {
             s.sent.fetch_add(*n as u64, Ordering::Relaxed);
@@ -345,19 +469,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
                     this.enter_idle();
                 }
                 Scan::Idle if this.mode == Mode::Http2 => {
-                    if this.shared.in_flight() {
-                        this.timer_armed = false;
-                    } else if !this.timer_armed {
-                        let idle = this.limits.idle_timeout;
-                        this.arm(idle);
+                    let busy = this.shared.in_flight();
+                    if busy != this.h2_busy || !this.timer_armed {
+                        this.h2_busy = busy;
+                        this.arm_h2();
                     }
                     return match Pin::new(&mut this.inner).poll_read(cx, buf) {
                         Poll::Pending if this.timer_fired(cx) => {
+                            if this.h2_busy && !this.h2_send_stalled() {
+                                // Responses moved (or none waits on the client): watch again.
+                                this.arm_h2();
+                                let _ = this.timer_fired(cx);
+                                return Poll::Pending;
+                            }
                             Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
                         }
                         other => {
-                            if matches!(other, Poll::Ready(Ok(()))) {
-                                // Activity: restart the idle clock.
+                            if matches!(other, Poll::Ready(Ok(()))) && !this.h2_busy {
+                                // Activity: restart the idle clock. Bytes from the client say
+                                // nothing about whether it takes what is sent to it.
                                 this.timer_armed = false;
                             }
                             other
@@ -701,7 +831,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         self.unflushed = true;
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.count_sent(&r);
-        r
+        self.watch_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -712,7 +842,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         self.unflushed = true;
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.count_sent(&r);
-        r
+        self.watch_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -725,7 +855,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         if r.is_ready() {
             self.unflushed = false;
         }
-        r
+        self.watch_write(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

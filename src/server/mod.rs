@@ -65,6 +65,26 @@ impl ConnInfo {
     }
 }
 
+/// Timers on the bodies in flight on a connection (from its listener's limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// Writing a response may make no progress for this long; then the connection is closed
+    /// (and with it the response body and its upstream connection).
+    pub send_timeout: Duration,
+    /// A request body may deliver nothing for this long; then the request fails as the client's
+    /// fault (408). `None`: no limit.
+    pub body_timeout: Option<Duration>,
+}
+
+impl Default for Transfer {
+    fn default() -> Self {
+        Transfer {
+            send_timeout: Duration::from_secs(60),
+            body_timeout: None,
+        }
+    }
+}
+
 /// Counts open tunnels (upgraded connections), which outlive their HTTP connection.
 #[derive(Debug, Default)]
 pub struct Tunnels {
@@ -219,6 +239,7 @@ pub async fn serve(
     let shared = Arc::new(ConnShared::default());
     let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
         .with_parking(PARK_AFTER)
+        .with_send_timeout(spec.transfer.send_timeout)
         .counting(spec.series.clone());
     let info = ConnInfo::new(peer, spec, shared, tunnels, None);
     let svc = service_fn(move |req| {
@@ -286,7 +307,9 @@ async fn serve_tls(
         }
     };
     let shared = Arc::new(ConnShared::default());
-    let mut io = GuardedIo::new(stream, spec.limits, shared.clone()).counting(spec.series.clone());
+    let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
+        .with_send_timeout(spec.transfer.send_timeout)
+        .counting(spec.series.clone());
     let info = ConnInfo::new(peer, spec, shared, tunnels, negotiated.client_cert);
     let svc = service_fn(move |req| {
         let snap = live.load_full();
@@ -393,6 +416,12 @@ where
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(100)
+        // Bounds what one connection buffers: a stream holds at most 64 KiB to send to a client
+        // that reads slowly (hyper's default: 400 KiB), and a client may send 256 KiB per stream
+        // and 1 MiB per connection ahead of an upstream that reads slowly.
+        .max_send_buf_size(64 * 1024)
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
         .max_header_list_size(u32::try_from(io.limits().max_head).unwrap_or(u32::MAX));
     let conn = h2.serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);

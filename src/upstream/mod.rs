@@ -27,7 +27,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::body::{BodyTooLarge, RequestBody};
+use crate::body::{ClientBodyError, RequestBody};
 use crate::error::ErrorKind;
 use crate::observe::metrics::UpstreamSeries;
 use crate::observe::{trace, Attempt, CallReport};
@@ -95,9 +95,11 @@ pub enum CallError {
     /// Every endpoint is unhealthy: 503.
     #[error("no healthy endpoint")]
     NoHealthyEndpoint,
-    /// The client's body went over the listener's limit while it was being sent: 413.
+    /// The client's body failed while it was being sent (over the size limit, malformed,
+    /// abandoned, stalled): the client's fault, so it never counts against the upstream's
+    /// health, circuit breaker or retries. 413, 400 or 408.
     #[error(transparent)]
-    BodyTooLarge(BodyTooLarge),
+    ClientBody(ClientBodyError),
 }
 
 /// Why an upstream could not be built.
@@ -183,23 +185,48 @@ pub struct CallOptions {
     pub report: Option<CallReport>,
 }
 
-/// Waits for the request body to be sent. Survives attempts: a request that comes back unsent
-/// (a failed connect, a pooled connection that had closed) keeps its signal for the next one.
+/// Waits for the request body to be sent, and keeps the client's fault if it failed. Survives
+/// attempts: a request that comes back unsent (a failed connect, a pooled connection that had
+/// closed) keeps its signal for the next one.
 #[derive(Debug, Default)]
-pub struct BodySent(Option<oneshot::Receiver<()>>);
+pub struct BodySent {
+    rx: Option<oneshot::Receiver<Result<(), ClientBodyError>>>,
+    fault: Option<ClientBodyError>,
+}
 
 impl BodySent {
-    /// Waits on `rx` (fired or dropped by the body once it has been read to the end).
-    pub fn new(rx: oneshot::Receiver<()>) -> Self {
-        BodySent(Some(rx))
+    /// Waits on `rx` (told or dropped by the body once it has been read to the end or failed).
+    pub fn new(rx: oneshot::Receiver<Result<(), ClientBodyError>>) -> Self {
+        BodySent {
+            rx: Some(rx),
+            fault: None,
+        }
     }
 
     async fn wait(&mut self) {
-        if let Some(rx) = &mut self.0 {
-            let _ = rx.await;
+        if let Some(rx) = &mut self.rx {
+            if let Ok(Err(e)) = rx.await {
+                self.fault = Some(e);
+            }
             // Cleared in the same poll that saw it fire: a finished receiver is never polled again.
-            self.0 = None;
+            self.rx = None;
         }
+    }
+
+    /// The client's fault that ended the body, if it has failed. An HTTP/2 upstream connection
+    /// reports a failed request body as a reset of its own, so the body's word is taken here.
+    fn fault(&mut self) -> Option<ClientBodyError> {
+        if let Some(rx) = &mut self.rx {
+            match rx.try_recv() {
+                Ok(r) => {
+                    self.fault = r.err();
+                    self.rx = None;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => self.rx = None,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        self.fault
     }
 }
 
@@ -244,7 +271,8 @@ enum Failed {
     Connect(ConnectError, Request<RequestBody>),
     Reset(hyper::Error, Option<Request<RequestBody>>),
     Timeout,
-    TooLarge(BodyTooLarge),
+    /// The client's body failed: nothing to hold against the endpoint.
+    Client(ClientBodyError),
 }
 
 impl Failed {
@@ -253,7 +281,7 @@ impl Failed {
             Failed::Connect(..) => ErrorKind::UpstreamConnect,
             Failed::Reset(..) => ErrorKind::UpstreamReset,
             Failed::Timeout => ErrorKind::UpstreamTimeout,
-            Failed::TooLarge(_) => ErrorKind::BadRequest,
+            Failed::Client(_) => ErrorKind::BadRequest,
         }
     }
 }
@@ -472,7 +500,7 @@ impl Upstream {
             let ok = match &result {
                 Ok((resp, _)) => Some(!resp.status().is_server_error()),
                 // Says nothing about the upstream's own health: not counted.
-                Err(CallError::BodyTooLarge(_) | CallError::NoHealthyEndpoint) => None,
+                Err(CallError::ClientBody(_) | CallError::NoHealthyEndpoint) => None,
                 Err(_) => Some(false),
             };
             if let Some(ok) = ok {
@@ -568,7 +596,8 @@ impl Upstream {
             };
             drop(inflight);
             let (err, again, allowed) = match failed {
-                Failed::TooLarge(e) => return Err(CallError::BodyTooLarge(e)),
+                // The client's fault: no health record, no error counter, no retry.
+                Failed::Client(e) => return Err(CallError::ClientBody(e)),
                 Failed::Connect(e, r) => {
                     self.series.connect_errors.fetch_add(1, Ordering::Relaxed);
                     ep.state.record(false, &self.passive);
@@ -643,7 +672,10 @@ impl Upstream {
             };
             let sent = tokio::select! {
                 r = conn.send(req) => r,
-                () = timer => return Err(Failed::Timeout),
+                () = timer => {
+                    // A body that failed (stalled, say) leaves the upstream waiting for it.
+                    return Err(opts.body_sent.fault().map_or(Failed::Timeout, Failed::Client));
+                }
             };
             match sent {
                 Ok(resp) => {
@@ -652,8 +684,13 @@ impl Upstream {
                     return Ok((resp, pool));
                 }
                 Err(ConnFailure { error, unsent }) => {
-                    if let Some(e) = too_large(&error) {
-                        return Err(Failed::TooLarge(e));
+                    // A connection that failed because the client's body did is no fault of
+                    // the endpoint's: HTTP/1 connections carry the body's error, HTTP/2 ones
+                    // only a reset, so the body's own report is asked too.
+                    if let Some(e) =
+                        ClientBodyError::within(&error).or_else(|| opts.body_sent.fault())
+                    {
+                        return Err(Failed::Client(e));
                     }
                     match unsent {
                         // A pooled connection that closed while idle: never written, so
@@ -751,16 +788,4 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-/// The body-limit error inside a hyper error, if that is what failed the request.
-fn too_large(e: &hyper::Error) -> Option<BodyTooLarge> {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(t) = s.downcast_ref::<BodyTooLarge>() {
-            return Some(BodyTooLarge(t.0));
-        }
-        src = s.source();
-    }
-    None
 }

@@ -25,6 +25,13 @@ use tokio::time::Instant;
 use super::Endpoint;
 use crate::body::RequestBody;
 
+/// Largest read buffer of an HTTP/1 upstream connection, and so the largest response head.
+pub const READ_BUF: usize = 32 * 1024;
+/// Receive window of one HTTP/2 upstream stream.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// Bytes one HTTP/2 upstream stream buffers to send.
+const SEND_BUF: usize = 64 * 1024;
+
 /// An HTTP/1 connection that carries requests one at a time.
 pub type Sender = http1::SendRequest<RequestBody>;
 /// An HTTP/2 connection that carries many requests at once.
@@ -284,6 +291,11 @@ impl Connector {
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(10))
+                // What one stream buffers for a client that reads slowly (hyper's default: 2 MiB
+                // received, 1 MiB to send), bounded; the connection's window stays at 5 MiB, as
+                // it is shared by every stream of this worker thread to the endpoint.
+                .initial_stream_window_size(STREAM_WINDOW)
+                .max_send_buf_size(SEND_BUF)
                 .handshake(io)
                 .await?;
             tokio::spawn(async move {
@@ -293,7 +305,12 @@ impl Connector {
             });
             return Ok(Conn::H2(sender));
         }
-        let (sender, conn) = http1::handshake(io).await?;
+        // The read buffer bounds what a response waiting on a slow client holds (hyper's default
+        // lets it grow to 400 KiB per connection); it must still fit a response head.
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(READ_BUF)
+            .handshake(io)
+            .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");

@@ -116,7 +116,11 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
         for (field, d) in [
             ("head_timeout", lim.head_timeout),
             ("idle_timeout", lim.idle_timeout),
-        ] {
+            ("send_timeout", lim.send_timeout),
+        ]
+        .into_iter()
+        .chain(lim.body_timeout.map(|d| ("body_timeout", d)))
+        {
             if d.0.is_zero() {
                 out.push(Diagnostic::error(
                     la.key(field).to_string(),

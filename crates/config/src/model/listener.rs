@@ -45,6 +45,13 @@ pub struct LimitsConfig {
     pub head_timeout: Dur,
     /// How long a keep-alive connection may wait, with no request in flight, for its next request.
     pub idle_timeout: Dur,
+    /// How long writing a response to the client may make no progress (the client reads nothing)
+    /// before the connection is closed and its upstream connection released.
+    pub send_timeout: Dur,
+    /// How long a request body may send nothing (between two reads) before the request is
+    /// answered 408 and the connection closed. Absent means no limit.
+    #[serde(default)]
+    pub body_timeout: Option<Dur>,
     /// Largest request body accepted; over it the client gets 413. Absent means no limit.
     #[serde(default)]
     pub max_request_body: Option<ByteSize>,
@@ -59,6 +66,8 @@ impl Default for LimitsConfig {
             max_uri: ByteSize(8 * 1024),
             head_timeout: Dur(Duration::from_secs(10)),
             idle_timeout: Dur(Duration::from_secs(60)),
+            send_timeout: Dur(Duration::from_secs(60)),
+            body_timeout: None,
             max_request_body: None,
         }
     }
