@@ -184,7 +184,7 @@ async fn passive_health_ejects_a_failing_target_and_takes_it_back_after_eject_fo
 upstreams:
   users:
     targets: [{{ url: "{}" }}, {{ url: "{}" }}]
-    health_check: {{ passive: {{ unhealthy_after: 3, eject_for: 1s }} }}
+    health_check: {{ passive: {{ unhealthy_after: 3, eject_for: 1s, statuses: [500] }} }}
 routes:
   - {{ name: r, match: {{ paths: ["/"] }}, upstream: users }}
 "#,
@@ -319,16 +319,18 @@ async fn every_target_down_fails_fast_with_503_and_a_problem_body() {
 upstreams:
   users:
     targets: [{{ url: "http://{d1}" }}, {{ url: "http://{d2}" }}]
-    health_check: {{ passive: {{ unhealthy_after: 1, eject_for: 30s }} }}
+    health_check: {{ active: {{ path: /healthz, interval: 100ms, unhealthy_threshold: 1 }} }}
 routes:
   - {{ name: r, match: {{ paths: ["/"] }}, upstream: users }}
 "#
     )))
     .await;
     let c = client();
-    // The first request finds both dead (first try and its retry): 502, both ejected.
-    let resp = c.get(gw.url("/")).send().await.unwrap();
-    assert_eq!(resp.status(), 502);
+    // Active checks take both out of rotation (passive checks always keep one in).
+    wait_until("both targets out", Duration::from_secs(3), async || {
+        c.get(gw.url("/")).send().await.unwrap().status() == 503
+    })
+    .await;
     let start = Instant::now();
     let resp = c.get(gw.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 503);

@@ -6,10 +6,15 @@
 //! are built here as `SpanData` and handed straight to a `BatchSpanProcessor`: one `try_send` into
 //! a bounded queue per span (dropped when full), batched and exported by the processor's own
 //! thread. Nothing on the request path waits for the collector.
+//!
+//! A collector that cannot be reached would fail every batch (about once a second under
+//! traffic), and the SDK logs each failure. The exporter is wrapped in [`Reporting`], which logs
+//! the first failure, then a summary at most once a minute, then the recovery; the SDK's own
+//! per-batch lines are dropped by [`sdk_export_failures`], a filter for the log subscriber.
 
 use std::borrow::Cow;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use frontdesk_config::TracingConfig;
 use http::uri::Authority;
@@ -19,9 +24,10 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor,
-    OTEL_BSP_SCHEDULE_DELAY,
+    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanEvents, SpanExporter, SpanLinks,
+    SpanProcessor, OTEL_BSP_SCHEDULE_DELAY,
 };
 use opentelemetry_sdk::Resource;
 
@@ -34,6 +40,9 @@ const SCHEDULE_DELAY: Duration = Duration::from_secs(1);
 
 /// How long dropping the exporter waits for its last batch to be sent.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// While exports keep failing, the shortest time between two log lines about it.
+const FAILURE_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 /// The span exporter: a batch processor feeding an OTLP/gRPC exporter.
 pub struct Exporter {
@@ -69,6 +78,11 @@ impl Exporter {
         if std::env::var_os(OTEL_BSP_SCHEDULE_DELAY).is_none() {
             batch = batch.with_scheduled_delay(SCHEDULE_DELAY);
         }
+        let exporter = Reporting {
+            inner: exporter,
+            endpoint: endpoint.to_string(),
+            log: Mutex::new(FailureLog::default()),
+        };
         let mut processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(batch.build())
             .build();
@@ -172,6 +186,156 @@ impl Drop for Exporter {
                     .spawn(shutdown);
             }
             Err(_) => shutdown(),
+        }
+    }
+}
+
+/// Whether `meta` is one of the SDK's own lines about a failed export (one per batch, from
+/// `opentelemetry_sdk` and `opentelemetry-otlp`), which [`Reporting`] replaces.
+fn is_sdk_export_failure(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_event()
+        && matches!(meta.target(), "opentelemetry_sdk" | "opentelemetry-otlp")
+        && (meta.name() == "BatchSpanProcessor.ExportError"
+            || meta.name().starts_with("Export.Failed."))
+}
+
+/// A log filter that drops the SDK's per-batch export failure lines; the exporter logs the
+/// first failure and then a summary at most once a minute instead. Add it to the subscriber
+/// that prints the gateway's logs.
+pub fn sdk_export_failures<S>() -> impl tracing_subscriber::layer::Filter<S> {
+    tracing_subscriber::filter::filter_fn(|meta| !is_sdk_export_failure(meta))
+}
+
+/// The OTLP exporter, with its failures logged at a bounded rate.
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    /// The collector, named in the log lines.
+    endpoint: String,
+    log: Mutex<FailureLog>,
+}
+
+impl<E: SpanExporter> SpanExporter for Reporting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        let result = self.inner.export(batch).await;
+        let line = {
+            // Exports never run concurrently; the lock only satisfies `Sync`.
+            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            match &result {
+                Ok(()) => log.success(Instant::now()),
+                Err(e) => log.failure(Instant::now(), n, e.to_string()),
+            }
+        };
+        if let Some(line) = line {
+            line.emit(&self.endpoint);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// What has been logged about failing exports: the first failure is logged at once, later ones
+/// are counted and summarised at most once per [`FAILURE_SUMMARY_EVERY`], and the first success
+/// after failures is logged with the failures not yet reported.
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// When the last line about failures was logged; `None` while exports succeed.
+    last_line: Option<Instant>,
+    /// Failed exports (and their spans) since that line.
+    failed: u64,
+    spans: u64,
+    last_error: String,
+}
+
+/// A line [`FailureLog`] decided to log.
+#[derive(Debug, PartialEq)]
+enum FailureLine {
+    /// The first failure after exports worked (or since start).
+    First { error: String, spans: u64 },
+    /// Exports kept failing: `failed` more, losing `spans` spans, since the last line.
+    Summary {
+        failed: u64,
+        spans: u64,
+        over: Duration,
+        last_error: String,
+    },
+    /// Exports work again, after `failed` failures not reported yet.
+    Recovered { failed: u64, spans: u64 },
+}
+
+impl FailureLog {
+    fn failure(&mut self, now: Instant, spans: usize, error: String) -> Option<FailureLine> {
+        let spans = u64::try_from(spans).unwrap_or(u64::MAX);
+        let Some(last) = self.last_line else {
+            self.last_line = Some(now);
+            return Some(FailureLine::First { error, spans });
+        };
+        self.failed += 1;
+        self.spans = self.spans.saturating_add(spans);
+        self.last_error = error;
+        let over = now.saturating_duration_since(last);
+        if over < FAILURE_SUMMARY_EVERY {
+            return None;
+        }
+        self.last_line = Some(now);
+        Some(FailureLine::Summary {
+            failed: std::mem::take(&mut self.failed),
+            spans: std::mem::take(&mut self.spans),
+            over,
+            last_error: std::mem::take(&mut self.last_error),
+        })
+    }
+
+    fn success(&mut self, _now: Instant) -> Option<FailureLine> {
+        self.last_line.take()?;
+        self.last_error.clear();
+        Some(FailureLine::Recovered {
+            failed: std::mem::take(&mut self.failed),
+            spans: std::mem::take(&mut self.spans),
+        })
+    }
+}
+
+impl FailureLine {
+    fn emit(&self, endpoint: &str) {
+        match self {
+            FailureLine::First { error, spans } => tracing::warn!(
+                endpoint,
+                %error,
+                spans,
+                "span export to the OTLP collector failed; further failures are summarised at most once a minute"
+            ),
+            FailureLine::Summary {
+                failed,
+                spans,
+                over,
+                last_error,
+            } => tracing::warn!(
+                endpoint,
+                failed,
+                spans,
+                over = ?over,
+                %last_error,
+                "span exports to the OTLP collector are still failing"
+            ),
+            FailureLine::Recovered { failed, spans } => tracing::info!(
+                endpoint,
+                failed,
+                spans,
+                "span export to the OTLP collector works again"
+            ),
         }
     }
 }
@@ -366,6 +530,49 @@ mod tests {
         let get_ = Semconv::method(&Method::GET);
         assert_eq!(get_.span_name(None), "GET");
         assert_eq!(get_.span_name(Some("users")), "GET users");
+    }
+
+    #[test]
+    fn failures_are_logged_once_then_summarised_once_a_minute_then_recovery() {
+        let mut log = FailureLog::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            log.failure(at(0), 3, "refused".into()),
+            Some(FailureLine::First {
+                error: "refused".into(),
+                spans: 3
+            })
+        );
+        // One failure a second for just under a minute: nothing.
+        for s in 1..60 {
+            assert_eq!(log.failure(at(s), 2, format!("e{s}")), None, "at {s}s");
+        }
+        assert_eq!(
+            log.failure(at(60), 2, "e60".into()),
+            Some(FailureLine::Summary {
+                failed: 60,
+                spans: 120,
+                over: Duration::from_secs(60),
+                last_error: "e60".into()
+            })
+        );
+        assert_eq!(log.failure(at(61), 1, "e61".into()), None);
+        assert_eq!(
+            log.success(at(62)),
+            Some(FailureLine::Recovered {
+                failed: 1,
+                spans: 1
+            })
+        );
+        assert_eq!(log.success(at(63)), None, "nothing to say while it works");
+        assert!(
+            matches!(
+                log.failure(at(64), 1, "again".into()),
+                Some(FailureLine::First { .. })
+            ),
+            "a new outage is logged at once"
+        );
     }
 
     #[test]

@@ -132,6 +132,8 @@ const HALF_OPEN: u8 = 2;
 /// A per-upstream circuit breaker.
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    /// The upstream's name, for log lines.
+    upstream: Arc<str>,
     cfg: CircuitBreakerConfig,
     /// a = requests, b = failures.
     window: Window,
@@ -195,9 +197,10 @@ impl Drop for InflightToken {
 }
 
 impl CircuitBreaker {
-    /// A closed breaker.
-    pub fn new(cfg: &CircuitBreakerConfig) -> CircuitBreaker {
+    /// A closed breaker for upstream `upstream`.
+    pub fn new(upstream: Arc<str>, cfg: &CircuitBreakerConfig) -> CircuitBreaker {
         CircuitBreaker {
+            upstream,
             window: Window::new(cfg.window.get()),
             cfg: cfg.clone(),
             state: AtomicU8::new(CLOSED),
@@ -247,7 +250,7 @@ impl CircuitBreaker {
                 {
                     return Err(Refusal::Open);
                 }
-                tracing::info!("circuit breaker half-open: probing the upstream");
+                // Logged by the caller once the probe's target is picked.
                 true
             }
             _ => return Err(Refusal::Open),
@@ -269,18 +272,31 @@ impl CircuitBreaker {
 }
 
 impl CircuitBreaker {
+    /// Logs that `admission`, a probe, goes to `target` (nothing for other requests).
+    pub fn probing(&self, admission: &Admission<'_>, target: &str) {
+        if admission.probe {
+            tracing::info!(
+                upstream = %self.upstream,
+                target = %target,
+                "circuit breaker half-open: probing the upstream"
+            );
+        }
+    }
+
     /// Records an admitted request's outcome: a failure is a connect failure, reset, timeout or
-    /// 5xx answer.
-    pub fn finish(&self, admission: &mut Admission<'_>, success: bool) {
+    /// 5xx answer. `target` is the target its last try went to, named in the log lines of a
+    /// state change.
+    pub fn finish(&self, admission: &mut Admission<'_>, success: bool, target: Option<&str>) {
         admission.finished = true;
+        let target = target.unwrap_or("none");
         if admission.probe {
             if success {
                 self.window.clear();
                 self.state.store(CLOSED, Ordering::Release);
-                tracing::info!("circuit breaker closed: the probe succeeded");
+                tracing::info!(upstream = %self.upstream, target = %target, "circuit breaker closed: the probe succeeded");
             } else {
                 self.open();
-                tracing::warn!("circuit breaker open again: the probe failed");
+                tracing::warn!(upstream = %self.upstream, target = %target, "circuit breaker open again: the probe failed");
             }
             return;
         }
@@ -297,7 +313,13 @@ impl CircuitBreaker {
                 .is_ok()
         {
             self.open();
-            tracing::warn!(requests, failures, "circuit breaker open");
+            tracing::warn!(
+                upstream = %self.upstream,
+                target = %target,
+                requests,
+                failures,
+                "circuit breaker open"
+            );
         }
     }
 }
@@ -335,10 +357,10 @@ mod tests {
             open_for: frontdesk_config::Dur(Duration::from_millis(50)),
             ..Default::default()
         };
-        let cb = CircuitBreaker::new(&cfg);
+        let cb = CircuitBreaker::new(Arc::from("u"), &cfg);
         for ok in [true, false, true, false] {
             let mut a = cb.admit().expect("closed");
-            cb.finish(&mut a, ok);
+            cb.finish(&mut a, ok, Some("http://t"));
         }
         assert!(cb.is_open());
         assert_eq!(cb.admit().err(), Some(Refusal::Open));
@@ -349,10 +371,10 @@ mod tests {
         drop(probe);
         let mut probe = cb.admit().expect("the next request probes");
         assert_eq!(cb.admit().err(), Some(Refusal::Open), "one probe at a time");
-        cb.finish(&mut probe, true);
+        cb.finish(&mut probe, true, None);
         drop(probe);
         assert!(!cb.is_open());
         let mut a = cb.admit().expect("closed again");
-        cb.finish(&mut a, true);
+        cb.finish(&mut a, true, None);
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! State lives in [`EndpointState`], shared (by `Arc`) between generations, so an endpoint that did
 //! not change keeps its health across a config reload. Every field is an atomic: selection reads
-//! it on the hot path without a lock.
+//! it on the hot path without a lock. Whether a failure may eject (the upstream's ejection cap) is
+//! the upstream's call; this module counts and keeps the verdict.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -27,6 +28,10 @@ pub(crate) fn now_ms() -> u64 {
 /// Health and load of one endpoint.
 #[derive(Debug)]
 pub struct EndpointState {
+    /// The upstream's name and the target's URL, for log lines: they are the state's identity
+    /// across reloads, so they never change.
+    upstream: Arc<str>,
+    target: Arc<str>,
     /// False once active checks failed `unhealthy_threshold` times in a row.
     active_ok: AtomicBool,
     /// Consecutive active successes and failures (written by the checker only).
@@ -42,9 +47,12 @@ pub struct EndpointState {
     pub latency: crate::observe::metrics::Histogram,
 }
 
-impl Default for EndpointState {
-    fn default() -> Self {
+impl EndpointState {
+    /// The state of a target that has seen no traffic yet: in rotation.
+    pub(crate) fn new(upstream: Arc<str>, target: Arc<str>) -> Self {
         EndpointState {
+            upstream,
+            target,
             active_ok: AtomicBool::new(true),
             active_successes: AtomicU32::new(0),
             active_failures: AtomicU32::new(0),
@@ -57,14 +65,38 @@ impl Default for EndpointState {
 }
 
 impl EndpointState {
-    /// Whether the endpoint is in rotation: active checks pass and it is not ejected.
+    /// Whether the endpoint is in rotation: active checks pass and it is not ejected. The first
+    /// call that finds an ejection run out ends it (and logs that the target is back).
     #[inline]
     pub fn is_healthy(&self) -> bool {
         if !self.active_ok.load(Ordering::Relaxed) {
             return false;
         }
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until == 0 || now_ms() >= until
+        if until == 0 {
+            return true;
+        }
+        if now_ms() < until {
+            return false;
+        }
+        self.readmit(until);
+        true
+    }
+
+    /// Ends an ejection that ran out; one caller wins and logs it.
+    #[cold]
+    fn readmit(&self, until: u64) {
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::info!(
+                upstream = %self.upstream,
+                target = %self.target,
+                "target back in rotation: its ejection ran out"
+            );
+        }
     }
 
     /// Whether passive checks have ejected the endpoint (live traffic failed it) and the
@@ -79,24 +111,39 @@ impl EndpointState {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// Records a live request's outcome for passive health.
-    pub(crate) fn record(&self, success: bool, cfg: &PassiveHealthConfig) {
+    /// Records a live try's outcome for passive health (a success is any try that did not fail
+    /// in a way `cfg` counts). Returns the count of consecutive failures when it reached
+    /// `unhealthy_after` (and starts counting again): the caller then decides whether the
+    /// upstream can spare the target, and calls [`EndpointState::eject`] if so.
+    pub(crate) fn record(&self, success: bool, cfg: &PassiveHealthConfig) -> Option<u32> {
         if cfg.unhealthy_after == 0 {
-            return;
+            return None;
         }
         if success {
             if self.passive_failures.load(Ordering::Relaxed) != 0 {
                 self.passive_failures.store(0, Ordering::Relaxed);
             }
-            return;
+            return None;
         }
         let n = self.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= cfg.unhealthy_after {
-            self.passive_failures.store(0, Ordering::Relaxed);
-            let until = now_ms() + u64::try_from(cfg.eject_for.get().as_millis()).unwrap_or(0);
-            self.ejected_until.store(until, Ordering::Relaxed);
-            tracing::warn!(failures = n, eject_for = %cfg.eject_for, "endpoint ejected after consecutive failures");
+        if n < cfg.unhealthy_after {
+            return None;
         }
+        self.passive_failures.store(0, Ordering::Relaxed);
+        Some(n)
+    }
+
+    /// Takes the target out of rotation for `cfg.eject_for` after `failures` consecutive failures.
+    pub(crate) fn eject(&self, failures: u32, cfg: &PassiveHealthConfig) {
+        let until = now_ms() + u64::try_from(cfg.eject_for.get().as_millis()).unwrap_or(0);
+        self.ejected_until.store(until, Ordering::Relaxed);
+        tracing::warn!(
+            upstream = %self.upstream,
+            target = %self.target,
+            failures,
+            eject_for = %cfg.eject_for,
+            "target ejected after consecutive failures"
+        );
     }
 
     /// Puts the endpoint back in rotation as far as active checks are concerned (used when an
@@ -146,9 +193,9 @@ pub(crate) async fn run_checker(
             .unwrap_or(false);
         if let Some(healthy) = ep.state.record_probe(ok, &cfg) {
             if healthy {
-                tracing::info!(%upstream, endpoint = %ep.authority, "endpoint healthy again");
+                tracing::info!(%upstream, target = %ep.url, "target back in rotation: its health checks pass");
             } else {
-                tracing::warn!(%upstream, endpoint = %ep.authority, "endpoint failed its health checks");
+                tracing::warn!(%upstream, target = %ep.url, "target out of rotation: it failed its health checks");
             }
         }
     }

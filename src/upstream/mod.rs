@@ -16,7 +16,7 @@ pub mod tls;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use frontdesk_config::{
@@ -53,6 +53,9 @@ pub struct Endpoint {
     pool_key: u64,
     /// Health and load, shared across reloads while the endpoint is unchanged.
     pub state: Arc<EndpointState>,
+    /// Relative share of requests; a target with weight 0 gets none, so it never counts as
+    /// being in rotation.
+    weight: u32,
 }
 
 impl Endpoint {
@@ -153,6 +156,9 @@ pub struct Upstream {
     pub timeout: Duration,
     retries: Retries,
     passive: PassiveHealthConfig,
+    /// Held while deciding on and making a passive ejection (rare: once per `unhealthy_after`
+    /// failures), so two targets failing at once cannot both take the last place out.
+    eject_lock: Mutex<()>,
     active: Option<ActiveHealthConfig>,
     budget: RetryBudget,
     breaker: Option<CircuitBreaker>,
@@ -302,6 +308,7 @@ impl Upstream {
             protocol: cfg.protocol,
             tls: cfg.tls.clone(),
         };
+        let name: Arc<str> = Arc::from(name);
         let pool_id = match prev {
             Some(p) if p.pool_settings == pool_settings => p.pool_id,
             _ => NEXT_POOL.fetch_add(1, Ordering::Relaxed),
@@ -332,7 +339,7 @@ impl Upstream {
             let state = prev
                 .and_then(|p| p.endpoints.iter().find(|e| e.url == url))
                 .map(|e| e.state.clone())
-                .unwrap_or_default();
+                .unwrap_or_else(|| Arc::new(EndpointState::new(name.clone(), url.clone())));
             endpoints.push(Endpoint {
                 host_value: HeaderValue::from_str(authority.as_str())
                     .map_err(|_| UpstreamError::BadTarget(t.url.clone()))?,
@@ -342,6 +349,7 @@ impl Upstream {
                 connect_addr,
                 pool_key: h.finish(),
                 state,
+                weight: t.weight,
             });
             weights.push(t.weight);
         }
@@ -381,7 +389,11 @@ impl Upstream {
             backoff: r.backoff.get(),
         };
         Ok(Upstream {
-            name: Arc::from(name),
+            breaker: cfg
+                .circuit_breaker
+                .as_ref()
+                .map(|c| CircuitBreaker::new(name.clone(), c)),
+            name,
             endpoints,
             balancer,
             hash_key,
@@ -389,9 +401,9 @@ impl Upstream {
             timeout: cfg.response_timeout(),
             retries,
             passive: cfg.health_check.passive.clone(),
+            eject_lock: Mutex::new(()),
             active: cfg.health_check.active.clone(),
             budget: RetryBudget::default(),
-            breaker: cfg.circuit_breaker.as_ref().map(CircuitBreaker::new),
             pool_id,
             pool_settings,
             series,
@@ -492,7 +504,9 @@ impl Upstream {
             None => None,
         };
         let started = Instant::now();
-        let result = self.attempts(req, opts).await;
+        let mut last = None;
+        let probe = self.breaker.as_ref().zip(admission.as_ref());
+        let result = self.attempts(req, opts, probe, &mut last).await;
         if let Some(r) = &mut opts.report {
             r.duration = Some(started.elapsed());
         }
@@ -504,7 +518,8 @@ impl Upstream {
                 Err(_) => Some(false),
             };
             if let Some(ok) = ok {
-                b.finish(a, ok);
+                let target = last.map(|i: usize| &*self.endpoints[i].url);
+                b.finish(a, ok, target);
             }
         }
         result.map(|(resp, mut lease)| {
@@ -513,10 +528,14 @@ impl Upstream {
         })
     }
 
+    /// The tries of one request. `probe` is the breaker and this request's admission (which
+    /// may be its half-open probe); `last` is set to the index of each target tried.
     async fn attempts(
         &self,
         req: Request<RequestBody>,
         opts: &mut CallOptions,
+        probe: Option<(&CircuitBreaker, &breaker::Admission<'_>)>,
+        last: &mut Option<usize>,
     ) -> Result<(Response<Incoming>, Lease), CallError> {
         self.budget.record_request();
         // A copy to send again after a failure that consumed the request; only made when a
@@ -538,6 +557,12 @@ impl Upstream {
             };
             tried.add(idx);
             let ep = &self.endpoints[idx];
+            if last.is_none() {
+                if let Some((b, a)) = probe {
+                    b.probing(a, &ep.url);
+                }
+            }
+            *last = Some(idx);
             // Always counted (one atomic add): least_request reads it, and so does the admin API.
             let inflight = Some(EndpointInflight::new(&ep.state));
             let mut req = req;
@@ -569,7 +594,10 @@ impl Upstream {
                 Ok((resp, pool)) => {
                     ep.state.latency.observe(took);
                     let status = resp.status();
-                    ep.state.record(!status.is_server_error(), &self.passive);
+                    // Only listed statuses say the target is broken: any other answer, an
+                    // application's own 500 included, shows it is up.
+                    let failed = self.passive.statuses.contains(&status.as_u16());
+                    self.passive_outcome(idx, !failed);
                     let retry = self.retries.statuses.contains(&status.as_u16())
                         && retries_left > 0
                         && replay.is_some()
@@ -600,17 +628,17 @@ impl Upstream {
                 Failed::Client(e) => return Err(CallError::ClientBody(e)),
                 Failed::Connect(e, r) => {
                     self.series.connect_errors.fetch_add(1, Ordering::Relaxed);
-                    ep.state.record(false, &self.passive);
+                    self.passive_outcome(idx, false);
                     (CallError::Connect(e), Some(r), self.retries.connect_failure)
                 }
                 Failed::Reset(e, unsent) => {
                     self.series.resets.fetch_add(1, Ordering::Relaxed);
-                    ep.state.record(false, &self.passive);
+                    self.passive_outcome(idx, false);
                     (CallError::Reset(e), unsent, self.retries.reset)
                 }
                 Failed::Timeout => {
                     self.series.timeouts.fetch_add(1, Ordering::Relaxed);
-                    ep.state.record(false, &self.passive);
+                    self.passive_outcome(idx, false);
                     (CallError::Timeout, None, self.retries.timeout)
                 }
             };
@@ -625,6 +653,47 @@ impl Upstream {
             retries_left -= 1;
             retry_no += 1;
             self.backoff(retry_no).await;
+        }
+    }
+
+    /// Records a try's outcome for passive health, and ejects the target when it has failed
+    /// `unhealthy_after` times in a row and the upstream can spare it: at most
+    /// `max_ejected_ratio` of the targets are ejected at once, and at least one other target
+    /// stays in rotation.
+    fn passive_outcome(&self, idx: usize, success: bool) {
+        let ep = &self.endpoints[idx];
+        let Some(failures) = ep.state.record(success, &self.passive) else {
+            return;
+        };
+        // Rare (once per `unhealthy_after` failures), so a lock is fine here; a poisoned one
+        // guarded nothing but this decision.
+        let _held = self
+            .eject_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let others = || {
+            self.endpoints
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| *i != idx)
+        };
+        let ejected = others().filter(|(_, e)| e.state.is_ejected()).count();
+        let in_rotation = others()
+            .filter(|(_, e)| e.weight > 0 && e.state.is_healthy())
+            .count();
+        // Floored: "at most the share", so one of three targets at 50%.
+        let cap = (self.endpoints.len() as f64 * self.passive.max_ejected_ratio).floor() as usize;
+        if ejected < cap && in_rotation > 0 {
+            ep.state.eject(failures, &self.passive);
+        } else {
+            tracing::debug!(
+                upstream = %self.name,
+                target = %ep.url,
+                failures,
+                ejected,
+                in_rotation,
+                "target kept in rotation: ejecting it would exceed max_ejected_ratio or leave no target"
+            );
         }
     }
 

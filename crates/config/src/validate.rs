@@ -743,6 +743,19 @@ fn check_upstream(up: &UpstreamConfig, at: &FieldPath, out: &mut Vec<Diagnostic>
             }
         }
     }
+    let pa = at.key("health_check").key("passive");
+    let passive = &up.health_check.passive;
+    for s in &passive.statuses {
+        if !(500..=599).contains(s) {
+            err(
+                pa.key("statuses"),
+                format!("{s}: expected a status from 500 to 599"),
+            );
+        }
+    }
+    if !(0.0..=1.0).contains(&passive.max_ejected_ratio) {
+        err(pa.key("max_ejected_ratio"), "must be from 0 to 1".into());
+    }
     if up.retries.attempts > 10 {
         err(at.key("retries").key("attempts"), "at most 10".into());
     }

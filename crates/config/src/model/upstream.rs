@@ -138,8 +138,10 @@ pub struct ActiveHealthConfig {
     pub unhealthy_threshold: u32,
 }
 
-/// Passive health: consecutive failures of live traffic (connect failures, resets, timeouts or
-/// 5xx answers) eject a target for a while.
+/// Passive health: consecutive failures of live traffic eject a target for a while. Connect
+/// failures, resets and timeouts always count; a response counts only when its status is listed
+/// in `statuses` (an application's own 500 says nothing about the target). Ejection never takes
+/// more than `max_ejected_ratio` of an upstream's targets, and never the last one in rotation.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthConfig {
@@ -147,6 +149,12 @@ pub struct PassiveHealthConfig {
     pub unhealthy_after: u32,
     /// How long an ejected target stays out of rotation.
     pub eject_for: Dur,
+    /// Response statuses (500 to 599) that count as failures, such as `[502, 503, 504]`; empty
+    /// by default: only connect failures, resets and timeouts count.
+    pub statuses: Vec<u16>,
+    /// The largest share of the upstream's targets (0 to 1) that may be ejected at once; 0.5 by
+    /// default. Whatever the share, at least one target always stays in rotation.
+    pub max_ejected_ratio: f64,
 }
 
 impl Default for PassiveHealthConfig {
@@ -154,6 +162,8 @@ impl Default for PassiveHealthConfig {
         PassiveHealthConfig {
             unhealthy_after: 5,
             eject_for: Dur(Duration::from_secs(10)),
+            statuses: Vec::new(),
+            max_ejected_ratio: 0.5,
         }
     }
 }
