@@ -158,8 +158,8 @@ async fn openapi() -> Response {
 }
 
 async fn config(State(s): State<AdminState>) -> Result<Json<EffectiveConfig>, AdminError> {
-    let snap = s.gateway().ok_or(AdminError::Gone)?.snapshot();
-    Ok(Json(EffectiveConfig::of(&snap)))
+    let gw = s.gateway().ok_or(AdminError::Gone)?;
+    Ok(Json(EffectiveConfig::of(&gw.snapshot(), gw.admin_addr())))
 }
 
 /// The body as text; a body that is not UTF-8 is refused like an invalid config.
