@@ -1,5 +1,5 @@
 //! The one reload path: file watch, SIGHUP and the admin API's `POST /reload` call [`apply`],
-//! `PUT /config` calls [`apply_text`]; all of them end in `apply_locked`. It loads and validates
+//! `PUT /config` calls [`apply_edit`] (or [`apply_text`]); all of them end in `apply_locked`. It loads and validates
 //! off the hot path, builds a snapshot that reuses unchanged pools, binds new listeners, writes
 //! the text back to the config file when it came from the API, swaps atomically, then retires
 //! listeners that went away. Any error leaves everything as it was. Every attempt is counted in
@@ -125,6 +125,28 @@ pub async fn apply_text(gw: &Gateway, text: String) -> Result<ReloadOutcome, App
     let mut running = gw.listeners.lock().await;
     let result = apply_locked(gw, &mut running, text, true).await;
     record(gw, result)
+}
+
+/// Applies a `PUT /config` submission as an edit of the config text last applied: under the
+/// reload lock, `edit` gets that text and the running snapshot and returns the file's new text
+/// (see [`frontdesk_config::edit_text`]), which is then applied and saved like [`apply_text`].
+pub async fn apply_edit<F>(gw: &Gateway, edit: F) -> Result<ReloadOutcome, ApplyError>
+where
+    F: FnOnce(&str, &Snapshot) -> Result<String, Vec<Diagnostic>>,
+{
+    let mut running = gw.listeners.lock().await;
+    let base = gw.last_text.lock().await.text.clone();
+    let current = gw.live.load_full();
+    let result = match edit(&base, &current) {
+        Ok(text) => apply_locked(gw, &mut running, text, true).await,
+        Err(diags) => Err(ApplyError::Invalid(diags)),
+    };
+    record(gw, result)
+}
+
+/// The config text last applied (the file as loaded, or as `PUT /config` wrote it).
+pub async fn applied_text(gw: &Gateway) -> Arc<str> {
+    gw.last_text.lock().await.text.clone()
 }
 
 /// Checks `text` as `PUT /config` would apply it, without applying anything or connecting to

@@ -2,9 +2,15 @@
 //! basic-auth password hashes, JWT HMAC secrets, the admin token, passwords inside URLs, and the
 //! values of credential headers set by the `headers` plugin.
 //! File paths (certificates, keys) stay: they name secrets without being them.
+//!
+//! The placeholder is never a credential: [`Config::placeholder_secrets`] finds one where a secret
+//! belongs, and loading refuses such a config (a file, or a `PUT /config` that copied one).
+
+use serde_json::Value;
 
 use crate::model::plugin::PluginsConfig;
 use crate::model::{ApiKeyConfig, Config};
+use crate::{Diagnostic, FieldPath};
 
 /// What a redacted value reads as.
 pub const REDACTED: &str = "<redacted>";
@@ -49,6 +55,49 @@ impl Config {
             t.otlp_endpoint = t.otlp_endpoint.as_deref().map(redact_url);
         }
         c
+    }
+}
+
+impl Config {
+    /// An error for every secret whose value holds [`REDACTED`]: the placeholder `GET /config`
+    /// shows is never a credential (an API key, a token, an HMAC secret anyone could sign with).
+    /// The secrets are exactly the values [`Config::redacted`] hides.
+    pub fn placeholder_secrets(&self) -> Vec<Diagnostic> {
+        let (Ok(real), Ok(shown)) = (
+            serde_json::to_value(self),
+            serde_json::to_value(self.redacted()),
+        ) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        placeholders(&real, &shown, &FieldPath::root(), &mut out);
+        out
+    }
+}
+
+fn placeholders(real: &Value, shown: &Value, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    match (real, shown) {
+        (Value::String(r), Value::String(s)) if r.contains(REDACTED) && s.contains(REDACTED) => {
+            out.push(Diagnostic::error(
+                at.to_string(),
+                format!(
+                    "{REDACTED} is the placeholder the admin API shows for a secret, not a                      secret; write the real value (or a ${{VAR}})"
+                ),
+            ));
+        }
+        (Value::Array(r), Value::Array(s)) => {
+            for (i, (r, s)) in r.iter().zip(s).enumerate() {
+                placeholders(r, s, &at.index(i), out);
+            }
+        }
+        (Value::Object(r), Value::Object(s)) => {
+            for (k, r) in r {
+                if let Some(s) = s.get(k) {
+                    placeholders(r, s, &at.key(k), out);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
