@@ -61,39 +61,65 @@ impl Config {
 impl Config {
     /// An error for every secret whose value holds [`REDACTED`]: the placeholder `GET /config`
     /// shows is never a credential (an API key, a token, an HMAC secret anyone could sign with).
-    /// The secrets are exactly the values [`Config::redacted`] hides.
+    /// The secrets are exactly the values [`Config::redacted`] hides; the placeholder elsewhere
+    /// (a response body, a non-credential header) is just text.
     pub fn placeholder_secrets(&self) -> Vec<Diagnostic> {
-        let (Ok(real), Ok(shown)) = (
-            serde_json::to_value(self),
-            serde_json::to_value(self.redacted()),
-        ) else {
+        // Each placeholder becomes a marker; the secrets are where `redacted` then hides it.
+        let Ok(mut probe) = serde_json::to_value(self) else {
+            return Vec::new();
+        };
+        if !mark(&mut probe) {
+            return Vec::new();
+        }
+        let Ok(marked) = serde_json::from_value::<Config>(probe.clone()) else {
+            return Vec::new();
+        };
+        let Ok(hidden) = serde_json::to_value(marked.redacted()) else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        placeholders(&real, &shown, &FieldPath::root(), &mut out);
+        placeholders(&probe, &hidden, &FieldPath::root(), &mut out);
         out
     }
 }
 
-fn placeholders(real: &Value, shown: &Value, at: &FieldPath, out: &mut Vec<Diagnostic>) {
-    match (real, shown) {
-        (Value::String(r), Value::String(s)) if r.contains(REDACTED) && s.contains(REDACTED) => {
+/// Stands for a placeholder while [`Config::placeholder_secrets`] looks for the secrets.
+const MARKER: &str = "\u{1}frontdesk-placeholder\u{1}";
+
+/// Replaces [`REDACTED`] with [`MARKER`] in every string; true if there was one.
+fn mark(v: &mut Value) -> bool {
+    match v {
+        Value::String(s) if s.contains(REDACTED) => {
+            *s = s.replace(REDACTED, MARKER);
+            true
+        }
+        // Every element is marked: no short cut after the first.
+        Value::Array(items) => items.iter_mut().map(mark).filter(|m| *m).count() > 0,
+        Value::Object(m) => m.values_mut().map(mark).filter(|m| *m).count() > 0,
+        _ => false,
+    }
+}
+
+fn placeholders(marked: &Value, hidden: &Value, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    match (marked, hidden) {
+        (Value::String(m), Value::String(h)) if m.contains(MARKER) && !h.contains(MARKER) => {
             out.push(Diagnostic::error(
                 at.to_string(),
                 format!(
-                    "{REDACTED} is the placeholder the admin API shows for a secret, not a                      secret; write the real value (or a ${{VAR}})"
+                    "{REDACTED} is the placeholder the admin API shows for a secret, not a \
+                     secret; write the real value (or a ${{VAR}})"
                 ),
             ));
         }
-        (Value::Array(r), Value::Array(s)) => {
-            for (i, (r, s)) in r.iter().zip(s).enumerate() {
-                placeholders(r, s, &at.index(i), out);
+        (Value::Array(m), Value::Array(h)) => {
+            for (i, (m, h)) in m.iter().zip(h).enumerate() {
+                placeholders(m, h, &at.index(i), out);
             }
         }
-        (Value::Object(r), Value::Object(s)) => {
-            for (k, r) in r {
-                if let Some(s) = s.get(k) {
-                    placeholders(r, s, &at.key(k), out);
+        (Value::Object(m), Value::Object(h)) => {
+            for (k, m) in m {
+                if let Some(h) = h.get(k) {
+                    placeholders(m, h, &at.key(k), out);
                 }
             }
         }
@@ -175,6 +201,34 @@ plugins:
         for kept in ["acme", "no-store"] {
             assert!(shown.contains(kept), "{kept} missing from {shown}");
         }
+    }
+
+    #[test]
+    fn a_placeholder_is_refused_as_a_secret_and_allowed_as_text() {
+        let text = r#"
+version: 1
+redis: { url: "redis://:<redacted>@cache:6379/0" }
+plugins:
+  headers:
+    request:
+      set: { authorization: "Bearer <redacted>", x-note: "<redacted>" }
+routes:
+  - name: r
+    match: { paths: ["/"] }
+    plugins:
+      respond: { body: "<redacted>" }
+"#;
+        let errs = crate::load_str(text, &|_| None).expect_err("refused");
+        let paths: Vec<&str> = errs
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.path.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            ["plugins.headers.request.set.authorization", "redis.url"],
+            "{errs:?}"
+        );
     }
 
     #[test]
