@@ -233,8 +233,17 @@ fn patch(text: &str, node: &Node, old: &Value, new: &Value, out: &mut Vec<Edit>)
                             edits.push(replace(child, nv));
                         }
                     }
+                    (_, None) if node.flow => {
+                        // `, key: value` after the previous entry, or `key: value, ` before the next.
+                        let (start, end) = match (i.checked_sub(1), entries.get(i + 1)) {
+                            (Some(prev), _) => (entries[prev].2.end, child.end),
+                            (None, Some((_, next, _))) => (*key_at, *next),
+                            (None, None) => (*key_at, child.end),
+                        };
+                        edits.push((start, end, String::new()));
+                    }
                     (_, None) => {
-                        if node.flow || entries.len() == 1 {
+                        if entries.len() == 1 {
                             return None;
                         }
                         let start = line_start(text, *key_at)?;
@@ -257,6 +266,29 @@ fn patch(text: &str, node: &Node, old: &Value, new: &Value, out: &mut Vec<Edit>)
                 edits.push(insert_entries(text, node, &added)?);
             }
         }
+        (Kind::Seq(items), Value::Array(o), Value::Array(n))
+            if items.len() == o.len() && !node.flow && removed_by_name(o, n).is_some() =>
+        {
+            // Named elements removed, the others kept in order: the removed ones' lines go.
+            let kept = removed_by_name(o, n)?;
+            for (i, item) in items.iter().enumerate() {
+                match kept.iter().position(|&k| k == i) {
+                    Some(j) => {
+                        if patch(text, item, &o[i], &n[j], &mut edits).is_none() {
+                            edits.push(replace(item, &n[j]));
+                        }
+                    }
+                    None => {
+                        let start = dash_line(text, item)?;
+                        let end = match items.get(i + 1) {
+                            Some(next) => dash_line(text, next)?,
+                            None => line_end(text, item.end),
+                        };
+                        edits.push((start, end, String::new()));
+                    }
+                }
+            }
+        }
         (Kind::Seq(items), Value::Array(o), Value::Array(n)) if items.len() == o.len() => {
             for ((item, ov), nv) in items.iter().zip(o).zip(n) {
                 if patch(text, item, ov, nv, &mut edits).is_none() {
@@ -266,23 +298,49 @@ fn patch(text: &str, node: &Node, old: &Value, new: &Value, out: &mut Vec<Edit>)
             if n.len() > o.len() {
                 edits.push(append_items(text, node, &n[o.len()..])?);
             } else if n.len() < o.len() {
-                if node.flow || n.is_empty() {
-                    return None;
-                }
-                let first = &items[n.len()];
-                let dash = text[..first.start].rfind('-')?;
-                let start = line_start(text, dash)?;
-                if !text[start..dash].trim().is_empty() {
-                    return None;
-                }
                 let last = items.last()?;
-                edits.push((start, line_end(text, last.end), String::new()));
+                let start = match (node.flow, n.len().checked_sub(1)) {
+                    (true, Some(prev)) => items[prev].end,
+                    (true, None) => items[0].start,
+                    (false, Some(_)) => dash_line(text, &items[n.len()])?,
+                    (false, None) => return None,
+                };
+                let end = if node.flow {
+                    last.end
+                } else {
+                    line_end(text, last.end)
+                };
+                edits.push((start, end, String::new()));
             }
         }
         _ => return None,
     }
     out.extend(edits);
     Some(())
+}
+
+/// When `n` is `o` less some elements, all named (listeners, routes, consumers), the indexes in
+/// `o` of the elements kept, in order.
+fn removed_by_name(o: &[Value], n: &[Value]) -> Option<Vec<usize>> {
+    let (on, nn) = (names(o)?, names(n)?);
+    if nn.len() >= on.len() {
+        return None;
+    }
+    let mut kept = Vec::with_capacity(nn.len());
+    let mut from = 0;
+    for name in nn {
+        let at = from + on[from..].iter().position(|x| *x == name)?;
+        kept.push(at);
+        from = at + 1;
+    }
+    Some(kept)
+}
+
+/// The start of the line of a block sequence item's `- `, when only blanks precede the dash.
+fn dash_line(text: &str, item: &Node) -> Option<usize> {
+    let dash = text.get(..item.start)?.rfind('-')?;
+    let start = line_start(text, dash)?;
+    text[start..dash].trim().is_empty().then_some(start)
 }
 
 /// Replaces a node by `v` in flow style (JSON is valid YAML flow).
@@ -577,6 +635,35 @@ admin:
         assert_eq!(
             paths,
             ["consumers[2].api_keys[0]", "routes[0].plugins.respond.body"]
+        );
+    }
+
+    #[test]
+    fn removing_a_named_element_removes_its_lines_only() {
+        let s = shown(FILE);
+        let mut n = s.clone();
+        n["consumers"].as_array_mut().expect("list").remove(0);
+        let out = edit_text(FILE, &s, &n.to_string(), &|_| None).expect("edits");
+        assert_eq!(
+            out,
+            FILE.replace("  - name: alice\n    api_keys: [\"${KEY}\"]\n", "")
+        );
+    }
+
+    #[test]
+    fn a_file_in_json_is_edited_in_place_too() {
+        let file = "{\"version\": 1, \"server\": {\"drain_timeout\": \"1s\", \"via\": \"gw\"}, \"consumers\": [{\"name\": \"a\", \"api_keys\": [\"${KEY}\", \"k2-literal\"]}]}\n";
+        let s = shown(file);
+        let mut n = s.clone();
+        n["server"].as_object_mut().expect("map").remove("via");
+        n["consumers"][0]["api_keys"]
+            .as_array_mut()
+            .expect("list")
+            .pop();
+        let out = edit_text(file, &s, &n.to_string(), &|_| None).expect("edits");
+        assert_eq!(
+            out,
+            "{\"version\": 1, \"server\": {\"drain_timeout\": \"1s\"}, \"consumers\": [{\"name\": \"a\", \"api_keys\": [\"${KEY}\"]}]}\n"
         );
     }
 
