@@ -667,6 +667,62 @@ admin:
         );
     }
 
+    /// Every scalar of every example can be changed, and every mapping entry removed, in place.
+    #[test]
+    fn every_node_of_the_examples_can_be_edited_in_place() {
+        fn paths(v: &Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+            out.push(at.clone());
+            match v {
+                Value::Object(m) => m.iter().for_each(|(k, v)| {
+                    let mut p = at.clone();
+                    p.push(k.clone());
+                    paths(v, p, out);
+                }),
+                Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| {
+                    let mut p = at.clone();
+                    p.push(i.to_string());
+                    paths(v, p, out);
+                }),
+                _ => {}
+            }
+        }
+        fn at<'a>(v: &'a mut Value, path: &[String]) -> &'a mut Value {
+            path.iter().fold(v, |v, k| match v {
+                Value::Array(a) => &mut a[k.parse::<usize>().expect("index")],
+                _ => &mut v[k.as_str()],
+            })
+        }
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).expect("examples") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|x| x != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            let raw = crate::parse_yaml(&text).expect("parses");
+            let mut all = Vec::new();
+            paths(&raw, Vec::new(), &mut all);
+            for p in all.iter().filter(|p| !p.is_empty()) {
+                let mut changed = raw.clone();
+                *at(&mut changed, p) = Value::String("zz changed: #1".into());
+                let out = patch_text(&text, &raw, &changed)
+                    .unwrap_or_else(|| panic!("{}: cannot change {p:?}", path.display()));
+                assert_eq!(crate::parse_yaml(&out).ok(), Some(changed), "{out}");
+                seen += 1;
+                let (parent, last) = p.split_at(p.len() - 1);
+                let mut removed = raw.clone();
+                if let Value::Object(m) = at(&mut removed, parent) {
+                    m.remove(&last[0]);
+                    if let Some(out) = patch_text(&text, &raw, &removed) {
+                        assert_eq!(crate::parse_yaml(&out).ok(), Some(removed), "{out}");
+                    }
+                }
+            }
+        }
+        assert!(seen > 100, "{seen}");
+    }
+
     #[test]
     fn reordered_named_elements_keep_their_own_secrets() {
         let s = shown(FILE);
