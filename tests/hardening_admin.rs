@@ -908,3 +908,35 @@ fn every_example_round_trips_and_edits_in_place() {
         }
     }
 }
+
+/// A config file that is a symlink to a file in another directory reloads when that file is
+/// written (its directory is watched too), and writes next to the link still do not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlinked_config_reloads_when_its_target_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let real_dir = dir.path().join("real");
+    let link_dir = dir.path().join("link");
+    std::fs::create_dir_all(&real_dir).unwrap();
+    std::fs::create_dir_all(&link_dir).unwrap();
+    let real = real_dir.join("gateway.yaml");
+    std::fs::write(&real, simple_config("one")).unwrap();
+    let path = link_dir.join("frontdesk.yaml");
+    std::os::unix::fs::symlink(&real, &path).unwrap();
+    let p = spawn_async(path.clone(), vec![]).await;
+    let url = format!("http://{}/", p.proxy);
+    let c = client();
+    assert_eq!(
+        c.get(&url).send().await.unwrap().text().await.unwrap(),
+        "one"
+    );
+    std::fs::write(&real, simple_config("two")).unwrap();
+    let mut body = String::new();
+    for _ in 0..50 {
+        body = c.get(&url).send().await.unwrap().text().await.unwrap();
+        if body == "two" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(body, "two");
+}

@@ -43,18 +43,27 @@ pub(crate) async fn run(gw: Arc<Gateway>, signals: Signals) -> std::io::Result<(
     } = signals;
 
     // Watch the directory, not the file: editors and Kubernetes replace files by rename. Only
-    // writes, renames and removals of the config file itself count (see `watched`).
+    // writes, renames and removals of the config file itself count (see `watched`); when it is a
+    // symlink to a file elsewhere, that file's directory is watched too.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let file = WatchedFile::of(&gw.config_path);
-    let dir = file.dir.clone();
+    let mut files = vec![WatchedFile::of(&gw.config_path)];
+    if let Ok(target) = std::fs::canonicalize(&gw.config_path) {
+        let target = WatchedFile::of(&target);
+        if std::fs::canonicalize(&files[0].dir).ok().as_ref() != Some(&target.dir) {
+            files.push(target);
+        }
+    }
+    let dirs: Vec<std::path::PathBuf> = files.iter().map(|f| f.dir.clone()).collect();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok_and(|e| file.concerns(&e)) {
+        if ev.is_ok_and(|e| files.iter().any(|f| f.concerns(&e))) {
             let _ = tx.send(());
         }
     })
     .map_err(std::io::Error::other)?;
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
+        }
     }
 
     loop {
