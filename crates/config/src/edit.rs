@@ -15,6 +15,8 @@
 //!   everything not edited stay. An edit that cannot be written that way is refused rather than
 //!   rewriting the whole file.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 use serde_saphyr::granit_parser::{Event, Parser, StructureStyle};
 
@@ -114,13 +116,18 @@ fn merge(
                 Some(Value::Array(a)) if a.len() == sa.len() => Some(a),
                 _ => None,
             };
-            let by_name = names(sa).zip(names(na));
+            // Named elements are matched by name (an index, so 10,000 routes stay cheap).
+            let by_name = names(sa).zip(names(na)).map(|(sn, nn)| {
+                let index: HashMap<&str, usize> =
+                    sn.into_iter().enumerate().map(|(j, n)| (n, j)).collect();
+                (index, nn)
+            });
             let out = na
                 .iter()
                 .enumerate()
                 .map(|(i, ne)| {
                     let j = match &by_name {
-                        Some((sn, nn)) => sn.iter().position(|x| *x == nn[i]),
+                        Some((index, nn)) => index.get(nn[i]).copied(),
                         None => (i < sa.len()).then_some(i),
                     };
                     let at = at.index(i);
@@ -270,9 +277,13 @@ fn patch(text: &str, node: &Node, old: &Value, new: &Value, out: &mut Vec<Edit>)
             if items.len() == o.len() && !node.flow && removed_by_name(o, n).is_some() =>
         {
             // Named elements removed, the others kept in order: the removed ones' lines go.
-            let kept = removed_by_name(o, n)?;
+            let kept: HashMap<usize, usize> = removed_by_name(o, n)?
+                .into_iter()
+                .enumerate()
+                .map(|(j, i)| (i, j))
+                .collect();
             for (i, item) in items.iter().enumerate() {
-                match kept.iter().position(|&k| k == i) {
+                match kept.get(&i).copied() {
                     Some(j) => {
                         if patch(text, item, &o[i], &n[j], &mut edits).is_none() {
                             edits.push(replace(item, &n[j]));
