@@ -39,7 +39,8 @@ pub enum Command {
         config: PathBuf,
     },
     /// Explain which route a request would take, offline: the routes passed over and why, the
-    /// plugins that would run, and the upstream and path it would reach.
+    /// plugins that would run, and the upstream and path it would reach. Exits 1 when no route
+    /// matches (the gateway would answer 404).
     Explain {
         /// Config file.
         #[arg(short, long, default_value = "frontdesk.yaml")]

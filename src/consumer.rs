@@ -17,8 +17,9 @@ pub struct Consumer {
     pub groups: Vec<Arc<str>>,
     /// `x-consumer-name` value.
     pub name_header: HeaderValue,
-    /// `x-consumer-groups` value (comma-separated; empty when none).
-    pub groups_header: HeaderValue,
+    /// `x-consumer-groups` value (comma-separated); `None` without groups, so no empty header
+    /// goes upstream.
+    pub groups_header: Option<HeaderValue>,
 }
 
 impl Consumer {
@@ -65,9 +66,12 @@ impl Consumers {
                 name_header: HeaderValue::from_str(&c.name).map_err(|_| {
                     ConsumerError(format!("consumer name {:?} is not a header value", c.name))
                 })?,
-                groups_header: HeaderValue::from_str(&groups_joined).map_err(|_| {
-                    ConsumerError(format!("groups of {:?} are not a header value", c.name))
-                })?,
+                groups_header: (!c.groups.is_empty())
+                    .then(|| HeaderValue::from_str(&groups_joined))
+                    .transpose()
+                    .map_err(|_| {
+                        ConsumerError(format!("groups of {:?} are not a header value", c.name))
+                    })?,
             });
             for key in &c.api_keys {
                 let digest = match key {
@@ -168,7 +172,11 @@ mod tests {
         assert_eq!(&*c.by_api_key(b"bob-secret-key").expect("bob").name, "bob");
         assert!(c.by_api_key(b"alice-secret-keY").is_none());
         let alice = c.by_name("alice").expect("by name");
-        assert_eq!(alice.groups_header, "partners,beta");
+        assert_eq!(
+            alice.groups_header,
+            Some(HeaderValue::from_static("partners,beta"))
+        );
+        assert_eq!(c.by_name("bob").expect("bob").groups_header, None);
         assert!(alice.in_group("beta") && !alice.in_group("internal"));
     }
 }

@@ -44,7 +44,12 @@ fn main() -> ExitCode {
             url,
             headers,
             json,
-        } => explain(&config, &method, &url, &headers, json),
+        } => match explain(&config, &method, &url, &headers, json) {
+            // Like grep: 1 when nothing matched, so scripts can tell.
+            Ok(false) => return ExitCode::FAILURE,
+            Ok(true) => Ok(()),
+            Err(e) => Err(e),
+        },
         Command::Schema => {
             // A closed pipe (`frontdesk schema | head`) is not an error worth a panic.
             use std::io::Write as _;
@@ -108,7 +113,7 @@ fn explain(
     url: &str,
     headers: &[String],
     json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     use std::io::Write as _;
     let req = frontdesk::route::ExplainRequest::from_url(method, url, headers)?;
     let text =
@@ -128,7 +133,7 @@ fn explain(
     };
     // A closed pipe (`frontdesk explain ... | head`) is not an error worth a panic.
     let _ = std::io::stdout().write_all(out.as_bytes());
-    Ok(())
+    Ok(explanation.matched.is_some())
 }
 
 fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {

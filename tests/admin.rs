@@ -673,7 +673,7 @@ fn explain_cli_prints_the_same_explanation_offline() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("frontdesk.yaml");
     std::fs::write(&path, config(&routes_config("http://127.0.0.1:1", "hi"))).unwrap();
-    let run = |args: &[&str]| {
+    let run_code = |args: &[&str], code: i32| {
         let out = Command::new(common::bin())
             .arg("explain")
             .arg("-c")
@@ -682,9 +682,10 @@ fn explain_cli_prints_the_same_explanation_offline() {
             .env("FRONTDESK_LOG", "warn")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
+    let run = |args: &[&str]| run_code(args, 0);
     let text = run(&[
         "GET",
         "http://api.example.com/users/42",
@@ -702,7 +703,8 @@ fn explain_cli_prints_the_same_explanation_offline() {
         "{text}"
     );
 
-    let json: Value = serde_json::from_str(&run(&["POST", "/users/42", "--json"])).unwrap();
+    // No route matches: exit 1, the explanation printed all the same.
+    let json: Value = serde_json::from_str(&run_code(&["POST", "/users/42", "--json"], 1)).unwrap();
     assert_eq!(json["matched"], Value::Null);
     assert!(json["considered"]
         .as_array()

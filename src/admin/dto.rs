@@ -1,11 +1,12 @@
 //! What the admin API answers, as serializable types built from the live snapshot, plus the
 //! problem+json error. The shapes are documented in `openapi.json`; handlers only assemble them.
 
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use frontdesk_config::{Diagnostic, MatchConfig};
+use frontdesk_config::{Config, Diagnostic, Dur, MatchConfig};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -104,13 +105,14 @@ pub struct EffectiveConfig {
     pub loaded_at: String,
     /// The snapshot generation.
     pub generation: u64,
-    /// The config, as loaded (variables substituted, defaults filled in), secrets redacted.
+    /// The config, as loaded (variables substituted, defaults filled in), secrets redacted:
+    /// see [`shown_config`].
     pub config: serde_json::Value,
 }
 
 impl EffectiveConfig {
-    /// From the live snapshot.
-    pub fn of(snap: &Snapshot) -> EffectiveConfig {
+    /// From the live snapshot; `admin` is the admin listener's bound address, when one runs.
+    pub fn of(snap: &Snapshot, admin: Option<SocketAddr>) -> EffectiveConfig {
         // The version covers the real config, secrets included, so changing a secret changes it.
         let full = serde_json::to_vec(&*snap.config).unwrap_or_default();
         let version = Sha256::digest(&full)
@@ -121,8 +123,47 @@ impl EffectiveConfig {
             version,
             loaded_at: rfc3339(snap.loaded_at),
             generation: snap.generation,
-            config: serde_json::to_value(snap.config.redacted()).unwrap_or_default(),
+            config: shown_config(&snap.config, admin),
         }
+    }
+}
+
+/// The config as `GET /config` shows it, and as `PUT /config` compares a submitted config with:
+/// secrets redacted, the values in force where the file leaves them to defaults (upstream
+/// timeouts), the admin listener's bound address, and no `null` (an unset option is left out).
+pub fn shown_config(cfg: &Config, admin: Option<SocketAddr>) -> serde_json::Value {
+    let mut shown = cfg.redacted();
+    for up in shown.upstreams.values_mut() {
+        // The aliases are folded into `timeouts`, which then shows what is in force.
+        let (connect, response, idle) = (
+            up.connect_timeout(),
+            up.response_timeout(),
+            up.idle_timeout(),
+        );
+        up.timeouts.connect = Some(Dur(connect));
+        up.timeouts.response = Some(Dur(response));
+        up.timeouts.idle = Some(Dur(idle));
+        up.connect_timeout = None;
+        up.timeout = None;
+        up.pool_idle_timeout = None;
+    }
+    if let (Some(a), Some(bound)) = (&mut shown.admin, admin) {
+        a.address = bound.to_string();
+    }
+    let mut v = serde_json::to_value(shown).unwrap_or_default();
+    drop_nulls(&mut v);
+    v
+}
+
+/// Removes every `null` member of every object (unset options), recursively.
+fn drop_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
     }
 }
 

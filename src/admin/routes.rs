@@ -158,8 +158,8 @@ async fn openapi() -> Response {
 }
 
 async fn config(State(s): State<AdminState>) -> Result<Json<EffectiveConfig>, AdminError> {
-    let snap = s.gateway().ok_or(AdminError::Gone)?.snapshot();
-    Ok(Json(EffectiveConfig::of(&snap)))
+    let gw = s.gateway().ok_or(AdminError::Gone)?;
+    Ok(Json(EffectiveConfig::of(&gw.snapshot(), gw.admin_addr())))
 }
 
 /// The body as text; a body that is not UTF-8 is refused like an invalid config.
@@ -176,27 +176,46 @@ fn text(body: &Bytes) -> Result<String, Validation> {
     })
 }
 
+/// Checks a submission as `PUT /config` would apply it: as an edit of the running config.
 async fn validate(State(s): State<AdminState>, body: Bytes) -> Result<Response, AdminError> {
     let gw = s.gateway().ok_or(AdminError::Gone)?;
     let text = match text(&body) {
         Ok(t) => t,
         Err(v) => return Ok(v.into_response()),
     };
-    Ok(Validation::of(&reload::check_text(&gw, &text)).into_response())
+    let base = reload::applied_text(&gw).await;
+    let shown = dto::shown_config(&gw.snapshot().config, gw.admin_addr());
+    let result = frontdesk_config::edit_text(&base, &shown, &text, &env)
+        .and_then(|edited| reload::check_text(&gw, &edited));
+    Ok(Validation::of(&result).into_response())
 }
 
+/// The submission is the config wanted, compared with what `GET /config` shows: the file is
+/// edited only where they differ, so a placeholder equal to the one shown keeps its secret, and
+/// `${VAR}` references and comments stay where nothing changed (`frontdesk_config::edit_text`).
 async fn put_config(State(s): State<AdminState>, body: Bytes) -> Result<Response, AdminError> {
     let gw = s.gateway().ok_or(AdminError::Gone)?;
     let text = match text(&body) {
         Ok(t) => t,
         Err(v) => return Ok(v.into_response()),
     };
-    applied(reload::apply_text(&gw, text).await)
+    let admin = gw.admin_addr();
+    let result = reload::apply_edit(&gw, |base, snap| {
+        let shown = dto::shown_config(&snap.config, admin);
+        frontdesk_config::edit_text(base, &shown, &text, &env)
+    })
+    .await;
+    applied(result)
 }
 
 async fn reload_file(State(s): State<AdminState>) -> Result<Response, AdminError> {
     let gw = s.gateway().ok_or(AdminError::Gone)?;
     applied(gw.reload().await.map_err(ApplyError::Invalid))
+}
+
+/// The process environment, for `${VAR}`.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 /// `200` with the generation, `422` with the errors, or a problem when saving failed.

@@ -276,6 +276,11 @@ impl Renderer {
         }
         buf.extend_from_slice(b",\"consumer\":");
         push_str(buf, ex.consumer.as_deref());
+        buf.extend_from_slice(if ex.consumer_anonymous {
+            b",\"consumer_anonymous\":true"
+        } else {
+            b",\"consumer_anonymous\":false"
+        });
         buf.extend_from_slice(b",\"upstream\":");
         push_str(buf, ex.upstream.as_deref());
         buf.extend_from_slice(b",\"upstream_target\":");
@@ -361,6 +366,7 @@ mod tests {
             route: None,
             client_ip: Some([10, 0, 0, 1].into()),
             consumer: None,
+            consumer_anonymous: false,
             upstream: None,
             call: CallReport {
                 duration: Some(Duration::from_micros(1_902)),

@@ -120,13 +120,17 @@ pub enum Family {
     RatelimitDecisions,
     /// `frontdesk_consumer_requests_total{consumer,route,status_class}`
     ConsumerRequests,
+    /// `frontdesk_anonymous_requests_total{consumer,route,status_class}`: requests that went on
+    /// as an auth plugin's `anonymous` consumer (not counted as that consumer's own).
+    AnonymousRequests,
 }
 
 impl Family {
-    const ALL: [Family; 3] = [
+    const ALL: [Family; 4] = [
         Family::AuthFailures,
         Family::RatelimitDecisions,
         Family::ConsumerRequests,
+        Family::AnonymousRequests,
     ];
 
     fn name(self) -> &'static str {
@@ -134,6 +138,7 @@ impl Family {
             Family::AuthFailures => "frontdesk_auth_failures",
             Family::RatelimitDecisions => "frontdesk_ratelimit_decisions",
             Family::ConsumerRequests => "frontdesk_consumer_requests",
+            Family::AnonymousRequests => "frontdesk_anonymous_requests",
         }
     }
 
@@ -142,6 +147,9 @@ impl Family {
             Family::AuthFailures => "Requests refused by an authentication or access plugin.",
             Family::RatelimitDecisions => "Rate limit, quota and concurrency decisions per limit.",
             Family::ConsumerRequests => "Requests per identified consumer (opt-in).",
+            Family::AnonymousRequests => {
+                "Requests that went on as an anonymous consumer, unidentified (opt-in)."
+            }
         }
     }
 
@@ -149,7 +157,9 @@ impl Family {
         match self {
             Family::AuthFailures => ["route", "plugin", "reason"],
             Family::RatelimitDecisions => ["route", "limit", "decision"],
-            Family::ConsumerRequests => ["consumer", "route", "status_class"],
+            Family::ConsumerRequests | Family::AnonymousRequests => {
+                ["consumer", "route", "status_class"]
+            }
         }
     }
 }
@@ -315,14 +325,19 @@ impl Metrics {
             .clone()
     }
 
+    /// Records the first load at start: not a reload, but the time of the last successful one,
+    /// so an alert on that age works from the start (Prometheus does the same).
+    pub fn loaded(&self) {
+        self.last_reload_ok_unix
+            .store(unix_now(), Ordering::Relaxed);
+    }
+
     /// Records a reload attempt (not the first load at start).
     pub fn reload(&self, ok: bool) {
         if ok {
             self.reloads_ok.fetch_add(1, Ordering::Relaxed);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            self.last_reload_ok_unix.store(now, Ordering::Relaxed);
+            self.last_reload_ok_unix
+                .store(unix_now(), Ordering::Relaxed);
         } else {
             self.reloads_failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -538,7 +553,7 @@ impl Collector for Scrape {
         gauge_family(
             &mut enc,
             "frontdesk_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful reload (0 before the first).",
+            "Unix time of the last successful config load: the start, or the last reload.",
             [(
                 vec![],
                 i64::try_from(load(&m.last_reload_ok_unix)).unwrap_or(i64::MAX),
@@ -580,6 +595,12 @@ impl Collector for Scrape {
         )?;
         Ok(())
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn sorted<V>(map: &std::collections::HashMap<String, V>) -> Vec<(String, &V)> {

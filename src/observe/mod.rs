@@ -85,6 +85,9 @@ pub struct Exchange {
     pub client_ip: Option<IpAddr>,
     /// The identified consumer.
     pub consumer: Option<Arc<str>>,
+    /// True when `consumer` is an auth plugin's `anonymous` consumer: the caller was not
+    /// identified.
+    pub consumer_anonymous: bool,
     /// The route's upstream.
     pub upstream: Option<Arc<str>>,
     /// What the upstream call did, trace context included.
@@ -218,6 +221,7 @@ impl Observer {
             route: None,
             client_ip: Some(peer.to_canonical()),
             consumer: None,
+            consumer_anonymous: false,
             upstream: None,
             call: CallReport {
                 trace,
@@ -259,8 +263,13 @@ impl Observer {
                         400..=499 => 3,
                         _ => 4,
                     };
+                    let family = if ex.consumer_anonymous {
+                        Family::AnonymousRequests
+                    } else {
+                        Family::ConsumerRequests
+                    };
                     self.metrics.inc(
-                        Family::ConsumerRequests,
+                        family,
                         [
                             c.clone(),
                             series.name.clone(),

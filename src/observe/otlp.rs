@@ -448,6 +448,9 @@ fn server_attributes(method: &Semconv, ex: &Exchange) -> Vec<KeyValue> {
     attrs.push(KeyValue::new("frontdesk.listener", ex.listener.clone()));
     if let Some(c) = &ex.consumer {
         attrs.push(KeyValue::new("frontdesk.consumer", c.clone()));
+        if ex.consumer_anonymous {
+            attrs.push(KeyValue::new("frontdesk.consumer_anonymous", true));
+        }
     }
     if let Some(u) = &ex.upstream {
         attrs.push(KeyValue::new("frontdesk.upstream", u.clone()));

@@ -198,8 +198,16 @@ fn settle_auth(req: &mut RequestHead, cx: &mut Ctx) -> Result<(), PluginError> {
     if let Some(c) = &auth.consumer {
         req.headers
             .insert(X_CONSUMER_NAME.clone(), c.name_header.clone());
-        req.headers
-            .insert(X_CONSUMER_GROUPS.clone(), c.groups_header.clone());
+        match &c.groups_header {
+            Some(groups) => {
+                req.headers
+                    .insert(X_CONSUMER_GROUPS.clone(), groups.clone());
+            }
+            // No groups: no header at all, rather than an empty one.
+            None => {
+                req.headers.remove(&X_CONSUMER_GROUPS);
+            }
+        }
     }
     Ok(())
 }

@@ -170,6 +170,7 @@ async fn proxy(
     let result = forward_routed(routed, req, &mut cx, ex).await;
     if let Some(ex) = ex {
         ex.consumer = cx.auth.consumer.as_ref().map(|c| c.name.clone());
+        ex.consumer_anonymous = cx.auth.is_anonymous;
     }
     match result {
         Ok(resp) => Ok(resp),

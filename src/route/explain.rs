@@ -119,13 +119,12 @@ impl std::fmt::Display for Explanation {
             .as_deref()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
-        writeln!(
-            f,
-            "request: {} {}{}{query}",
-            r.method,
-            r.host.as_deref().unwrap_or("(no host)"),
-            r.path
-        )?;
+        // The host apart from the path: glued together, "(no host)/orders" read as a path.
+        let host = match r.host.as_deref() {
+            Some(h) => format!("host {h}"),
+            None => "no host".to_string(),
+        };
+        writeln!(f, "request: {} {}{query} ({host})", r.method, r.path)?;
         match &self.matched {
             Some(m) => {
                 writeln!(f, "matched: route {:?} ({})", m.route, m.rule)?;

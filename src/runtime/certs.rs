@@ -6,6 +6,8 @@
 //!
 //! Directories, not files, are watched: cert-manager, Kubernetes secrets and most deploy tools
 //! replace files by rename (or swap a symlinked directory), which a watch on the old file misses.
+//! Only writes, renames and removals of the files themselves count, not reads nor other files
+//! in those directories.
 //! Where the OS watcher is unavailable, the files are polled every [`POLL_EVERY`] instead.
 
 use std::collections::HashSet;
@@ -17,6 +19,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::watched::WatchedFile;
 use crate::snapshot::Live;
 use crate::tls::server::Refresh;
 
@@ -57,9 +60,16 @@ impl Drop for CertWatcher {
 
 async fn run(live: Arc<Live>, mut resync: watch::Receiver<()>) {
     let (tx, mut events) = mpsc::unbounded_channel();
+    // The files that count: only their writes, renames and removals wake the refresh, not reads
+    // (our own included) nor other files in the same directories.
+    let files: Arc<std::sync::RwLock<Vec<WatchedFile>>> = Arc::default();
+    let concern = files.clone();
     let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Reads (including our own) are not changes.
-        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+        let Ok(ev) = ev else { return };
+        let files = concern
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if files.iter().any(|f| f.concerns(&ev)) {
             let _ = tx.send(());
         }
     }) {
@@ -70,7 +80,7 @@ async fn run(live: Arc<Live>, mut resync: watch::Receiver<()>) {
         }
     };
     let mut dirs = HashSet::new();
-    let mut poll = sync_dirs(&mut watcher, &mut dirs, &live);
+    let mut poll = sync_dirs(&mut watcher, &mut dirs, &files, &live);
     let mut tick = tokio::time::interval(POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -84,7 +94,7 @@ async fn run(live: Arc<Live>, mut resync: watch::Receiver<()>) {
                 if changed.is_err() {
                     return;
                 }
-                poll = sync_dirs(&mut watcher, &mut dirs, &live);
+                poll = sync_dirs(&mut watcher, &mut dirs, &files, &live);
             }
             _ = tick.tick(), if poll => refresh(&live).await,
         }
@@ -96,16 +106,21 @@ async fn run(live: Arc<Live>, mut resync: watch::Receiver<()>) {
 fn sync_dirs(
     watcher: &mut Option<RecommendedWatcher>,
     dirs: &mut HashSet<PathBuf>,
+    files: &std::sync::RwLock<Vec<WatchedFile>>,
     live: &Live,
 ) -> bool {
     let snap = live.load();
-    let wanted: HashSet<PathBuf> = snap
+    let watched: Vec<WatchedFile> = snap
         .listeners
         .iter()
         .filter_map(|l| l.tls.as_ref())
         .flat_map(|t| t.files())
-        .map(|f| parent_dir(Path::new(f)))
+        .map(|f| WatchedFile::of(Path::new(f)))
         .collect();
+    let wanted: HashSet<PathBuf> = watched.iter().map(|f| f.dir.clone()).collect();
+    *files
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = watched;
     let Some(w) = watcher else {
         return !wanted.is_empty();
     };
@@ -129,12 +144,6 @@ fn sync_dirs(
         }
     }
     poll
-}
-
-fn parent_dir(file: &Path) -> PathBuf {
-    file.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// Re-reads every TLS listener's files (off the async threads: it is file I/O and parsing).

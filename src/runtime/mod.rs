@@ -4,6 +4,7 @@
 mod certs;
 pub mod reload;
 mod signals;
+mod watched;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,8 +30,9 @@ pub struct Gateway {
     config_path: PathBuf,
     listeners: Mutex<HashMap<Arc<str>, RunningListener>>,
     tunnels: Arc<Tunnels>,
-    /// Hash of the file text last applied, so a watcher event without a change is a no-op.
-    last_text: Mutex<u64>,
+    /// The file text last applied: a watcher event without a change is a no-op, and
+    /// `PUT /config` edits this text.
+    last_text: Mutex<reload::Applied>,
     /// Re-reads TLS listeners' certificate files when they change on disk.
     certs: certs::CertWatcher,
     /// Set once every listener of the first config is serving (`/readyz`).
@@ -47,16 +49,22 @@ pub enum StartError {
     /// The config was refused.
     #[error("invalid config:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<Diagnostic>),
-    /// A listener could not bind.
-    #[error(transparent)]
-    Listener(#[from] crate::listener::ListenerError),
+    /// A listener could not bind. The OS error is part of the message, not a separate cause, so
+    /// a report of the whole chain names it once.
+    #[error("{path}: {error}")]
+    Listener {
+        /// The field path of the address, `listeners[1].address`.
+        path: String,
+        /// Why.
+        error: crate::listener::ListenerError,
+    },
     /// The admin listener could not bind.
-    #[error("admin listener {addr}: {source}")]
+    #[error("admin.address: admin listener {addr}: {error}")]
     Admin {
         /// The configured address.
         addr: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Other I/O.
     #[error("{0}")]
@@ -74,7 +82,19 @@ impl Gateway {
         for w in &warnings {
             tracing::warn!("{w}");
         }
+        // Every proxy socket is bound before anything serves, so a busy port refuses the start
+        // before the admin listener exists (and is reported once, with its field path).
+        let mut bound = Vec::with_capacity(snap.listeners.len());
+        for (i, spec) in snap.listeners.iter().enumerate() {
+            let sock = crate::listener::bind(spec).map_err(|error| StartError::Listener {
+                path: format!("listeners[{i}].address"),
+                error,
+            })?;
+            bound.push((spec.clone(), sock));
+        }
         snap.start_background();
+        // The first load counts as a successful one for the reload-age gauge, as in Prometheus.
+        snap.metrics.loaded();
         let live = Arc::new(ArcSwap::from_pointee(snap));
         let gw = Arc::new(Gateway {
             certs: certs::CertWatcher::spawn(live.clone()),
@@ -82,17 +102,17 @@ impl Gateway {
             config_path: path.to_path_buf(),
             listeners: Mutex::new(HashMap::new()),
             tunnels: Arc::new(Tunnels::default()),
-            last_text: Mutex::new(reload::hash(&text)),
+            last_text: Mutex::new(reload::Applied::new(text)),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             admin: std::sync::Mutex::new(None),
         });
-        // The admin listener first: it answers `/readyz` with 503 until the proxies serve.
+        // The admin listener before the proxies serve: it answers `/readyz` with 503 until then.
         let admin = gw.live.load().config.admin.clone();
         if let Some(a) = admin {
-            let err = |source| StartError::Admin {
+            let err = |error| StartError::Admin {
                 addr: a.address.clone(),
-                source,
+                error,
             };
             let addr: SocketAddr = a
                 .address
@@ -104,10 +124,8 @@ impl Gateway {
             tracing::info!(listener = "admin", address = %server.local_addr(), "admin API listening");
             *gw.admin_slot() = Some(server);
         }
-        let specs = gw.live.load().listeners.clone();
         let mut running = gw.listeners.lock().await;
-        for spec in specs {
-            let sock = crate::listener::bind(&spec)?;
+        for (spec, sock) in bound {
             let l = RunningListener::start(sock, spec, gw.live.clone(), gw.tunnels.clone())?;
             tracing::info!(listener = %l.name, address = %l.local, "listening");
             running.insert(l.name.clone(), l);

@@ -1,5 +1,5 @@
 //! The one reload path: file watch, SIGHUP and the admin API's `POST /reload` call [`apply`],
-//! `PUT /config` calls [`apply_text`]; all of them end in `apply_locked`. It loads and validates
+//! `PUT /config` calls [`apply_edit`] (or [`apply_text`]); all of them end in `apply_locked`. It loads and validates
 //! off the hot path, builds a snapshot that reuses unchanged pools, binds new listeners, writes
 //! the text back to the config file when it came from the API, swaps atomically, then retires
 //! listeners that went away. Any error leaves everything as it was. Every attempt is counted in
@@ -57,6 +57,27 @@ pub(crate) fn hash(text: &str) -> u64 {
     h.finish()
 }
 
+/// The config text the running snapshot came from, and what the file watcher last refused.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// The text last applied (from the file or `PUT /config`); `PUT /config` edits it.
+    text: Arc<str>,
+    /// Its hash, so a watcher event without a change is a no-op.
+    hash: u64,
+    /// The hash of a file content the watcher refused, so it is reported once, not at every event.
+    refused: Option<u64>,
+}
+
+impl Applied {
+    pub(crate) fn new(text: String) -> Applied {
+        Applied {
+            hash: hash(&text),
+            text: text.into(),
+            refused: None,
+        }
+    }
+}
+
 /// Why [`apply_text`] changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -104,6 +125,28 @@ pub async fn apply_text(gw: &Gateway, text: String) -> Result<ReloadOutcome, App
     let mut running = gw.listeners.lock().await;
     let result = apply_locked(gw, &mut running, text, true).await;
     record(gw, result)
+}
+
+/// Applies a `PUT /config` submission as an edit of the config text last applied: under the
+/// reload lock, `edit` gets that text and the running snapshot and returns the file's new text
+/// (see [`frontdesk_config::edit_text`]), which is then applied and saved like [`apply_text`].
+pub async fn apply_edit<F>(gw: &Gateway, edit: F) -> Result<ReloadOutcome, ApplyError>
+where
+    F: FnOnce(&str, &Snapshot) -> Result<String, Vec<Diagnostic>>,
+{
+    let mut running = gw.listeners.lock().await;
+    let base = gw.last_text.lock().await.text.clone();
+    let current = gw.live.load_full();
+    let result = match edit(&base, &current) {
+        Ok(text) => apply_locked(gw, &mut running, text, true).await,
+        Err(diags) => Err(ApplyError::Invalid(diags)),
+    };
+    record(gw, result)
+}
+
+/// The config text last applied (the file as loaded, or as `PUT /config` wrote it).
+pub async fn applied_text(gw: &Gateway) -> Arc<str> {
+    gw.last_text.lock().await.text.clone()
 }
 
 /// Checks `text` as `PUT /config` would apply it, without applying anything or connecting to
@@ -303,22 +346,39 @@ async fn apply_locked(
             l.stop_detached(drain);
         }
     }
-    *gw.last_text.lock().await = hash(&text);
+    *gw.last_text.lock().await = Applied::new(text);
     gw.certs.resync();
     tracing::info!(generation, added = ?outcome.added, removed = ?outcome.removed, "config reloaded");
     Ok(outcome)
 }
 
-/// Reloads only if the file's text changed since the last applied config. The comparison is made
-/// under the reload lock, so a file written by [`apply_text`] is never applied a second time.
+/// Reloads only if the file's text changed since the last applied config, and was not refused
+/// already as it is: a refused content is reported once, not at every event. The comparison is
+/// made under the reload lock, so a file written by [`apply_text`] is never applied a second time.
 pub(crate) async fn apply_if_changed(
     gw: &Gateway,
 ) -> Option<Result<ReloadOutcome, Vec<Diagnostic>>> {
     let mut running = gw.listeners.lock().await;
     let text = tokio::fs::read_to_string(&gw.config_path).await.ok()?;
-    if hash(&text) == *gw.last_text.lock().await {
-        return None;
+    let h = hash(&text);
+    {
+        let mut last = gw.last_text.lock().await;
+        if h == last.hash {
+            if last.refused.take().is_some() {
+                tracing::info!(
+                    path = %gw.config_path.display(),
+                    "the config file matches the running config again"
+                );
+            }
+            return None;
+        }
+        if last.refused == Some(h) {
+            return None;
+        }
     }
     let result = apply_locked(gw, &mut running, text, false).await;
+    if result.is_err() {
+        gw.last_text.lock().await.refused = Some(h);
+    }
     Some(record(gw, result).map_err(ApplyError::into_diagnostics))
 }

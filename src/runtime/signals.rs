@@ -7,6 +7,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use super::watched::WatchedFile;
 use super::{reload, Gateway};
 
 /// The process signals the gateway handles. Install them before binding listeners, so that a
@@ -41,22 +42,28 @@ pub(crate) async fn run(gw: Arc<Gateway>, signals: Signals) -> std::io::Result<(
         mut usr1,
     } = signals;
 
-    // Watch the directory, not the file: editors and Kubernetes replace files by rename.
+    // Watch the directory, not the file: editors and Kubernetes replace files by rename. Only
+    // writes, renames and removals of the config file itself count (see `watched`); when it is a
+    // symlink to a file elsewhere, that file's directory is watched too.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let dir = gw
-        .config_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| std::path::PathBuf::from("."), |p| p.to_path_buf());
+    let mut files = vec![WatchedFile::of(&gw.config_path)];
+    if let Ok(target) = std::fs::canonicalize(&gw.config_path) {
+        let target = WatchedFile::of(&target);
+        if std::fs::canonicalize(&files[0].dir).ok().as_ref() != Some(&target.dir) {
+            files.push(target);
+        }
+    }
+    let dirs: Vec<std::path::PathBuf> = files.iter().map(|f| f.dir.clone()).collect();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Reads (including our own reloads opening the file) are not changes.
-        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+        if ev.is_ok_and(|e| files.iter().any(|f| f.concerns(&e))) {
             let _ = tx.send(());
         }
     })
     .map_err(std::io::Error::other)?;
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
+        }
     }
 
     loop {

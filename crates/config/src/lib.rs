@@ -4,6 +4,7 @@
 //! that reports **every** error with its field path ([`Diagnostic`]), and the JSON Schema
 //! ([`json_schema`]). It does no I/O: callers pass the text and the environment.
 
+mod edit;
 mod env;
 pub mod model;
 mod redact;
@@ -15,6 +16,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+pub use edit::edit_text;
 pub use model::plugin::{
     AclConfig, BasicAuthConfig, ClientCertConfig, CorsConfig, HeaderOps, HeadersConfig,
     IpFilterConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig, RequestSizeConfig, RespondConfig,
@@ -165,6 +167,8 @@ pub fn load_str(
     let config = typed(doc, &mut diags);
     if let Some(cfg) = &config {
         validate::validate(cfg, &validate::Positions::identity(cfg), &mut diags);
+        // A placeholder is never a credential, whether it came from a file or the admin API.
+        diags.extend(cfg.placeholder_secrets());
     }
     diags.sort_by_key(|d| !d.is_error());
     match config {

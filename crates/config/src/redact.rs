@@ -2,9 +2,15 @@
 //! basic-auth password hashes, JWT HMAC secrets, the admin token, passwords inside URLs, and the
 //! values of credential headers set by the `headers` plugin.
 //! File paths (certificates, keys) stay: they name secrets without being them.
+//!
+//! The placeholder is never a credential: [`Config::placeholder_secrets`] finds one where a secret
+//! belongs, and loading refuses such a config (a file, or a `PUT /config` that copied one).
+
+use serde_json::Value;
 
 use crate::model::plugin::PluginsConfig;
 use crate::model::{ApiKeyConfig, Config};
+use crate::{Diagnostic, FieldPath};
 
 /// What a redacted value reads as.
 pub const REDACTED: &str = "<redacted>";
@@ -49,6 +55,75 @@ impl Config {
             t.otlp_endpoint = t.otlp_endpoint.as_deref().map(redact_url);
         }
         c
+    }
+}
+
+impl Config {
+    /// An error for every secret whose value holds [`REDACTED`]: the placeholder `GET /config`
+    /// shows is never a credential (an API key, a token, an HMAC secret anyone could sign with).
+    /// The secrets are exactly the values [`Config::redacted`] hides; the placeholder elsewhere
+    /// (a response body, a non-credential header) is just text.
+    pub fn placeholder_secrets(&self) -> Vec<Diagnostic> {
+        // Each placeholder becomes a marker; the secrets are where `redacted` then hides it.
+        let Ok(mut probe) = serde_json::to_value(self) else {
+            return Vec::new();
+        };
+        if !mark(&mut probe) {
+            return Vec::new();
+        }
+        let Ok(marked) = serde_json::from_value::<Config>(probe.clone()) else {
+            return Vec::new();
+        };
+        let Ok(hidden) = serde_json::to_value(marked.redacted()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        placeholders(&probe, &hidden, &FieldPath::root(), &mut out);
+        out
+    }
+}
+
+/// Stands for a placeholder while [`Config::placeholder_secrets`] looks for the secrets.
+const MARKER: &str = "\u{1}frontdesk-placeholder\u{1}";
+
+/// Replaces [`REDACTED`] with [`MARKER`] in every string; true if there was one.
+fn mark(v: &mut Value) -> bool {
+    match v {
+        Value::String(s) if s.contains(REDACTED) => {
+            *s = s.replace(REDACTED, MARKER);
+            true
+        }
+        // Every element is marked: no short cut after the first.
+        Value::Array(items) => items.iter_mut().map(mark).filter(|m| *m).count() > 0,
+        Value::Object(m) => m.values_mut().map(mark).filter(|m| *m).count() > 0,
+        _ => false,
+    }
+}
+
+fn placeholders(marked: &Value, hidden: &Value, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    match (marked, hidden) {
+        (Value::String(m), Value::String(h)) if m.contains(MARKER) && !h.contains(MARKER) => {
+            out.push(Diagnostic::error(
+                at.to_string(),
+                format!(
+                    "{REDACTED} is the placeholder the admin API shows for a secret, not a \
+                     secret; write the real value (or a ${{VAR}})"
+                ),
+            ));
+        }
+        (Value::Array(m), Value::Array(h)) => {
+            for (i, (m, h)) in m.iter().zip(h).enumerate() {
+                placeholders(m, h, &at.index(i), out);
+            }
+        }
+        (Value::Object(m), Value::Object(h)) => {
+            for (k, m) in m {
+                if let Some(h) = h.get(k) {
+                    placeholders(m, h, &at.key(k), out);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -126,6 +201,34 @@ plugins:
         for kept in ["acme", "no-store"] {
             assert!(shown.contains(kept), "{kept} missing from {shown}");
         }
+    }
+
+    #[test]
+    fn a_placeholder_is_refused_as_a_secret_and_allowed_as_text() {
+        let text = r#"
+version: 1
+redis: { url: "redis://:<redacted>@cache:6379/0" }
+plugins:
+  headers:
+    request:
+      set: { authorization: "Bearer <redacted>", x-note: "<redacted>" }
+routes:
+  - name: r
+    match: { paths: ["/"] }
+    plugins:
+      respond: { body: "<redacted>" }
+"#;
+        let errs = crate::load_str(text, &|_| None).expect_err("refused");
+        let paths: Vec<&str> = errs
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.path.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            ["plugins.headers.request.set.authorization", "redis.url"],
+            "{errs:?}"
+        );
     }
 
     #[test]
