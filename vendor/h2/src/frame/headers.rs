@@ -97,6 +97,11 @@ struct HeaderBlock {
     /// Set to true if decoding went over the max header list size.
     is_over_size: bool,
 
+    // frontdesk patch: set once any fragment of the block (HEADERS, then CONTINUATIONs) made the
+    // message malformed, so that it stays malformed across fragments (a `NeedMore` return or a
+    // later clean fragment must not forget it) while the rest of the block is still decoded.
+    is_malformed: bool,
+
     /// Pseudo headers, these are broken out as they must be sent as part of the
     /// headers frame.
     pseudo: Pseudo,
@@ -125,6 +130,7 @@ impl Headers {
                 field_size: calculate_headermap_size(&fields),
                 fields,
                 is_over_size: false,
+                is_malformed: false, // frontdesk patch
                 pseudo,
             },
             flags: HeadersFlag::default(),
@@ -142,6 +148,7 @@ impl Headers {
                 field_size: calculate_headermap_size(&fields),
                 fields,
                 is_over_size: false,
+                is_malformed: false, // frontdesk patch
                 pseudo: Pseudo::default(),
             },
             flags,
@@ -207,6 +214,7 @@ impl Headers {
                 fields: HeaderMap::new(),
                 field_size: 0,
                 is_over_size: false,
+                is_malformed: false, // frontdesk patch
                 pseudo: Pseudo::default(),
             },
             flags,
@@ -367,6 +375,7 @@ impl PushPromise {
                 field_size: calculate_headermap_size(&fields),
                 fields,
                 is_over_size: false,
+                is_malformed: false, // frontdesk patch
                 pseudo,
             },
             promised_id,
@@ -458,6 +467,7 @@ impl PushPromise {
                 fields: HeaderMap::new(),
                 field_size: 0,
                 is_over_size: false,
+                is_malformed: false, // frontdesk patch
                 pseudo: Pseudo::default(),
             },
             promised_id,
@@ -963,10 +973,25 @@ impl HeaderBlock {
                 Path(v) => set_pseudo!(path, v),
                 Protocol(v) => set_pseudo!(protocol, v),
                 Status(v) => set_pseudo!(status, v),
+                // frontdesk patch: a field `http` refuses (upper-case name, CR/LF/NUL in the
+                // value, ...) makes the message malformed: a stream error (RFC 9113 §8.1.1),
+                // while HPACK decoding of the block went on for the connection's sake. It still
+                // counts toward the header list size.
+                Invalid { name, value } => {
+                    tracing::trace!("load_hpack; invalid field name or value");
+                    malformed = true;
+                    headers_size += decoded_header_size(name.len(), value.len());
+                    if check_size!().is_break() {
+                        return ControlFlow::Break(());
+                    }
+                }
             }
 
             ControlFlow::Continue(())
         });
+
+        // frontdesk patch: remembered for the block's later fragments.
+        self.is_malformed |= malformed;
 
         match res {
             Ok(()) => {}
@@ -981,7 +1006,8 @@ impl HeaderBlock {
             return Err(Error::HeaderListWayTooLarge);
         }
 
-        if malformed {
+        // frontdesk patch: `self.is_malformed` (this fragment or an earlier one), not `malformed`.
+        if self.is_malformed {
             tracing::trace!("malformed message");
             return Err(Error::MalformedMessage);
         }

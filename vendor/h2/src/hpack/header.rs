@@ -17,6 +17,12 @@ pub enum Header<T = HeaderName> {
     Path(BytesStr),
     Protocol(Protocol),
     Status(StatusCode),
+    // frontdesk patch: a regular field whose name or value `http` refuses (an upper-case or
+    // otherwise invalid name, CR/LF/NUL or another forbidden byte in the value), kept raw. The
+    // decoder yields it (and stores it in the dynamic table, so later references still resolve)
+    // instead of failing the whole connection; `HeaderBlock::load` turns it into a malformed
+    // message, a stream error (RFC 9113 §8.1.1, §8.2.1). The encoder never sees it.
+    Invalid { name: Bytes, value: Bytes },
 }
 
 /// The header field name
@@ -29,6 +35,8 @@ pub enum Name<'a> {
     Path,
     Protocol,
     Status,
+    // frontdesk patch: the raw name of a `Header::Invalid` (referenced by index from a literal).
+    Invalid(&'a Bytes),
 }
 
 #[doc(hidden)]
@@ -56,6 +64,8 @@ impl Header<Option<HeaderName>> {
             Path(v) => Path(v),
             Protocol(v) => Protocol(v),
             Status(v) => Status(v),
+            // frontdesk patch
+            Invalid { name, value } => Invalid { name, value },
         })
     }
 }
@@ -95,10 +105,16 @@ impl Header {
             }
         } else {
             // HTTP/2 requires lower case header names
-            let name = HeaderName::from_lowercase(&name)?;
-            let value = HeaderValue::from_bytes(&value)?;
-
-            Ok(Header::Field { name, value })
+            // frontdesk patch: a name or value that `http` refuses is a malformed field (a stream
+            // error, decided by `HeaderBlock::load`), not an HPACK decoding error (which is a
+            // connection error): keep it raw as `Header::Invalid`.
+            match (
+                HeaderName::from_lowercase(&name),
+                HeaderValue::from_bytes(&value),
+            ) {
+                (Ok(name), Ok(value)) => Ok(Header::Field { name, value }),
+                _ => Ok(Header::Invalid { name, value }),
+            }
         }
     }
 
@@ -114,6 +130,11 @@ impl Header {
             Header::Path(ref v) => 32 + 5 + v.len(),
             Header::Protocol(ref v) => 32 + 9 + v.as_str().len(),
             Header::Status(_) => 32 + 7 + 3,
+            // frontdesk patch: RFC 7541 §4.1 entry size, over the raw octets.
+            Header::Invalid {
+                ref name,
+                ref value,
+            } => 32 + name.len() + value.len(),
         }
     }
 
@@ -127,6 +148,8 @@ impl Header {
             Header::Path(..) => Name::Path,
             Header::Protocol(..) => Name::Protocol,
             Header::Status(..) => Name::Status,
+            // frontdesk patch
+            Header::Invalid { ref name, .. } => Name::Invalid(name),
         }
     }
 
@@ -139,6 +162,8 @@ impl Header {
             Header::Path(ref v) => v.as_ref(),
             Header::Protocol(ref v) => v.as_ref(),
             Header::Status(ref v) => v.as_str().as_ref(),
+            // frontdesk patch
+            Header::Invalid { ref value, .. } => value.as_ref(),
         }
     }
 
@@ -173,6 +198,11 @@ impl Header {
             },
             Header::Status(ref a) => match *other {
                 Header::Status(ref b) => a == b,
+                _ => false,
+            },
+            // frontdesk patch
+            Header::Invalid { value: ref a, .. } => match *other {
+                Header::Invalid { value: ref b, .. } => a == b,
                 _ => false,
             },
         }
@@ -222,6 +252,8 @@ impl From<Header> for Header<Option<HeaderName>> {
             Header::Path(v) => Header::Path(v),
             Header::Protocol(v) => Header::Protocol(v),
             Header::Status(v) => Header::Status(v),
+            // frontdesk patch
+            Header::Invalid { name, value } => Header::Invalid { name, value },
         }
     }
 }
@@ -229,10 +261,21 @@ impl From<Header> for Header<Option<HeaderName>> {
 impl<'a> Name<'a> {
     pub fn into_entry(self, value: Bytes) -> Result<Header, DecoderError> {
         match self {
-            Name::Field(name) => Ok(Header::Field {
-                name: name.clone(),
-                value: HeaderValue::from_bytes(&value)?,
+            // frontdesk patch: a value that `http` refuses makes a `Header::Invalid` (a stream
+            // error later), not a decoding error.
+            Name::Field(name) => Ok(match HeaderValue::from_bytes(&value) {
+                Ok(value) => Header::Field {
+                    name: name.clone(),
+                    value,
+                },
+                Err(_) => Header::Invalid {
+                    name: Bytes::copy_from_slice(name.as_ref()),
+                    value,
+                },
             }),
+            // frontdesk patch: the name of an invalid entry with a new value; `Header::new`
+            // decides again (a refused name stays invalid whatever the value).
+            Name::Invalid(name) => Header::new(name.clone(), value),
             Name::Authority => Ok(Header::Authority(BytesStr::try_from(value)?)),
             Name::Method => Ok(Header::Method(Method::from_bytes(&value)?)),
             Name::Scheme => Ok(Header::Scheme(BytesStr::try_from(value)?)),
@@ -257,6 +300,8 @@ impl<'a> Name<'a> {
             Name::Path => b":path",
             Name::Protocol => b":protocol",
             Name::Status => b":status",
+            // frontdesk patch
+            Name::Invalid(name) => name.as_ref(),
         }
     }
 }

@@ -747,6 +747,8 @@ fn index_static(header: &Header) -> Option<(usize, bool)> {
             _ => Some((4, false)),
         },
         Header::Protocol(..) => None,
+        // frontdesk patch: never encoded (decoder only); no static entry either way.
+        Header::Invalid { .. } => None,
         Header::Status(ref v) => match u16::from(*v) {
             200 => Some((8, true)),
             204 => Some((9, true)),

@@ -427,6 +427,20 @@ impl Recv {
             return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
         }
 
+        // frontdesk patch: trailers must not carry pseudo-header fields (RFC 9113 §8.1); such a
+        // message is malformed, a stream error, instead of the pseudo-headers being dropped.
+        let pseudo = frame.pseudo();
+        if pseudo.method.is_some()
+            || pseudo.scheme.is_some()
+            || pseudo.authority.is_some()
+            || pseudo.path.is_some()
+            || pseudo.protocol.is_some()
+            || pseudo.status.is_some()
+        {
+            proto_err!(stream: "recv_trailers: pseudo-header field in trailers; stream={:?};", stream.id);
+            return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
+        }
+
         let trailers = frame.into_fields();
 
         // Push the frame onto the stream's recv buffer
