@@ -40,6 +40,22 @@ fn reload(pid_file: &Path) -> std::process::Output {
         .expect("run frontdesk reload")
 }
 
+/// Waits for the pid file to appear (the listener logs `listening` a moment before it is written).
+fn wait_pid_file(path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return text.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pid file at {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits for a log line containing `needle` on `log`.
 fn wait_log(log: &std::sync::mpsc::Receiver<String>, needle: &str, wait: Duration) -> bool {
     let deadline = Instant::now() + wait;
@@ -61,10 +77,9 @@ fn reload_signals_only_the_instance_named_by_its_pid_file() {
     );
     let (mut a, pid_a) = start(da.path());
     let (mut b, pid_b) = start(db.path());
-    // The file holds the pid, and is written once the signal handlers are in place.
-    let text = std::fs::read_to_string(&pid_a).expect("pid file A");
-    assert_eq!(text.trim(), a.child.id().to_string());
-    assert!(pid_b.exists());
+    // The file holds the pid, written once the gateway has started (after its signal handlers).
+    assert_eq!(wait_pid_file(&pid_a), a.child.id().to_string());
+    assert_eq!(wait_pid_file(&pid_b), b.child.id().to_string());
 
     let out = reload(&pid_a);
     assert!(
