@@ -61,67 +61,14 @@ impl Proc {
 }
 
 fn spawn(path: &Path, env: &[(&str, &str)]) -> Proc {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(bin())
-        .args(["run", "-c"])
-        .arg(path)
-        .envs(env.iter().copied())
-        .env("FRONTDESK_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn frontdesk");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("[frontdesk] {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let s = common::spawn_configured(path, |c| {
+        c.envs(env.iter().copied());
     });
-    let address = |line: &str| -> SocketAddr {
-        line.split("address=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut admin = None;
-    let proxy = loop {
-        let left = deadline
-            .checked_duration_since(std::time::Instant::now())
-            .expect("gateway did not start in time");
-        let line = rx
-            .recv_timeout(left)
-            .expect("gateway exited before listening");
-        if line.contains("admin API listening") {
-            admin = Some(address(&line));
-        } else if line.contains("listening") && line.contains("listener=public") {
-            break address(&line);
-        }
-    };
-    // The admin listener may be reported after the proxy listeners.
-    if admin.is_none() && std::fs::read_to_string(path).unwrap().contains("admin:") {
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("admin listener line");
-        assert!(line.contains("admin API listening"), "{line}");
-        admin = Some(address(&line));
-    }
     Proc {
-        child,
-        proxy,
-        admin,
-        log: rx,
+        child: s.child,
+        proxy: s.addr,
+        admin: s.admin,
+        log: s.log,
     }
 }
 

@@ -6,29 +6,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{client, closed_port, config, echo, full, gateway, spawn_bin, upstream, Upstream};
+use common::{client, closed_port, config, echo, full, gateway, spawn_bin, switchable, upstream};
 use hyper::Response;
-
-/// An upstream answering `status` while `fail` is set, 200 otherwise; the body is its name.
-async fn switchable(name: &'static str, status: u16) -> (Upstream, Arc<AtomicBool>) {
-    let fail = Arc::new(AtomicBool::new(false));
-    let f = fail.clone();
-    let up = upstream(move |_req| {
-        let failing = f.load(Ordering::SeqCst);
-        async move {
-            Response::builder()
-                .status(if failing { status } else { 200 })
-                .body(full(name))
-                .unwrap()
-        }
-    })
-    .await;
-    (up, fail)
-}
 
 async fn get(url: &str) -> (u16, String) {
     let r = client().get(url).send().await.unwrap();

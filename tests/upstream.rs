@@ -9,25 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, closed_port, config, echo, echo_json, full, gateway, upstream, Upstream};
+use common::{
+    client, closed_port, config, echo, echo_json, full, gateway, switchable, upstream, Upstream,
+};
 use hyper::{Response, StatusCode};
-
-/// An upstream answering `status` with its name as the body while `fail` is set, 200 otherwise.
-async fn switchable(name: &'static str, status: u16) -> (Upstream, Arc<AtomicBool>) {
-    let fail = Arc::new(AtomicBool::new(false));
-    let f = fail.clone();
-    let up = upstream(move |_req| {
-        let failing = f.load(Ordering::SeqCst);
-        async move {
-            Response::builder()
-                .status(if failing { status } else { 200 })
-                .body(full(name))
-                .unwrap()
-        }
-    })
-    .await;
-    (up, fail)
-}
 
 /// Sends `n` POSTs with a small body to `url`; their statuses, sorted.
 async fn post_statuses(c: &reqwest::Client, url: &str, n: usize) -> Vec<u16> {

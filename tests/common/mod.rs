@@ -336,15 +336,24 @@ pub fn spawn_at(path: &std::path::Path) -> Spawned {
 
 /// [`spawn_at`] with more arguments for `run`.
 pub fn spawn_at_with(path: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Spawned {
+    spawn_configured(path, |c| {
+        c.args(extra);
+    })
+}
+
+/// [`spawn_at`] with the command adjusted first (more arguments, environment variables).
+pub fn spawn_configured(
+    path: &std::path::Path,
+    configure: impl FnOnce(&mut std::process::Command),
+) -> Spawned {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(bin())
-        .args(["run", "-c"])
-        .arg(path)
-        .args(extra)
-        .env(
-            "FRONTDESK_LOG",
-            std::env::var("TEST_FRONTDESK_LOG").unwrap_or_else(|_| "info".into()),
-        )
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["run", "-c"]).arg(path).env(
+        "FRONTDESK_LOG",
+        std::env::var("TEST_FRONTDESK_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    configure(&mut cmd);
+    let mut child = cmd
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -387,12 +396,42 @@ pub fn spawn_at_with(path: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Spaw
             break address(&line);
         }
     };
+    // The admin listener binds after the proxy listeners, so its line may come later.
+    let has_admin = std::fs::read_to_string(path).is_ok_and(|t| t.contains("\nadmin:"));
+    while admin.is_none() && has_admin {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("admin listener line");
+        if line.contains("admin API listening") {
+            admin = Some(address(&line));
+        }
+    }
     Spawned {
         child,
         addr,
         admin,
         log: rx,
     }
+}
+
+/// An upstream answering `status` with its name as the body while the flag is set, 200 otherwise.
+pub async fn switchable(
+    name: &'static str,
+    status: u16,
+) -> (Upstream, Arc<std::sync::atomic::AtomicBool>) {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = fail.clone();
+    let up = upstream(move |_req| {
+        let failing = f.load(Ordering::SeqCst);
+        async move {
+            Response::builder()
+                .status(if failing { status } else { 200 })
+                .body(full(name))
+                .expect("response")
+        }
+    })
+    .await;
+    (up, fail)
 }
 
 /// An upstream that reads the whole request body and answers with its length in bytes.
