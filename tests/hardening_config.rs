@@ -408,3 +408,40 @@ async fn retry_on_retries_like_on_did() {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "{key}");
     }
 }
+
+#[test]
+fn urls_that_run_cannot_use_are_refused_by_validate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let respond =
+        "routes:\n  - { name: r, match: { paths: [/] }, plugins: { respond: { status: 200 } } }\n";
+    let cases = [
+        (
+            config(&format!("{respond}redis: {{ url: \"http//nope\" }}\n")),
+            "error: redis.url: ",
+        ),
+        (
+            config(&format!(
+                "{respond}redis: {{ cluster: [\"redis://127.0.0.1:7000\", \"127.0.0.1:7001\"] }}\n"
+            )),
+            "error: redis.cluster[1]: ",
+        ),
+        (
+            config(&format!(
+                "{respond}observability:\n  tracing: {{ otlp_endpoint: \"http://exa mple:4317\" }}\n"
+            )),
+            "error: observability.tracing.otlp_endpoint: ",
+        ),
+        (
+            config(&format!(
+                "{respond}observability:\n  tracing: {{ otlp_endpoint: \"http://\" }}\n"
+            )),
+            "error: observability.tracing.otlp_endpoint: ",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let file = write(dir.path(), &yaml);
+        let v = run_cli(&["validate", "-c", &file]);
+        assert_eq!(v.code, Some(1), "{want}: {}", v.both());
+        assert!(v.stderr.contains(want), "{want}: {}", v.both());
+    }
+}

@@ -437,6 +437,16 @@ fn check_redis(cfg: &Config, out: &mut Vec<Diagnostic>) {
             &FieldPath::root().key("redis").key("timeout"),
             out,
         );
+        if let Some(url) = &r.url {
+            if let Err(msg) = check_redis_url(url) {
+                out.push(Diagnostic::error("redis.url", msg));
+            }
+        }
+        for (i, url) in r.cluster.iter().enumerate() {
+            if let Err(msg) = check_redis_url(url) {
+                out.push(Diagnostic::error(format!("redis.cluster[{i}]"), msg));
+            }
+        }
         if r.url.is_some() && !r.cluster.is_empty() {
             out.push(Diagnostic::error(
                 "redis",
@@ -1046,6 +1056,67 @@ pub(crate) fn check_files(
     }
 }
 
+/// `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS), or `unix:///path` (also
+/// `redis+unix://`): what the Redis client accepts, checked before `run` would refuse it.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let expected = "expected redis://host:port[/db], rediss://host:port[/db] or unix:///path";
+    if let Some(rest) = url
+        .strip_prefix("unix://")
+        .or_else(|| url.strip_prefix("redis+unix://"))
+    {
+        return if rest.starts_with('/') {
+            Ok(())
+        } else {
+            Err(format!("{expected}, found {url:?}"))
+        };
+    }
+    let Some(rest) = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+    else {
+        return Err(format!("{expected}, found {url:?}"));
+    };
+    // Credentials may hold any character; only what follows the last `@` is the host.
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    check_url_rest(rest).map_err(|msg| format!("{msg} ({expected})"))
+}
+
+/// What follows `scheme://` in a URL: a non-empty `host[:port]`, then an optional path, all of
+/// characters a URI may hold.
+fn check_url_rest(rest: &str) -> Result<(), String> {
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, tail)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => {
+                (ip, tail.strip_prefix(':'))
+            }
+            _ => return Err("invalid IPv6 address".into()),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("the host is missing".into());
+    }
+    if !authority.starts_with('[')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b))
+    {
+        return Err(format!("invalid host {host:?}"));
+    }
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err("invalid port".into());
+    }
+    let uri_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b);
+    if !path.bytes().all(uri_char) {
+        return Err("the path holds characters a URL may not".into());
+    }
+    Ok(())
+}
+
 /// Checks `http://host:port` or `https://host:port` (optionally with a trailing `/`).
 fn check_target_url(url: &str) -> Result<(), String> {
     let Some(rest) = url
@@ -1190,6 +1261,11 @@ fn check_observe(cfg: &Config, out: &mut Vec<Diagnostic>) {
                 out.push(Diagnostic::error(
                     "observability.tracing.otlp_endpoint",
                     "must be an http:// URL",
+                ));
+            } else if let Err(msg) = check_url_rest(&ep["http://".len()..]) {
+                out.push(Diagnostic::error(
+                    "observability.tracing.otlp_endpoint",
+                    format!("{ep:?}: {msg}"),
                 ));
             }
         }
