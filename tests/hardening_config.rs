@@ -362,6 +362,59 @@ routes:
         assert!(r.stderr.contains(needle), "{needle}:\n{}", r.both());
     }
     assert!(!r.stderr.contains("error"), "{}", r.both());
+    // `run` starts, and logs the same warnings before it listens.
+    let log = run_until_listening(&file);
+    for needle in [
+        "warning: upstreams.api.hash_key: ",
+        "warning: upstreams.api.tls: ",
+        "warning: routes[0].plugins.jwt.issuers[0].secret: ",
+    ] {
+        assert!(log.contains(needle), "{needle}:\n{log}");
+    }
+}
+
+/// Starts `frontdesk run -c file`, returns its stderr up to the `listening` line, and kills it.
+fn run_until_listening(file: &str) -> String {
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .args(["run", "-c", file])
+        .env("FRONTDESK_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn frontdesk");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains("listening") {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("listening"), "did not start:\n{log}");
+    log
 }
 
 #[tokio::test]

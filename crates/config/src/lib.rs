@@ -40,6 +40,7 @@ pub use model::{
 };
 pub use redact::REDACTED;
 pub use units::{ByteSize, Dur};
+pub use validate::{DURATIONS, POSITIVE};
 
 /// The largest config file the gateway reads, in bytes (4 MiB): a config file is read no further,
 /// so an endless one (`/dev/zero`) cannot exhaust memory. Far above any real config (10,000

@@ -20,7 +20,6 @@ pub(crate) fn serde_message(msg: &str) -> String {
             "ApiKeyConfig" => {
                 "expected an API key (a string) or `{ sha256: <64 hex digits> }`".into()
             }
-            "Scalar" => "expected a number, or a number with a unit (such as 10s or 32KiB)".into(),
             _ => "this value does not have an accepted form; see docs/configuration.md".into(),
         };
     }

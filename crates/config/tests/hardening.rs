@@ -260,6 +260,13 @@ fn messages_never_show_library_internals() {
         ),
         // A worker count that is not a number.
         format!("{BASE}server: {{ worker_threads: many }}\n"),
+        // A negative duration, a list where a size is meant, an API key that is a list.
+        format!("{BASE}server: {{ drain_timeout: -5 }}\n"),
+        BASE.replace(
+            r#"address: "127.0.0.1:0" }"#,
+            r#"address: "127.0.0.1:0", limits: { max_request_head: [1] } }"#,
+        ),
+        format!("{BASE}consumers: [{{ name: c, api_keys: [[1]] }}]\n"),
     ];
     let internals = [
         "DuplicateKeyPolicy",
@@ -385,4 +392,100 @@ fn retry_on_is_the_name_and_on_an_alias() {
     let json = serde_json::to_value(&loaded.config).expect("serializes");
     assert!(json["upstreams"]["api"]["retries"]["retry_on"].is_array());
     assert!(json["upstreams"]["api"]["retries"].get("on").is_none());
+}
+
+/// Collects the paths of every `Duration` in the schema, in the notation of [`DURATIONS`]
+/// (`[]` for list elements, `*` for map values).
+fn duration_paths(
+    node: &serde_json::Value,
+    defs: &serde_json::Value,
+    at: &str,
+    depth: usize,
+    out: &mut Vec<String>,
+) {
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    if depth > 12 {
+        return;
+    }
+    if let Some(r) = node.get("$ref").and_then(|r| r.as_str()) {
+        let name = r.rsplit('/').next().unwrap_or(r);
+        if name == "Duration" {
+            out.push(at.to_string());
+        } else if let Some(def) = defs.get(name) {
+            duration_paths(def, defs, at, depth + 1, out);
+        }
+    }
+    if let Some(props) = node.get("properties").and_then(|p| p.as_object()) {
+        for (k, v) in props {
+            duration_paths(v, defs, &join(k), depth + 1, out);
+        }
+    }
+    if let Some(items) = node.get("items") {
+        duration_paths(items, defs, &format!("{at}[]"), depth + 1, out);
+    }
+    if let Some(extra) = node.get("additionalProperties").filter(|v| v.is_object()) {
+        duration_paths(extra, defs, &join("*"), depth + 1, out);
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        for alt in node
+            .get(key)
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+        {
+            duration_paths(alt, defs, at, depth + 1, out);
+        }
+    }
+}
+
+#[test]
+fn every_duration_field_has_a_range_and_every_range_is_documented() {
+    use frontdesk_config::DURATIONS;
+    let schema = frontdesk_config::json_schema();
+    let defs = schema
+        .get("definitions")
+        .or_else(|| schema.get("$defs"))
+        .cloned()
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    duration_paths(&schema, &defs, "", 0, &mut found);
+    assert!(found.len() >= 16, "{found:?}");
+    for path in &found {
+        // Route plugins share the global plugins' ranges; older spellings and group overrides
+        // share the ranges of the fields they stand for.
+        let normal = match path.strip_prefix("routes[].").unwrap_or(path) {
+            "upstreams.*.connect_timeout" => "upstreams.*.timeouts.connect",
+            "upstreams.*.timeout" => "upstreams.*.timeouts.response",
+            "upstreams.*.pool_idle_timeout" => "upstreams.*.timeouts.idle",
+            "plugins.rate_limit.groups.*.*.per" => "plugins.rate_limit.limits[].per",
+            other => other,
+        };
+        assert!(
+            DURATIONS.iter().any(|(f, _, _)| *f == normal),
+            "{path} (as {normal}) has no row in DURATIONS"
+        );
+    }
+    let doc = include_str!("../../../docs/configuration.md");
+    for (field, _, most) in DURATIONS {
+        let shown = field.replace("upstreams.*.", "upstreams.<name>.");
+        let secs = most.as_secs();
+        let most = if secs % 3600 == 0 {
+            format!("{}h", secs / 3600)
+        } else if secs % 60 == 0 {
+            format!("{}m", secs / 60)
+        } else {
+            format!("{secs}s")
+        };
+        assert!(
+            doc.lines()
+                .any(|l| l.starts_with(&format!("| `{shown}`")) && l.contains(&format!("`{most}`"))),
+            "docs/configuration.md has no range row for {shown} up to {most}"
+        );
+    }
 }
