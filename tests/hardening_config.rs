@@ -498,3 +498,54 @@ fn urls_that_run_cannot_use_are_refused_by_validate() {
         assert!(v.stderr.contains(want), "{want}: {}", v.both());
     }
 }
+
+/// Checks that only compiling the config finds (networks, plugin settings) are reported in the
+/// same pass as the errors validation finds, at paths of the file as written.
+#[test]
+fn errors_found_by_compiling_come_in_the_same_pass_as_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = "version: 1
+listeners:
+  - { name: broken, address: 127.0.0.1:0, limits: { max_headers: lots } }
+  - name: public
+    address: 127.0.0.1:0
+    trusted_proxies: [\"10.0.0.0/33\"]
+routes:
+  - { name: r, match: { paths: [/] }, plugins: { respond: { status: 200 } } }
+  - { name: r, match: { paths: [/a] }, plugins: { respond: { status: 200 } } }
+  - { name: gone, match: 7 }
+  - name: limited
+    match: { paths: [/b] }
+    plugins:
+      respond: { status: 200 }
+      rate_limit: { limits: [{ name: l, key: client_ip, rate: 0, per: 1s }] }
+";
+    let file = write(dir.path(), yaml);
+    let r = run_cli(&["validate", "-c", &file]);
+    assert_eq!(r.code, Some(1), "{}", r.both());
+    let errs: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    for needle in [
+        "error: listeners[0].limits.max_headers: ",
+        "error: routes[1].name: duplicate route name",
+        "error: routes[2].match: ",
+        // Found by compiling, at the positions in the file (listener 1, route 3), not in the
+        // list of what parsed.
+        "error: listeners[1].trusted_proxies[0]: ",
+        "error: routes[3].plugins.rate_limit",
+    ] {
+        assert!(
+            errs.iter().any(|l| l.starts_with(needle)),
+            "{needle} missing:\n{}",
+            r.both()
+        );
+    }
+    let mut unique = errs.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), errs.len(), "repeated:\n{}", r.both());
+    assert_eq!(errs.len(), 5, "{}", r.both());
+}

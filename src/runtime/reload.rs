@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
-use frontdesk_config::{load_str_checked, Config, Diagnostic, FileUse, Loaded, MAX_CONFIG_SIZE};
+use frontdesk_config::{load_str_salvaged, Config, Diagnostic, FileUse, Loaded, MAX_CONFIG_SIZE};
 
 use super::Gateway;
 use crate::listener::{self, RunningListener};
@@ -74,12 +74,32 @@ pub fn read_config(path: &Path) -> Result<String, Diagnostic> {
 /// Parses and validates the text of the config file at `path`, with the process environment for
 /// `${VAR}`; relative file paths in it become relative to the file's directory. Every file the
 /// config names is checked as the gateway will use it, in the same pass as the other checks.
+///
+/// A refused config is also compiled, without its parts that have errors, so that what only
+/// compiling finds (a network in `trusted_proxies`, a plugin's settings, a certificate's
+/// contents) is reported in the same pass, at the paths of the file.
 pub fn load_text(path: &Path, text: &str) -> Result<Loaded, Vec<Diagnostic>> {
     let base = path.parent().unwrap_or(Path::new("."));
     let files = |p: &str, how: FileUse| check_file(&base.join(p), how);
-    let mut loaded = load_str_checked(text, &|k| std::env::var(k).ok(), &files)?;
-    loaded.config.resolve_paths(base);
-    Ok(loaded)
+    match load_str_salvaged(text, &|k| std::env::var(k).ok(), &files) {
+        Ok(mut loaded) => {
+            loaded.config.resolve_paths(base);
+            Ok(loaded)
+        }
+        Err((mut diags, Some(salvaged))) => {
+            let mut config = salvaged.config.clone();
+            config.resolve_paths(base);
+            // On a thread of its own, outside any async runtime: a refused config starts
+            // nothing (no access-log writer, no exporter), as under `frontdesk validate`.
+            let found =
+                std::thread::scope(|s| s.spawn(move || Snapshot::check(config, None)).join().ok());
+            if let Some(Err(more)) = found {
+                salvaged.merge(&mut diags, more);
+            }
+            Err(diags)
+        }
+        Err((diags, None)) => Err(diags),
+    }
 }
 
 /// Whether the gateway will be able to use the file at `path` as `how` says; the error names it.

@@ -186,13 +186,25 @@ pub fn load_str_checked(
     lookup: &dyn Fn(&str) -> Option<String>,
     files: FileCheck<'_>,
 ) -> Result<Loaded, Vec<Diagnostic>> {
+    load_str_salvaged(text, lookup, files).map_err(|(diags, _)| diags)
+}
+
+/// [`load_str_checked`], and a refused config comes with what is left of it once every part with
+/// an error is taken out ([`Salvaged`]), when the document was readable at all: the caller can
+/// run the checks only compiling finds on it, and report them with the rest in one pass.
+#[allow(clippy::type_complexity)]
+pub fn load_str_salvaged(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    files: FileCheck<'_>,
+) -> Result<Loaded, (Vec<Diagnostic>, Option<Box<Salvaged>>)> {
     if text.len() > MAX_CONFIG_SIZE {
-        return Err(vec![too_large()]);
+        return Err((vec![too_large()], None));
     }
     let mut diags = Vec::new();
     let mut doc: Value = match parse_yaml(text) {
         Ok(v) => v,
-        Err(d) => return Err(vec![d]),
+        Err(d) => return Err((vec![d], None)),
     };
     env::substitute(&mut doc, &FieldPath::root(), lookup, &mut diags);
     // A value whose variable is not set is reported once, by the substitution: what the
@@ -214,7 +226,138 @@ pub fn load_str_checked(
             warnings: diags,
         })
     } else {
-        Err(diags)
+        let salvaged = Salvaged::new(config, &pos, &diags).map(Box::new);
+        Err((diags, salvaged))
+    }
+}
+
+/// What is left of a refused config once every part with an error is taken out: each listener,
+/// upstream, route or consumer with an error, each global plugin with one, and the `server`,
+/// `redis`, `admin` and `observability` sections when they have one. Checks run on it find only
+/// problems independent of the errors already reported.
+#[derive(Clone, Debug)]
+pub struct Salvaged {
+    /// The remaining config.
+    pub config: Config,
+    /// For each list, the position in the file of each remaining element.
+    listeners: Vec<usize>,
+    routes: Vec<usize>,
+    consumers: Vec<usize>,
+}
+
+impl Salvaged {
+    fn new(mut cfg: Config, pos: &validate::Positions, diags: &[Diagnostic]) -> Option<Salvaged> {
+        let errors: Vec<&str> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.path.as_str())
+            .collect();
+        if errors.iter().any(|p| p.is_empty()) {
+            // The document itself is at fault: nothing to salvage.
+            return None;
+        }
+        let bad = |at: &str| errors.iter().any(|p| within(p, at));
+        fn keep<T>(
+            items: Vec<T>,
+            orig: &[usize],
+            list: &str,
+            bad: &dyn Fn(&str) -> bool,
+        ) -> (Vec<T>, Vec<usize>) {
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| (orig.get(i).copied().unwrap_or(i), t))
+                .filter(|(o, _)| !bad(&format!("{list}[{o}]")))
+                .map(|(o, t)| (t, o))
+                .unzip()
+        }
+        let (listeners, listener_pos) = keep(
+            std::mem::take(&mut cfg.listeners),
+            &pos.listeners,
+            "listeners",
+            &bad,
+        );
+        let (routes, route_pos) =
+            keep(std::mem::take(&mut cfg.routes), &pos.routes, "routes", &bad);
+        let (consumers, consumer_pos) = keep(
+            std::mem::take(&mut cfg.consumers),
+            &pos.consumers,
+            "consumers",
+            &bad,
+        );
+        cfg.listeners = listeners;
+        cfg.routes = routes;
+        cfg.consumers = consumers;
+        cfg.upstreams
+            .retain(|name, _| !bad(&FieldPath::root().key("upstreams").key(name).to_string()));
+        if bad("server") {
+            cfg.server = ServerConfig::default();
+        }
+        if bad("redis") {
+            cfg.redis = None;
+        }
+        if bad("admin") {
+            cfg.admin = None;
+        }
+        if bad("observability") {
+            cfg.observability = ObservabilityConfig::default();
+        }
+        if bad("plugins") {
+            // Drop the plugin kinds with errors, keep the others.
+            let kept = serde_json::to_value(&cfg.plugins)
+                .ok()
+                .and_then(|v| match v {
+                    Value::Object(mut m) => {
+                        m.retain(|kind, _| !bad(&format!("plugins.{kind}")));
+                        serde_json::from_value(Value::Object(m)).ok()
+                    }
+                    _ => None,
+                });
+            cfg.plugins = kept.unwrap_or_default();
+        }
+        Some(Salvaged {
+            config: cfg,
+            listeners: listener_pos,
+            routes: route_pos,
+            consumers: consumer_pos,
+        })
+    }
+
+    /// The path in the file of `path`, a path in [`Salvaged::config`] (whose lists lack the
+    /// elements taken out): `routes[1]...` may be `routes[3]...` in the file.
+    pub fn original_path(&self, path: &str) -> String {
+        for (list, orig) in [
+            ("listeners", &self.listeners),
+            ("routes", &self.routes),
+            ("consumers", &self.consumers),
+        ] {
+            let Some(rest) = path.strip_prefix(list).and_then(|r| r.strip_prefix('[')) else {
+                continue;
+            };
+            if let Some((n, tail)) = rest.split_once(']') {
+                if let Some(o) = n.parse::<usize>().ok().and_then(|i| orig.get(i)) {
+                    return format!("{list}[{o}]{tail}");
+                }
+            }
+        }
+        path.to_string()
+    }
+
+    /// Adds to `diags` the errors of `found` (from checks run on [`Salvaged::config`]), at their
+    /// paths in the file, except those at or around a path `diags` already has an error for:
+    /// each problem is reported once.
+    pub fn merge(&self, diags: &mut Vec<Diagnostic>, found: Vec<Diagnostic>) {
+        for d in found.into_iter().filter(Diagnostic::is_error) {
+            let path = self.original_path(&d.path);
+            let repeats = diags
+                .iter()
+                .filter(|e| e.is_error())
+                .any(|e| within(&path, &e.path) || within(&e.path, &path));
+            if !repeats {
+                diags.push(Diagnostic { path, ..d });
+            }
+        }
+        diags.sort_by_key(|d| !d.is_error());
     }
 }
 
