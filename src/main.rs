@@ -70,10 +70,10 @@ fn main() -> ExitCode {
 }
 
 fn validate(path: &Path) -> ExitCode {
-    let text = match std::fs::read_to_string(path) {
+    let text = match frontdesk::runtime::reload::read_config(path) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", path.display());
+        Err(d) => {
+            eprintln!("{d}");
             return ExitCode::FAILURE;
         }
     };
@@ -116,8 +116,8 @@ fn explain(
 ) -> anyhow::Result<bool> {
     use std::io::Write as _;
     let req = frontdesk::route::ExplainRequest::from_url(method, url, headers)?;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = frontdesk::runtime::reload::read_config(path)
+        .map_err(|d| anyhow::anyhow!("{}", d.message))?;
     let invalid = |d: Vec<Diagnostic>| {
         let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid config:\n{}", lines.join("\n"))
@@ -160,7 +160,7 @@ fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(path: &Path, pid_file: Option<&Path>) -> anyhow::Result<()> {
     // The worker count is read before the runtime exists; errors surface again, fully, at start.
-    let threads = std::fs::read_to_string(path)
+    let threads = frontdesk::runtime::reload::read_config(path)
         .ok()
         .and_then(|t| frontdesk::config::load_str(&t, &|k| std::env::var(k).ok()).ok())
         .map_or(0, |l| l.config.server.worker_threads);

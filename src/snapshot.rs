@@ -311,8 +311,8 @@ impl Snapshot {
                 prev.map(|p| p.observer.as_ref()),
             ) {
                 Ok(o) => Some(Arc::new(o)),
-                Err(e) => {
-                    errs.push(Diagnostic::error("observability", e));
+                Err((at, e)) => {
+                    errs.push(Diagnostic::error(at, e));
                     None
                 }
             }

@@ -130,22 +130,27 @@ pub struct Observer {
 
 impl Observer {
     /// Builds the observer of a new generation. The access-log writer and the trace exporter
-    /// are kept from `prev` when their settings did not change.
+    /// are kept from `prev` when their settings did not change. An error is the field path of
+    /// the setting at fault and what went wrong.
     pub fn build(
         cfg: &ObservabilityConfig,
         metrics: Arc<Metrics>,
         prev: Option<&Observer>,
-    ) -> Result<Observer, String> {
+    ) -> Result<Observer, (&'static str, String)> {
         // `frontdesk validate` builds snapshots without a runtime: no writer or exporter then.
         let running = tokio::runtime::Handle::try_current().is_ok();
         let access_log = match cfg.access_log.as_ref().filter(|_| running) {
             None => None,
             Some(c) => match prev.and_then(|p| p.access_log.clone()) {
                 Some(l) if l.config() == c => Some(l),
-                _ => Some(Arc::new(
-                    AccessLog::start(c, metrics.clone())
-                        .map_err(|e| format!("access_log.output: {e}"))?,
-                )),
+                _ => Some(Arc::new(AccessLog::start(c, metrics.clone()).map_err(
+                    |e| {
+                        (
+                            "observability.access_log.output",
+                            format!("cannot open {}: {e}", c.output),
+                        )
+                    },
+                )?)),
             },
         };
         let exporter = match cfg.tracing.as_ref() {
@@ -153,7 +158,7 @@ impl Observer {
                 match prev.and_then(|p| p.exporter.clone()) {
                     Some(e) if e.config() == t => Some(e),
                     _ => Some(Arc::new(
-                        otlp::Exporter::start(t).map_err(|e| format!("tracing: {e}"))?,
+                        otlp::Exporter::start(t).map_err(|e| ("observability.tracing", e))?,
                     )),
                 }
             }

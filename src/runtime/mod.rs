@@ -188,7 +188,11 @@ impl Gateway {
     pub async fn shutdown(&self) {
         self.draining.store(true, Ordering::Release);
         let drain = self.snapshot().drain_timeout;
-        let deadline = tokio::time::Instant::now() + drain;
+        // Saturating: validation bounds the drain timeout, but a deadline must never panic.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(drain)
+            .unwrap_or_else(|| now + std::time::Duration::from_secs(365 * 24 * 3600));
         let listeners: Vec<RunningListener> = self
             .listeners
             .lock()

@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
-use frontdesk_config::{load_str, Config, Diagnostic, Loaded};
+use frontdesk_config::{load_str_salvaged, Config, Diagnostic, FileUse, Loaded, MAX_CONFIG_SIZE};
 
 use super::Gateway;
 use crate::listener::{self, RunningListener};
@@ -32,23 +32,126 @@ pub struct ReloadOutcome {
 
 /// Reads and validates a config file, with the process environment for `${VAR}`.
 pub async fn load_file(path: &Path) -> Result<(String, Loaded), Vec<Diagnostic>> {
-    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-        vec![Diagnostic::error(
-            "",
-            format!("cannot read {}: {e}", path.display()),
-        )]
-    })?;
+    let text = read(path).await?;
     let loaded = load_text(path, &text)?;
     Ok((text, loaded))
 }
 
+/// Reads the config file at `path`: at most [`MAX_CONFIG_SIZE`] bytes are read, so an endless
+/// file (`/dev/zero`) is refused in bounded memory.
+pub fn read_config(path: &Path) -> Result<String, Diagnostic> {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| {
+        Diagnostic::error(
+            "",
+            format!("cannot read {}: {}", path.display(), io_text(&e)),
+        )
+    };
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut buf = Vec::new();
+    // One byte over the cap tells a file of exactly the cap from a larger one.
+    file.take(MAX_CONFIG_SIZE as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(cannot)?;
+    if buf.len() > MAX_CONFIG_SIZE {
+        return Err(Diagnostic::error(
+            "",
+            format!(
+                "{} is larger than {} MiB, the most a config file may hold",
+                path.display(),
+                MAX_CONFIG_SIZE / (1024 * 1024)
+            ),
+        ));
+    }
+    String::from_utf8(buf).map_err(|_| {
+        Diagnostic::error(
+            "",
+            format!("cannot read {}: the file is not UTF-8 text", path.display()),
+        )
+    })
+}
+
 /// Parses and validates the text of the config file at `path`, with the process environment for
-/// `${VAR}`; relative file paths in it become relative to the file's directory.
+/// `${VAR}`; relative file paths in it become relative to the file's directory. Every file the
+/// config names is checked as the gateway will use it, in the same pass as the other checks.
+///
+/// A refused config is also compiled, without its parts that have errors, so that what only
+/// compiling finds (a network in `trusted_proxies`, a plugin's settings, a certificate's
+/// contents) is reported in the same pass, at the paths of the file.
 pub fn load_text(path: &Path, text: &str) -> Result<Loaded, Vec<Diagnostic>> {
-    let mut loaded = load_str(text, &|k| std::env::var(k).ok())?;
     let base = path.parent().unwrap_or(Path::new("."));
-    loaded.config.resolve_paths(base);
-    Ok(loaded)
+    let files = |p: &str, how: FileUse| check_file(&base.join(p), how);
+    match load_str_salvaged(text, &|k| std::env::var(k).ok(), &files) {
+        Ok(mut loaded) => {
+            loaded.config.resolve_paths(base);
+            Ok(loaded)
+        }
+        Err((mut diags, Some(salvaged))) => {
+            let mut config = salvaged.config.clone();
+            config.resolve_paths(base);
+            // On a thread of its own, outside any async runtime: a refused config starts
+            // nothing (no access-log writer, no exporter), as under `frontdesk validate`.
+            let found =
+                std::thread::scope(|s| s.spawn(move || Snapshot::check(config, None)).join().ok());
+            if let Some(Err(more)) = found {
+                salvaged.merge(&mut diags, more);
+            }
+            Err(diags)
+        }
+        Err((diags, None)) => Err(diags),
+    }
+}
+
+/// Whether the gateway will be able to use the file at `path` as `how` says; the error names it.
+fn check_file(path: &Path, how: FileUse) -> Result<(), String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path);
+    if let Ok(m) = &meta {
+        if m.is_dir() {
+            return Err(format!("{shown} is a directory, not a file"));
+        }
+    }
+    match (how, meta) {
+        (FileUse::Read, Err(e)) => Err(format!("cannot read {shown}: {}", io_text(&e))),
+        (FileUse::Read, Ok(_)) => std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| format!("cannot read {shown}: {}", io_text(&e))),
+        // An existing file is opened for appending (which changes nothing); a missing one will
+        // be created, so its directory must exist.
+        (FileUse::Append, Ok(_)) => std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| format!("cannot write {shown}: {}", io_text(&e))),
+        (FileUse::Append, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(format!(
+                    "cannot create {shown}: {} is not a directory",
+                    dir.display()
+                )),
+                Err(e) => Err(format!(
+                    "cannot create {shown}: directory {}: {}",
+                    dir.display(),
+                    io_text(&e)
+                )),
+            }
+        }
+        (FileUse::Append, Err(e)) => Err(format!("cannot write {shown}: {}", io_text(&e))),
+    }
+}
+
+/// An I/O error's text without the `(os error N)` suffix.
+fn io_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 pub(crate) fn hash(text: &str) -> u64 {
@@ -168,12 +271,14 @@ fn record<T>(gw: &Gateway, r: Result<T, ApplyError>) -> Result<T, ApplyError> {
 }
 
 async fn read(path: &Path) -> Result<String, Vec<Diagnostic>> {
-    tokio::fs::read_to_string(path).await.map_err(|e| {
-        vec![Diagnostic::error(
+    let path = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || read_config(&path)).await {
+        Ok(r) => r.map_err(|d| vec![d]),
+        Err(e) => Err(vec![Diagnostic::error(
             "",
-            format!("cannot read {}: {e}", path.display()),
-        )]
-    })
+            format!("cannot read the config: {e}"),
+        )]),
+    }
 }
 
 /// Settings that are read once at start: a change to them waits for the next start.
@@ -359,7 +464,7 @@ pub(crate) async fn apply_if_changed(
     gw: &Gateway,
 ) -> Option<Result<ReloadOutcome, Vec<Diagnostic>>> {
     let mut running = gw.listeners.lock().await;
-    let text = tokio::fs::read_to_string(&gw.config_path).await.ok()?;
+    let text = read(&gw.config_path).await.ok()?;
     let h = hash(&text);
     {
         let mut last = gw.last_text.lock().await;

@@ -31,6 +31,9 @@ use tokio::time::{Instant, Sleep};
 use crate::observe::metrics::ListenerSeries;
 use crate::proxy::error_response;
 
+/// A deadline this far away stands for "never" (about 30 years), for durations the clock cannot add.
+const FAR_FUTURE_SECS: u64 = 30 * 365 * 24 * 3600;
+
 /// The head limits a connection enforces (from its listener's config).
 #[derive(Clone, Copy, Debug)]
 pub struct HeadLimits {
@@ -336,7 +339,11 @@ impl<T> GuardedIo<T> {
     }
 
     fn arm(&mut self, after: Duration) {
-        let deadline = Instant::now() + after;
+        // Saturating: a duration too long for the clock means no deadline, never a panic.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(after)
+            .unwrap_or_else(|| now + Duration::from_secs(FAR_FUTURE_SECS));
         match &mut self.timer {
             Some(t) => t.as_mut().reset(deadline),
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -912,6 +919,15 @@ mod tests {
             e(b"GET / HTTP/1.1\r\nA: 1\r\n  folded\r\n\r\n"),
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[tokio::test]
+    async fn a_timeout_the_clock_cannot_add_arms_without_panicking() {
+        // `Instant::now() + Duration::MAX` overflows; a deadline must saturate instead.
+        let mut io = GuardedIo::new(tokio::io::empty(), limits(), Arc::default());
+        io.arm(Duration::MAX);
+        io.arm(Duration::from_secs(u64::MAX));
+        assert!(io.timer_armed);
     }
 
     #[test]

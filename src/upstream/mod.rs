@@ -819,12 +819,19 @@ impl Upstream {
         if base.is_zero() {
             return;
         }
-        let exp = base.saturating_mul(1 << retry_no.saturating_sub(1).min(6));
+        // Never longer than MAX_BACKOFF, however large the configured base (validation bounds
+        // it too): a retry that waits for ever is a request that hangs.
+        let exp = base
+            .saturating_mul(1 << retry_no.saturating_sub(1).min(6))
+            .min(MAX_BACKOFF);
         // Full jitter between half and all of the delay spreads retries of many clients.
         let jittered = exp.mul_f64(0.5 + fastrand::f64() * 0.5);
         tokio::time::sleep(jittered).await;
     }
 }
+
+/// The longest wait before one retry (the base `retries.backoff` doubled, before jitter).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The request head kept for sending a bodyless request again.
 struct Replay {

@@ -1,11 +1,13 @@
 //! `frontdesk-config`: the configuration contract of the Frontdesk gateway.
 //!
 //! It owns the YAML model ([`Config`]), loading with `${VAR}` substitution ([`load_str`]), validation
-//! that reports **every** error with its field path ([`Diagnostic`]), and the JSON Schema
-//! ([`json_schema`]). It does no I/O: callers pass the text and the environment.
+//! that reports **every** error with its field path ([`Diagnostic`]), each once and in one pass,
+//! and the JSON Schema ([`json_schema`]). It does no I/O: callers pass the text, the environment
+//! and (with [`load_str_checked`]) a check of the files the config names.
 
 mod edit;
 mod env;
+mod messages;
 pub mod model;
 mod redact;
 mod units;
@@ -40,6 +42,12 @@ pub use model::{
 };
 pub use redact::REDACTED;
 pub use units::{ByteSize, Dur};
+pub use validate::{DURATIONS, POSITIVE};
+
+/// The largest config file the gateway reads, in bytes (4 MiB): a config file is read no further,
+/// so an endless one (`/dev/zero`) cannot exhaust memory. Far above any real config (10,000
+/// routes take about 1.5 MiB).
+pub const MAX_CONFIG_SIZE: usize = 4 * 1024 * 1024;
 
 /// How bad a [`Diagnostic`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,36 +155,232 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
+/// How the gateway uses a file named in the config, for the check passed to [`load_str_checked`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileUse {
+    /// Read (certificates, keys, CA bundles).
+    Read,
+    /// Opened for appending, and created when missing (the access log).
+    Append,
+}
+
+/// Checks one file named in the config (the path as written, relative paths being relative to the
+/// config file's directory); the error says what is wrong and names the file.
+pub type FileCheck<'a> = &'a dyn Fn(&str, FileUse) -> Result<(), String>;
+
 /// Parses, substitutes variables, and validates a YAML config.
 ///
 /// Never panics on any input. On failure, returns every error found (and the warnings), errors first.
 /// `lookup` resolves environment variables (pass `|k| std::env::var(k).ok()` in the binary).
+/// Files named in the config are not looked at; see [`load_str_checked`].
 pub fn load_str(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, Vec<Diagnostic>> {
+    load_str_checked(text, lookup, &|_, _| Ok(()))
+}
+
+/// [`load_str`], and `files` checks every file the config names (certificates, keys, CAs, the
+/// access log), in the same pass as every other check: what the gateway will need to start is
+/// reported together with everything else, each problem once.
+pub fn load_str_checked(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    files: FileCheck<'_>,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    load_str_salvaged(text, lookup, files).map_err(|(diags, _)| diags)
+}
+
+/// [`load_str_checked`], and a refused config comes with what is left of it once every part with
+/// an error is taken out ([`Salvaged`]), when the document was readable at all: the caller can
+/// run the checks only compiling finds on it, and report them with the rest in one pass.
+#[allow(clippy::type_complexity)]
+pub fn load_str_salvaged(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    files: FileCheck<'_>,
+) -> Result<Loaded, (Vec<Diagnostic>, Option<Box<Salvaged>>)> {
+    if text.len() > MAX_CONFIG_SIZE {
+        return Err((vec![too_large()], None));
+    }
     let mut diags = Vec::new();
     let mut doc: Value = match parse_yaml(text) {
         Ok(v) => v,
-        Err(d) => return Err(vec![d]),
+        Err(d) => return Err((vec![d], None)),
     };
     env::substitute(&mut doc, &FieldPath::root(), lookup, &mut diags);
-    if !diags.is_empty() {
-        return Err(diags);
-    }
-    let config = typed(doc, &mut diags);
-    if let Some(cfg) = &config {
-        validate::validate(cfg, &validate::Positions::identity(cfg), &mut diags);
-        // A placeholder is never a credential, whether it came from a file or the admin API.
-        diags.extend(cfg.placeholder_secrets());
-    }
+    // A value whose variable is not set is reported once, by the substitution: what the
+    // checks below would say about the unexpanded text at that path would only repeat it.
+    let unset: Vec<String> = diags.iter().map(|d| d.path.clone()).collect();
+    let env_errors = diags.len();
+    let (config, pos, parsed) = typed(doc, &mut diags);
+    validate::validate(&config, &pos, &mut diags);
+    validate::check_files(&config, &pos, files, &mut diags);
+    // A placeholder is never a credential, whether it came from a file or the admin API.
+    diags.extend(config.placeholder_secrets());
+    let mut i = 0;
+    diags.retain(|d| {
+        i += 1;
+        i <= env_errors || !unset.iter().any(|u| within(&d.path, u))
+    });
     diags.sort_by_key(|d| !d.is_error());
-    match config {
-        Some(config) if !diags.iter().any(Diagnostic::is_error) => Ok(Loaded {
+    if parsed && !diags.iter().any(Diagnostic::is_error) {
+        Ok(Loaded {
             config,
             warnings: diags,
-        }),
-        _ => Err(diags),
+        })
+    } else {
+        let salvaged = Salvaged::new(config, &pos, &diags).map(Box::new);
+        Err((diags, salvaged))
+    }
+}
+
+/// What is left of a refused config once every part with an error is taken out: each listener,
+/// upstream, route or consumer with an error, each global plugin with one, and the `server`,
+/// `redis`, `admin` and `observability` sections when they have one. Checks run on it find only
+/// problems independent of the errors already reported.
+#[derive(Clone, Debug)]
+pub struct Salvaged {
+    /// The remaining config.
+    pub config: Config,
+    /// For each list, the position in the file of each remaining element.
+    listeners: Vec<usize>,
+    routes: Vec<usize>,
+    consumers: Vec<usize>,
+}
+
+impl Salvaged {
+    fn new(mut cfg: Config, pos: &validate::Positions, diags: &[Diagnostic]) -> Option<Salvaged> {
+        let errors: Vec<&str> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.path.as_str())
+            .collect();
+        if errors.iter().any(|p| p.is_empty()) {
+            // The document itself is at fault: nothing to salvage.
+            return None;
+        }
+        let bad = |at: &str| errors.iter().any(|p| within(p, at));
+        fn keep<T>(
+            items: Vec<T>,
+            orig: &[usize],
+            list: &str,
+            bad: &dyn Fn(&str) -> bool,
+        ) -> (Vec<T>, Vec<usize>) {
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| (orig.get(i).copied().unwrap_or(i), t))
+                .filter(|(o, _)| !bad(&format!("{list}[{o}]")))
+                .map(|(o, t)| (t, o))
+                .unzip()
+        }
+        let (listeners, listener_pos) = keep(
+            std::mem::take(&mut cfg.listeners),
+            &pos.listeners,
+            "listeners",
+            &bad,
+        );
+        let (routes, route_pos) =
+            keep(std::mem::take(&mut cfg.routes), &pos.routes, "routes", &bad);
+        let (consumers, consumer_pos) = keep(
+            std::mem::take(&mut cfg.consumers),
+            &pos.consumers,
+            "consumers",
+            &bad,
+        );
+        cfg.listeners = listeners;
+        cfg.routes = routes;
+        cfg.consumers = consumers;
+        cfg.upstreams
+            .retain(|name, _| !bad(&FieldPath::root().key("upstreams").key(name).to_string()));
+        if bad("server") {
+            cfg.server = ServerConfig::default();
+        }
+        if bad("redis") {
+            cfg.redis = None;
+        }
+        if bad("admin") {
+            cfg.admin = None;
+        }
+        if bad("observability") {
+            cfg.observability = ObservabilityConfig::default();
+        }
+        if bad("plugins") {
+            // Drop the plugin kinds with errors, keep the others.
+            let kept = serde_json::to_value(&cfg.plugins)
+                .ok()
+                .and_then(|v| match v {
+                    Value::Object(mut m) => {
+                        m.retain(|kind, _| !bad(&format!("plugins.{kind}")));
+                        serde_json::from_value(Value::Object(m)).ok()
+                    }
+                    _ => None,
+                });
+            cfg.plugins = kept.unwrap_or_default();
+        }
+        Some(Salvaged {
+            config: cfg,
+            listeners: listener_pos,
+            routes: route_pos,
+            consumers: consumer_pos,
+        })
+    }
+
+    /// The path in the file of `path`, a path in [`Salvaged::config`] (whose lists lack the
+    /// elements taken out): `routes[1]...` may be `routes[3]...` in the file.
+    pub fn original_path(&self, path: &str) -> String {
+        for (list, orig) in [
+            ("listeners", &self.listeners),
+            ("routes", &self.routes),
+            ("consumers", &self.consumers),
+        ] {
+            let Some(rest) = path.strip_prefix(list).and_then(|r| r.strip_prefix('[')) else {
+                continue;
+            };
+            if let Some((n, tail)) = rest.split_once(']') {
+                if let Some(o) = n.parse::<usize>().ok().and_then(|i| orig.get(i)) {
+                    return format!("{list}[{o}]{tail}");
+                }
+            }
+        }
+        path.to_string()
+    }
+
+    /// Adds to `diags` the errors of `found` (from checks run on [`Salvaged::config`]), at their
+    /// paths in the file, except those at or around a path `diags` already has an error for:
+    /// each problem is reported once.
+    pub fn merge(&self, diags: &mut Vec<Diagnostic>, found: Vec<Diagnostic>) {
+        for d in found.into_iter().filter(Diagnostic::is_error) {
+            let path = self.original_path(&d.path);
+            let repeats = diags
+                .iter()
+                .filter(|e| e.is_error())
+                .any(|e| within(&path, &e.path) || within(&e.path, &path));
+            if !repeats {
+                diags.push(Diagnostic { path, ..d });
+            }
+        }
+        diags.sort_by_key(|d| !d.is_error());
+    }
+}
+
+/// The error for a config over [`MAX_CONFIG_SIZE`].
+pub fn too_large() -> Diagnostic {
+    Diagnostic::error(
+        "",
+        format!(
+            "the config is larger than {} MiB, the most a config file may hold",
+            MAX_CONFIG_SIZE / (1024 * 1024)
+        ),
+    )
+}
+
+/// True when `path` is `at` or a field below it.
+fn within(path: &str, at: &str) -> bool {
+    match path.strip_prefix(at) {
+        Some(rest) => rest.is_empty() || rest.starts_with('.') || rest.starts_with('['),
+        None => false,
     }
 }
 
@@ -205,7 +409,7 @@ fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
                     message = after;
                 }
             }
-            let message = message.to_string();
+            let message = messages::yaml_message(message);
             Err(Diagnostic {
                 severity: Severity::Error,
                 path: String::new(),
@@ -217,13 +421,32 @@ fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
 }
 
 /// Deserializes the tree section by section, so that one bad route does not hide errors in others.
-fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
+///
+/// Returns what did parse (elements that failed are left out), where it was in the file and what
+/// failed, and whether everything parsed.
+fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Positions, bool) {
     let Value::Object(mut top) = doc else {
         diags.push(Diagnostic::error(
             "",
             "the config must be a mapping with `version`, `listeners`, `upstreams`, `routes`",
         ));
-        return None;
+        let cfg = Config {
+            version: 1,
+            server: Default::default(),
+            listeners: Vec::new(),
+            upstreams: Default::default(),
+            routes: Vec::new(),
+            consumers: Vec::new(),
+            redis: None,
+            plugins: Default::default(),
+            admin: None,
+            observability: Default::default(),
+        };
+        let pos = validate::Positions {
+            broken: validate::Broken::everything(),
+            ..validate::Positions::identity(&cfg)
+        };
+        return (cfg, pos, false);
     };
     const KNOWN: [&str; 10] = [
         "version",
@@ -260,13 +483,30 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
     let server = take(&mut top, "server").map_or(Some(Default::default()), |v| {
         part(v, &root.key("server"), diags)
     });
-    let (listener_pos, listeners) =
-        list(take(&mut top, "listeners"), &root.key("listeners"), diags)
+    let mut broken = validate::Broken::default();
+    let listeners_value = take(&mut top, "listeners");
+    let listeners_given = match &listeners_value {
+        Some(Value::Array(items)) => items.len(),
+        Some(_) => usize::MAX,
+        None => 0,
+    };
+    let (listener_pos, listeners): (Vec<usize>, Vec<_>) =
+        list(listeners_value, &root.key("listeners"), diags)
             .into_iter()
             .unzip();
-    let upstreams = take(&mut top, "upstreams")
+    broken.listeners = listener_pos.len() != listeners_given;
+    let upstreams_value = take(&mut top, "upstreams");
+    match &upstreams_value {
+        Some(Value::Object(m)) => broken.upstreams.extend(m.keys().cloned()),
+        Some(_) => broken.all_upstreams = true,
+        None => {}
+    }
+    let upstreams: Vec<(String, UpstreamConfig)> = upstreams_value
         .map(|v| map(v, &root.key("upstreams"), diags))
         .unwrap_or_default();
+    for (name, _) in &upstreams {
+        broken.upstreams.remove(name);
+    }
     let (route_pos, routes) = list(take(&mut top, "routes"), &root.key("routes"), diags)
         .into_iter()
         .unzip();
@@ -274,7 +514,10 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         list(take(&mut top, "consumers"), &root.key("consumers"), diags)
             .into_iter()
             .unzip();
-    let redis = take(&mut top, "redis").and_then(|v| part(v, &root.key("redis"), diags));
+    let redis_value = take(&mut top, "redis");
+    let redis_given = redis_value.is_some();
+    let redis = redis_value.and_then(|v| part(v, &root.key("redis"), diags));
+    broken.redis = redis_given && redis.is_none();
     let plugins = take(&mut top, "plugins").map_or(Some(Default::default()), |v| {
         part(v, &root.key("plugins"), diags)
     });
@@ -283,6 +526,15 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         part(v, &root.key("observability"), diags)
     });
     let ok = diags.len() == before;
+    // Checks of the sections that did parse run either way (every error in one go), but skip what
+    // would only follow from a section that failed (`unknown upstream "api"` after a type error
+    // inside `api`).
+    let pos = validate::Positions {
+        listeners: listener_pos,
+        routes: route_pos,
+        consumers: consumer_pos,
+        broken,
+    };
     let cfg = Config {
         version: version.unwrap_or(1),
         server: server.unwrap_or_default(),
@@ -295,19 +547,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> Option<Config> {
         admin,
         observability: observability.unwrap_or_default(),
     };
-    if ok {
-        Some(cfg)
-    } else {
-        // Still check what did parse, so every error is reported in one go; but never accept it.
-        // Elements that failed to parse are missing, so paths use their original positions.
-        let pos = validate::Positions {
-            listeners: listener_pos,
-            routes: route_pos,
-            consumers: consumer_pos,
-        };
-        validate::validate(&cfg, &pos, diags);
-        None
-    }
+    (cfg, pos, ok)
 }
 
 fn take(top: &mut Map<String, Value>, key: &str) -> Option<Value> {
@@ -326,7 +566,8 @@ fn part<T: DeserializeOwned>(v: Value, at: &FieldPath, diags: &mut Vec<Diagnosti
             } else {
                 at.key(&inner).to_string()
             };
-            diags.push(Diagnostic::error(path, e.into_inner().to_string()));
+            let message = messages::serde_message(&e.into_inner().to_string());
+            diags.push(Diagnostic::error(path, message));
             None
         }
     }

@@ -66,7 +66,12 @@ impl fmt::Display for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        scalar(d, ByteSize, ByteSize::parse)
+        scalar(
+            d,
+            "expected a size: a whole number of bytes, or a number with a unit such as 32KiB",
+            ByteSize,
+            ByteSize::parse,
+        )
     }
 }
 
@@ -135,7 +140,12 @@ impl fmt::Display for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        scalar(d, |n| Dur(Duration::from_secs(n)), Dur::parse)
+        scalar(
+            d,
+            "expected a duration: a whole number of seconds, or a number with a unit such as 10s or 250ms",
+            |n| Dur(Duration::from_secs(n)),
+            Dur::parse,
+        )
     }
 }
 
@@ -166,16 +176,18 @@ impl JsonSchema for Dur {
     }
 }
 
-/// Deserializes a unit type from an integer (`from_int`) or a string with a unit (`parse`).
+/// Deserializes a unit type from an integer (`from_int`) or a string with a unit (`parse`);
+/// anything else (a negative number, a list) is refused with `expected`.
 fn scalar<'de, D, T>(
     d: D,
+    expected: &'static str,
     from_int: impl FnOnce(u64) -> T,
     parse: impl FnOnce(&str) -> Result<T, String>,
 ) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {
-    match Scalar::deserialize(d)? {
+    match Scalar::deserialize(d).map_err(|_| de::Error::custom(expected))? {
         Scalar::Int(n) => Ok(from_int(n)),
         Scalar::Str(s) => parse(&s).map_err(de::Error::custom),
     }

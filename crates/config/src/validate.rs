@@ -1,23 +1,28 @@
-//! Semantic checks that types alone cannot express: references, uniqueness, value ranges.
+//! Semantic checks that types alone cannot express: references, uniqueness, value ranges (every
+//! duration has one, see [`DURATIONS`]), and the files the config names.
 //!
-//! Every check pushes to one list and goes on, so a user sees all problems at once.
+//! Every check pushes to one list and goes on, so a user sees all problems at once; a check that
+//! would only repeat a section's parse error (a reference to an upstream that failed to parse)
+//! is skipped.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::model::plugin::CorsConfig;
 use crate::model::{
     ApiKeyConfig, Config, LoadBalancing, PathMatch, PluginsConfig, RouteConfig, UpstreamConfig,
     UpstreamProtocol,
 };
-use crate::{Diagnostic, FieldPath, LimitStore};
+use crate::{Diagnostic, Dur, FieldPath, FileCheck, FileUse, LimitStore};
 
 /// Original list positions of the parsed listeners and routes (elements that failed to parse are
-/// absent from the config but must not shift the paths of those after them).
+/// absent from the config but must not shift the paths of those after them), and what failed.
 pub(crate) struct Positions {
     pub(crate) listeners: Vec<usize>,
     pub(crate) routes: Vec<usize>,
     pub(crate) consumers: Vec<usize>,
+    pub(crate) broken: Broken,
 }
 
 impl Positions {
@@ -26,7 +31,123 @@ impl Positions {
             listeners: (0..cfg.listeners.len()).collect(),
             routes: (0..cfg.routes.len()).collect(),
             consumers: (0..cfg.consumers.len()).collect(),
+            broken: Broken::default(),
         }
+    }
+}
+
+/// Parts of the document that failed to parse (and are already reported): checks that refer to
+/// them are skipped rather than report a consequence of the same error.
+#[derive(Default)]
+pub(crate) struct Broken {
+    /// Upstreams, by name, that failed to parse.
+    pub(crate) upstreams: HashSet<String>,
+    /// The `upstreams` section itself is not a mapping.
+    pub(crate) all_upstreams: bool,
+    /// Some listener (or the section) failed to parse.
+    pub(crate) listeners: bool,
+    /// The `redis` section failed to parse.
+    pub(crate) redis: bool,
+}
+
+impl Broken {
+    /// The whole document failed (it is not a mapping).
+    pub(crate) fn everything() -> Self {
+        Broken {
+            upstreams: HashSet::new(),
+            all_upstreams: true,
+            listeners: true,
+            redis: true,
+        }
+    }
+
+    fn upstream(&self, name: &str) -> bool {
+        self.all_upstreams || self.upstreams.contains(name)
+    }
+}
+
+/// The accepted range of each duration field, `(field, least, most)`, as documented in
+/// docs/configuration.md. [`POSITIVE`] as the least means "greater than zero". The upper bounds
+/// keep every deadline (`now + duration`) far inside what a clock can represent, and every wait
+/// one an operator would choose.
+pub const DURATIONS: &[(&str, Duration, Duration)] = &[
+    ("server.drain_timeout", Duration::ZERO, HOUR),
+    ("listeners[].limits.head_timeout", POSITIVE, HOUR),
+    ("listeners[].limits.idle_timeout", POSITIVE, DAY),
+    ("listeners[].limits.send_timeout", POSITIVE, HOUR),
+    ("listeners[].limits.body_timeout", POSITIVE, HOUR),
+    (
+        "upstreams.*.timeouts.connect",
+        POSITIVE,
+        Duration::from_secs(300),
+    ),
+    ("upstreams.*.timeouts.response", POSITIVE, DAY),
+    ("upstreams.*.timeouts.idle", POSITIVE, DAY),
+    ("upstreams.*.health_check.active.interval", POSITIVE, HOUR),
+    (
+        "upstreams.*.health_check.active.timeout",
+        POSITIVE,
+        Duration::from_secs(300),
+    ),
+    (
+        "upstreams.*.health_check.passive.eject_for",
+        Duration::ZERO,
+        DAY,
+    ),
+    (
+        "upstreams.*.retries.backoff",
+        Duration::ZERO,
+        Duration::from_secs(10),
+    ),
+    (
+        "upstreams.*.circuit_breaker.window",
+        Duration::from_secs(1),
+        HOUR,
+    ),
+    ("upstreams.*.circuit_breaker.open_for", POSITIVE, HOUR),
+    ("redis.timeout", Duration::ZERO, Duration::from_secs(10)),
+    ("plugins.cors.max_age", Duration::ZERO, DAY),
+    ("plugins.jwt.leeway", Duration::ZERO, HOUR),
+    (
+        "plugins.rate_limit.limits[].per",
+        Duration::from_millis(1),
+        DAY,
+    ),
+];
+
+/// "Greater than zero", as a least duration.
+pub const POSITIVE: Duration = Duration::from_nanos(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks `d` against the range of `field` in [`DURATIONS`], reporting at `at`.
+fn check_duration(field: &str, d: Duration, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    let Some(&(_, least, most)) = DURATIONS.iter().find(|(f, _, _)| *f == field) else {
+        return;
+    };
+    if d < least {
+        let msg = if least == POSITIVE {
+            "must be greater than zero".to_string()
+        } else {
+            format!("must be at least {}", human(least))
+        };
+        out.push(Diagnostic::error(at.to_string(), msg));
+    } else if d > most {
+        out.push(Diagnostic::error(
+            at.to_string(),
+            format!("must be at most {}", human(most)),
+        ));
+    }
+}
+
+/// `1h`, `5m`, `10s`, `1ms`: the shortest exact form.
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        _ if ms >= 3_600_000 && ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms >= 60_000 && ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
     }
 }
 
@@ -50,6 +171,12 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
     if cfg.server.worker_threads > 1024 {
         out.push(Diagnostic::error("server.worker_threads", "at most 1024"));
     }
+    check_duration(
+        "server.drain_timeout",
+        cfg.server.drain_timeout.get(),
+        &root.key("server").key("drain_timeout"),
+        out,
+    );
 
     check_observe(cfg, out);
 
@@ -121,12 +248,12 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
         .into_iter()
         .chain(lim.body_timeout.map(|d| ("body_timeout", d)))
         {
-            if d.0.is_zero() {
-                out.push(Diagnostic::error(
-                    la.key(field).to_string(),
-                    "must be greater than zero",
-                ));
-            }
+            check_duration(
+                &format!("listeners[].limits.{field}"),
+                d.get(),
+                &la.key(field),
+                out,
+            );
         }
         if let Some(tls) = &l.tls {
             if tls.certificates.is_empty() {
@@ -141,14 +268,17 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
                     "a TLS listener cannot redirect to HTTPS; set it on the plain HTTP listener",
                 ));
             }
-        } else if l.redirect_https && !cfg.listeners.iter().any(|o| o.tls.is_some()) {
+        } else if l.redirect_https
+            && !pos.broken.listeners
+            && !cfg.listeners.iter().any(|o| o.tls.is_some())
+        {
             out.push(Diagnostic::error(
                 at.key("redirect_https").to_string(),
                 "needs a listener with `tls` to redirect to",
             ));
         }
     }
-    if cfg.listeners.is_empty() {
+    if cfg.listeners.is_empty() && !pos.broken.listeners {
         out.push(Diagnostic::warning(
             "listeners",
             "no listener is configured, so the gateway accepts no traffic",
@@ -193,7 +323,9 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
     check_consumers(cfg, pos, out);
     check_redis(cfg, out);
     check_plugins(&cfg.plugins, &root.key("plugins"), out);
-    check_limit_stores(cfg, &cfg.plugins, &root.key("plugins"), out);
+    if !pos.broken.redis {
+        check_limit_stores(cfg, &cfg.plugins, &root.key("plugins"), out);
+    }
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         let at = root
@@ -210,7 +342,14 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
                 format!("duplicate route name {:?}", r.name),
             ));
         }
-        check_route(r, &at, &cfg.upstreams, cfg.plugins.respond.is_some(), out);
+        check_route(
+            r,
+            &at,
+            &cfg.upstreams,
+            &pos.broken,
+            cfg.plugins.respond.is_some(),
+            out,
+        );
         if cfg.plugins.cors.is_some() && r.plugins.cors.is_some() {
             // The global `cors` answers preflights first, so a route's own would only half apply.
             out.push(Diagnostic::error(
@@ -218,7 +357,9 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
                 "`cors` is already configured globally; set it on the routes or globally, not both",
             ));
         }
-        check_limit_stores(cfg, &r.plugins, &at.key("plugins"), out);
+        if !pos.broken.redis {
+            check_limit_stores(cfg, &r.plugins, &at.key("plugins"), out);
+        }
     }
 }
 
@@ -226,11 +367,14 @@ fn check_route<T>(
     r: &RouteConfig,
     at: &FieldPath,
     upstreams: &BTreeMap<String, T>,
+    broken: &Broken,
     global_answers: bool,
     out: &mut Vec<Diagnostic>,
 ) {
     let answers = r.plugins.respond.is_some() || global_answers;
     match &r.upstream {
+        // Already reported where it failed to parse.
+        Some(u) if broken.upstream(u) => {}
         Some(u) if !upstreams.contains_key(u) => out.push(Diagnostic::error(
             at.key("upstream").to_string(),
             format!("unknown upstream {u:?}{}", suggest(u, upstreams.keys())),
@@ -293,6 +437,22 @@ fn check_redis(cfg: &Config, out: &mut Vec<Diagnostic>) {
         if r.url.is_none() && r.cluster.is_empty() {
             out.push(Diagnostic::error("redis", "set `url` (or `cluster`)"));
         }
+        check_duration(
+            "redis.timeout",
+            r.timeout.get(),
+            &FieldPath::root().key("redis").key("timeout"),
+            out,
+        );
+        if let Some(url) = &r.url {
+            if let Err(msg) = check_redis_url(url) {
+                out.push(Diagnostic::error("redis.url", msg));
+            }
+        }
+        for (i, url) in r.cluster.iter().enumerate() {
+            if let Err(msg) = check_redis_url(url) {
+                out.push(Diagnostic::error(format!("redis.cluster[{i}]"), msg));
+            }
+        }
         if r.url.is_some() && !r.cluster.is_empty() {
             out.push(Diagnostic::error(
                 "redis",
@@ -339,6 +499,23 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
     }
     if let Some(c) = &p.cors {
         check_cors(c, &at.key("cors"), out);
+        if let Some(max_age) = c.max_age {
+            let ma = at.key("cors").key("max_age");
+            check_duration("plugins.cors.max_age", max_age.get(), &ma, out);
+        }
+    }
+    if let Some(rl) = &p.rate_limit {
+        let ra = at.key("rate_limit");
+        for (i, l) in rl.limits.iter().enumerate() {
+            let pa = ra.key("limits").index(i).key("per");
+            check_duration("plugins.rate_limit.limits[].per", l.per.get(), &pa, out);
+        }
+        for (group, limits) in &rl.groups {
+            for (name, o) in limits {
+                let pa = ra.key("groups").key(group).key(name).key("per");
+                check_duration("plugins.rate_limit.limits[].per", o.per.get(), &pa, out);
+            }
+        }
     }
     if let Some(r) = &p.respond {
         let ra = at.key("respond");
@@ -357,6 +534,9 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// Bytes below which an HMAC secret draws a warning (the HS256 hash size, RFC 7518 §3.2).
+const MIN_HMAC_SECRET: usize = 32;
+
 /// The JWS algorithms the `jwt` plugin knows (RFC 7518 names; `none` is never accepted).
 const JWT_ALGORITHMS: [&str; 12] = [
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
@@ -373,6 +553,7 @@ fn check_jwt(j: &crate::model::plugin::JwtConfig, at: &FieldPath, out: &mut Vec<
             "list at least one issuer",
         ));
     }
+    check_duration("plugins.jwt.leeway", j.leeway.get(), &at.key("leeway"), out);
     let mut seen = HashSet::new();
     for (i, iss) in j.issuers.iter().enumerate() {
         let ia = at.key("issuers").index(i);
@@ -409,6 +590,16 @@ fn check_jwt(j: &crate::model::plugin::JwtConfig, at: &FieldPath, out: &mut Vec<
                     out.push(Diagnostic::error(
                         ia.key("secret").to_string(),
                         "must not be empty",
+                    ));
+                } else if secret.len() < MIN_HMAC_SECRET {
+                    // RFC 7518 §3.2: a key at least as long as the hash output (32 bytes for
+                    // HS256); a short one can be guessed offline from any token.
+                    out.push(Diagnostic::warning(
+                        ia.key("secret").to_string(),
+                        format!(
+                            "{} bytes; an HMAC secret should be at least {MIN_HMAC_SECRET} bytes of random data (for example `openssl rand -base64 32`)",
+                            secret.len()
+                        ),
                     ));
                 }
             }
@@ -678,26 +869,30 @@ fn check_consumers(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>) {
 
 /// Checks the balancing, health, timeout, retry, breaker, protocol and TLS settings of an upstream.
 fn check_upstream(up: &UpstreamConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
-    let mut err =
-        |field: FieldPath, msg: String| out.push(Diagnostic::error(field.to_string(), msg));
     for (field, legacy, new) in [
         ("connect", &up.connect_timeout, &up.timeouts.connect),
         ("response", &up.timeout, &up.timeouts.response),
         ("idle", &up.pool_idle_timeout, &up.timeouts.idle),
     ] {
         if legacy.is_some() && new.is_some() {
-            err(
-                at.key("timeouts").key(field),
-                "set either this or the older top-level field, not both".into(),
-            );
+            out.push(Diagnostic::error(
+                at.key("timeouts").key(field).to_string(),
+                "set either this or the older top-level field, not both",
+            ));
         }
-        if legacy.or(*new).is_some_and(|d| d.get().is_zero()) {
-            err(
-                at.key("timeouts").key(field),
-                "must be greater than zero".into(),
+        if let Some(d) = legacy.or(*new) {
+            check_duration(
+                &format!("upstreams.*.timeouts.{field}"),
+                d.get(),
+                &at.key("timeouts").key(field),
+                out,
             );
         }
     }
+    let mut warnings = Vec::new();
+    let mut durations: Vec<(String, Dur, FieldPath)> = Vec::new();
+    let mut err =
+        |field: FieldPath, msg: String| out.push(Diagnostic::error(field.to_string(), msg));
     match (up.load_balancing, &up.hash_key) {
         (LoadBalancing::ConsistentHash, None) => err(
             at.key("hash_key"),
@@ -717,10 +912,10 @@ fn check_upstream(up: &UpstreamConfig, at: &FieldPath, out: &mut Vec<Diagnostic>
                 );
             }
         }
-        (_, Some(_)) => err(
-            at.key("hash_key"),
-            "only used with load_balancing: consistent_hash".into(),
-        ),
+        (_, Some(_)) => warnings.push(Diagnostic::warning(
+            at.key("hash_key").to_string(),
+            "has no effect: only used with load_balancing: consistent_hash",
+        )),
         (_, None) => {}
     }
     if let Some(a) = &up.health_check.active {
@@ -728,11 +923,8 @@ fn check_upstream(up: &UpstreamConfig, at: &FieldPath, out: &mut Vec<Diagnostic>
         if !a.path.starts_with('/') {
             err(aa.key("path"), "must start with `/`".into());
         }
-        if a.interval.get().is_zero() {
-            err(aa.key("interval"), "must be greater than zero".into());
-        }
-        if a.timeout.get().is_zero() {
-            err(aa.key("timeout"), "must be greater than zero".into());
+        for (f, d) in [("interval", a.interval), ("timeout", a.timeout)] {
+            durations.push((format!("upstreams.*.health_check.active.{f}"), d, aa.key(f)));
         }
         for (f, v) in [
             ("healthy_threshold", a.healthy_threshold),
@@ -759,6 +951,16 @@ fn check_upstream(up: &UpstreamConfig, at: &FieldPath, out: &mut Vec<Diagnostic>
     if up.retries.attempts > 10 {
         err(at.key("retries").key("attempts"), "at most 10".into());
     }
+    durations.push((
+        "upstreams.*.health_check.passive.eject_for".into(),
+        up.health_check.passive.eject_for,
+        at.key("health_check").key("passive").key("eject_for"),
+    ));
+    durations.push((
+        "upstreams.*.retries.backoff".into(),
+        up.retries.backoff,
+        at.key("retries").key("backoff"),
+    ));
     if let Some(cb) = &up.circuit_breaker {
         let ca = at.key("circuit_breaker");
         if !(cb.failure_ratio > 0.0 && cb.failure_ratio <= 1.0) {
@@ -770,11 +972,8 @@ fn check_upstream(up: &UpstreamConfig, at: &FieldPath, out: &mut Vec<Diagnostic>
         if cb.min_requests == 0 {
             err(ca.key("min_requests"), "must be at least 1".into());
         }
-        if cb.window.get() < std::time::Duration::from_secs(1) {
-            err(ca.key("window"), "must be at least 1s".into());
-        }
-        if cb.open_for.get().is_zero() {
-            err(ca.key("open_for"), "must be greater than zero".into());
+        for (f, d) in [("window", cb.window), ("open_for", cb.open_for)] {
+            durations.push((format!("upstreams.*.circuit_breaker.{f}"), d, ca.key(f)));
         }
         if cb.max_concurrent == Some(0) {
             err(ca.key("max_concurrent"), "must be at least 1".into());
@@ -801,13 +1000,140 @@ fn check_upstream(up: &UpstreamConfig, at: &FieldPath, out: &mut Vec<Diagnostic>
     }
     if let Some(tls) = &up.tls {
         let ta = at.key("tls");
-        if !any_https {
-            err(ta.clone(), "only used with https:// targets".into());
+        if !any_https && !up.targets.is_empty() {
+            warnings.push(Diagnostic::warning(
+                ta.to_string(),
+                "has no effect: only used with https:// targets",
+            ));
         }
         if tls.client_cert.is_some() != tls.client_key.is_some() {
             err(ta, "client_cert and client_key go together".into());
         }
     }
+    for (field, d, path) in durations {
+        check_duration(&field, d.get(), &path, out);
+    }
+    out.append(&mut warnings);
+}
+
+/// Every file the config names: certificates, keys and CAs must be readable, the access log's
+/// directory must exist. `files` does the looking.
+pub(crate) fn check_files(
+    cfg: &Config,
+    pos: &Positions,
+    files: FileCheck<'_>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let mut check = |path: &str, how: FileUse, at: FieldPath| {
+        if path.is_empty() {
+            out.push(Diagnostic::error(at.to_string(), "must not be empty"));
+        } else if let Err(msg) = files(path, how) {
+            out.push(Diagnostic::error(at.to_string(), msg));
+        }
+    };
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        let at = FieldPath::root()
+            .key("listeners")
+            .index(pos.listeners.get(i).copied().unwrap_or(i))
+            .key("tls");
+        for (j, c) in tls.certificates.iter().enumerate() {
+            let ca = at.key("certificates").index(j);
+            check(&c.cert, FileUse::Read, ca.key("cert"));
+            check(&c.key, FileUse::Read, ca.key("key"));
+        }
+        if let Some(auth) = &tls.client_auth {
+            check(&auth.ca, FileUse::Read, at.key("client_auth").key("ca"));
+        }
+    }
+    for (name, up) in &cfg.upstreams {
+        let Some(tls) = &up.tls else { continue };
+        // Without https:// targets the settings are not used (a warning says so), nor read.
+        if !up.targets.iter().any(|t| t.url.starts_with("https://")) {
+            continue;
+        }
+        let at = FieldPath::root().key("upstreams").key(name).key("tls");
+        for (field, path) in [
+            ("ca", &tls.ca),
+            ("client_cert", &tls.client_cert),
+            ("client_key", &tls.client_key),
+        ] {
+            if let Some(p) = path {
+                check(p, FileUse::Read, at.key(field));
+            }
+        }
+    }
+    if let Some(log) = &cfg.observability.access_log {
+        let out_path = log.output.trim();
+        if !out_path.is_empty() && !matches!(out_path, "stdout" | "stderr") {
+            let at = FieldPath::root()
+                .key("observability")
+                .key("access_log")
+                .key("output");
+            check(&log.output, FileUse::Append, at);
+        }
+    }
+}
+
+/// `redis://[user:password@]host[:port][/db]`, `rediss://...` (TLS), or `unix:///path` (also
+/// `redis+unix://`): what the Redis client accepts, checked before `run` would refuse it.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let expected = "expected redis://host:port[/db], rediss://host:port[/db] or unix:///path";
+    if let Some(rest) = url
+        .strip_prefix("unix://")
+        .or_else(|| url.strip_prefix("redis+unix://"))
+    {
+        return if rest.starts_with('/') {
+            Ok(())
+        } else {
+            Err(format!("{expected}, found {url:?}"))
+        };
+    }
+    let Some(rest) = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+    else {
+        return Err(format!("{expected}, found {url:?}"));
+    };
+    // Credentials may hold any character; only what follows the last `@` is the host.
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    check_url_rest(rest).map_err(|msg| format!("{msg} ({expected})"))
+}
+
+/// What follows `scheme://` in a URL: a non-empty `host[:port]`, then an optional path, all of
+/// characters a URI may hold.
+fn check_url_rest(rest: &str) -> Result<(), String> {
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, tail)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => {
+                (ip, tail.strip_prefix(':'))
+            }
+            _ => return Err("invalid IPv6 address".into()),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("the host is missing".into());
+    }
+    if !authority.starts_with('[')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b))
+    {
+        return Err(format!("invalid host {host:?}"));
+    }
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err("invalid port".into());
+    }
+    let uri_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b);
+    if !path.bytes().all(uri_char) {
+        return Err("the path holds characters a URL may not".into());
+    }
+    Ok(())
 }
 
 /// Checks `http://host:port` or `https://host:port` (optionally with a trailing `/`).
@@ -954,6 +1280,11 @@ fn check_observe(cfg: &Config, out: &mut Vec<Diagnostic>) {
                 out.push(Diagnostic::error(
                     "observability.tracing.otlp_endpoint",
                     "must be an http:// URL",
+                ));
+            } else if let Err(msg) = check_url_rest(&ep["http://".len()..]) {
+                out.push(Diagnostic::error(
+                    "observability.tracing.otlp_endpoint",
+                    format!("{ep:?}: {msg}"),
                 ));
             }
         }

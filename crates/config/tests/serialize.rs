@@ -34,7 +34,7 @@ upstreams:
   u:
     targets: [{ url: "http://127.0.0.1:1" }]
     timeouts: { connect: 20ms, response: 2m }
-    retries: { attempts: 2, on: [connect_failure, 503] }
+    retries: { attempts: 2, retry_on: [connect_failure, 503] }
 routes:
   - { name: r, match: { paths: ["/a", { exact: /b }] }, upstream: u }
 "#;
@@ -46,7 +46,7 @@ routes:
     assert_eq!(v["upstreams"]["u"]["timeouts"]["connect"], "20ms");
     assert_eq!(v["upstreams"]["u"]["timeouts"]["response"], "120s");
     assert_eq!(
-        v["upstreams"]["u"]["retries"]["on"],
+        v["upstreams"]["u"]["retries"]["retry_on"],
         serde_json::json!(["connect_failure", 503])
     );
     assert_eq!(

@@ -193,7 +193,9 @@ pub struct TimeoutsConfig {
 pub struct RetriesConfig {
     /// Retries after the first try; 0 turns retries off.
     pub attempts: u32,
-    /// Conditions that trigger a retry.
+    /// Conditions that trigger a retry. Written `retry_on`; `on` is accepted too, but YAML 1.1
+    /// tools (PyYAML, Go yaml.v2, Helm) read that key as the boolean `true`.
+    #[serde(rename = "retry_on", alias = "on")]
     pub on: Vec<RetryOn>,
     /// Base delay before a retry, doubled each time, with jitter.
     pub backoff: Dur,
