@@ -90,21 +90,21 @@ impl GroupIndex {
         self.exact.get(path).map_or(&[], Vec::as_slice)
     }
 
-    /// Pushes the template and prefix rules that may match `path` onto `out`, unordered: every
-    /// one that does match is among them.
-    pub(crate) fn templates_and_prefixes(&self, path: &str, out: &mut Vec<usize>) {
+    /// Pushes the lists of template and prefix rules that may match `path`: every one that
+    /// does match is in one of them. Each list is in priority order; [`Merged`] walks them.
+    pub(crate) fn templates_and_prefixes<'s>(&'s self, path: &str, out: &mut Vec<&'s [usize]>) {
         self.templates.templates_for(path, out);
         self.prefixes(path, out);
     }
 
-    /// Pushes the prefix rules that may match `path` (also for shadowing checks).
-    pub(crate) fn prefixes(&self, path: &str, out: &mut Vec<usize>) {
+    /// Pushes the lists of prefix rules that may match `path` (also for shadowing checks).
+    pub(crate) fn prefixes<'s>(&'s self, path: &str, out: &mut Vec<&'s [usize]>) {
         self.prefixes.prefixes_for(path, out);
-        out.extend_from_slice(&self.odd_prefixes);
+        out.push(&self.odd_prefixes);
     }
 
-    /// The template rules that may match `path` (for shadowing checks).
-    pub(crate) fn templates(&self, path: &str, out: &mut Vec<usize>) {
+    /// Pushes the lists of template rules that may match `path` (for shadowing checks).
+    pub(crate) fn templates<'s>(&'s self, path: &str, out: &mut Vec<&'s [usize]>) {
         self.templates.templates_for(path, out);
     }
 
@@ -114,9 +114,9 @@ impl GroupIndex {
     }
 
     /// Pushes the prefix rules that may match every path (`/`), for shadowing checks of regexes.
-    pub(crate) fn match_all_prefixes(&self, out: &mut Vec<usize>) {
-        out.extend_from_slice(&self.prefixes.nodes[0].here);
-        out.extend_from_slice(&self.odd_prefixes);
+    pub(crate) fn match_all_prefixes<'s>(&'s self, out: &mut Vec<&'s [usize]>) {
+        out.push(&self.prefixes.nodes[0].here);
+        out.push(&self.odd_prefixes);
     }
 }
 
@@ -145,8 +145,8 @@ impl Trie<PrefixNode> {
     }
 
     /// `/a/b/c` reaches the root, `a`, `a/b` and `a/b/c`: the prefixes `prefix_match` accepts.
-    fn prefixes_for(&self, path: &str, out: &mut Vec<usize>) {
-        out.extend_from_slice(&self.nodes[0].here);
+    fn prefixes_for<'s>(&'s self, path: &str, out: &mut Vec<&'s [usize]>) {
+        push(out, &self.nodes[0].here);
         let Some(rest) = path.strip_prefix('/') else {
             return;
         };
@@ -155,7 +155,7 @@ impl Trie<PrefixNode> {
             match self.nodes[node].children.get(seg) {
                 Some(&child) => {
                     node = child;
-                    out.extend_from_slice(&self.nodes[node].here);
+                    push(out, &self.nodes[node].here);
                 }
                 None => return,
             }
@@ -192,7 +192,7 @@ impl Trie<TemplateNode> {
 
     /// Templates that match `path`: one path segment per template segment, a placeholder taking
     /// any non-empty segment, and a catch-all whatever follows.
-    fn templates_for(&self, path: &str, out: &mut Vec<usize>) {
+    fn templates_for<'s>(&'s self, path: &str, out: &mut Vec<&'s [usize]>) {
         // A template matches only paths that start with `/` (as `Template::matches` requires).
         if let Some(rest) = path.strip_prefix('/') {
             self.visit(0, Some(rest), out);
@@ -202,11 +202,11 @@ impl Trie<TemplateNode> {
     /// At `node`, with `rest` the path after the segments consumed so far (`None`: no segment
     /// left). Each node is visited at most once per path, so the cost is bounded by the path's
     /// segments times the branching the config itself wrote (a literal and a placeholder).
-    fn visit(&self, node: usize, rest: Option<&str>, out: &mut Vec<usize>) {
+    fn visit<'s>(&'s self, node: usize, rest: Option<&str>, out: &mut Vec<&'s [usize]>) {
         let n = &self.nodes[node];
-        out.extend_from_slice(&n.catch_all);
+        push(out, &n.catch_all);
         let Some(rest) = rest else {
-            out.extend_from_slice(&n.end);
+            push(out, &n.end);
             return;
         };
         let (head, tail) = match rest.split_once('/') {
@@ -218,6 +218,48 @@ impl Trie<TemplateNode> {
         }
         if let Some(child) = n.param.filter(|_| !head.is_empty()) {
             self.visit(child, tail, out);
+        }
+    }
+}
+
+/// Adds a non-empty list.
+fn push<'s>(out: &mut Vec<&'s [usize]>, list: &'s [usize]) {
+    if !list.is_empty() {
+        out.push(list);
+    }
+}
+
+/// The positions of several ascending lists, in ascending order, each once. Lazy: matching
+/// usually stops at the first candidate, so the lists are merged only as far as needed, and a
+/// thousand routes sharing one prefix cost nothing until they are reached.
+pub(crate) struct Merged<'s> {
+    lists: Vec<&'s [usize]>,
+    last: Option<usize>,
+}
+
+impl<'s> Merged<'s> {
+    pub(crate) fn new(lists: Vec<&'s [usize]>) -> Self {
+        Merged { lists, last: None }
+    }
+}
+
+impl Iterator for Merged<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        loop {
+            // Few lists (one per path segment that has rules, at most): a scan beats a heap.
+            let (i, &pos) = self
+                .lists
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.first().map(|p| (i, p)))
+                .min_by_key(|&(_, p)| *p)?;
+            self.lists[i] = &self.lists[i][1..];
+            if self.last != Some(pos) {
+                self.last = Some(pos);
+                return Some(pos);
+            }
         }
     }
 }

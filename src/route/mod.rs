@@ -19,7 +19,7 @@ pub use explain::{
     stripped_path, ExplainError, ExplainRequest, Explanation, Hit, MatchedRoute, Rejection,
     RequestSummary, TableExplanation,
 };
-use index::GroupIndex;
+use index::{GroupIndex, Merged};
 use path::{PathRule, Template};
 
 /// A compiled route table whose routes carry a payload `R` (the snapshot's runtime route).
@@ -330,13 +330,11 @@ impl<R> RouteTable<R> {
         {
             return Some(m);
         }
-        let mut candidates = Vec::new();
-        ix.templates_and_prefixes(req.path, &mut candidates);
-        candidates.sort_unstable();
-        candidates
-            .iter()
-            .chain(ix.regexes())
-            .find_map(|&pos| self.try_entry(group.list[pos], req))
+        let mut lists = Vec::new();
+        ix.templates_and_prefixes(req.path, &mut lists);
+        Merged::new(lists)
+            .chain(ix.regexes().iter().copied())
+            .find_map(|pos| self.try_entry(group.list[pos], req))
     }
 
     /// Entry `e` if its path rule and its route's conditions accept `req`.
@@ -374,7 +372,6 @@ impl<R> RouteTable<R> {
         groups.extend(self.wildcard_hosts.iter().map(|(_, g)| g));
         groups.push(&self.any_host);
         let mut shadowed_by: Vec<Option<Option<usize>>> = vec![None; self.routes.len()];
-        let mut candidates = Vec::new();
         // shadowed_by[r]: None = no entry seen yet, Some(Some(a)) = all entries so far shadowed by a, Some(None) = reachable.
         for group in groups {
             // Equal templates and equal regexes cover each other; the index does not key them.
@@ -389,30 +386,27 @@ impl<R> RouteTable<R> {
             let ix = &group.index;
             for (pos, &e) in group.list.iter().enumerate() {
                 let b = &self.entries[e];
-                candidates.clear();
+                let mut lists: Vec<&[usize]> = Vec::new();
                 match &b.rule {
                     PathRule::Exact(p) => {
-                        candidates.extend_from_slice(ix.exact(p));
-                        ix.templates(p, &mut candidates);
-                        ix.prefixes(p, &mut candidates);
-                        candidates.extend_from_slice(ix.regexes());
+                        lists.push(ix.exact(p));
+                        ix.templates(p, &mut lists);
+                        ix.prefixes(p, &mut lists);
+                        lists.push(ix.regexes());
                     }
                     PathRule::Template(t) => {
-                        ix.prefixes(&t.literal_prefix(), &mut candidates);
-                        candidates.extend(same.get(&t.source()).into_iter().flatten());
+                        ix.prefixes(&t.literal_prefix(), &mut lists);
+                        lists.extend(same.get(&t.source()).map(Vec::as_slice));
                     }
-                    PathRule::Prefix(p) => ix.prefixes(p, &mut candidates),
+                    PathRule::Prefix(p) => ix.prefixes(p, &mut lists),
                     PathRule::Regex(r) => {
-                        ix.match_all_prefixes(&mut candidates);
-                        candidates.extend(same.get(r.as_str()).into_iter().flatten());
+                        ix.match_all_prefixes(&mut lists);
+                        lists.extend(same.get(r.as_str()).map(Vec::as_slice));
                     }
                 }
-                candidates.retain(|&c| c < pos);
-                candidates.sort_unstable();
-                candidates.dedup();
-                let by = candidates
-                    .iter()
-                    .map(|&c| &self.entries[group.list[c]])
+                let by = Merged::new(lists)
+                    .take_while(|&c| c < pos)
+                    .map(|c| &self.entries[group.list[c]])
                     .find(|a| {
                         a.route != b.route
                             && a.rule.covers(&b.rule)
