@@ -1,8 +1,9 @@
 //! Why a request takes the route it takes: [`RouteTable::explain`] walks the table in the order
 //! [`RouteTable::find`] does and records, for every route it passes over, the first condition
 //! that failed ("path /users/42 does not match prefix /orders"). The admin API's `GET /explain`
-//! and the `frontdesk explain` command both use it. It is never on the request path: `find`
-//! stays as it is, and a test checks that both always pick the same route.
+//! and the `frontdesk explain` command both use it. It is never on the request path: it walks
+//! every entry of each host group in priority order, where `find` asks the group's index for
+//! candidates; tests check that both always pick the same route.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Serialize;
@@ -238,7 +239,8 @@ impl ExplainRequest {
 
 impl<R> RouteTable<R> {
     /// Explains which route `req` takes and why every route considered before it did not. Picks
-    /// the same route as [`RouteTable::find`], by the same walk.
+    /// the same route as [`RouteTable::find`], by walking the entries `find`'s index chooses
+    /// among, in the same order.
     pub fn explain(&self, req: &RequestKey<'_>) -> TableExplanation<'_, R> {
         let host = req.host.map(normalize_host);
         let mut rejected = Vec::new();
@@ -262,16 +264,16 @@ impl<R> RouteTable<R> {
         }
         let mut lists: Vec<&[usize]> = Vec::new();
         if let Some(h) = host.as_deref() {
-            if let Some(list) = self.exact_hosts.get(h) {
-                lists.push(list);
+            if let Some(group) = self.exact_hosts.get(h) {
+                lists.push(&group.list);
             }
-            for (suffix, list) in &self.wildcard_hosts {
+            for (suffix, group) in &self.wildcard_hosts {
                 if h.len() > suffix.len() && h.ends_with(suffix.as_str()) {
-                    lists.push(list);
+                    lists.push(&group.list);
                 }
             }
         }
-        lists.push(&self.any_host);
+        lists.push(&self.any_host.list);
         for list in lists {
             for &e in list {
                 let entry = &self.entries[e];
@@ -307,13 +309,14 @@ impl<R> RouteTable<R> {
     /// longest suffix first, then routes without hosts) and path priority inside each; the
     /// route's declaration index comes with it.
     pub fn ranked(&self) -> Vec<(usize, &R)> {
-        let mut exact: Vec<(&String, &Vec<usize>)> = self.exact_hosts.iter().collect();
+        let mut exact: Vec<(&String, &Vec<usize>)> =
+            self.exact_hosts.iter().map(|(h, g)| (h, &g.list)).collect();
         exact.sort_by(|a, b| a.0.cmp(b.0));
         let lists = exact
             .into_iter()
             .map(|(_, l)| l)
-            .chain(self.wildcard_hosts.iter().map(|(_, l)| l))
-            .chain(std::iter::once(&self.any_host));
+            .chain(self.wildcard_hosts.iter().map(|(_, g)| &g.list))
+            .chain(std::iter::once(&self.any_host.list));
         let mut seen = vec![false; self.routes.len()];
         let mut out = Vec::new();
         for &e in lists.flatten() {
@@ -325,7 +328,7 @@ impl<R> RouteTable<R> {
         out
     }
 
-    /// `first_in`'s checks for one entry, in its order, saying which one failed.
+    /// `try_entry`'s checks for one entry, in its order, saying which one failed.
     fn check(&self, e: usize, req: &RequestKey<'_>) -> Result<usize, String> {
         let entry = &self.entries[e];
         let Some(strip_len) = entry.rule.matches(req.path) else {
@@ -416,10 +419,7 @@ mod tests {
             "version: 1\nupstreams: {{ u: {{ targets: [{{ url: \"http://127.0.0.1:1\" }}] }} }}\nroutes:\n{yaml_routes}"
         );
         let cfg = load_str(&text, &|_| None).expect("valid").config;
-        let routes = cfg.routes.into_iter().map(|r| {
-            let n = r.name.clone();
-            (r, n)
-        });
+        let routes = cfg.routes.iter().map(|r| (r, r.name.clone()));
         RouteTable::build(routes, &mut Vec::new()).expect("builds")
     }
 

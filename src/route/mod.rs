@@ -3,9 +3,11 @@
 //! Priority is fixed and documented (docs/configuration.md#route-priority): first by host (exact,
 //! then wildcard with longer suffixes first, then routes without hosts), then by path kind (exact,
 //! template, prefix with longer prefixes first, regex), then declaration order. The first route
-//! whose every condition holds wins. Built once per snapshot; matching takes no locks.
+//! whose every condition holds wins. Built once per snapshot; matching takes no locks, and each host
+//! group's index (`index.rs`) keeps its cost independent of the number of routes.
 
 mod explain;
+mod index;
 mod path;
 
 use std::collections::HashMap;
@@ -18,6 +20,7 @@ pub use explain::{
     stripped_path, ExplainError, ExplainRequest, Explanation, Hit, MatchedRoute, Rejection,
     RequestSummary, TableExplanation,
 };
+use index::{GroupIndex, Merged};
 use path::{PathRule, Template};
 
 /// A compiled route table whose routes carry a payload `R` (the snapshot's runtime route).
@@ -25,14 +28,37 @@ use path::{PathRule, Template};
 pub struct RouteTable<R> {
     routes: Vec<Conditions<R>>,
     entries: Vec<Entry>,
-    exact_hosts: HashMap<String, Vec<usize>>,
-    /// `(".example.org", entries)`, longest suffix first.
-    wildcard_hosts: Vec<(String, Vec<usize>)>,
-    any_host: Vec<usize>,
+    exact_hosts: HashMap<String, Group>,
+    /// `(".example.org", group)`, longest suffix first.
+    wildcard_hosts: Vec<(String, Group)>,
+    /// Where each suffix sits in `wildcard_hosts`, so a request looks up its host's suffixes
+    /// instead of trying every wildcard.
+    wildcard_index: HashMap<String, usize>,
+    /// True if some wildcard suffix does not start with `.` (the validator refuses those): then
+    /// the wildcards are scanned instead.
+    wildcard_scan: bool,
+    any_host: Group,
     /// Per route, what only introspection reads ([`RouteTable::explain`]); `find` never does.
     meta: Vec<RouteMeta>,
     /// Per entry, its path rule as written (`prefix /users`), for introspection only.
     entry_rules: Vec<String>,
+}
+
+/// The entries of one host group, in match order, and the index that finds candidates among
+/// them without trying each.
+#[derive(Debug, Default)]
+struct Group {
+    /// Entry indexes, in priority order.
+    list: Vec<usize>,
+    /// Positions in `list` by path.
+    index: GroupIndex,
+}
+
+impl Group {
+    fn new(list: Vec<usize>, entries: &[Entry]) -> Group {
+        let index = GroupIndex::build(list.iter().map(|&e| &entries[e].rule));
+        Group { list, index }
+    }
 }
 
 /// A route's name and hosts as configured.
@@ -84,24 +110,28 @@ impl<R> RouteTable<R> {
     /// Compiles routes (already validated by `frontdesk-config`), pairing each with its payload.
     ///
     /// Returns warnings for routes that can never match because earlier-ranked routes shadow them.
-    pub fn build(
-        routes: impl IntoIterator<Item = (RouteConfig, R)>,
+    pub fn build<'c>(
+        routes: impl IntoIterator<Item = (&'c RouteConfig, R)>,
         warnings: &mut Vec<Diagnostic>,
     ) -> Result<Self, Vec<Diagnostic>> {
+        let routes = routes.into_iter();
+        let n = routes.size_hint().0;
         let mut errs = Vec::new();
         let mut table = RouteTable {
-            routes: Vec::new(),
-            entries: Vec::new(),
+            routes: Vec::with_capacity(n),
+            entries: Vec::with_capacity(n),
             exact_hosts: HashMap::new(),
             wildcard_hosts: Vec::new(),
-            any_host: Vec::new(),
-            meta: Vec::new(),
-            entry_rules: Vec::new(),
+            wildcard_index: HashMap::new(),
+            wildcard_scan: false,
+            any_host: Group::default(),
+            meta: Vec::with_capacity(n),
+            entry_rules: Vec::with_capacity(n),
         };
-        let mut names = Vec::new();
+        let mut names = Vec::with_capacity(n);
         // (host key, entry index); the host key decides the group an entry sorts into.
         let mut placed: Vec<(HostKey, usize)> = Vec::new();
-        for (idx, (cfg, payload)) in routes.into_iter().enumerate() {
+        for (idx, (cfg, payload)) in routes.enumerate() {
             let at = FieldPath::root().key("routes").index(idx);
             let m = &cfg.matcher;
             let mut methods = Vec::new();
@@ -206,88 +236,183 @@ impl<R> RouteTable<R> {
                 .then(ea.route.cmp(&eb.route))
                 .then(a.cmp(b))
         });
-        for (host, e) in &placed {
+        let mut exact_hosts: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcards: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut wildcard_at: HashMap<String, usize> = HashMap::new();
+        let mut any_host = Vec::new();
+        for (host, e) in placed {
             match host {
-                HostKey::Exact(h) => table.exact_hosts.entry(h.clone()).or_default().push(*e),
-                HostKey::Wildcard(suffix) => {
-                    match table.wildcard_hosts.iter_mut().find(|(s, _)| s == suffix) {
-                        Some((_, list)) => list.push(*e),
-                        None => table.wildcard_hosts.push((suffix.clone(), vec![*e])),
+                HostKey::Exact(h) => exact_hosts.entry(h).or_default().push(e),
+                HostKey::Wildcard(suffix) => match wildcard_at.get(&suffix) {
+                    Some(&w) => wildcards[w].1.push(e),
+                    None => {
+                        wildcard_at.insert(suffix.clone(), wildcards.len());
+                        wildcards.push((suffix, vec![e]));
                     }
-                }
-                HostKey::Any => table.any_host.push(*e),
+                },
+                HostKey::Any => any_host.push(e),
             }
         }
-        table
+        // Stable: suffixes of one length keep the order they first appeared in.
+        wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        let entries = &table.entries;
+        table.exact_hosts = exact_hosts
+            .into_iter()
+            .map(|(h, list)| (h, Group::new(list, entries)))
+            .collect();
+        table.wildcard_hosts = wildcards
+            .into_iter()
+            .map(|(suffix, list)| (suffix, Group::new(list, entries)))
+            .collect();
+        table.wildcard_index = table
             .wildcard_hosts
-            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+            .iter()
+            .enumerate()
+            .map(|(i, (suffix, _))| (suffix.clone(), i))
+            .collect();
+        table.wildcard_scan = table
+            .wildcard_hosts
+            .iter()
+            .any(|(suffix, _)| !suffix.starts_with('.'));
+        table.any_host = Group::new(any_host, entries);
         table.shadow_warnings(&names, warnings);
         Ok(table)
     }
 
     /// Finds the route for a request.
+    ///
+    /// The cost does not grow with the number of routes: each host group's index yields the few
+    /// entries whose path rule can match (regex rules aside, which are tried in turn), and those
+    /// are tried in the group's priority order, exactly as a walk over the whole group would.
     pub fn find(&self, req: &RequestKey<'_>) -> Option<RouteMatch<'_, R>> {
         // Only routes with hosts need the host; most tables have none, so skip the work.
         let any_hosts = !self.exact_hosts.is_empty() || !self.wildcard_hosts.is_empty();
         let host = req.host.filter(|_| any_hosts).map(normalize_host);
         if let Some(h) = host.as_deref() {
-            if let Some(list) = self.exact_hosts.get(h) {
-                if let Some(m) = self.first_in(list, req) {
+            if let Some(group) = self.exact_hosts.get(h) {
+                if let Some(m) = self.first_in(group, req) {
                     return Some(m);
                 }
             }
-            for (suffix, list) in &self.wildcard_hosts {
-                if h.len() > suffix.len() && h.ends_with(suffix.as_str()) {
-                    if let Some(m) = self.first_in(list, req) {
-                        return Some(m);
-                    }
+            if !self.wildcard_hosts.is_empty() {
+                if let Some(m) = self.first_wildcard(h, req) {
+                    return Some(m);
                 }
             }
         }
         self.first_in(&self.any_host, req)
     }
 
-    fn first_in(&self, list: &[usize], req: &RequestKey<'_>) -> Option<RouteMatch<'_, R>> {
-        for &e in list {
-            let entry = &self.entries[e];
-            let Some(strip_len) = entry.rule.matches(req.path) else {
-                continue;
-            };
-            let cond = &self.routes[entry.route];
-            if !cond.methods.is_empty() && !cond.methods.contains(req.method) {
-                continue;
-            }
-            if !cond
-                .headers
+    /// The wildcard groups matching host `h`, longest suffix first.
+    fn first_wildcard(&self, h: &str, req: &RequestKey<'_>) -> Option<RouteMatch<'_, R>> {
+        if self.wildcard_scan {
+            return self
+                .wildcard_hosts
                 .iter()
-                .all(|(n, v)| req.headers.get_all(n).iter().any(|x| x == v))
-            {
-                continue;
-            }
-            if !cond.query.iter().all(|(k, v)| query_has(req.query, k, v)) {
-                continue;
-            }
-            return Some(RouteMatch {
-                route: &cond.payload,
-                strip_len,
-            });
+                .filter(|(suffix, _)| h.len() > suffix.len() && h.ends_with(suffix.as_str()))
+                .find_map(|(_, group)| self.first_in(group, req));
         }
-        None
+        // Every suffix starts with a dot: the candidates are the host's own dotted suffixes,
+        // longest first, short of the whole host (`*.example.org` does not match `example.org`).
+        h.match_indices('.')
+            .filter(|&(i, _)| i > 0)
+            .filter_map(|(i, _)| self.wildcard_index.get(&h[i..]))
+            .find_map(|&w| self.first_in(&self.wildcard_hosts[w].1, req))
+    }
+
+    /// The first entry of `group`, in priority order, whose rule and conditions accept `req`.
+    fn first_in(&self, group: &Group, req: &RequestKey<'_>) -> Option<RouteMatch<'_, R>> {
+        // Kinds rank exact, template, prefix, regex: each kind's positions follow the last's.
+        let ix = &group.index;
+        if let Some(m) = ix
+            .exact(req.path)
+            .iter()
+            .find_map(|&pos| self.try_entry(group.list[pos], req))
+        {
+            return Some(m);
+        }
+        let mut lists = Vec::new();
+        ix.templates_and_prefixes(req.path, &mut lists);
+        Merged::new(lists)
+            .chain(ix.regexes().iter().copied())
+            .find_map(|pos| self.try_entry(group.list[pos], req))
+    }
+
+    /// Entry `e` if its path rule and its route's conditions accept `req`.
+    fn try_entry(&self, e: usize, req: &RequestKey<'_>) -> Option<RouteMatch<'_, R>> {
+        #[cfg(test)]
+        tests::EXAMINED.with(|c| c.set(c.get() + 1));
+        let entry = &self.entries[e];
+        let strip_len = entry.rule.matches(req.path)?;
+        let cond = &self.routes[entry.route];
+        if !cond.methods.is_empty() && !cond.methods.contains(req.method) {
+            return None;
+        }
+        if !cond
+            .headers
+            .iter()
+            .all(|(n, v)| req.headers.get_all(n).iter().any(|x| x == v))
+        {
+            return None;
+        }
+        if !cond.query.iter().all(|(k, v)| query_has(req.query, k, v)) {
+            return None;
+        }
+        Some(RouteMatch {
+            route: &cond.payload,
+            strip_len,
+        })
     }
 
     /// Warns about routes every one of whose entries is covered by a higher-ranked entry of another route.
+    ///
+    /// For each entry, the group's index yields the earlier entries that may cover it (a
+    /// superset, checked with [`PathRule::covers`]), so the check does not compare every pair.
     fn shadow_warnings(&self, names: &[String], warnings: &mut Vec<Diagnostic>) {
-        let mut groups: Vec<&Vec<usize>> = self.exact_hosts.values().collect();
-        groups.extend(self.wildcard_hosts.iter().map(|(_, l)| l));
+        let mut groups: Vec<&Group> = self.exact_hosts.values().collect();
+        groups.extend(self.wildcard_hosts.iter().map(|(_, g)| g));
         groups.push(&self.any_host);
         let mut shadowed_by: Vec<Option<Option<usize>>> = vec![None; self.routes.len()];
         // shadowed_by[r]: None = no entry seen yet, Some(Some(a)) = all entries so far shadowed by a, Some(None) = reachable.
-        for list in groups {
-            for (pos, &e) in list.iter().enumerate() {
+        for group in groups {
+            // Equal templates and equal regexes cover each other; the index does not key them.
+            let mut same: HashMap<String, Vec<usize>> = HashMap::new();
+            for (pos, &e) in group.list.iter().enumerate() {
+                match &self.entries[e].rule {
+                    PathRule::Template(t) => same.entry(t.source()).or_default().push(pos),
+                    PathRule::Regex(r) => same.entry(r.as_str().to_string()).or_default().push(pos),
+                    _ => {}
+                }
+            }
+            let ix = &group.index;
+            for (pos, &e) in group.list.iter().enumerate() {
                 let b = &self.entries[e];
-                let by = list[..pos].iter().map(|&x| &self.entries[x]).find(|a| {
-                    a.route != b.route && a.rule.covers(&b.rule) && self.weaker(a.route, b.route)
-                });
+                let mut lists: Vec<&[usize]> = Vec::new();
+                match &b.rule {
+                    PathRule::Exact(p) => {
+                        lists.push(ix.exact(p));
+                        ix.templates(p, &mut lists);
+                        ix.prefixes(p, &mut lists);
+                        lists.push(ix.regexes());
+                    }
+                    PathRule::Template(t) => {
+                        ix.prefixes(&t.literal_prefix(), &mut lists);
+                        lists.extend(same.get(&t.source()).map(Vec::as_slice));
+                    }
+                    PathRule::Prefix(p) => ix.prefixes(p, &mut lists),
+                    PathRule::Regex(r) => {
+                        ix.match_all_prefixes(&mut lists);
+                        lists.extend(same.get(r.as_str()).map(Vec::as_slice));
+                    }
+                }
+                let by = Merged::new(lists)
+                    .take_while(|&c| c < pos)
+                    .map(|c| &self.entries[group.list[c]])
+                    .find(|a| {
+                        a.route != b.route
+                            && a.rule.covers(&b.rule)
+                            && self.weaker(a.route, b.route)
+                    });
                 let slot = &mut shadowed_by[b.route];
                 *slot = match (*slot, by) {
                     (None, Some(a)) => Some(Some(a.route)),

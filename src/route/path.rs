@@ -22,9 +22,12 @@ pub(crate) struct Template {
     catch_all: bool,
 }
 
+/// One `/`-separated piece of a template.
 #[derive(Debug)]
-enum Segment {
+pub(crate) enum Segment {
+    /// Text the path segment must equal.
     Literal(String),
+    /// `{name}`: any non-empty segment.
     Param,
 }
 
@@ -111,6 +114,16 @@ impl Template {
         }
     }
 
+    /// The segments before any catch-all.
+    pub(crate) fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// True if the template ends in `{*rest}`.
+    pub(crate) fn catch_all(&self) -> bool {
+        self.catch_all
+    }
+
     fn matches(&self, path: &str) -> Option<Split> {
         let mut rest = path.strip_prefix('/')?;
         let mut consumed = 1;
@@ -141,7 +154,7 @@ impl Template {
         self.catch_all.then_some(0)
     }
 
-    fn literal_prefix(&self) -> String {
+    pub(crate) fn literal_prefix(&self) -> String {
         let mut out = String::new();
         for seg in &self.segments {
             match seg {
@@ -158,7 +171,7 @@ impl Template {
         out
     }
 
-    fn source(&self) -> String {
+    pub(crate) fn source(&self) -> String {
         let mut s: String = self
             .segments
             .iter()

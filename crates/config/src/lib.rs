@@ -384,6 +384,20 @@ fn within(path: &str, at: &str) -> bool {
     }
 }
 
+/// The parser's budget for a document of `len` bytes. The crate's defaults (250,000 nodes,
+/// 1,000,000 events) stop a config at about 25,000 routes; written-out nodes cost at least a byte
+/// or two each, so a budget that grows with the text refuses no real file, while a small file
+/// that expands into a huge tree through aliases is still refused, and the tree stays
+/// proportional to the file.
+fn yaml_options(len: usize) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = budget.max_nodes.max(len);
+    budget.max_events = budget.max_events.max(len.saturating_mul(2));
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Parses YAML into a generic tree, reporting syntax errors with line and column.
 fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
     if text.trim().is_empty() {
@@ -392,7 +406,7 @@ fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
             "the config is empty; it needs at least `version: 1`",
         ));
     }
-    match serde_saphyr::from_str::<Value>(text) {
+    match serde_saphyr::from_str_with_options::<Value>(text, yaml_options(text.len())) {
         Ok(v) => Ok(v),
         Err(e) => {
             let position = e.location().map(|l| (l.line(), l.column()));
@@ -490,10 +504,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
         Some(_) => usize::MAX,
         None => 0,
     };
-    let (listener_pos, listeners): (Vec<usize>, Vec<_>) =
-        list(listeners_value, &root.key("listeners"), diags)
-            .into_iter()
-            .unzip();
+    let (listener_pos, listeners) = list(listeners_value, &root.key("listeners"), diags);
     broken.listeners = listener_pos.len() != listeners_given;
     let upstreams_value = take(&mut top, "upstreams");
     match &upstreams_value {
@@ -507,13 +518,9 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
     for (name, _) in &upstreams {
         broken.upstreams.remove(name);
     }
-    let (route_pos, routes) = list(take(&mut top, "routes"), &root.key("routes"), diags)
-        .into_iter()
-        .unzip();
+    let (route_pos, routes) = list(take(&mut top, "routes"), &root.key("routes"), diags);
     let (consumer_pos, consumers) =
-        list(take(&mut top, "consumers"), &root.key("consumers"), diags)
-            .into_iter()
-            .unzip();
+        list(take(&mut top, "consumers"), &root.key("consumers"), diags);
     let redis_value = take(&mut top, "redis");
     let redis_given = redis_value.is_some();
     let redis = redis_value.and_then(|v| part(v, &root.key("redis"), diags));
@@ -573,21 +580,29 @@ fn part<T: DeserializeOwned>(v: Value, at: &FieldPath, diags: &mut Vec<Diagnosti
     }
 }
 
+/// The elements of a list that parse, with their positions in the file's list. Each element's
+/// tree is dropped as soon as it is typed, so a long list is not held twice.
 fn list<T: DeserializeOwned>(
     v: Option<Value>,
     at: &FieldPath,
     diags: &mut Vec<Diagnostic>,
-) -> Vec<(usize, T)> {
+) -> (Vec<usize>, Vec<T>) {
     match v {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, item)| Some((i, part(item, &at.index(i), diags)?)))
-            .collect(),
+        None => (Vec::new(), Vec::new()),
+        Some(Value::Array(items)) => {
+            let mut positions = Vec::with_capacity(items.len());
+            let mut typed = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                if let Some(t) = part(item, &at.index(i), diags) {
+                    positions.push(i);
+                    typed.push(t);
+                }
+            }
+            (positions, typed)
+        }
         Some(_) => {
             diags.push(Diagnostic::error(at.to_string(), "expected a list"));
-            Vec::new()
+            (Vec::new(), Vec::new())
         }
     }
 }
