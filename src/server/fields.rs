@@ -116,16 +116,24 @@ fn valid_host(b: &[u8]) -> bool {
         }
         (&b[..=end], &b[end + 1..])
     } else {
-        let split = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+        // One pass (this runs for every request): the name ends at the first `:`; labels are
+        // never empty, and one trailing dot (a fully qualified name) is fine.
+        let mut split = b.len();
+        let mut after_dot = true;
+        for (i, &c) in b.iter().enumerate() {
+            match c {
+                b':' => {
+                    split = i;
+                    break;
+                }
+                b'.' if after_dot => return false,
+                b'.' => after_dot = true,
+                c if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' => after_dot = false,
+                _ => return false,
+            }
+        }
         let name = &b[..split];
-        // Labels are never empty; one trailing dot (a fully qualified name) is fine.
-        let labels = name.strip_suffix(b".").unwrap_or(name);
-        if labels.is_empty()
-            || !labels
-                .iter()
-                .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
-            || labels.split(|&c| c == b'.').any(<[u8]>::is_empty)
-        {
+        if name.is_empty() {
             return false;
         }
         (name, &b[split..])
@@ -169,6 +177,7 @@ mod tests {
             "v..test",
             ".v.test",
             "v.test..",
+            ".",
             "v.test:80x",
             "v.test:123456",
             "v.test:80:80",
