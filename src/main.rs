@@ -160,10 +160,9 @@ fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(path: &Path, pid_file: Option<&Path>) -> anyhow::Result<()> {
     // The worker count is read before the runtime exists; errors surface again, fully, at start.
-    let threads = frontdesk::runtime::reload::read_config(path)
-        .ok()
-        .and_then(|t| frontdesk::config::load_str(&t, &|k| std::env::var(k).ok()).ok())
-        .map_or(0, |l| l.config.server.worker_threads);
+    let threads = frontdesk::runtime::reload::read_config(path).map_or(0, |t| {
+        frontdesk::config::worker_threads(&t, &|k| std::env::var(k).ok())
+    });
     runtime(threads)?.block_on(async {
         let signals = Signals::install()?;
         let gw = Gateway::start(path).await?;

@@ -213,11 +213,16 @@ pub fn load_str_salvaged(
     // checks below would say about the unexpanded text at that path would only repeat it.
     let unset: Vec<String> = diags.iter().map(|d| d.path.clone()).collect();
     let env_errors = diags.len();
+    // Looked for in the document first: finding the secrets among the placeholders means
+    // serializing the whole config twice, which a config without any placeholder never needs.
+    let has_placeholder = redact::contains_placeholder(&doc);
     let (config, pos, parsed) = typed(doc, &mut diags);
     validate::validate(&config, &pos, &mut diags);
     validate::check_files(&config, &pos, files, &mut diags);
     // A placeholder is never a credential, whether it came from a file or the admin API.
-    diags.extend(config.placeholder_secrets());
+    if has_placeholder {
+        diags.extend(config.placeholder_secrets());
+    }
     let mut i = 0;
     diags.retain(|d| {
         i += 1;
@@ -399,6 +404,28 @@ fn yaml_options(len: usize) -> serde_saphyr::Options {
 }
 
 /// Parses YAML into a generic tree, reporting syntax errors with line and column.
+/// `server.worker_threads` of a config text, for the one setting needed before anything else
+/// (the async runtime is built from it). 0, one worker per core, when it is absent or not valid:
+/// [`load_str`] reports a bad value when the config is loaded for real. Only the YAML is parsed:
+/// no typing, no checks, so a large config is not loaded twice at start.
+pub fn worker_threads(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> usize {
+    if text.len() > MAX_CONFIG_SIZE {
+        return 0;
+    }
+    let Ok(mut doc) = parse_yaml(text) else {
+        return 0;
+    };
+    let Some(v) = doc
+        .get_mut("server")
+        .and_then(|s| s.get_mut("worker_threads"))
+    else {
+        return 0;
+    };
+    let mut ignored = Vec::new();
+    env::substitute(v, &FieldPath::root(), lookup, &mut ignored);
+    serde_json::from_value::<usize>(v.take()).unwrap_or(0)
+}
+
 fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
     if text.trim().is_empty() {
         return Err(Diagnostic::error(

@@ -83,6 +83,16 @@ impl Config {
     }
 }
 
+/// Whether any string in `v` holds [`REDACTED`], without allocating.
+pub(crate) fn contains_placeholder(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains(REDACTED),
+        Value::Array(items) => items.iter().any(contains_placeholder),
+        Value::Object(m) => m.values().any(contains_placeholder),
+        _ => false,
+    }
+}
+
 /// Stands for a placeholder while [`Config::placeholder_secrets`] looks for the secrets.
 const MARKER: &str = "\u{1}frontdesk-placeholder\u{1}";
 

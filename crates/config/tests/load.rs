@@ -215,3 +215,34 @@ admin: { address: "127.0.0.1:8080", token: t }
         .iter()
         .any(|w| w.to_string().contains("admin.token: no token")));
 }
+
+#[test]
+fn worker_threads_is_read_without_loading_the_config() {
+    use frontdesk_config::worker_threads;
+    let none = |_: &str| None;
+    assert_eq!(
+        worker_threads("version: 1\nserver: { worker_threads: 3 }\n", &none),
+        3
+    );
+    assert_eq!(
+        worker_threads("version: 1\nserver: { worker_threads: \"${T}\" }\n", &|k| {
+            (k == "T").then(|| "2".to_string())
+        }),
+        2
+    );
+    // Absent, invalid, or in a file that does not parse: one worker per core (0).
+    assert_eq!(worker_threads("version: 1\n", &none), 0);
+    assert_eq!(
+        worker_threads("version: 1\nserver: { worker_threads: lots }\n", &none),
+        0
+    );
+    assert_eq!(worker_threads("server: [\n", &none), 0);
+    // The rest of the config is not checked here: an unknown upstream does not matter.
+    assert_eq!(
+        worker_threads(
+            "version: 1\nserver: { worker_threads: 1 }\nroutes: [{ name: r, match: { paths: [\"/\"] }, upstream: nowhere }]\n",
+            &none
+        ),
+        1
+    );
+}
