@@ -145,7 +145,7 @@ fn not_ready(status: &str) -> Response {
 
 async fn metrics(State(s): State<AdminState>) -> Result<Response, AdminError> {
     let snap = s.gateway().ok_or(AdminError::Gone)?.snapshot();
-    let body = snap.metrics.render(&snap);
+    let body = snap.metrics.render(snap.clone());
     Ok((
         [(header::CONTENT_TYPE, crate::observe::metrics::CONTENT_TYPE)],
         body,
