@@ -20,7 +20,6 @@ use crate::route::{
     normalize_host, stripped_path, ExplainRequest, Explanation, MatchedRoute, RequestSummary,
     RouteTable,
 };
-use crate::server::{HeadLimits, Transfer};
 use crate::tls::server::ServerTls;
 use crate::upstream::Upstream;
 
@@ -434,6 +433,41 @@ impl Gauges for Snapshot {
         self.redis
             .as_ref()
             .map_or(0, |r| r.errors.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// The head limits a connection enforces (from its listener's config).
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// Request line plus header lines, in bytes.
+    pub max_head: usize,
+    /// Header fields.
+    pub max_headers: usize,
+    /// Request-target length.
+    pub max_uri: usize,
+    /// From a head's first byte to its end.
+    pub head_timeout: Duration,
+    /// With no request in flight.
+    pub idle_timeout: Duration,
+}
+
+/// Timers on the bodies in flight on a connection (from its listener's limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// Writing a response may make no progress for this long; then the connection is closed
+    /// (and with it the response body and its upstream connection).
+    pub send_timeout: Duration,
+    /// A request body may deliver nothing for this long; then the request fails as the client's
+    /// fault (408). `None`: no limit.
+    pub body_timeout: Option<Duration>,
+}
+
+impl Default for Transfer {
+    fn default() -> Self {
+        Transfer {
+            send_timeout: Duration::from_secs(60),
+            body_timeout: None,
+        }
     }
 }
 
