@@ -1,5 +1,7 @@
 //! The snapshot: one compiled, immutable config generation. Requests load it once (one atomic
-//! load) and use it from start to end, so a reload never changes a request midway.
+//! load) and use it from start to end, so a reload never changes a request midway. Its listener
+//! specs carry the limits the server enforces ([`HeadLimits`], [`Transfer`]); it implements the
+//! metrics' [`Gauges`] view.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,5 +1,8 @@
 //! The proxy: the one orchestrator of a request's life. Route, run plugin phases, forward to the
-//! chosen endpoint, stream the answer back, and turn every failure into one problem response.
+//! chosen endpoint, stream the answer back ([`ResponseBody`]), and turn every failure into one
+//! problem response. It owns what a request knows of its connection ([`ConnInfo`]), the request
+//! field checks ([`fields`]) and the tunnels of upgraded connections ([`Tunnels`]); it knows
+//! nothing of the server that hands it requests.
 
 mod body;
 pub mod error_response;
