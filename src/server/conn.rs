@@ -13,7 +13,8 @@
 //! On every connection, writes that make no progress for `send_timeout` fail, so hyper closes a
 //! connection whose client reads nothing (hyper has no send timeout). Over HTTP/2 the client can
 //! also stall the responses by opening no flow-control window while its socket stays readable:
-//! response bodies report through [`InflightGuard`] when they wait to be asked for more, and the
+//! response bodies ([`GuardedBody`]) report through [`InflightGuard`] when they wait to be asked
+//! for more, and the
 //! HTTP/2 timer closes a connection whose waiting responses were not asked for a whole period.
 
 use std::io;
