@@ -14,8 +14,8 @@
 //! connection whose client reads nothing (hyper has no send timeout). Over HTTP/2 the client can
 //! also stall the responses by opening no flow-control window while its socket stays readable:
 //! response bodies ([`GuardedBody`]) report through [`InflightGuard`] when they wait to be asked
-//! for more, and the
-//! HTTP/2 timer closes a connection whose waiting responses were not asked for a whole period.
+//! for more, and the HTTP/2 timer closes a connection whose waiting responses were not asked for a
+//! whole period.
 
 use std::io;
 use std::pin::Pin;
