@@ -1,5 +1,5 @@
-//! Body types that flow through the proxy without copies: the request body forwarded upstream and
-//! the response body sent downstream.
+//! The request body forwarded upstream without copies, with its size limit and stall timer, and
+//! why it can fail ([`ClientBodyError`]). The response body is `proxy::ResponseBody`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,11 +8,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-
-use crate::observe::Exchange;
-use crate::server::InflightGuard;
-use crate::snapshot::Snapshot;
-use crate::upstream::Lease;
 
 /// Boxed error type of bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -227,180 +222,8 @@ impl Body for RequestBody {
     }
 }
 
-/// The response body sent downstream: an upstream's streamed body or a small gateway-made one.
-///
-/// It carries the connection's in-flight guard, so the connection knows when the response has
-/// been fully sent (or abandoned) and its idle timer may start.
-#[derive(Debug)]
-pub struct ResponseBody {
-    kind: Kind,
-    _guard: Option<InflightGuard>,
-    /// The upstream connection and in-flight counts, released once this body has been read to
-    /// the end (the connection goes back to the pool only then).
-    lease: Option<Lease>,
-    /// Plugin values released with the body (concurrency slots).
-    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
-    /// The request's record, finished when the body ends or is dropped.
-    record: Option<Record>,
-}
-
-/// An exchange waiting for its response body to end, and the body bytes sent so far.
-#[derive(Debug)]
-struct Record {
-    /// The request's own snapshot (moved here, not cloned): its observer finishes the record.
-    snap: std::sync::Arc<Snapshot>,
-    exchange: Box<Exchange>,
-    sent: u64,
-}
-
-#[derive(Debug)]
-enum Kind {
-    Upstream(Incoming),
-    Full(Option<Bytes>),
-}
-
-impl ResponseBody {
-    /// Streams an upstream body through; `lease` is finished when it is complete.
-    pub fn upstream(b: Incoming, lease: Lease) -> Self {
-        ResponseBody {
-            kind: Kind::Upstream(b),
-            _guard: None,
-            lease: Some(lease),
-            held: Vec::new(),
-            record: None,
-        }
-    }
-
-    /// A complete body.
-    pub fn full(b: impl Into<Bytes>) -> Self {
-        let b = b.into();
-        ResponseBody {
-            kind: Kind::Full((!b.is_empty()).then_some(b)),
-            _guard: None,
-            lease: None,
-            held: Vec::new(),
-            record: None,
-        }
-    }
-
-    /// No body.
-    pub fn empty() -> Self {
-        ResponseBody {
-            kind: Kind::Full(None),
-            _guard: None,
-            lease: None,
-            held: Vec::new(),
-            record: None,
-        }
-    }
-
-    /// Keeps `held` until the body is done or dropped.
-    pub fn holding(mut self, held: Vec<Box<dyn std::any::Any + Send + Sync>>) -> Self {
-        self.held = held;
-        self
-    }
-
-    /// Attaches the request's record, finished by the snapshot's observer when the body is done
-    /// or dropped.
-    pub fn observed(mut self, snap: std::sync::Arc<Snapshot>, exchange: Box<Exchange>) -> Self {
-        self.record = Some(Record {
-            snap,
-            exchange,
-            sent: 0,
-        });
-        self
-    }
-
-    fn finish_record(&mut self) {
-        if let Some(r) = self.record.take() {
-            r.snap.observer.finish(r.exchange, r.sent);
-        }
-    }
-
-    /// Attaches the in-flight guard, released when the body is done or dropped.
-    pub fn with_guard(mut self, guard: Option<InflightGuard>) -> Self {
-        self._guard = guard;
-        self
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Some(g) = &mut this._guard {
-            g.asked();
-        }
-        let out = match &mut this.kind {
-            Kind::Upstream(b) => boxed(Pin::new(b).poll_frame(cx)),
-            Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-        };
-        match &out {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(r), Some(d)) = (&mut this.record, frame.data_ref()) {
-                    r.sent += d.len() as u64;
-                }
-                // Until hyper asks again, this response waits on the client (or on its HTTP/2
-                // flow-control window): the connection's send timeout watches for that.
-                let more = match &this.kind {
-                    Kind::Upstream(b) => !b.is_end_stream(),
-                    Kind::Full(b) => b.is_some(),
-                };
-                if let (Some(g), true) = (&mut this._guard, more) {
-                    g.handed();
-                }
-            }
-            Poll::Ready(None) => {
-                // The upstream connection is reusable once its body ended; release the
-                // downstream connection's in-flight mark as soon as the last frame is out.
-                if let Some(l) = this.lease.take() {
-                    l.finish();
-                }
-                this.held.clear();
-                this._guard = None;
-                this.finish_record();
-            }
-            _ => {}
-        }
-        out
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Upstream(b) => b.is_end_stream(),
-            Kind::Full(b) => b.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Upstream(b) => b.size_hint(),
-            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        // hyper may never poll a body that is known to be empty; it is complete all the same.
-        // A body dropped midway leaves its connection mid-response: that one is not reused.
-        if let (Some(l), Kind::Upstream(b)) = (self.lease.take(), &self.kind) {
-            if b.is_end_stream() {
-                l.finish();
-            }
-        }
-        // A body never polled (HEAD, 204, 304) or abandoned by the client still ends the record.
-        self.finish_record();
-    }
-}
-
 /// A polled `Incoming` frame with its error boxed (the shape both bodies return).
-fn boxed(
+pub(crate) fn boxed(
     p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     p.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))

@@ -1,7 +1,11 @@
 //! The gateway error: every failure on the request path folds into [`GatewayError`], which maps to
-//! an HTTP status and a problem+json body in exactly one place (`proxy::error_response`).
+//! an HTTP status and a problem+json body in exactly one place: here (RFC 9457 problem+json, or a
+//! gRPC trailers-only answer; `proxy::error_response` puts them in response bodies).
+//!
+//! Details never include upstream addresses or internal error text.
 
-use http::{HeaderName, HeaderValue, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 
 /// Which side of the proxy caused an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,4 +155,99 @@ impl GatewayError {
             kind: ErrorKind::Internal,
         }
     }
+}
+
+/// The problem document for a status and detail.
+pub fn problem_json(status: StatusCode, detail: &str, request_id: Option<&HeaderValue>) -> Bytes {
+    let mut doc = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+        doc["request_id"] = id.into();
+    }
+    Bytes::from(doc.to_string())
+}
+
+/// A problem+json response for `err`.
+pub fn to_response(err: &GatewayError, request_id: Option<&HeaderValue>) -> Response<Bytes> {
+    let body = problem_json(err.status, &err.detail, request_id);
+    let mut resp = Response::new(body);
+    *resp.status_mut() = err.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    for (name, value) in &err.headers {
+        h.append(name.clone(), value.clone());
+    }
+    resp
+}
+
+/// The response for `err` to a request: a gRPC trailers-only answer when the request is gRPC
+/// (gRPC clients read `grpc-status`, never an HTTP body), problem+json otherwise.
+pub fn for_request(
+    err: &GatewayError,
+    request_id: Option<&HeaderValue>,
+    grpc: bool,
+) -> Response<Bytes> {
+    if !grpc {
+        return to_response(err, request_id);
+    }
+    let mut resp = Response::new(Bytes::new());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(grpc_status(err.status)));
+    if let Ok(v) = HeaderValue::from_str(&percent_encode(&err.detail)) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// The gRPC code for an HTTP status, as gRPC's HTTP-to-gRPC status mapping defines it.
+fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// `grpc-message` is percent-encoded: printable ASCII except `%` passes as is.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A complete HTTP/1.1 response, as raw bytes, for refusals made below hyper (bad heads, timeouts).
+/// It always closes the connection.
+/// `id` is the refusal's request id (the refused request never got one).
+pub fn raw_http1(status: StatusCode, detail: &str, id: &HeaderValue) -> Vec<u8> {
+    let body = problem_json(status, detail, Some(id));
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        id.to_str().unwrap_or("")
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
 }

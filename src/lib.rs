@@ -1,6 +1,8 @@
-//! Frontdesk: an API gateway. The modules follow a request's path:
-//! [`listener`] → [`server`] → [`route`] → [`plugin`] chain → [`upstream`] → [`proxy`];
-//! [`snapshot`] holds one compiled config generation and [`runtime`] runs and reloads it.
+//! Frontdesk: an API gateway. The modules are layers in a request's order, each importing only
+//! the ones below it (docs/architecture.md): [`runtime`] (and [`admin`], through a narrow handle)
+//! → [`listener`] → [`server`] → [`proxy`] → [`snapshot`] (one compiled config generation) →
+//! [`plugins`] → [`plugin`] chain, [`route`], [`upstream`], [`limit`] → [`body`], [`tls`],
+//! [`consumer`] → [`observe`] → [`error`] → the config crate.
 
 pub mod admin;
 pub mod body;

@@ -1,5 +1,7 @@
 //! The snapshot: one compiled, immutable config generation. Requests load it once (one atomic
-//! load) and use it from start to end, so a reload never changes a request midway.
+//! load) and use it from start to end, so a reload never changes a request midway. Its listener
+//! specs carry the limits the server enforces ([`HeadLimits`], [`Transfer`]); it implements the
+//! metrics' [`Gauges`] view.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,12 +9,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use frontdesk_config::{Config, Diagnostic, FieldPath};
+use frontdesk_config::{parse_nets, Config, Diagnostic, FieldPath};
 use http::HeaderValue;
 
 use crate::consumer::Consumers;
 use crate::limit::redis::RedisStore;
-use crate::observe::metrics::{ListenerSeries, Metrics};
+use crate::observe::metrics::{Gauges, ListenerSeries, Metrics, TargetGauges, UpstreamGauges};
 use crate::observe::Observer;
 use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, Scope};
 use crate::plugins;
@@ -20,7 +22,6 @@ use crate::route::{
     normalize_host, stripped_path, ExplainRequest, Explanation, MatchedRoute, RequestSummary,
     RouteTable,
 };
-use crate::server::{HeadLimits, Transfer};
 use crate::tls::server::ServerTls;
 use crate::upstream::Upstream;
 
@@ -406,45 +407,69 @@ impl Snapshot {
     }
 }
 
-/// Parses addresses and CIDR networks (`10.0.0.0/8`, `::1`); errors go to `errs` at `at[i]`.
-/// Shared by every setting that lists networks.
-pub fn parse_nets(
-    list: &[String],
-    at: &FieldPath,
-    errs: &mut Vec<Diagnostic>,
-) -> Vec<ipnet::IpNet> {
-    let mut out = Vec::new();
-    for (i, s) in list.iter().enumerate() {
-        match parse_net(s) {
-            Some(n) => out.push(n),
-            None => errs.push(Diagnostic::error(
-                at.index(i).to_string(),
-                format!("{s:?} is not an IP address or CIDR network"),
-            )),
+/// The gauges a metrics scrape reads from this generation.
+impl Gauges for Snapshot {
+    fn upstreams(&self) -> Vec<UpstreamGauges<'_>> {
+        let mut v: Vec<_> = self
+            .upstreams
+            .iter()
+            .map(|(name, up)| UpstreamGauges {
+                name,
+                targets: up
+                    .targets()
+                    .iter()
+                    .map(|t| TargetGauges {
+                        url: &t.url,
+                        latency: &t.state.latency,
+                        healthy: t.state.is_healthy(),
+                    })
+                    .collect(),
+                breaker_open: up.breaker().map(|b| b.is_open()),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(b.name));
+        v
+    }
+
+    fn store_errors(&self) -> u64 {
+        self.redis
+            .as_ref()
+            .map_or(0, |r| r.errors.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// The head limits a connection enforces (from its listener's config).
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// Request line plus header lines, in bytes.
+    pub max_head: usize,
+    /// Header fields.
+    pub max_headers: usize,
+    /// Request-target length.
+    pub max_uri: usize,
+    /// From a head's first byte to its end.
+    pub head_timeout: Duration,
+    /// With no request in flight.
+    pub idle_timeout: Duration,
+}
+
+/// Timers on the bodies in flight on a connection (from its listener's limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// Writing a response may make no progress for this long; then the connection is closed
+    /// (and with it the response body and its upstream connection).
+    pub send_timeout: Duration,
+    /// A request body may deliver nothing for this long; then the request fails as the client's
+    /// fault (408). `None`: no limit.
+    pub body_timeout: Option<Duration>,
+}
+
+impl Default for Transfer {
+    fn default() -> Self {
+        Transfer {
+            send_timeout: Duration::from_secs(60),
+            body_timeout: None,
         }
-    }
-    out
-}
-
-/// One address (a /32 or /128 network) or CIDR network; IPv4-mapped IPv6 becomes IPv4, networks
-/// too (`::ffff:10.0.0.0/104` is `10.0.0.0/8`).
-pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<ipnet::IpNet>() {
-        return Some(canonical_net(n.trunc()));
-    }
-    s.parse::<std::net::IpAddr>()
-        .ok()
-        .map(|ip| ipnet::IpNet::from(ip.to_canonical()))
-}
-
-/// A network inside `::ffff:0:0/96` as its IPv4 network. Client addresses are canonical (mapped
-/// ones are given as IPv4), so a mapped rule left as IPv6 would never match anything.
-fn canonical_net(n: ipnet::IpNet) -> ipnet::IpNet {
-    let ipnet::IpNet::V6(v6) = n else { return n };
-    match (v6.prefix_len().checked_sub(96), v6.addr().to_ipv4_mapped()) {
-        (Some(len), Some(v4)) => ipnet::Ipv4Net::new(v4, len).map_or(n, ipnet::IpNet::V4),
-        _ => n,
     }
 }
 

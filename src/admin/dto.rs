@@ -277,7 +277,7 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = crate::proxy::error_response::problem_json(self.status, &self.detail, None);
+        let body = crate::error::problem_json(self.status, &self.detail, None);
         let mut resp = (self.status, body).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -11,9 +11,8 @@ use axum::{middleware, Json, Router};
 use serde_json::json;
 
 use super::dto::{self, Applied, EffectiveConfig, Finding, Problem, Validation};
-use super::{auth, AdminState, OPENAPI};
+use super::{auth, AdminState, Refused, Reloaded, OPENAPI};
 use crate::route::{ExplainError, ExplainRequest};
-use crate::runtime::reload::{self, ApplyError, ReloadOutcome};
 
 /// One admin path and method.
 pub(crate) struct Endpoint {
@@ -145,7 +144,7 @@ fn not_ready(status: &str) -> Response {
 
 async fn metrics(State(s): State<AdminState>) -> Result<Response, AdminError> {
     let snap = s.gateway().ok_or(AdminError::Gone)?.snapshot();
-    let body = snap.metrics.render(&snap);
+    let body = snap.metrics.render(snap.clone());
     Ok((
         [(header::CONTENT_TYPE, crate::observe::metrics::CONTENT_TYPE)],
         body,
@@ -183,10 +182,10 @@ async fn validate(State(s): State<AdminState>, body: Bytes) -> Result<Response, 
         Ok(t) => t,
         Err(v) => return Ok(v.into_response()),
     };
-    let base = reload::applied_text(&gw).await;
+    let base = gw.applied_text().await;
     let shown = dto::shown_config(&gw.snapshot().config, gw.admin_addr());
     let result = frontdesk_config::edit_text(&base, &shown, &text, &env)
-        .and_then(|edited| reload::check_text(&gw, &edited));
+        .and_then(|edited| gw.check_text(&edited));
     Ok(Validation::of(&result).into_response())
 }
 
@@ -200,17 +199,18 @@ async fn put_config(State(s): State<AdminState>, body: Bytes) -> Result<Response
         Err(v) => return Ok(v.into_response()),
     };
     let admin = gw.admin_addr();
-    let result = reload::apply_edit(&gw, |base, snap| {
-        let shown = dto::shown_config(&snap.config, admin);
-        frontdesk_config::edit_text(base, &shown, &text, &env)
-    })
-    .await;
+    let result = gw
+        .apply_edit(Box::new(move |base, snap| {
+            let shown = dto::shown_config(&snap.config, admin);
+            frontdesk_config::edit_text(base, &shown, &text, &env)
+        }))
+        .await;
     applied(result)
 }
 
 async fn reload_file(State(s): State<AdminState>) -> Result<Response, AdminError> {
     let gw = s.gateway().ok_or(AdminError::Gone)?;
-    applied(gw.reload().await.map_err(ApplyError::Invalid))
+    applied(gw.reload().await)
 }
 
 /// The process environment, for `${VAR}`.
@@ -219,15 +219,15 @@ fn env(name: &str) -> Option<String> {
 }
 
 /// `200` with the generation, `422` with the errors, or a problem when saving failed.
-fn applied(r: Result<ReloadOutcome, ApplyError>) -> Result<Response, AdminError> {
+fn applied(r: Result<Reloaded, Refused>) -> Result<Response, AdminError> {
     match r {
         Ok(o) => Ok(Json(Applied {
             generation: o.generation,
             warnings: o.warnings.iter().map(Finding::from).collect(),
         })
         .into_response()),
-        Err(ApplyError::Invalid(diags)) => Ok(Validation::of(&Err(diags)).into_response()),
-        Err(ApplyError::Persist(e)) => Err(AdminError::Persist(e)),
+        Err(Refused::Invalid(diags)) => Ok(Validation::of(&Err(diags)).into_response()),
+        Err(Refused::Persist(e)) => Err(AdminError::Persist(e)),
     }
 }
 

@@ -14,8 +14,6 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::snapshot::Snapshot;
-
 /// OpenTelemetry's advised boundaries for HTTP durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -361,12 +359,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (OpenMetrics 1.0) of every metric, with the gauges read
-    /// from `snap` (endpoint health, breakers, store errors).
-    pub fn render(self: &Arc<Self>, snap: &Arc<Snapshot>) -> String {
+    /// from `gauges` (endpoint health, breakers, store errors: the running snapshot).
+    pub fn render(self: &Arc<Self>, gauges: Arc<dyn Gauges>) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Scrape {
             metrics: self.clone(),
-            snap: snap.clone(),
+            gauges,
         }));
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -378,11 +376,42 @@ impl Metrics {
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// One scrape: encodes the metrics and reads the snapshot's gauges.
+/// What a scrape reads from the running generation (endpoint latency and health, breakers, the
+/// shared limiter store's errors): a view the snapshot provides, so metrics never see the snapshot.
+pub trait Gauges: Send + Sync + std::fmt::Debug + 'static {
+    /// Every upstream, in name order.
+    fn upstreams(&self) -> Vec<UpstreamGauges<'_>>;
+    /// Limit decisions whose shared store failed or was slower than its timeout.
+    fn store_errors(&self) -> u64;
+}
+
+/// One upstream's gauges.
+#[derive(Debug)]
+pub struct UpstreamGauges<'a> {
+    /// The upstream's name.
+    pub name: &'a str,
+    /// Its targets, in config order.
+    pub targets: Vec<TargetGauges<'a>>,
+    /// Whether its circuit breaker is open or half-open; `None` without one.
+    pub breaker_open: Option<bool>,
+}
+
+/// One upstream target's gauges.
+#[derive(Debug)]
+pub struct TargetGauges<'a> {
+    /// The target's URL.
+    pub url: &'a str,
+    /// Its response-head latency.
+    pub latency: &'a Histogram,
+    /// In rotation (active checks pass and it is not ejected).
+    pub healthy: bool,
+}
+
+/// One scrape: encodes the metrics and reads the running generation's gauges.
 #[derive(Debug)]
 struct Scrape {
     metrics: Arc<Metrics>,
-    snap: Arc<Snapshot>,
+    gauges: Arc<dyn Gauges>,
 }
 
 fn counter_family(
@@ -425,6 +454,7 @@ impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
         let m = &self.metrics;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let gauges = self.gauges.upstreams();
 
         {
             let mut d = enc.encode_descriptor(
@@ -459,10 +489,13 @@ impl Collector for Scrape {
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
-            for (name, up) in sorted(&self.snap.upstreams) {
-                for t in up.targets() {
-                    let labels = [("upstream", name.clone()), ("target", t.url.to_string())];
-                    t.state.latency.encode(d.encode_family(&labels)?)?;
+            for up in &gauges {
+                for t in &up.targets {
+                    let labels = [
+                        ("upstream", up.name.to_string()),
+                        ("target", t.url.to_string()),
+                    ];
+                    t.latency.encode(d.encode_family(&labels)?)?;
                 }
             }
         }
@@ -497,15 +530,18 @@ impl Collector for Scrape {
 
         let mut healthy = Vec::new();
         let mut breakers = Vec::new();
-        for (name, up) in sorted(&self.snap.upstreams) {
-            for t in up.targets() {
+        for up in &gauges {
+            for t in &up.targets {
                 healthy.push((
-                    vec![("upstream", name.clone()), ("target", t.url.to_string())],
-                    i64::from(t.state.is_healthy()),
+                    vec![
+                        ("upstream", up.name.to_string()),
+                        ("target", t.url.to_string()),
+                    ],
+                    i64::from(t.healthy),
                 ));
             }
-            if let Some(open) = up.breaker().map(|b| b.is_open()) {
-                breakers.push((vec![("upstream", name.clone())], i64::from(open)));
+            if let Some(open) = up.breaker_open {
+                breakers.push((vec![("upstream", up.name.to_string())], i64::from(open)));
             }
         }
         gauge_family(
@@ -541,11 +577,7 @@ impl Collector for Scrape {
                 .collect();
             counter_family(&mut enc, family.name(), family.help(), series)?;
         }
-        let store_errors = self
-            .snap
-            .redis
-            .as_ref()
-            .map_or(0, |r| r.errors.load(Ordering::Relaxed));
+        let store_errors = self.gauges.store_errors();
         counter_family(
             &mut enc,
             "frontdesk_ratelimit_store_errors",
@@ -613,12 +645,6 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn sorted<V>(map: &std::collections::HashMap<String, V>) -> Vec<(String, &V)> {
-    let mut v: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v)).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 #[cfg(test)]

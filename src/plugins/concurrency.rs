@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use frontdesk_config::ConcurrencyConfig;
 use http::{header, HeaderValue, StatusCode};
 
+use super::limiting::{DecisionCounter, LimitKey};
 use crate::limit::local::{Counter, LocalStore};
-use crate::limit::{store_key, DecisionCounter, LimitKey};
+use crate::limit::store_key;
 use crate::plugin::{
     BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead, Scope,
 };
@@ -68,7 +69,7 @@ impl Plugin for Concurrency {
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        let route = crate::limit::bucket_scope(self.global, cx);
+        let route = super::limiting::bucket_scope(self.global, cx);
         let key = store_key(
             "cc",
             route,

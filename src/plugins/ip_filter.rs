@@ -9,11 +9,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use frontdesk_config::{Diagnostic, FieldPath, IpFilterConfig};
+use frontdesk_config::{parse_nets, Diagnostic, FieldPath, IpFilterConfig};
 use http::StatusCode;
 
 use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
-use crate::snapshot::parse_nets;
 
 /// The `ip_filter` plugin.
 #[derive(Debug)]
@@ -220,7 +219,7 @@ mod tests {
                 "192.168.1.0/24",
                 "1.2.3.4",
             ]
-            .map(|s| crate::snapshot::parse_net(s).expect("net")),
+            .map(|s| frontdesk_config::parse_net(s).expect("net")),
         );
         // The nested /16 disappears into the /8; adjacent /24s stay two ranges.
         assert_eq!(set.v4.len(), 4, "{set:?}");

@@ -1,4 +1,5 @@
-//! The plugins that ship with Frontdesk, one file per kind, and the one explicit list of them.
+//! The plugins that ship with Frontdesk, one file per kind, and the one explicit list of them
+//! ([`limiting`] holds what the limit kinds share).
 //!
 //! Kind order on the request (lower first): access and authentication 100s, limits 200s-300s,
 //! transforms 500s, terminal answers 900s. See docs/plugins.md.
@@ -12,6 +13,7 @@ pub mod headers;
 pub mod ip_filter;
 pub mod jwt;
 pub mod key_auth;
+pub mod limiting;
 pub mod quota;
 pub mod rate_limit;
 pub mod request_size;

@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use frontdesk_config::{LimitStore, OnStoreError, QuotaConfig, QuotaWindow};
 use http::{header, HeaderValue, StatusCode};
 
+use super::limiting::{DecisionCounter, LimitKey};
 use crate::limit::local::LocalStore;
 use crate::limit::redis::RedisStore;
-use crate::limit::{store_key, DecisionCounter, LimitKey};
+use crate::limit::store_key;
 use crate::plugin::{
     BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead, Scope,
 };
@@ -113,7 +114,7 @@ impl Quota {
         cx: &Ctx,
     ) -> Result<(), PluginError> {
         let (name, left) = window(now, self.window);
-        let route = crate::limit::bucket_scope(self.global, cx);
+        let route = super::limiting::bucket_scope(self.global, cx);
         let key = store_key(
             "quota",
             route,

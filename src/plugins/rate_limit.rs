@@ -13,10 +13,11 @@ use async_trait::async_trait;
 use frontdesk_config::{LimitHeaders, LimitStore, OnStoreError, RateLimitConfig};
 use http::{header, HeaderName, HeaderValue, StatusCode};
 
+use super::limiting::{DecisionCounter, LimitKey};
 use crate::limit::gcra::{Decision, Params};
 use crate::limit::local::LocalStore;
 use crate::limit::redis::RedisStore;
-use crate::limit::{store_key, DecisionCounter, LimitKey};
+use crate::limit::store_key;
 use crate::plugin::{
     BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead, Scope,
 };
@@ -246,7 +247,7 @@ impl Plugin for RateLimit {
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        let route = crate::limit::bucket_scope(self.global, cx);
+        let route = super::limiting::bucket_scope(self.global, cx);
         let mut report: Option<Report<'_>> = None;
         let mut refused: Option<Report<'_>> = None;
         for (i, limit) in self.limits.iter().enumerate() {

@@ -1,11 +1,20 @@
 //! The proxy: the one orchestrator of a request's life. Route, run plugin phases, forward to the
-//! chosen endpoint, stream the answer back, and turn every failure into one problem response.
+//! chosen endpoint, stream the answer back ([`ResponseBody`]), and turn every failure into one
+//! problem response. It owns what a request knows of its connection ([`ConnInfo`]), the request
+//! field checks ([`fields`]) and the tunnels of upgraded connections ([`Tunnels`]); it knows
+//! nothing of the server that hands it requests.
 
+mod body;
 pub mod error_response;
+pub mod fields;
 pub mod forward;
 mod redirect;
 mod upgrade;
 
+pub use body::ResponseBody;
+pub use upgrade::{TunnelToken, Tunnels};
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::uri::PathAndQuery;
@@ -13,14 +22,49 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{ClientBodyError, RequestBody, ResponseBody};
+use crate::body::{ClientBodyError, RequestBody};
 use crate::error::{ErrorKind, GatewayError};
 use crate::observe::Exchange;
 use crate::plugin::{AuthState, Ctx, Flow, PluginError};
 use crate::route::RequestKey;
-use crate::server::ConnInfo;
-use crate::snapshot::{Route, Snapshot};
+use crate::snapshot::{ListenerSpec, Route, Snapshot};
+use crate::tls::client_cert::ClientCert;
 use crate::upstream::{BodySent, CallError, CallOptions};
+
+/// What a request knows about its connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The client's IP as a header value, for `X-Forwarded-For`.
+    pub peer_value: http::HeaderValue,
+    /// The listener's settings when the connection was accepted.
+    pub listener: Arc<ListenerSpec>,
+    /// Where tunnels register, so shutdown can wait for them.
+    pub tunnels: Arc<Tunnels>,
+    /// The client certificate verified during the TLS handshake; `None` on plain listeners,
+    /// without `client_auth`, or when the client sent none (`mode: optional`). See
+    /// [`ClientCert`] for what it guarantees.
+    pub client_cert: Option<Arc<ClientCert>>,
+}
+
+impl ConnInfo {
+    /// What requests on a connection from `peer`, accepted by `listener`, know of it.
+    pub fn new(
+        peer: SocketAddr,
+        listener: Arc<ListenerSpec>,
+        tunnels: Arc<Tunnels>,
+        client_cert: Option<Arc<ClientCert>>,
+    ) -> ConnInfo {
+        ConnInfo {
+            peer,
+            peer_value: forward::peer_value(peer.ip()),
+            listener,
+            tunnels,
+            client_cert,
+        }
+    }
+}
 
 /// Handles one downstream request against one snapshot. Never fails: errors become responses.
 pub async fn handle(
@@ -28,7 +72,6 @@ pub async fn handle(
     mut req: Request<Incoming>,
     conn: &ConnInfo,
 ) -> Response<ResponseBody> {
-    let guard = conn.shared.start_request();
     let request_id = forward::request_id(req.headers());
     let grpc = error_response::is_grpc(req.headers());
     let mut ex = snap.observer.begin(
@@ -55,16 +98,13 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(forward::X_REQUEST_ID.clone(), request_id);
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        conn.shared.mark_upgraded();
-    }
     match ex {
         Some(mut ex) => {
             ex.status = resp.status().as_u16();
             // The snapshot moves into the body: no shared reference count is touched.
-            resp.map(|b| b.with_guard(Some(guard)).observed(snap, ex))
+            resp.map(|b| b.observed(snap, ex))
         }
-        None => resp.map(|b| b.with_guard(Some(guard))),
+        None => resp,
     }
 }
 
@@ -78,7 +118,7 @@ async fn proxy(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     // Before anything reads the host (routing, the HTTPS redirect, plugins, forwarding): one
     // valid host, and the target's authority wins over a `Host` that differs.
-    crate::server::fields::check_host(&mut req)?;
+    fields::check_host(&mut req)?;
     if conn.listener.redirect_https {
         return redirect::to_https(snap, &req);
     }

@@ -4,7 +4,7 @@
 use http::uri::Authority;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 
-use crate::body::ResponseBody;
+use super::ResponseBody;
 use crate::error::GatewayError;
 use crate::snapshot::Snapshot;
 

@@ -118,7 +118,8 @@ impl Gateway {
                 .address
                 .parse()
                 .map_err(|_| err(std::io::ErrorKind::InvalidInput.into()))?;
-            let server = crate::admin::start(addr, Arc::downgrade(&gw), a.token.clone())
+            let handle: std::sync::Weak<dyn crate::admin::GatewayHandle> = Arc::downgrade(&gw) as _;
+            let server = crate::admin::start(addr, handle, a.token.clone())
                 .await
                 .map_err(err)?;
             tracing::info!(listener = "admin", address = %server.local_addr(), "admin API listening");
@@ -229,5 +230,60 @@ where
     let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
     for h in handles {
         let _ = h.await;
+    }
+}
+
+/// The admin API's narrow handle on the gateway.
+#[async_trait::async_trait]
+impl crate::admin::GatewayHandle for Gateway {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Gateway::snapshot(self)
+    }
+
+    fn is_ready(&self) -> bool {
+        Gateway::is_ready(self)
+    }
+
+    fn is_draining(&self) -> bool {
+        Gateway::is_draining(self)
+    }
+
+    fn admin_addr(&self) -> Option<SocketAddr> {
+        Gateway::admin_addr(self)
+    }
+
+    async fn applied_text(&self) -> Arc<str> {
+        reload::applied_text(self).await
+    }
+
+    fn check_text(&self, text: &str) -> Result<Vec<Diagnostic>, Vec<Diagnostic>> {
+        reload::check_text(self, text)
+    }
+
+    async fn apply_edit(
+        &self,
+        edit: Box<crate::admin::Edit>,
+    ) -> Result<crate::admin::Reloaded, crate::admin::Refused> {
+        reload::apply_edit(self, edit)
+            .await
+            .map(reloaded)
+            .map_err(|e| match e {
+                reload::ApplyError::Invalid(d) => crate::admin::Refused::Invalid(d),
+                reload::ApplyError::Persist(e) => crate::admin::Refused::Persist(e),
+            })
+    }
+
+    async fn reload(&self) -> Result<crate::admin::Reloaded, crate::admin::Refused> {
+        Gateway::reload(self)
+            .await
+            .map(reloaded)
+            .map_err(crate::admin::Refused::Invalid)
+    }
+}
+
+fn reloaded(o: ReloadOutcome) -> crate::admin::Reloaded {
+    crate::admin::Reloaded {
+        generation: o.generation,
+        warnings: o.warnings,
     }
 }

@@ -13,8 +13,9 @@
 //! On every connection, writes that make no progress for `send_timeout` fail, so hyper closes a
 //! connection whose client reads nothing (hyper has no send timeout). Over HTTP/2 the client can
 //! also stall the responses by opening no flow-control window while its socket stays readable:
-//! response bodies report through [`InflightGuard`] when they wait to be asked for more, and the
-//! HTTP/2 timer closes a connection whose waiting responses were not asked for a whole period.
+//! response bodies ([`GuardedBody`]) report through [`InflightGuard`] when they wait to be asked
+//! for more, and the HTTP/2 timer closes a connection whose waiting responses were not asked for a
+//! whole period.
 
 use std::io;
 use std::pin::Pin;
@@ -29,25 +30,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::observe::metrics::ListenerSeries;
-use crate::proxy::error_response;
+use crate::proxy::{error_response, ResponseBody};
+use crate::snapshot::HeadLimits;
 
 /// A deadline this far away stands for "never" (about 30 years), for durations the clock cannot add.
 const FAR_FUTURE_SECS: u64 = 30 * 365 * 24 * 3600;
-
-/// The head limits a connection enforces (from its listener's config).
-#[derive(Clone, Copy, Debug)]
-pub struct HeadLimits {
-    /// Request line plus header lines, in bytes.
-    pub max_head: usize,
-    /// Header fields.
-    pub max_headers: usize,
-    /// Request-target length.
-    pub max_uri: usize,
-    /// From a head's first byte to its end.
-    pub head_timeout: Duration,
-    /// With no request in flight.
-    pub idle_timeout: Duration,
-}
 
 /// State shared between a connection's stream and its requests (one per connection, never
 /// shared across connections).
@@ -124,6 +111,62 @@ impl Drop for InflightGuard {
         self.shared.done.fetch_add(1, Ordering::AcqRel);
         // The stream may be parked in a read; let it arm the idle timer now.
         self.shared.waker.wake();
+    }
+}
+
+/// A response body with its request's in-flight guard: the guard is told when the body waits to
+/// be asked for more (the send timeout watches that) and is released once the body has ended or
+/// is dropped, so the connection knows when its idle timer may start.
+#[derive(Debug)]
+pub struct GuardedBody {
+    body: ResponseBody,
+    guard: Option<InflightGuard>,
+}
+
+impl GuardedBody {
+    /// `body`, holding `guard` until it is done.
+    pub fn new(body: ResponseBody, guard: InflightGuard) -> Self {
+        GuardedBody {
+            body,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(g) = &mut this.guard {
+            g.asked();
+        }
+        let out = Pin::new(&mut this.body).poll_frame(cx);
+        match &out {
+            Poll::Ready(Some(Ok(_))) => {
+                // Until hyper asks again, this response waits on the client (or on its HTTP/2
+                // flow-control window): the connection's send timeout watches for that.
+                if let (Some(g), false) = (&mut this.guard, this.body.is_end_stream()) {
+                    g.handed();
+                }
+            }
+            // Release the connection's in-flight mark as soon as the last frame is out.
+            Poll::Ready(None) => this.guard = None,
+            _ => {}
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

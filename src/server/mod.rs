@@ -1,9 +1,9 @@
 //! Serving one downstream connection: HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on the same
 //! port, or over TLS (HTTP/2 when ALPN chose `h2`); head limits and timers (see [`conn`]), and
-//! one snapshot load per request; malformed HTTP/2 requests are reset here (see [`fields`]).
+//! one snapshot load per request; malformed HTTP/2 requests are reset here (see `proxy::fields`). Each request is handed to
+//! [`proxy::handle`]; its response body carries the request's in-flight guard ([`GuardedBody`]).
 
 mod conn;
-pub mod fields;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,113 +18,35 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
-pub use conn::{ConnShared, GuardedIo, HeadLimits, InflightGuard, Wake};
+pub use crate::proxy::{TunnelToken, Tunnels};
+pub use crate::snapshot::{HeadLimits, Transfer};
+pub use conn::{ConnShared, GuardedBody, GuardedIo, InflightGuard, Wake};
 
-use crate::body::ResponseBody;
 use crate::observe::metrics::ListenerSeries;
-use crate::proxy;
+use crate::proxy::{self, ConnInfo};
 use crate::snapshot::{ListenerSpec, Live, Snapshot};
 use crate::tls::client_cert::ClientCert;
 use crate::tls::server::{negotiated, ServerTls};
 
-/// What a request knows about its connection.
+/// A connection as its requests see it: what the proxy is told, and the in-flight state.
 #[derive(Debug)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The client's IP as a header value, for `X-Forwarded-For`.
-    pub peer_value: http::HeaderValue,
-    /// The listener's settings when the connection was accepted.
-    pub listener: Arc<ListenerSpec>,
-    /// In-flight and upgrade state shared with the stream guard.
-    pub shared: Arc<ConnShared>,
-    /// Where tunnels register, so shutdown can wait for them.
-    pub tunnels: Arc<Tunnels>,
-    /// The client certificate verified during the TLS handshake; `None` on plain listeners,
-    /// without `client_auth`, or when the client sent none (`mode: optional`). See
-    /// [`ClientCert`] for what it guarantees.
-    pub client_cert: Option<Arc<ClientCert>>,
+struct Conn {
+    info: ConnInfo,
+    shared: Arc<ConnShared>,
 }
 
-impl ConnInfo {
+impl Conn {
     fn new(
         peer: SocketAddr,
         listener: Arc<ListenerSpec>,
         shared: Arc<ConnShared>,
         tunnels: Arc<Tunnels>,
         client_cert: Option<Arc<ClientCert>>,
-    ) -> Arc<ConnInfo> {
-        Arc::new(ConnInfo {
-            peer,
-            peer_value: proxy::forward::peer_value(peer.ip()),
-            listener,
+    ) -> Arc<Conn> {
+        Arc::new(Conn {
+            info: ConnInfo::new(peer, listener, tunnels, client_cert),
             shared,
-            tunnels,
-            client_cert,
         })
-    }
-}
-
-/// Timers on the bodies in flight on a connection (from its listener's limits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transfer {
-    /// Writing a response may make no progress for this long; then the connection is closed
-    /// (and with it the response body and its upstream connection).
-    pub send_timeout: Duration,
-    /// A request body may deliver nothing for this long; then the request fails as the client's
-    /// fault (408). `None`: no limit.
-    pub body_timeout: Option<Duration>,
-}
-
-impl Default for Transfer {
-    fn default() -> Self {
-        Transfer {
-            send_timeout: Duration::from_secs(60),
-            body_timeout: None,
-        }
-    }
-}
-
-/// Counts open tunnels (upgraded connections), which outlive their HTTP connection.
-#[derive(Debug, Default)]
-pub struct Tunnels {
-    open: AtomicUsize,
-    closed: Notify,
-}
-
-/// Held by a running tunnel.
-#[derive(Debug)]
-pub struct TunnelToken(Arc<Tunnels>);
-
-impl Tunnels {
-    /// Registers a tunnel until the token drops.
-    pub fn open(self: &Arc<Self>) -> TunnelToken {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        TunnelToken(self.clone())
-    }
-
-    /// Open tunnels now.
-    pub fn count(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// Waits until no tunnel is open.
-    pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.closed.notified();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for TunnelToken {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.closed.notify_waiters();
-        }
     }
 }
 
@@ -241,7 +163,7 @@ pub async fn serve(
         .with_parking(PARK_AFTER)
         .with_send_timeout(spec.transfer.send_timeout)
         .counting(spec.series.clone());
-    let info = ConnInfo::new(peer, spec, shared, tunnels, None);
+    let info = Conn::new(peer, spec, shared, tunnels, None);
     let svc = service_fn(move |req| {
         // One atomic load per request: every phase of this request sees this snapshot.
         let snap = live.load_full();
@@ -310,7 +232,7 @@ async fn serve_tls(
     let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
         .with_send_timeout(spec.transfer.send_timeout)
         .counting(spec.series.clone());
-    let info = ConnInfo::new(peer, spec, shared, tunnels, negotiated.client_cert);
+    let info = Conn::new(peer, spec, shared, tunnels, negotiated.client_cert);
     let svc = service_fn(move |req| {
         let snap = live.load_full();
         respond(snap, req, info.clone())
@@ -331,15 +253,20 @@ async fn serve_tls(
 async fn respond(
     snap: Arc<Snapshot>,
     req: hyper::Request<hyper::body::Incoming>,
-    info: Arc<ConnInfo>,
-) -> Result<hyper::Response<ResponseBody>, h2::Error> {
+    conn: Arc<Conn>,
+) -> Result<hyper::Response<GuardedBody>, h2::Error> {
     if req.version() == http::Version::HTTP_2 {
-        if let Err(e) = fields::check_h2(req.uri(), req.headers()) {
-            tracing::debug!(peer = %info.peer, error = %e, "malformed HTTP/2 request; stream reset");
+        if let Err(e) = proxy::fields::check_h2(req.uri(), req.headers()) {
+            tracing::debug!(peer = %conn.info.peer, error = %e, "malformed HTTP/2 request; stream reset");
             return Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
         }
     }
-    Ok(proxy::handle(snap, req, &info).await)
+    let guard = conn.shared.start_request();
+    let resp = proxy::handle(snap, req, &conn.info).await;
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        conn.shared.mark_upgraded();
+    }
+    Ok(resp.map(|body| GuardedBody::new(body, guard)))
 }
 
 fn io_idle(io: &GuardedIo<TcpStream>) -> Duration {
@@ -371,8 +298,7 @@ async fn serve_h1<T, S>(
 ) -> Option<GuardedIo<T>>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>
-        + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = GuardedBody> + Unpin,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -409,7 +335,7 @@ where
 async fn serve_h2<T, S>(io: GuardedIo<T>, svc: S, peer: SocketAddr, mut stop: watch::Receiver<bool>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = GuardedBody>,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

@@ -1,5 +1,5 @@
 //! The identity in a verified client certificate (mutual TLS), extracted once per connection
-//! right after the handshake and shared by every request on it ([`crate::server::ConnInfo`],
+//! right after the handshake and shared by every request on it ([`crate::proxy::ConnInfo`],
 //! plugin [`crate::plugin::Ctx`]).
 
 use std::net::IpAddr;

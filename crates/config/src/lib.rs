@@ -9,6 +9,7 @@ mod edit;
 mod env;
 mod messages;
 pub mod model;
+pub mod net;
 mod redact;
 mod units;
 mod validate;
@@ -40,6 +41,7 @@ pub use model::{
     ServerConfig, TargetConfig, TimeoutsConfig, TlsVersion, UpstreamConfig, UpstreamProtocol,
     UpstreamTlsConfig,
 };
+pub use net::{parse_net, parse_nets};
 pub use redact::REDACTED;
 pub use units::{ByteSize, Dur};
 pub use validate::{DURATIONS, POSITIVE};
