@@ -22,19 +22,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     {
-        use tracing_subscriber::prelude::*;
+        use tracing_subscriber::util::SubscriberInitExt as _;
         let levels = tracing_subscriber::EnvFilter::try_from_env("FRONTDESK_LOG")
             .unwrap_or_else(|_| "info".into());
-        tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_filter(levels)
-                    // The OTLP exporter reports its failures itself, at a bounded rate.
-                    .with_filter(frontdesk::observe::otlp::sdk_export_failures()),
-            )
-            .init();
+        frontdesk::observe::otlp::log_subscriber(levels).init();
     }
     let result = match cli.command {
         Command::Validate { config } => return validate(&config),

@@ -201,9 +201,39 @@ fn is_sdk_export_failure(meta: &tracing::Metadata<'_>) -> bool {
 
 /// A log filter that drops the SDK's per-batch export failure lines; the exporter logs the
 /// first failure and then a summary at most once a minute instead. Add it to the subscriber
-/// that prints the gateway's logs.
-pub fn sdk_export_failures<S>() -> impl tracing_subscriber::layer::Filter<S> {
-    tracing_subscriber::filter::filter_fn(|meta| !is_sdk_export_failure(meta))
+/// that prints the gateway's logs, with the most verbose level that subscriber prints
+/// (`EnvFilter::max_level_hint`).
+///
+/// The hint matters: a filter without one lets every `trace!` span and event of every crate
+/// (h2 makes several per frame) be built and offered to the subscriber, which tripled the
+/// instructions of an HTTP/2 request.
+pub fn sdk_export_failures<S>(
+    max_level: Option<tracing_subscriber::filter::LevelFilter>,
+) -> impl tracing_subscriber::layer::Filter<S> {
+    let filter = tracing_subscriber::filter::filter_fn(|meta| !is_sdk_export_failure(meta));
+    match max_level {
+        Some(level) => filter.with_max_level_hint(level),
+        None => filter,
+    }
+}
+
+/// The gateway's log subscriber: lines at `levels` on stderr, without the SDK's per-batch export
+/// failures (see [`sdk_export_failures`]). Its max level hint is that of `levels`, so callsites
+/// above it (h2's per-frame `trace!` spans, say) cost nothing.
+pub fn log_subscriber(
+    levels: tracing_subscriber::EnvFilter,
+) -> impl tracing::Subscriber + Send + Sync + 'static {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::Layer as _;
+    let max_level = levels.max_level_hint();
+    tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(levels)
+            // The OTLP exporter reports its failures itself, at a bounded rate.
+            .with_filter(sdk_export_failures(max_level)),
+    )
 }
 
 /// The OTLP exporter, with its failures logged at a bounded rate.
@@ -514,6 +544,20 @@ mod tests {
             .iter()
             .find(|kv| kv.key.as_str() == key)
             .map(|kv| kv.value.to_string())
+    }
+
+    #[test]
+    fn the_log_subscriber_keeps_the_level_hint_so_trace_callsites_cost_nothing() {
+        use tracing::level_filters::LevelFilter;
+        use tracing::Subscriber as _;
+        for (levels, hint) in [
+            ("info", LevelFilter::INFO),
+            ("warn", LevelFilter::WARN),
+            ("debug", LevelFilter::DEBUG),
+        ] {
+            let sub = log_subscriber(tracing_subscriber::EnvFilter::new(levels));
+            assert_eq!(sub.max_level_hint(), Some(hint), "{levels}");
+        }
     }
 
     #[test]
