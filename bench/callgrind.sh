@@ -11,6 +11,7 @@
 #   OBSERVE   the observability section, a YAML flow mapping (default: metrics on, no access log),
 #             e.g. OBSERVE='{ metrics: { enabled: false } }' or
 #             OBSERVE='{ access_log: { output: /tmp/access.log } }'
+#   H2=1      count h2c requests (HTTP/2 prior knowledge) instead of HTTP/1.1 ones
 #
 # Needs valgrind, nginx and h2load (apt-get install -y valgrind nginx-light nghttp2-client).
 set -euo pipefail
@@ -43,9 +44,11 @@ valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out.%p" "$BIN" run -c "$
 VPID=$!
 PIDS+=("$VPID")
 python3 "$BENCH/benchutil.py" wait "$FD" 60 "$VPID"
-h2load --h1 -n 200 -c 10 "http://127.0.0.1:$FD/" >/dev/null 2>&1   # warm-up, not counted
+PROTO=(--h1)
+[ "${H2:-0}" = 1 ] && PROTO=()
+h2load "${PROTO[@]}" -n 200 -c 10 "http://127.0.0.1:$FD/" >/dev/null 2>&1   # warm-up, not counted
 callgrind_control -z "$VPID" >/dev/null
-h2load --h1 -n "$N" -c 10 "http://127.0.0.1:$FD/" | grep -E "^requests:"
+h2load "${PROTO[@]}" -n "$N" -c 10 "http://127.0.0.1:$FD/" | grep -E "^requests:"
 callgrind_control -d "$VPID" >/dev/null
 sleep 1
 IR=$(grep -E "^(summary|totals):" "$OUT"/cg.out.*.1 | head -1 | awk '{print $2}')
