@@ -578,7 +578,8 @@ fn contract_as_json() -> Value {
                 "max_headers": 100,
                 "max_uri": "8KiB",
                 "head_timeout": "10s",
-                "idle_timeout": "60s"
+                "idle_timeout": "60s",
+                "send_timeout": "60s"
             }
         }],
         "upstreams": {

@@ -35,113 +35,38 @@ const HUGE: &str = "18446744073709551615";
 /// Every duration field of the model, as a YAML document setting it to `value`, with its path.
 fn duration_fields(value: &str) -> Vec<(String, &'static str)> {
     let v = value;
+    // The listener's and the upstream's fields go inside their flow mappings in `BASE`.
+    let listener = |limits: String| {
+        BASE.replace(
+            r#"address: "127.0.0.1:0" }"#,
+            &format!(r#"address: "127.0.0.1:0", limits: {{ {limits} }} }}"#),
+        )
+    };
+    let upstream = |fields: String| {
+        BASE.replace(
+            r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
+            &format!(r#"targets: [{{ url: "http://127.0.0.1:1" }}], {fields} }}"#),
+        )
+    };
     vec![
         (
             format!("{BASE}server: {{ drain_timeout: {v} }}\n"),
             "server.drain_timeout",
         ),
-        (
-            BASE.replace(
-                r#"address: "127.0.0.1:0" }"#,
-                &format!(r#"address: "127.0.0.1:0", limits: {{ head_timeout: {v} }} }}"#),
-            ),
-            "listeners[0].limits.head_timeout",
-        ),
-        (
-            BASE.replace(
-                r#"address: "127.0.0.1:0" }"#,
-                &format!(r#"address: "127.0.0.1:0", limits: {{ idle_timeout: {v} }} }}"#),
-            ),
-            "listeners[0].limits.idle_timeout",
-        ),
-        (
-            BASE.replace(
-                r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
-                &format!(
-                    r#"targets: [{{ url: "http://127.0.0.1:1" }}], retries: {{ backoff: {v} }} }}"#
-                ),
-            ),
-            "upstreams.api.retries.backoff",
-        ),
-        (
-            BASE.replace(
-                r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
-                &format!(
-                    r#"targets: [{{ url: "http://127.0.0.1:1" }}], timeouts: {{ connect: {v} }} }}"#
-                ),
-            ),
-            "upstreams.api.timeouts.connect",
-        ),
-        (
-            BASE.replace(
-                r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
-                &format!(
-                    r#"targets: [{{ url: "http://127.0.0.1:1" }}], timeouts: {{ response: {v} }} }}"#
-                ),
-            ),
-            "upstreams.api.timeouts.response",
-        ),
-        (
-            BASE.replace(
-                r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
-                &format!(r#"targets: [{{ url: "http://127.0.0.1:1" }}], timeout: {v} }}"#),
-            ),
-            "upstreams.api.timeouts.response",
-        ),
-        (
-            BASE.replace(
-                r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
-                &format!(
-                    r#"targets: [{{ url: "http://127.0.0.1:1" }}], timeouts: {{ idle: {v} }} }}"#
-                ),
-            ),
-            "upstreams.api.timeouts.idle",
-        ),
-        (
-            BASE.replace(
-                r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
-                &format!(
-                    r#"targets: [{{ url: "http://127.0.0.1:1" }}], health_check: {{ active: {{ interval: {v} }} }} }}"#
-                ),
-            ),
-            "upstreams.api.health_check.active.interval",
-        ),
-        (
-            BASE.replace(
-                r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
-                &format!(
-                    r#"targets: [{{ url: "http://127.0.0.1:1" }}], health_check: {{ active: {{ timeout: {v} }} }} }}"#
-                ),
-            ),
-            "upstreams.api.health_check.active.timeout",
-        ),
-        (
-            BASE.replace(
-                r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
-                &format!(
-                    r#"targets: [{{ url: "http://127.0.0.1:1" }}], health_check: {{ passive: {{ eject_for: {v} }} }} }}"#
-                ),
-            ),
-            "upstreams.api.health_check.passive.eject_for",
-        ),
-        (
-            BASE.replace(
-                r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
-                &format!(
-                    r#"targets: [{{ url: "http://127.0.0.1:1" }}], circuit_breaker: {{ window: {v} }} }}"#
-                ),
-            ),
-            "upstreams.api.circuit_breaker.window",
-        ),
-        (
-            BASE.replace(
-                r#"targets: [{ url: "http://127.0.0.1:1" }] }"#,
-                &format!(
-                    r#"targets: [{{ url: "http://127.0.0.1:1" }}], circuit_breaker: {{ open_for: {v} }} }}"#
-                ),
-            ),
-            "upstreams.api.circuit_breaker.open_for",
-        ),
+        (listener(format!("head_timeout: {v}")), "listeners[0].limits.head_timeout"),
+        (listener(format!("idle_timeout: {v}")), "listeners[0].limits.idle_timeout"),
+        (listener(format!("send_timeout: {v}")), "listeners[0].limits.send_timeout"),
+        (listener(format!("body_timeout: {v}")), "listeners[0].limits.body_timeout"),
+        (upstream(format!("retries: {{ backoff: {v} }}")), "upstreams.api.retries.backoff"),
+        (upstream(format!("timeouts: {{ connect: {v} }}")), "upstreams.api.timeouts.connect"),
+        (upstream(format!("timeouts: {{ response: {v} }}")), "upstreams.api.timeouts.response"),
+        (upstream(format!("timeout: {v}")), "upstreams.api.timeouts.response"),
+        (upstream(format!("timeouts: {{ idle: {v} }}")), "upstreams.api.timeouts.idle"),
+        (upstream(format!("health_check: {{ active: {{ interval: {v} }} }}")), "upstreams.api.health_check.active.interval"),
+        (upstream(format!("health_check: {{ active: {{ timeout: {v} }} }}")), "upstreams.api.health_check.active.timeout"),
+        (upstream(format!("health_check: {{ passive: {{ eject_for: {v} }} }}")), "upstreams.api.health_check.passive.eject_for"),
+        (upstream(format!("circuit_breaker: {{ window: {v} }}")), "upstreams.api.circuit_breaker.window"),
+        (upstream(format!("circuit_breaker: {{ open_for: {v} }}")), "upstreams.api.circuit_breaker.open_for"),
         (
             format!("{BASE}redis: {{ url: \"redis://127.0.0.1:6379\", timeout: {v} }}\n"),
             "redis.timeout",
