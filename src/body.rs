@@ -39,17 +39,13 @@ enum Inner {
     Empty,
     /// One chunk, not yet sent.
     Full(Bytes),
-    /// A body from one of the edges, as hyper hands it over.
-    Edge(Incoming, Side),
+    /// A downstream request body, as the server edge hands it over: read errors are the
+    /// client's.
+    Client(Incoming),
+    /// An upstream response body, as the upstream client hands it over.
+    Upstream(Incoming),
     /// Anything else: a plugin's stream or filter over another body.
     Boxed(Pin<Box<dyn http_body::Body<Data = Bytes, Error = BodyError> + Send + 'static>>),
-}
-
-/// Which edge a body came from: it says whose fault a read error is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
-    Client,
-    Upstream,
 }
 
 impl std::fmt::Debug for Body {
@@ -57,8 +53,8 @@ impl std::fmt::Debug for Body {
         let kind = match &self.inner {
             Inner::Empty => "empty",
             Inner::Full(_) => "full",
-            Inner::Edge(_, Side::Client) => "client",
-            Inner::Edge(_, Side::Upstream) => "upstream",
+            Inner::Client(_) => "client",
+            Inner::Upstream(_) => "upstream",
             Inner::Boxed(_) => "boxed",
         };
         f.debug_struct("Body").field("kind", &kind).finish()
@@ -214,7 +210,7 @@ impl Body {
     /// A downstream request body, from the server edge: its read errors are the client's.
     pub(crate) fn from_client(b: Incoming) -> Self {
         Body {
-            inner: Inner::Edge(b, Side::Client),
+            inner: Inner::Client(b),
             watch: None,
         }
     }
@@ -222,7 +218,7 @@ impl Body {
     /// An upstream response body, from the upstream client's edge.
     pub(crate) fn from_upstream(b: Incoming) -> Self {
         Body {
-            inner: Inner::Edge(b, Side::Upstream),
+            inner: Inner::Upstream(b),
             watch: None,
         }
     }
@@ -357,21 +353,24 @@ impl Body {
                 };
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
-            Inner::Edge(b, side) => {
-                let side = *side;
-                Pin::new(b).poll_frame(cx).map(|f| {
-                    f.map(|r| {
-                        r.map_err(|e| match side {
-                            Side::Client => {
-                                let fault = ClientBodyError::of(&e);
-                                tracing::debug!(error = %e, %fault, "request body failed");
-                                BodyError::Client(fault)
-                            }
-                            Side::Upstream => BodyError::Upstream(Box::new(e)),
-                        })
-                    })
-                })
-            }
+            Inner::Client(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    let fault = ClientBodyError::of(&e);
+                    tracing::debug!(error = %e, %fault, "request body failed");
+                    Poll::Ready(Some(Err(BodyError::Client(fault))))
+                }
+            },
+            Inner::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    Poll::Ready(Some(Err(BodyError::Upstream(Box::new(e)))))
+                }
+            },
             Inner::Boxed(b) => b.as_mut().poll_frame(cx),
         }
     }
@@ -444,7 +443,7 @@ impl http_body::Body for Body {
         match &self.inner {
             Inner::Empty => true,
             Inner::Full(_) => false,
-            Inner::Edge(b, _) => b.is_end_stream(),
+            Inner::Client(b) | Inner::Upstream(b) => b.is_end_stream(),
             Inner::Boxed(b) => b.is_end_stream(),
         }
     }
@@ -453,7 +452,7 @@ impl http_body::Body for Body {
         match &self.inner {
             Inner::Empty => SizeHint::with_exact(0),
             Inner::Full(b) => SizeHint::with_exact(b.len() as u64),
-            Inner::Edge(b, _) => b.size_hint(),
+            Inner::Client(b) | Inner::Upstream(b) => b.size_hint(),
             Inner::Boxed(b) => b.size_hint(),
         }
     }

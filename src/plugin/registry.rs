@@ -1,6 +1,8 @@
-//! Builds plugin chains from typed config. The list of kinds lives in `plugins::register_all`.
+//! Builds plugin chains from typed config. The list of kinds lives in `plugins::register_all`;
+//! kinds a binary embedding Frontdesk adds are registered with [`register_custom`] and configured
+//! under `plugins.custom`.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use frontdesk_config::{Diagnostic, FieldPath};
 
@@ -124,5 +126,100 @@ impl ChainBuilder {
         self.items
             .sort_by_key(|(order, scope, _, _)| (*order, *scope));
         PluginChain::new(self.items.into_iter().map(|(_, _, _, p)| p).collect())
+    }
+}
+
+/// Builds a custom plugin kind from its config as written under `plugins.custom.KIND`.
+trait CustomFactory: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn order(&self) -> u16;
+    fn auth(&self) -> bool;
+    fn build(&self, cfg: &serde_json::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, String>;
+}
+
+struct Custom<F>(std::marker::PhantomData<fn() -> F>);
+
+impl<F> CustomFactory for Custom<F>
+where
+    F: PluginFactory,
+    F::Config: serde::de::DeserializeOwned,
+{
+    fn kind(&self) -> &'static str {
+        F::KIND
+    }
+    fn order(&self) -> u16 {
+        F::ORDER
+    }
+    fn auth(&self) -> bool {
+        F::AUTH
+    }
+    fn build(&self, cfg: &serde_json::Value, env: &BuildEnv) -> Result<Arc<dyn Plugin>, String> {
+        let typed = F::Config::deserialize(cfg).map_err(|e| e.to_string())?;
+        F::build(&typed, env)
+    }
+}
+
+use serde::Deserialize as _;
+
+/// The custom kinds registered in this process. Read only while a config is compiled (never
+/// on the request path).
+static CUSTOM: RwLock<Vec<Arc<dyn CustomFactory>>> = RwLock::new(Vec::new());
+
+/// Registers a plugin kind of a binary that embeds Frontdesk: configs then accept it under
+/// `plugins.custom.<F::KIND>`, with `F::Config` deserialized from what is written there, and
+/// it runs at `F::ORDER` like a built-in kind. Call it before the gateway loads its config;
+/// registering a kind again replaces it. Built-in kind names cannot be taken.
+pub fn register_custom<F>()
+where
+    F: PluginFactory + 'static,
+    F::Config: serde::de::DeserializeOwned,
+{
+    let mut all = CUSTOM.write().unwrap_or_else(PoisonError::into_inner);
+    all.retain(|c| c.kind() != F::KIND);
+    all.push(Arc::new(Custom::<F>(std::marker::PhantomData)));
+}
+
+impl ChainBuilder {
+    /// Builds the custom plugins of `custom` (a scope's `plugins.custom`).
+    pub fn add_custom(
+        &mut self,
+        custom: &std::collections::BTreeMap<String, serde_json::Value>,
+        scope: Scope,
+        at: &FieldPath,
+    ) {
+        if custom.is_empty() {
+            return;
+        }
+        let registered = CUSTOM
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (kind, cfg) in custom {
+            let at = at.key("custom").key(kind);
+            let Some(f) = registered.iter().find(|f| f.kind() == kind) else {
+                let known: Vec<&str> = registered.iter().map(|f| f.kind()).collect();
+                let msg = if known.is_empty() {
+                    "unknown custom plugin kind: this binary registers none".to_string()
+                } else {
+                    format!(
+                        "unknown custom plugin kind (this binary registers {})",
+                        known.join(", ")
+                    )
+                };
+                self.errors.push(Diagnostic::error(at.to_string(), msg));
+                continue;
+            };
+            let env = BuildEnv {
+                scope,
+                route: (scope == Scope::Route)
+                    .then(|| self.env.route.clone())
+                    .flatten(),
+                ..self.env.clone()
+            };
+            match f.build(cfg, &env) {
+                Ok(p) => self.items.push((f.order(), scope, f.auth(), p)),
+                Err(msg) => self.errors.push(Diagnostic::error(at.to_string(), msg)),
+            }
+        }
     }
 }

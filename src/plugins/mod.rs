@@ -41,6 +41,8 @@ pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at:
     b.add::<request_size::RequestSize>(cfg.request_size.as_ref(), scope, at);
     b.add::<headers::Headers>(cfg.headers.as_ref(), scope, at);
     b.add::<respond::Respond>(cfg.respond.as_ref(), scope, at);
+    // Kinds registered by a binary embedding Frontdesk (`plugin::register_custom`).
+    b.add_custom(&cfg.custom, scope, at);
 }
 
 /// Completes a route's chain (global and route plugins added): a chain with authentication

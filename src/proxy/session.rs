@@ -52,14 +52,6 @@ struct Upgrade {
     protocol: HeaderValue,
 }
 
-/// What the target answered.
-enum Answer {
-    /// A response to run the response phases on, with the upstream lease it holds (if any).
-    Response(Response<Body>, Option<crate::upstream::Lease>),
-    /// A `101`: the tunnel is set up; sent as it is.
-    Upgraded(Response<ResponseBody>),
-}
-
 impl<'c> Session<'c> {
     /// Starts the session of `req`, received on `conn`.
     pub(super) fn begin(snap: &Snapshot, req: &Request<Body>, conn: &'c ConnInfo) -> Self {
@@ -96,28 +88,42 @@ impl<'c> Session<'c> {
         } else {
             None
         };
-        let matched = match self.check(&mut req).and_then(|()| self.route(snap, &req)) {
-            Ok(Ok(m)) => m,
-            Ok(Err(redirect)) => return redirect,
+        if let Err(e) = self.check(&mut req) {
+            return self.error_response(&e);
+        }
+        if self.conn.listener.redirect_https {
+            return match redirect::to_https(snap, &req) {
+                Ok(r) => r,
+                Err(e) => self.error_response(&e),
+            };
+        }
+        let matched = match self.route(snap, &req) {
+            Ok(m) => m,
             Err(e) => return self.error_response(&e),
         };
         let route = matched.route;
-        let mut cx = self.context(route, &req);
+        // A route without plugins needs no context: nothing would read it.
+        let mut cx = (!route.plugins.is_empty()).then(|| self.context(route, &req));
+        if self.ex.is_some() && cx.is_none() {
+            self.note_client_ip(&req);
+        }
         let result = self.routed(snap, matched, req, upgrade, &mut cx).await;
+        let Some(mut cx) = cx else {
+            return result.unwrap_or_else(|e| self.error_response(&e));
+        };
         if let Some(ex) = &mut self.ex {
             ex.consumer = cx.consumer.as_ref().map(|c| c.name.clone());
             ex.consumer_anonymous = cx.anonymous;
         }
         let resp = match result {
             Ok(r) => r,
-            Err(e) if !route.plugins.is_empty() => {
+            Err(e) => {
                 // The response phase also sees gateway errors on a matched route (CORS, security
                 // headers). A plugin failing here leaves the original error in place.
                 let (mut parts, body) = self.error_response(&e).into_parts();
                 let _ = route.plugins.response_filter(&mut parts, &mut cx).await;
                 Response::from_parts(parts, body)
             }
-            Err(e) => self.error_response(&e),
         };
         self.on_end(route, cx, resp)
     }
@@ -148,8 +154,7 @@ impl<'c> Session<'c> {
         error_response::for_request(e, Some(&self.request_id), self.grpc)
     }
 
-    /// Checks what every request must be before anything reads it. `Ok(Err(_))` is the HTTPS
-    /// redirect of a plain listener that redirects everything.
+    /// Checks what every request must be before anything reads it.
     fn check(&self, req: &mut Request<Body>) -> Result<(), GatewayError> {
         // Before anything reads the host (routing, the HTTPS redirect, plugins, forwarding): one
         // valid host, and the target's authority wins over a `Host` that differs.
@@ -186,15 +191,12 @@ impl<'c> Session<'c> {
         Ok(())
     }
 
-    /// Finds the request's route (or answers with the HTTPS redirect).
+    /// Finds the request's route.
     fn route<'s>(
         &mut self,
         snap: &'s Snapshot,
         req: &Request<Body>,
-    ) -> Result<Result<Matched<'s>, Response<ResponseBody>>, GatewayError> {
-        if self.conn.listener.redirect_https {
-            return redirect::to_https(snap, req).map(Err);
-        }
+    ) -> Result<Matched<'s>, GatewayError> {
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -217,11 +219,24 @@ impl<'c> Session<'c> {
             ex.route = Some(m.route.series.clone());
             ex.upstream = m.route.target.upstream().map(|u| u.name.clone());
         }
-        Ok(Ok(Matched {
+        Ok(Matched {
             route: m.route,
             strip_len: m.strip_len,
             host,
-        }))
+        })
+    }
+
+    /// The client's address, for the record of a request no plugin sees.
+    fn note_client_ip(&mut self, req: &Request<Body>) {
+        let conn = self.conn;
+        let ip = forward::client_ip(
+            conn.peer.ip(),
+            req.headers(),
+            &conn.listener.trusted_proxies,
+        );
+        if let Some(ex) = &mut self.ex {
+            ex.client_ip = Some(ip);
+        }
     }
 
     /// The plugins' context for a request that matched `route`.
@@ -257,14 +272,14 @@ impl<'c> Session<'c> {
         m: Matched<'_>,
         req: Request<Body>,
         upgrade: Option<Upgrade>,
-        cx: &mut Ctx,
+        cx: &mut Option<Ctx>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let (mut head, body) = req.into_parts();
         let bodiless = head.method == http::Method::HEAD;
         // Before the plugins: they see no hop-by-hop headers and no client-made consumer headers.
         forward::strip_hop_by_hop(&mut head.headers);
         let plugins = &m.route.plugins;
-        if !plugins.is_empty() {
+        if let Some(cx) = cx.as_mut() {
             match plugins
                 .request_filter(&mut head, cx)
                 .await
@@ -272,21 +287,16 @@ impl<'c> Session<'c> {
             {
                 Flow::Continue => {}
                 Flow::Respond(answer) => {
-                    return self.respond(m.route, answer, None, bodiless, cx).await;
+                    return self
+                        .respond(m.route, answer, None, bodiless, Some(cx))
+                        .await;
                 }
             }
         }
         match &m.route.target {
             Target::Upstream(upstream) => {
-                match self
-                    .forward(snap, &m, upstream, head, body, upgrade, cx)
-                    .await?
-                {
-                    Answer::Response(resp, lease) => {
-                        self.respond(m.route, resp, lease, bodiless, cx).await
-                    }
-                    Answer::Upgraded(resp) => Ok(resp),
-                }
+                self.forward(snap, &m, upstream, head, body, upgrade, bodiless, cx)
+                    .await
             }
             Target::Respond => Err(GatewayError::internal(
                 "the route has no upstream and no plugin answered",
@@ -294,7 +304,7 @@ impl<'c> Session<'c> {
         }
     }
 
-    /// Forwards the request to `upstream` and returns its answer.
+    /// Forwards the request to `upstream`, then runs the response phases on its answer.
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &mut self,
@@ -304,8 +314,9 @@ impl<'c> Session<'c> {
         mut head: RequestHead,
         body: Body,
         upgrade: Option<Upgrade>,
-        cx: &mut Ctx,
-    ) -> Result<Answer, GatewayError> {
+        head_request: bool,
+        cx: &mut Option<Ctx>,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
         let conn = self.conn;
         let plugins = &m.route.plugins;
         forward::add_forwarding(
@@ -327,13 +338,15 @@ impl<'c> Session<'c> {
         }
         head.uri = upstream_uri(&head.uri, m.route, m.strip_len)?;
         head.version = Version::HTTP_11;
-        if !plugins.is_empty() {
+        if let Some(cx) = cx.as_mut() {
             plugins
                 .upstream_request_filter(&mut head, cx)
                 .await
                 .map_err(plugin_error)?;
         }
-        let (body, body_sent) = self.request_body(m.route, &mut head, body, cx).await?;
+        let (body, body_sent) = self
+            .request_body(m.route, &mut head, body, cx.as_mut())
+            .await?;
 
         let mut opts = CallOptions {
             hash: upstream.hash_of(&head.headers, head.uri.path(), conn.peer.ip()),
@@ -363,10 +376,7 @@ impl<'c> Session<'c> {
             upgrade::spawn_tunnel(client.client, upstream_io, conn.tunnels.clone());
             // Keep `Connection`/`Upgrade` on a 101: they are the handshake.
             let (parts, _) = resp.into_parts();
-            return Ok(Answer::Upgraded(Response::from_parts(
-                parts,
-                ResponseBody::empty(),
-            )));
+            return Ok(Response::from_parts(parts, ResponseBody::empty()));
         }
         let headers = resp.headers_mut();
         if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -375,7 +385,8 @@ impl<'c> Session<'c> {
             headers.remove(header::CONTENT_LENGTH);
         }
         forward::strip_hop_by_hop(headers);
-        Ok(Answer::Response(resp, Some(lease)))
+        self.respond(m.route, resp, Some(lease), head_request, cx.as_mut())
+            .await
     }
 
     /// The request body on its way upstream: the listener's limit and stall timer, the byte
@@ -386,7 +397,7 @@ impl<'c> Session<'c> {
         route: &Route,
         head: &mut RequestHead,
         body: Body,
-        cx: &mut Ctx,
+        cx: Option<&mut Ctx>,
     ) -> Result<(Body, BodySent), GatewayError> {
         let plugins = &route.plugins;
         let has_phase = plugins.has_request_body();
@@ -407,7 +418,7 @@ impl<'c> Session<'c> {
             body = body.counting(counter.clone());
             self.bytes_in = Some(counter);
         }
-        if has_phase {
+        if let (true, Some(cx)) = (has_phase, cx) {
             body = plugins
                 .request_body(head, body, cx)
                 .await
@@ -424,11 +435,11 @@ impl<'c> Session<'c> {
         resp: Response<Body>,
         lease: Option<crate::upstream::Lease>,
         head_request: bool,
-        cx: &mut Ctx,
+        cx: Option<&mut Ctx>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let (mut parts, mut body) = resp.into_parts();
         let plugins = &route.plugins;
-        if !plugins.is_empty() {
+        if let Some(cx) = cx {
             let bodiless = head_request
                 || parts.status == StatusCode::NO_CONTENT
                 || parts.status == StatusCode::NOT_MODIFIED;

@@ -138,6 +138,10 @@ fn placeholders(marked: &Value, hidden: &Value, at: &FieldPath, out: &mut Vec<Di
 }
 
 fn redact_plugins(p: &mut PluginsConfig) {
+    // A custom plugin's fields are unknown here: every string could be a secret.
+    for v in p.custom.values_mut() {
+        redact_strings(v);
+    }
     if let Some(h) = &mut p.headers {
         for ops in [&mut h.request, &mut h.response].into_iter().flatten() {
             for (name, value) in ops.set.iter_mut().chain(ops.add.iter_mut()) {
@@ -154,6 +158,16 @@ fn redact_plugins(p: &mut PluginsConfig) {
             }
             issuer.jwks_url = issuer.jwks_url.as_deref().map(redact_url);
         }
+    }
+}
+
+/// Replaces every string in `v` with [`REDACTED`].
+fn redact_strings(v: &mut Value) {
+    match v {
+        Value::String(s) => *s = REDACTED.into(),
+        Value::Array(items) => items.iter_mut().for_each(redact_strings),
+        Value::Object(m) => m.values_mut().for_each(redact_strings),
+        _ => {}
     }
 }
 

@@ -348,6 +348,7 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
             &cfg.upstreams,
             &pos.broken,
             cfg.plugins.respond.is_some(),
+            !cfg.plugins.custom.is_empty(),
             out,
         );
         if cfg.plugins.cors.is_some() && r.plugins.cors.is_some() {
@@ -369,9 +370,13 @@ fn check_route<T>(
     upstreams: &BTreeMap<String, T>,
     broken: &Broken,
     global_answers: bool,
+    global_custom: bool,
     out: &mut Vec<Diagnostic>,
 ) {
     let answers = r.plugins.respond.is_some() || global_answers;
+    // A custom plugin (registered by an embedding binary) may answer too: the gateway cannot
+    // tell, so a route with one needs no upstream (unanswered requests get `500`).
+    let may_answer = answers || global_custom || !r.plugins.custom.is_empty();
     match &r.upstream {
         // Already reported where it failed to parse.
         Some(u) if broken.upstream(u) => {}
@@ -383,7 +388,7 @@ fn check_route<T>(
             at.key("upstream").to_string(),
             "the route's `respond` plugin answers every request, so this upstream is never used",
         )),
-        None if !answers => out.push(Diagnostic::error(
+        None if !may_answer => out.push(Diagnostic::error(
             at.key("upstream").to_string(),
             "a route needs an upstream, or a plugin that answers (such as `respond`)",
         )),

@@ -65,6 +65,11 @@ pub struct PluginsConfig {
     /// Answer with a static response; a route that has it needs no upstream.
     #[serde(default)]
     pub respond: Option<RespondConfig>,
+    /// Plugins built into a binary that embeds Frontdesk as a library, by kind, each with its
+    /// own config (docs/plugins.md, "Custom plugins"). The stock binary has none: a kind here is
+    /// an error unless the binary registered it. Shown redacted by the admin API (every string).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub custom: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl PluginsConfig {
