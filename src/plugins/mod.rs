@@ -7,6 +7,7 @@
 pub mod acl;
 pub mod basic_auth;
 pub mod client_cert;
+pub mod compression;
 pub mod concurrency;
 pub mod cors;
 pub mod headers;
