@@ -1,51 +1,99 @@
-//! The request body forwarded upstream without copies, with its size limit and stall timer, and
-//! why it can fail ([`ClientBodyError`]). The response body is `proxy::ResponseBody`.
+//! The one body type of the gateway ([`Body`]), for requests and responses alike, and why a body
+//! can fail ([`BodyError`], [`ClientBodyError`]).
+//!
+//! hyper's `Incoming` is converted once, at the edges: the server wraps each downstream request
+//! body with [`Body::from_client`], the upstream client each response body with
+//! [`Body::from_upstream`]. Everything above the edges (the proxy, plugins, later the cache and
+//! aggregation) produces and consumes [`Body`] only. The common cases stay unboxed (an edge body,
+//! one chunk, nothing); any other `http_body::Body` (a plugin's stream or filter) is boxed.
+//!
+//! A body can carry a [`Meter`]-like set of watchers (size limit, byte counter, stall timer, end
+//! signal) installed by the proxy; they cost nothing when absent.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http::{HeaderMap, StatusCode};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
-/// Boxed error type of bodies.
+/// Boxed error type, for errors of foreign bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The downstream request body on its way upstream, with an optional size limit and stall timer.
-///
-/// Every way it can fail is the client's doing and comes out as a [`ClientBodyError`] (boxed, as
-/// the body error hyper hands back, and through [`RequestBody::on_end`]), so the upstream call can
-/// tell a client's fault from an upstream's.
-#[derive(Debug)]
-pub struct RequestBody {
-    /// `None` for a request made by the gateway (a replayed retry or a health probe): no body.
-    inner: Option<Incoming>,
-    seen: u64,
-    limit: u64,
-    /// Told when the body has been sent completely (or failed), to start the response timer and
-    /// to say whose fault a failed call was.
-    on_end: Option<tokio::sync::oneshot::Sender<Result<(), ClientBodyError>>>,
-    /// Where the bytes read are reported, when the request is observed.
-    counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
-    /// `body_timeout`: how long the client may send nothing while the body is being read.
-    stall: Option<Box<Stall>>,
-    /// Set once the body failed: it yields nothing more.
-    failed: bool,
+/// A body frame: data or trailers.
+pub type BodyFrame = Frame<Bytes>;
+
+/// The gateway's body, for requests and responses.
+pub struct Body {
+    inner: Inner,
+    /// Watchers installed by the proxy; `None` on most bodies.
+    watch: Option<Box<Watch>>,
 }
 
-/// The stall timer of a request body.
-#[derive(Debug)]
-struct Stall {
-    after: std::time::Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
-    /// The body is waiting on the client since the timer was last armed.
-    waiting: bool,
+enum Inner {
+    /// Nothing (left) to send.
+    Empty,
+    /// One chunk, not yet sent.
+    Full(Bytes),
+    /// A body from one of the edges, as hyper hands it over.
+    Edge(Incoming, Side),
+    /// Anything else: a plugin's stream or filter over another body.
+    Boxed(Pin<Box<dyn http_body::Body<Data = Bytes, Error = BodyError> + Send + 'static>>),
+}
+
+/// Which edge a body came from: it says whose fault a read error is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Client,
+    Upstream,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.inner {
+            Inner::Empty => "empty",
+            Inner::Full(_) => "full",
+            Inner::Edge(_, Side::Client) => "client",
+            Inner::Edge(_, Side::Upstream) => "upstream",
+            Inner::Boxed(_) => "boxed",
+        };
+        f.debug_struct("Body").field("kind", &kind).finish()
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::empty()
+    }
+}
+
+/// Why a body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client's doing (or a plugin's refusal of what the client sent): never counts against
+    /// an upstream.
+    #[error("{0}")]
+    Client(ClientBodyError),
+    /// The upstream's body broke off or was malformed.
+    #[error("the upstream's body failed: {0}")]
+    Upstream(BoxError),
+    /// A plugin failed on a response body.
+    #[error("{message}")]
+    Plugin {
+        /// The status a client would get had the head not been sent yet.
+        status: StatusCode,
+        /// Safe to show the client.
+        message: String,
+    },
 }
 
 /// Why a request body failed on its way upstream: always the client's fault, never the
 /// upstream's, so it never counts against an upstream's health, circuit breaker or retries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientBodyError {
     /// Over the listener's (or a plugin's) size limit: 413.
     #[error("request body exceeds the limit of {0} bytes")]
@@ -59,6 +107,9 @@ pub enum ClientBodyError {
     /// Nothing arrived for the listener's `body_timeout`: 408.
     #[error("the request body stalled")]
     Stalled,
+    /// A plugin refused the body (undecodable, over its cap): its status and message.
+    #[error("{1}")]
+    Refused(StatusCode, Arc<str>),
 }
 
 impl ClientBodyError {
@@ -82,11 +133,14 @@ impl ClientBodyError {
     }
 
     /// The client fault inside an upstream call's error, if that is what failed it.
-    pub fn within(e: &hyper::Error) -> Option<ClientBodyError> {
-        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    pub fn within(e: &(dyn std::error::Error + 'static)) -> Option<ClientBodyError> {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(s) = src {
             if let Some(t) = s.downcast_ref::<ClientBodyError>() {
-                return Some(*t);
+                return Some(t.clone());
+            }
+            if let Some(BodyError::Client(t)) = s.downcast_ref::<BodyError>() {
+                return Some(t.clone());
             }
             src = s.source();
         }
@@ -94,117 +148,289 @@ impl ClientBodyError {
     }
 }
 
-impl RequestBody {
-    /// Wraps a downstream body; `limit` of `u64::MAX` means none.
-    pub fn new(inner: Incoming, limit: u64) -> Self {
-        RequestBody {
-            inner: Some(inner),
-            seen: 0,
-            limit,
-            on_end: None,
-            counted: None,
-            stall: None,
-            failed: false,
-        }
-    }
+/// What the proxy watches on a body. Boxed: most bodies have none.
+struct Watch {
+    seen: u64,
+    limit: u64,
+    /// Told when the body has ended (`Ok`), or the client's fault that ended it (`Err`).
+    on_end: Option<tokio::sync::oneshot::Sender<Result<(), ClientBodyError>>>,
+    /// Where the data bytes read are added.
+    counted: Option<Arc<AtomicU64>>,
+    /// `body_timeout`: how long the body may yield nothing while it is being read.
+    stall: Option<Stall>,
+    /// Set once the body failed: it yields nothing more.
+    failed: bool,
+}
 
+/// The stall timer of a body.
+struct Stall {
+    after: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The body is waiting on its source since the timer was last armed.
+    waiting: bool,
+}
+
+impl Body {
     /// No body.
     pub fn empty() -> Self {
-        RequestBody {
-            inner: None,
-            seen: 0,
-            limit: u64::MAX,
-            on_end: None,
-            counted: None,
-            stall: None,
-            failed: false,
+        Body {
+            inner: Inner::Empty,
+            watch: None,
         }
     }
 
-    /// Adds the bytes read to `counter` (the access log's `bytes_in`).
-    pub fn counting(mut self, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
-        self.counted = Some(counter);
+    /// A complete body of one chunk.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        Body {
+            inner: if b.is_empty() {
+                Inner::Empty
+            } else {
+                Inner::Full(b)
+            },
+            watch: None,
+        }
+    }
+
+    /// Any body: a plugin's stream, a filter over another body. Boxed.
+    pub fn new<B>(b: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes, Error = BodyError> + Send + 'static,
+    {
+        Body {
+            inner: Inner::Boxed(Box::pin(b)),
+            watch: None,
+        }
+    }
+
+    /// A body fed through a channel: frames sent on the [`BodySender`] arrive in order; the body
+    /// ends when the sender is dropped (or fails with what [`BodySender::abort`] says). At most
+    /// `capacity` frames wait: a sender faster than the reader waits for it.
+    pub fn channel(capacity: usize) -> (BodySender, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        (BodySender { tx }, Body::new(ChannelBody { rx }))
+    }
+
+    /// A downstream request body, from the server edge: its read errors are the client's.
+    pub(crate) fn from_client(b: Incoming) -> Self {
+        Body {
+            inner: Inner::Edge(b, Side::Client),
+            watch: None,
+        }
+    }
+
+    /// An upstream response body, from the upstream client's edge.
+    pub(crate) fn from_upstream(b: Incoming) -> Self {
+        Body {
+            inner: Inner::Edge(b, Side::Upstream),
+            watch: None,
+        }
+    }
+
+    /// True when this body is known to have nothing (more) to send.
+    pub fn is_empty(&self) -> bool {
+        http_body::Body::is_end_stream(self)
+    }
+
+    /// The body's length when it is known exactly.
+    pub fn exact_len(&self) -> Option<u64> {
+        http_body::Body::size_hint(self).exact()
+    }
+
+    fn watch(&mut self) -> &mut Watch {
+        self.watch.get_or_insert_with(|| {
+            Box::new(Watch {
+                seen: 0,
+                limit: u64::MAX,
+                on_end: None,
+                counted: None,
+                stall: None,
+                failed: false,
+            })
+        })
+    }
+
+    /// Fails the body with [`ClientBodyError::TooLarge`] once more than `limit` data bytes came
+    /// through.
+    pub fn limited(mut self, limit: u64) -> Self {
+        if limit != u64::MAX {
+            self.watch().limit = limit;
+        }
         self
     }
 
-    /// Tells `tx` when the last byte has been read (`Ok`), or the client's fault that ended the
+    /// Adds the data bytes read to `counter` (the access log's `bytes_in`).
+    pub fn counting(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.watch().counted = Some(counter);
+        self
+    }
+
+    /// Tells `tx` when the last frame has been read (`Ok`), or the client's fault that ended the
     /// body (`Err`); dropped unsent when the body is dropped.
     pub fn on_end(mut self, tx: tokio::sync::oneshot::Sender<Result<(), ClientBodyError>>) -> Self {
-        self.on_end = Some(tx);
+        self.watch().on_end = Some(tx);
         self
     }
 
-    /// Fails the body with [`ClientBodyError::Stalled`] when the client sends nothing for `after`
-    /// while the body is waiting for it. Time the upstream spends not reading does not count.
+    /// Fails the body with [`ClientBodyError::Stalled`] when its source yields nothing for
+    /// `after` while the body is being read. Time in which nobody reads does not count.
     pub fn stalling_after(mut self, after: std::time::Duration) -> Self {
-        self.stall = Some(Box::new(Stall {
+        self.watch().stall = Some(Stall {
             after,
             timer: Box::pin(tokio::time::sleep(after)),
             waiting: false,
-        }));
+        });
         self
     }
 
-    fn fail(&mut self, e: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.failed = true;
-        if let Some(tx) = self.on_end.take() {
-            let _ = tx.send(Err(e));
+    /// Reads the whole body, up to `max` data bytes. Over the cap, what was read so far comes
+    /// back with the rest still unread ([`Overflow`]), so the body can still be passed on whole.
+    pub async fn collect_capped(self, max: u64) -> Result<Collected, CollectError> {
+        let mut body = self;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut len = 0u64;
+        let mut trailers: Option<HeaderMap> = None;
+        loop {
+            let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame_inner(cx)).await;
+            match frame {
+                None => break,
+                Some(Err(e)) => return Err(CollectError::Failed(e)),
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => {
+                        len += d.len() as u64;
+                        chunks.push(d);
+                        if len > max {
+                            return Err(CollectError::Overflow(Overflow {
+                                read: chunks,
+                                rest: body,
+                            }));
+                        }
+                    }
+                    Err(f) => {
+                        if let Ok(t) = f.into_trailers() {
+                            match &mut trailers {
+                                Some(all) => all.extend(t),
+                                None => trailers = Some(t),
+                            }
+                        }
+                    }
+                },
+            }
         }
-        Poll::Ready(Some(Err(Box::new(e))))
+        let data = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut all = bytes::BytesMut::with_capacity(len as usize);
+                for c in chunks {
+                    all.extend_from_slice(&c);
+                }
+                all.freeze()
+            }
+        };
+        Ok(Collected { data, trailers })
+    }
+
+    fn poll_frame_inner(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame, BodyError>>> {
+        http_body::Body::poll_frame(self, cx)
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<BodyFrame, BodyError>>> {
+        if let Some(w) = &mut self.watch {
+            w.failed = true;
+            if let (Some(tx), BodyError::Client(c)) = (w.on_end.take(), &e) {
+                let _ = tx.send(Err(c.clone()));
+            }
+        }
+        Poll::Ready(Some(Err(e)))
+    }
+
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<BodyFrame, BodyError>>> {
+        match &mut self.inner {
+            Inner::Empty => Poll::Ready(None),
+            Inner::Full(_) => {
+                let Inner::Full(b) = std::mem::replace(&mut self.inner, Inner::Empty) else {
+                    return Poll::Ready(None);
+                };
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Inner::Edge(b, side) => {
+                let side = *side;
+                Pin::new(b).poll_frame(cx).map(|f| {
+                    f.map(|r| {
+                        r.map_err(|e| match side {
+                            Side::Client => {
+                                let fault = ClientBodyError::of(&e);
+                                tracing::debug!(error = %e, %fault, "request body failed");
+                                BodyError::Client(fault)
+                            }
+                            Side::Upstream => BodyError::Upstream(Box::new(e)),
+                        })
+                    })
+                })
+            }
+            Inner::Boxed(b) => b.as_mut().poll_frame(cx),
+        }
     }
 }
 
-impl Body for RequestBody {
+impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<BodyFrame, BodyError>>> {
         let this = &mut *self;
-        let Some(inner) = &mut this.inner else {
+        if this.watch.is_none() {
+            return this.poll_source(cx);
+        }
+        if this.watch.as_ref().is_some_and(|w| w.failed) {
             return Poll::Ready(None);
+        }
+        let polled = this.poll_source(cx);
+        let Some(w) = this.watch.as_deref_mut() else {
+            return polled;
         };
-        match Pin::new(inner).poll_frame(cx) {
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(st) = &mut this.stall {
+                if let Some(st) = &mut w.stall {
                     st.waiting = false;
                 }
                 if let Some(d) = frame.data_ref() {
-                    this.seen += d.len() as u64;
-                    crate::observe::count(&this.counted, d.len());
-                    if this.seen > this.limit {
-                        let limit = this.limit;
-                        return this.fail(ClientBodyError::TooLarge(limit));
+                    w.seen += d.len() as u64;
+                    crate::observe::count(&w.counted, d.len());
+                    if w.seen > w.limit {
+                        let limit = w.limit;
+                        return this.fail(BodyError::Client(ClientBodyError::TooLarge(limit)));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                let fault = ClientBodyError::of(&e);
-                tracing::debug!(error = %e, %fault, "request body failed");
-                this.fail(fault)
-            }
+            Poll::Ready(Some(Err(e))) => this.fail(e),
             Poll::Ready(None) => {
-                if let Some(tx) = this.on_end.take() {
+                if let Some(tx) = w.on_end.take() {
                     let _ = tx.send(Ok(()));
                 }
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let Some(st) = &mut this.stall else {
+                let Some(st) = &mut w.stall else {
                     return Poll::Pending;
                 };
                 if !st.waiting {
-                    // Waiting on the client starts now: the clock never counts time in which
-                    // the upstream was not asking for more.
+                    // Waiting on the source starts now: the clock never counts time in which
+                    // nobody was asking for more.
                     st.waiting = true;
                     let deadline = tokio::time::Instant::now() + st.after;
                     st.timer.as_mut().reset(deadline);
                 }
                 if st.timer.as_mut().poll(cx).is_ready() {
-                    return this.fail(ClientBodyError::Stalled);
+                    return this.fail(BodyError::Client(ClientBodyError::Stalled));
                 }
                 Poll::Pending
             }
@@ -212,19 +438,175 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed || self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        if self.watch.as_ref().is_some_and(|w| w.failed) {
+            return true;
+        }
+        match &self.inner {
+            Inner::Empty => true,
+            Inner::Full(_) => false,
+            Inner::Edge(b, _) => b.is_end_stream(),
+            Inner::Boxed(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+        match &self.inner {
+            Inner::Empty => SizeHint::with_exact(0),
+            Inner::Full(b) => SizeHint::with_exact(b.len() as u64),
+            Inner::Edge(b, _) => b.size_hint(),
+            Inner::Boxed(b) => b.size_hint(),
+        }
     }
 }
 
-/// A polled `Incoming` frame with its error boxed (the shape both bodies return).
-pub(crate) fn boxed(
-    p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    p.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+/// A whole body read into memory.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// The data, in one piece.
+    pub data: Bytes,
+    /// The trailers, if the body had any.
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Collected {
+    /// The collected body as a body again: the data, then the trailers.
+    pub fn into_body(self) -> Body {
+        match self.trailers {
+            None => Body::full(self.data),
+            Some(t) => {
+                let mut frames = Vec::with_capacity(2);
+                if !self.data.is_empty() {
+                    frames.push(Frame::data(self.data));
+                }
+                frames.push(Frame::trailers(t));
+                Body::new(Frames {
+                    frames: frames.into(),
+                })
+            }
+        }
+    }
+}
+
+/// Why [`Body::collect_capped`] did not return the whole body.
+#[derive(Debug)]
+pub enum CollectError {
+    /// The body failed while being read.
+    Failed(BodyError),
+    /// The body is larger than the cap.
+    Overflow(Overflow),
+}
+
+/// A body over a collection cap: what was read, and the rest.
+#[derive(Debug)]
+pub struct Overflow {
+    /// The chunks read so far, in order.
+    pub read: Vec<Bytes>,
+    /// The rest of the body, unread.
+    pub rest: Body,
+}
+
+impl Overflow {
+    /// The whole body again, as it was: the chunks read, then the rest.
+    pub fn into_body(self) -> Body {
+        Body::new(Prefixed {
+            read: self.read.into(),
+            rest: self.rest,
+        })
+    }
+}
+
+/// Frames given in advance.
+struct Frames {
+    frames: std::collections::VecDeque<BodyFrame>,
+}
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame, BodyError>>> {
+        Poll::Ready(self.frames.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// Chunks already read, then the rest of their body.
+struct Prefixed {
+    read: std::collections::VecDeque<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame, BodyError>>> {
+        if let Some(c) = self.read.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_empty()
+    }
+}
+
+/// The sending side of [`Body::channel`].
+#[derive(Debug, Clone)]
+pub struct BodySender {
+    tx: tokio::sync::mpsc::Sender<Result<BodyFrame, BodyError>>,
+}
+
+impl BodySender {
+    /// Sends a data chunk; `Err` when the body's reader is gone (the client left).
+    pub async fn send_data(&self, data: impl Into<Bytes>) -> Result<(), BodyClosed> {
+        self.tx
+            .send(Ok(Frame::data(data.into())))
+            .await
+            .map_err(|_| BodyClosed)
+    }
+
+    /// Sends the trailers; the last frame of a body.
+    pub async fn send_trailers(&self, trailers: HeaderMap) -> Result<(), BodyClosed> {
+        self.tx
+            .send(Ok(Frame::trailers(trailers)))
+            .await
+            .map_err(|_| BodyClosed)
+    }
+
+    /// Ends the body with an error: the client sees the stream broken off, not completed.
+    pub async fn abort(self, e: BodyError) {
+        let _ = self.tx.send(Err(e)).await;
+    }
+}
+
+/// The body's reader is gone.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the body's reader is gone")]
+pub struct BodyClosed;
+
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Result<BodyFrame, BodyError>>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BodyFrame, BodyError>>> {
+        self.rx.poll_recv(cx)
+    }
 }

@@ -33,8 +33,8 @@ pub type Live = ArcSwap<Snapshot>;
 pub struct Route {
     /// Config name.
     pub name: Arc<str>,
-    /// Where requests go; `None` when a plugin answers.
-    pub upstream: Option<Arc<Upstream>>,
+    /// Where requests go.
+    pub target: Target,
     /// Remove the matched path prefix before forwarding.
     pub strip_prefix: bool,
     /// Forward the client's `Host`.
@@ -43,6 +43,27 @@ pub struct Route {
     pub plugins: PluginChain,
     /// Its request-duration series (kept across reloads by name).
     pub series: Arc<crate::observe::metrics::RouteSeries>,
+}
+
+/// Where a route's requests go once its plugins let them through.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Proxied to an upstream.
+    Upstream(Arc<Upstream>),
+    /// Answered by the route's own plugins (`respond`, or a plugin's answer); there is no
+    /// upstream. A request no plugin answers gets `500`.
+    Respond,
+    // The composition issue adds `Aggregate` here: several upstream calls, one answer.
+}
+
+impl Target {
+    /// The upstream, for a proxied route.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match self {
+            Target::Upstream(u) => Some(u),
+            Target::Respond => None,
+        }
+    }
 }
 
 /// A listener's runtime settings.
@@ -222,12 +243,15 @@ impl Snapshot {
                 &root.key("routes").index(i).key("plugins"),
             );
             errs.append(&mut chain.errors);
-            let mut plugins = chain.finish();
+            let mut plugins = plugins::finish(chain);
             plugins.count_refusals(&name, &metrics);
             let route = Route {
                 series: metrics.route(&name),
                 name,
-                upstream: r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned()),
+                target: match r.upstream.as_ref().and_then(|u| upstreams.get(u)) {
+                    Some(u) => Target::Upstream(u.clone()),
+                    None => Target::Respond,
+                },
                 strip_prefix: r.strip_prefix,
                 preserve_host: r.preserve_host,
                 plugins,
@@ -377,7 +401,7 @@ impl Snapshot {
         let found = self.routes.explain(&key);
         let matched = found.matched.map(|hit| {
             let route = hit.route;
-            let upstream_path = route.upstream.as_ref().map(|_| {
+            let upstream_path = route.target.upstream().map(|_| {
                 let strip = if route.strip_prefix { hit.strip_len } else { 0 };
                 stripped_path(&req.path, strip, req.query.as_deref())
             });
@@ -385,7 +409,7 @@ impl Snapshot {
                 route: hit.name.to_string(),
                 rule: hit.rule.to_string(),
                 plugins: route.plugins.kinds().map(str::to_string).collect(),
-                upstream: route.upstream.as_ref().map(|u| u.name.to_string()),
+                upstream: route.target.upstream().map(|u| u.name.to_string()),
                 upstream_path,
             }
         });

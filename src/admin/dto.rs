@@ -193,7 +193,7 @@ pub fn routes(snap: &Snapshot) -> Vec<RouteView> {
             Some(RouteView {
                 name: route.name.to_string(),
                 matcher: cfg.matcher.clone(),
-                upstream: route.upstream.as_ref().map(|u| u.name.to_string()),
+                upstream: route.target.upstream().map(|u| u.name.to_string()),
                 strip_prefix: route.strip_prefix,
                 plugins: route.plugins.kinds().map(str::to_string).collect(),
             })

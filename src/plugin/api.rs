@@ -2,23 +2,25 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
+use super::body::{BodyAction, Buffered};
+use crate::body::Body;
 use crate::consumer::Consumer;
 use crate::tls::client_cert::ClientCert;
 
-/// The request as plugins see it: method, URI, version, headers, extensions. The body is not here:
-/// it streams through untouched.
+/// The request as plugins see it: method, URI, version, headers, extensions. The body is not
+/// here: it streams through untouched unless a plugin's body phase takes it ([`BodyAction`]).
 pub type RequestHead = http::request::Parts;
 
 /// The response as plugins see it, without the body.
 pub type ResponseHead = http::response::Parts;
 
-/// A complete response a plugin answers with.
-pub type PluginResponse = http::Response<Bytes>;
+/// A response a plugin answers with; its body may stream ([`Body::channel`], [`Body::new`]).
+pub type PluginResponse = http::Response<Body>;
 
 /// What the chain does after a plugin's `request_filter`.
 #[derive(Debug)]
@@ -43,6 +45,9 @@ pub struct PluginError {
     /// A short, bounded reason for metrics (`frontdesk_auth_failures_total{reason}`); by default
     /// named after the status.
     pub reason: &'static str,
+    /// The `plugin` label of a counted refusal when it is not the refusing plugin's kind (the
+    /// auth plugins' joint "no credentials" refusal is labelled with all their kinds).
+    pub plugin: Option<Arc<str>>,
 }
 
 impl PluginError {
@@ -58,6 +63,7 @@ impl PluginError {
                 429 => "rate_limited",
                 _ => "refused",
             },
+            plugin: None,
         }
     }
 
@@ -74,40 +80,6 @@ impl PluginError {
     }
 }
 
-/// Who the caller is, as the authentication plugins found out. Auth plugins run one after the
-/// other; the first that identifies the caller wins and the others step aside. After the last one
-/// the chain settles it: an unidentified caller goes on as an `anonymous` consumer if one was
-/// offered, or is refused with `401` and every plugin's challenge.
-#[derive(Debug, Default)]
-pub struct AuthState {
-    /// True once a plugin identified the caller (as a consumer, or as an unnamed JWT caller).
-    pub identified: bool,
-    /// The consumer the caller is; `None` for an unnamed caller or before identification.
-    pub consumer: Option<Arc<Consumer>>,
-    /// `WWW-Authenticate` challenges of the auth plugins that found no credentials.
-    pub challenges: Vec<HeaderValue>,
-    /// The consumer to go on as when no plugin identifies the caller.
-    pub anonymous: Option<Arc<Consumer>>,
-    /// True when the request went on as the anonymous consumer.
-    pub is_anonymous: bool,
-}
-
-impl AuthState {
-    /// A plugin identified the caller (`None`: valid credentials that name no consumer).
-    pub fn identify(&mut self, consumer: Option<Arc<Consumer>>) {
-        self.identified = true;
-        self.consumer = consumer;
-    }
-
-    /// A plugin found no credentials of its kind: it offers its challenge and anonymous consumer.
-    pub fn missing(&mut self, challenge: HeaderValue, anonymous: Option<&Arc<Consumer>>) {
-        self.challenges.push(challenge);
-        if self.anonymous.is_none() {
-            self.anonymous = anonymous.cloned();
-        }
-    }
-}
-
 /// Per-request state shared by every phase of every plugin.
 #[derive(Debug)]
 pub struct Ctx {
@@ -120,18 +92,18 @@ pub struct Ctx {
     /// The client's address: the peer's, or from `X-Forwarded-For` when the peer is one of the
     /// listener's `trusted_proxies` (IPv4-mapped IPv6 addresses are given as IPv4).
     pub client_ip: IpAddr,
-    /// Authentication state (see [`AuthState`]).
-    pub auth: AuthState,
-    /// A plugin's cap on the request body, applied with the listener's (the smaller wins).
-    pub max_body: Option<u64>,
-    /// Values dropped when the response is over: its body fully sent, or the client gone
-    /// (concurrency slots are released this way).
-    pub held: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// Who the caller is, once an authentication plugin identified them; `None` for an
+    /// anonymous or unnamed caller (see `plugins::auth` for how the auth plugins settle it).
+    pub consumer: Option<Arc<Consumer>>,
+    /// True when the caller went on as an auth plugin's `anonymous` consumer.
+    pub anonymous: bool,
     /// The client certificate the downstream connection presented and the listener verified
     /// against `tls.client_auth.ca` (mutual TLS); `None` when there is none. The same for every
     /// request on the connection; safe to use as the caller's identity.
     pub client_cert: Option<Arc<ClientCert>>,
-    /// Typed plugin-private state (one value per type), carried from request to response.
+    /// Typed plugin-private state (one value per type), carried from request to response and
+    /// dropped when the exchange is over (its response body sent, or the client gone): a value
+    /// kept here (a concurrency slot) is held exactly that long.
     pub ext: http::Extensions,
     /// Headers a request-phase plugin adds to the response, whatever it turns out to be (the
     /// upstream's, a plugin's answer or a gateway error): appended after the response phase.
@@ -147,9 +119,8 @@ impl Ctx {
             route: Arc::from("test"),
             client: SocketAddr::from(([127, 0, 0, 1], 40000)),
             client_ip: IpAddr::from([127, 0, 0, 1]),
-            auth: AuthState::default(),
-            max_body: None,
-            held: Vec::new(),
+            consumer: None,
+            anonymous: false,
             client_cert: None,
             ext: http::Extensions::new(),
             response_headers: Vec::new(),
@@ -158,13 +129,20 @@ impl Ctx {
 }
 
 /// The phases a plugin takes part in. The chain calls a plugin only in its phases: each call of
-/// an `async_trait` method allocates its future, so skipping no-op phases is measurable.
+/// an `async_trait` method allocates its future, so skipping no-op phases is measurable, and a
+/// route none of whose plugins has a body phase pays nothing for body phases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Phases {
     /// `upstream_request_filter`.
     pub upstream_request: bool,
     /// `response_filter`.
     pub response: bool,
+    /// `request_body` (and `request_body_buffered`).
+    pub request_body: bool,
+    /// `response_body` (and `response_body_buffered`).
+    pub response_body: bool,
+    /// `log`.
+    pub log: bool,
 }
 
 impl Phases {
@@ -172,17 +150,39 @@ impl Phases {
     pub const ALL: Phases = Phases {
         upstream_request: true,
         response: true,
+        request_body: true,
+        response_body: true,
+        log: true,
     };
     /// `request_filter` only.
     pub const REQUEST: Phases = Phases {
         upstream_request: false,
         response: false,
+        request_body: false,
+        response_body: false,
+        log: false,
     };
     /// `request_filter` and `response_filter`.
     pub const REQUEST_RESPONSE: Phases = Phases {
-        upstream_request: false,
         response: true,
+        ..Phases::REQUEST
     };
+}
+
+/// What the logging phase learns of a finished exchange.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The status the client got.
+    pub status: StatusCode,
+    /// Request body bytes read from the client (as sent, before any plugin changed them).
+    pub bytes_received: u64,
+    /// Response body bytes handed to the client's connection.
+    pub bytes_sent: u64,
+    /// From the request head's arrival to the end of the exchange.
+    pub duration: Duration,
+    /// True when the response body was sent to its end; false when the client left first or the
+    /// body broke off.
+    pub completed: bool,
 }
 
 /// A plugin: one instance per configured scope (global or route), shared by all requests.
@@ -229,4 +229,48 @@ pub trait Plugin: Send + Sync + 'static {
     ) -> Result<(), PluginError> {
         Ok(())
     }
+
+    /// Decides what to do with the request body on its way upstream, once every head phase ran
+    /// (in plugin order). May change the head (a filter that changes the body's encoding sets
+    /// `Content-Encoding`). Not run for requests a plugin answered, nor for upgrades.
+    fn request_body(&self, _req: &mut RequestHead, _cx: &mut Ctx) -> BodyAction {
+        BodyAction::Pass
+    }
+
+    /// The buffered request phase, after `request_body` said [`BodyAction::Buffer`]: the whole
+    /// body (within the cap), to change in place along with the head. An `Err` is the client's
+    /// answer (`400` for a body that is not what the plugin expects).
+    async fn request_body_buffered(
+        &self,
+        _req: &mut RequestHead,
+        _body: &mut Buffered,
+        _cx: &mut Ctx,
+    ) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Decides what to do with the response body, right after this plugin's `response_filter`
+    /// (in reverse plugin order, so the body passes the plugins the way the head does). Runs on
+    /// upstream responses and plugin answers; not on gateway errors or `101` upgrades. The
+    /// response to a `HEAD` request, a `204` or a `304` has no body: a plugin should pass on
+    /// them (the [`Ctx`] does not say the method: keep it in `ext` from `request_filter`).
+    fn response_body(&self, _resp: &mut ResponseHead, _cx: &mut Ctx) -> BodyAction {
+        BodyAction::Pass
+    }
+
+    /// The buffered response phase, after `response_body` said [`BodyAction::Buffer`]. An `Err`
+    /// gives the client its status (`502` for a body the plugin cannot read) with a problem body.
+    async fn response_body_buffered(
+        &self,
+        _resp: &mut ResponseHead,
+        _body: &mut Buffered,
+        _cx: &mut Ctx,
+    ) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// The logging phase: runs once when the exchange is over (the response body sent, the
+    /// client gone, or an error answered), in plugin order, with what happened. Runs inside the
+    /// body's completion: it must not block; spawn a task for any I/O.
+    fn log(&self, _summary: &Summary, _cx: &Ctx) {}
 }

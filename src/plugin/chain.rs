@@ -1,10 +1,13 @@
-//! Runs one phase across a route's plugins.
+//! Runs one phase across a route's plugins: the head phases, the body phases (filters chained
+//! over the body, buffered phases run in turn) and the logging phase.
 
 use std::sync::Arc;
 
-use http::{header, HeaderName, HeaderValue, StatusCode};
+use http::{header, HeaderName, HeaderValue};
 
-use super::{Ctx, Flow, Plugin, PluginError, RequestHead, ResponseHead};
+use super::body::{BodyAction, Buffered, Direction, Filtered, OverCap};
+use super::{Ctx, Flow, Plugin, PluginError, RequestHead, ResponseHead, Summary};
+use crate::body::{Body, BodyError, ClientBodyError, CollectError, Collected};
 use crate::observe::metrics::{Family, Metrics};
 
 /// `x-consumer-name`: the identified consumer, for the upstream.
@@ -20,13 +23,13 @@ pub struct PluginChain {
     plugins: Arc<[Arc<dyn Plugin>]>,
     /// The plugins with an upstream-request phase, in run order.
     upstream: Arc<[Arc<dyn Plugin>]>,
-    /// The plugins with a response phase, in reverse run order (the order they run in).
+    /// The plugins with a response or response-body phase, in reverse run order (the order
+    /// they run in).
     responders: Arc<[Arc<dyn Plugin>]>,
-    /// Index after the last authentication plugin, where the caller's identity is settled.
-    auth_end: Option<usize>,
-    /// The authentication plugins' kinds joined by `+`: the plugin label of "no credentials
-    /// accepted" refusals.
-    auth_kinds: Arc<str>,
+    /// The plugins with a request-body phase, in run order.
+    request_bodies: Arc<[Arc<dyn Plugin>]>,
+    /// The plugins with a logging phase, in run order.
+    loggers: Arc<[Arc<dyn Plugin>]>,
     /// Where refusals are counted (`frontdesk_auth_failures_total`), once the route is known.
     refusals: Option<Refusals>,
 }
@@ -35,9 +38,22 @@ pub struct PluginChain {
 #[derive(Clone)]
 struct Refusals {
     route: Arc<str>,
-    /// The auth plugins' kinds joined by `+`: the plugin label of "no credentials accepted".
-    auth_kinds: Arc<str>,
     metrics: Arc<Metrics>,
+}
+
+/// Why a body phase failed.
+#[derive(Debug)]
+pub enum PhaseError {
+    /// A plugin refused or failed: its status goes to the client.
+    Plugin(PluginError),
+    /// The body failed while a buffered phase read it.
+    Body(BodyError),
+}
+
+impl From<PluginError> for PhaseError {
+    fn from(e: PluginError) -> Self {
+        PhaseError::Plugin(e)
+    }
 }
 
 impl std::fmt::Debug for PluginChain {
@@ -49,34 +65,30 @@ impl std::fmt::Debug for PluginChain {
 }
 
 impl PluginChain {
-    /// `auth` marks the authentication plugins among `plugins` (same order).
-    pub(crate) fn new(plugins: Vec<Arc<dyn Plugin>>, auth: &[bool]) -> Self {
-        // Authentication is settled right after the last auth plugin.
-        let auth_end = auth.iter().rposition(|a| *a).map(|i| i + 1);
-        let auth_kinds = plugins
-            .iter()
-            .zip(auth)
-            .filter(|(_, a)| **a)
-            .map(|(p, _)| p.kind())
-            .collect::<Vec<_>>()
-            .join("+");
-        let upstream = plugins
-            .iter()
-            .filter(|p| p.phases().upstream_request)
-            .cloned()
-            .collect();
+    /// The chain of `plugins`, in run order.
+    pub(crate) fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
+        let having = |phase: fn(&super::Phases) -> bool| -> Arc<[Arc<dyn Plugin>]> {
+            plugins
+                .iter()
+                .filter(|p| phase(&p.phases()))
+                .cloned()
+                .collect()
+        };
+        let upstream = having(|p| p.upstream_request);
+        let request_bodies = having(|p| p.request_body);
+        let loggers = having(|p| p.log);
         let responders = plugins
             .iter()
             .rev()
-            .filter(|p| p.phases().response)
+            .filter(|p| p.phases().response || p.phases().response_body)
             .cloned()
             .collect();
         PluginChain {
             plugins: plugins.into(),
             upstream,
             responders,
-            auth_end,
-            auth_kinds: Arc::from(auth_kinds),
+            request_bodies,
+            loggers,
             refusals: None,
         }
     }
@@ -90,16 +102,16 @@ impl PluginChain {
     pub fn count_refusals(&mut self, route: &Arc<str>, metrics: &Arc<Metrics>) {
         self.refusals = Some(Refusals {
             route: route.clone(),
-            auth_kinds: self.auth_kinds.clone(),
             metrics: metrics.clone(),
         });
     }
 
     fn refused(&self, plugin: &str, e: PluginError) -> PluginError {
         if let (Some(r), 401 | 403) = (&self.refusals, e.status.as_u16()) {
+            let label = e.plugin.clone().unwrap_or_else(|| Arc::from(plugin));
             r.metrics.inc(
                 Family::AuthFailures,
-                [r.route.clone(), Arc::from(plugin), Arc::from(e.reason)],
+                [r.route.clone(), label, Arc::from(e.reason)],
             );
         }
         e
@@ -110,31 +122,28 @@ impl PluginChain {
         self.plugins.is_empty()
     }
 
-    /// Runs `request_filter` in order; stops at the first answer or error. After the last
-    /// authentication plugin it settles the caller's identity ([`super::AuthState`]).
+    /// True when a plugin has a request-body phase.
+    pub fn has_request_body(&self) -> bool {
+        !self.request_bodies.is_empty()
+    }
+
+    /// True when a plugin has a logging phase: the exchange's context must live to its end.
+    pub fn logs(&self) -> bool {
+        !self.loggers.is_empty()
+    }
+
+    /// Runs `request_filter` in order; stops at the first answer or error.
     pub async fn request_filter(
         &self,
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        let settle = |req: &mut RequestHead, cx: &mut Ctx| {
-            settle_auth(req, cx).map_err(|e| {
-                let kinds = self.refusals.as_ref().map(|r| r.auth_kinds.clone());
-                self.refused(kinds.as_deref().unwrap_or("auth"), e)
-            })
-        };
-        for (i, p) in self.plugins.iter().enumerate() {
-            if self.auth_end == Some(i) {
-                settle(req, cx)?;
-            }
+        for p in self.plugins.iter() {
             match p.request_filter(req, cx).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Respond(r)) => return Ok(Flow::Respond(r)),
                 Err(e) => return Err(self.refused(p.kind(), e)),
             }
-        }
-        if self.auth_end == Some(self.plugins.len()) {
-            settle(req, cx)?;
         }
         Ok(Flow::Continue)
     }
@@ -151,63 +160,125 @@ impl PluginChain {
         Ok(())
     }
 
+    /// Runs the request-body phase in order: each plugin's filter wraps the body so far, each
+    /// buffered phase reads it whole. `Content-Length` follows: removed under a streaming
+    /// filter, set after a buffered phase.
+    pub async fn request_body(
+        &self,
+        req: &mut RequestHead,
+        mut body: Body,
+        cx: &mut Ctx,
+    ) -> Result<Body, PhaseError> {
+        for p in self.request_bodies.iter() {
+            match p.request_body(req, cx) {
+                BodyAction::Pass => {}
+                BodyAction::Stream(f) => {
+                    req.headers.remove(header::CONTENT_LENGTH);
+                    body = Body::new(Filtered::new(body, f, Direction::Request));
+                }
+                BodyAction::Buffer(cap) => {
+                    let Collected { data, trailers } = match body.collect_capped(cap.max).await {
+                        Ok(c) => c,
+                        Err(CollectError::Failed(e)) => return Err(PhaseError::Body(e)),
+                        Err(CollectError::Overflow(_)) => {
+                            return Err(PhaseError::Body(BodyError::Client(
+                                ClientBodyError::TooLarge(cap.max),
+                            )))
+                        }
+                    };
+                    let mut b = Buffered { data, trailers };
+                    p.request_body_buffered(req, &mut b, cx).await?;
+                    set_length(&mut req.headers, b.data.len());
+                    body = Collected {
+                        data: b.data,
+                        trailers: b.trailers,
+                    }
+                    .into_body();
+                }
+            }
+        }
+        Ok(body)
+    }
+
     /// Runs `response_filter` in reverse order, so the outermost plugin sees the final response,
-    /// then adds the request phase's [`Ctx::response_headers`].
+    /// then adds the request phase's [`Ctx::response_headers`]. Heads only: for gateway errors.
     pub async fn response_filter(
         &self,
         resp: &mut ResponseHead,
         cx: &mut Ctx,
     ) -> Result<(), PluginError> {
         for p in self.responders.iter() {
-            p.response_filter(resp, cx).await?;
+            if p.phases().response {
+                p.response_filter(resp, cx).await?;
+            }
         }
         for (name, value) in cx.response_headers.drain(..) {
             resp.headers.insert(name, value);
         }
         Ok(())
     }
+
+    /// The response phases in reverse order: each plugin's `response_filter`, then its body
+    /// phase, so the body passes the plugins in the order the head does. Then the request phase's
+    /// [`Ctx::response_headers`] are added. `bodiless` (a `HEAD` request's response, `204`,
+    /// `304`) skips the body phases.
+    pub async fn response(
+        &self,
+        resp: &mut ResponseHead,
+        mut body: Body,
+        bodiless: bool,
+        cx: &mut Ctx,
+    ) -> Result<Body, PhaseError> {
+        for p in self.responders.iter() {
+            let phases = p.phases();
+            if phases.response {
+                p.response_filter(resp, cx).await?;
+            }
+            if !phases.response_body || bodiless {
+                continue;
+            }
+            match p.response_body(resp, cx) {
+                BodyAction::Pass => {}
+                BodyAction::Stream(f) => {
+                    resp.headers.remove(header::CONTENT_LENGTH);
+                    body = Body::new(Filtered::new(body, f, Direction::Response));
+                }
+                BodyAction::Buffer(cap) => match body.collect_capped(cap.max).await {
+                    Ok(Collected { data, trailers }) => {
+                        let mut b = Buffered { data, trailers };
+                        p.response_body_buffered(resp, &mut b, cx).await?;
+                        set_length(&mut resp.headers, b.data.len());
+                        body = Collected {
+                            data: b.data,
+                            trailers: b.trailers,
+                        }
+                        .into_body();
+                    }
+                    Err(CollectError::Failed(e)) => return Err(PhaseError::Body(e)),
+                    Err(CollectError::Overflow(o)) => match cap.over {
+                        OverCap::Pass => body = o.into_body(),
+                        OverCap::Fail => {
+                            return Err(PhaseError::Plugin(super::body::over_cap_response()))
+                        }
+                    },
+                },
+            }
+        }
+        for (name, value) in cx.response_headers.drain(..) {
+            resp.headers.insert(name, value);
+        }
+        Ok(body)
+    }
+
+    /// The logging phase, in run order.
+    pub fn log(&self, summary: &Summary, cx: &Ctx) {
+        for p in self.loggers.iter() {
+            p.log(summary, cx);
+        }
+    }
 }
 
-/// After the auth plugins: an identified caller's consumer goes upstream in headers; an
-/// unidentified one goes on as the anonymous consumer or is refused with every challenge.
-fn settle_auth(req: &mut RequestHead, cx: &mut Ctx) -> Result<(), PluginError> {
-    let auth = &mut cx.auth;
-    if !auth.identified {
-        match auth.anonymous.take() {
-            Some(anon) => {
-                auth.identify(Some(anon));
-                auth.is_anonymous = true;
-                req.headers.insert(
-                    X_ANONYMOUS_CONSUMER.clone(),
-                    HeaderValue::from_static("true"),
-                );
-            }
-            None => {
-                let mut err = PluginError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "the request carries no credentials this route accepts",
-                )
-                .with_reason("missing_credentials");
-                for c in auth.challenges.drain(..) {
-                    err = err.with_header(header::WWW_AUTHENTICATE, c);
-                }
-                return Err(err);
-            }
-        }
-    }
-    if let Some(c) = &auth.consumer {
-        req.headers
-            .insert(X_CONSUMER_NAME.clone(), c.name_header.clone());
-        match &c.groups_header {
-            Some(groups) => {
-                req.headers
-                    .insert(X_CONSUMER_GROUPS.clone(), groups.clone());
-            }
-            // No groups: no header at all, rather than an empty one.
-            None => {
-                req.headers.remove(&X_CONSUMER_GROUPS);
-            }
-        }
-    }
-    Ok(())
+/// Sets `Content-Length` to a body's new length.
+fn set_length(h: &mut http::HeaderMap, len: usize) {
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }

@@ -41,8 +41,8 @@ pub trait PluginFactory {
     const KIND: &'static str;
     /// Position of the kind in the chain; lower runs first on the request. Documented in docs/plugins.md.
     const ORDER: u16;
-    /// True for authentication plugins: the chain settles who the caller is after the last one
-    /// (anonymous consumer, or `401` with every challenge).
+    /// True for authentication plugins: who the caller is is settled after the last one
+    /// (anonymous consumer, or `401` with every challenge; see `plugins::auth`).
     const AUTH: bool = false;
     /// The kind's config struct (from `frontdesk-config`).
     type Config;
@@ -106,14 +106,23 @@ impl ChainBuilder {
         self.items.extend(other.items.iter().cloned());
     }
 
+    /// The kinds of the authentication plugins added so far (the factories' `AUTH`), in
+    /// chain order.
+    pub fn auth_kinds(&self) -> Vec<&'static str> {
+        let mut auth: Vec<_> = self.items.iter().filter(|i| i.2).collect();
+        auth.sort_by_key(|(order, scope, _, _)| (*order, *scope));
+        auth.iter().map(|i| i.3.kind()).collect()
+    }
+
+    /// Adds a plugin built outside a factory (one that completes the chain) at `order`.
+    pub fn insert(&mut self, order: u16, plugin: Arc<dyn Plugin>) {
+        self.items.push((order, Scope::Route, false, plugin));
+    }
+
     /// The chain in run order: by kind order, then global before route.
     pub fn finish(mut self) -> PluginChain {
         self.items
             .sort_by_key(|(order, scope, _, _)| (*order, *scope));
-        let auth: Vec<bool> = self.items.iter().map(|(_, _, a, _)| *a).collect();
-        PluginChain::new(
-            self.items.into_iter().map(|(_, _, _, p)| p).collect(),
-            &auth,
-        )
+        PluginChain::new(self.items.into_iter().map(|(_, _, _, p)| p).collect())
     }
 }

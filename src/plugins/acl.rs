@@ -48,7 +48,7 @@ impl Plugin for Acl {
         _req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        let consumer = cx.auth.consumer.as_deref();
+        let consumer = cx.consumer.as_deref();
         let in_any =
             |groups: &[String]| consumer.is_some_and(|c| groups.iter().any(|g| c.in_group(g)));
         if in_any(&self.deny) {

@@ -110,14 +110,13 @@ impl Plugin for BasicAuth {
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        if cx.auth.identified {
+        if super::auth::identified(cx) {
             return Ok(Flow::Continue);
         }
         let parsed = req.headers.get(header::AUTHORIZATION).and_then(parse_basic);
         let (username, password) = match parsed {
             None => {
-                cx.auth
-                    .missing(self.challenge.clone(), self.anonymous.as_ref());
+                super::auth::missing(cx, self.challenge.clone(), self.anonymous.as_ref());
                 return Ok(Flow::Continue);
             }
             Some(Err(why)) => return Err(self.refuse(why)),
@@ -146,7 +145,7 @@ impl Plugin for BasicAuth {
             }
             self.verified.insert(fingerprint, ());
         }
-        cx.auth.identify(Some(cred.consumer.clone()));
+        super::auth::identify(cx, Some(cred.consumer.clone()));
         if !self.forward_credentials {
             req.headers.remove(header::AUTHORIZATION);
         }

@@ -51,11 +51,11 @@ impl Plugin for ClientCertAuth {
         _req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        if cx.auth.identified {
+        if super::auth::identified(cx) {
             return Ok(Flow::Continue);
         }
         let Some(cert) = &cx.client_cert else {
-            cx.auth.missing(CHALLENGE.clone(), self.anonymous.as_ref());
+            super::auth::missing(cx, CHALLENGE.clone(), self.anonymous.as_ref());
             return Ok(Flow::Continue);
         };
         let consumer = cert
@@ -65,7 +65,7 @@ impl Plugin for ClientCertAuth {
             .cloned();
         match consumer {
             Some(c) => {
-                cx.auth.identify(Some(c));
+                super::auth::identify(cx, Some(c));
                 Ok(Flow::Continue)
             }
             None => Err(PluginError::new(

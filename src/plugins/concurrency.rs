@@ -29,6 +29,10 @@ pub struct Concurrency {
 /// One request's slot; released on drop.
 struct Slot(Arc<Counter>);
 
+/// The slots a request holds (one per `concurrency` plugin on its route).
+#[derive(Clone, Default)]
+struct Slots(Vec<Arc<Slot>>);
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.value.fetch_sub(1, Ordering::AcqRel);
@@ -92,7 +96,12 @@ impl Plugin for Concurrency {
             )
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
-        cx.held.push(Box::new(Slot(counter)));
+        // Held in the request's context, dropped when the exchange is over (body sent or client
+        // gone): a global and a route cap each keep their own slot.
+        cx.ext
+            .get_or_insert_default::<Slots>()
+            .0
+            .push(Arc::new(Slot(counter)));
         Ok(Flow::Continue)
     }
 }

@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use frontdesk_config::CorsConfig;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -93,7 +92,7 @@ impl Cors {
     /// The answer to a preflight: with the `Access-Control-Allow-*` headers when everything asked
     /// for is allowed, bare otherwise.
     fn preflight(&self, req: &HeaderMap, method: &HeaderValue) -> PluginResponse {
-        let mut resp = http::Response::new(Bytes::new());
+        let mut resp = http::Response::new(crate::body::Body::empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;
         let h = resp.headers_mut();
         h.insert(VARY, VARY_PREFLIGHT.clone());

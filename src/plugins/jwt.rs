@@ -189,12 +189,15 @@ impl Plugin for Jwt {
         for (name, _) in &self.forward_claims {
             req.headers.remove(name);
         }
-        if cx.auth.identified {
+        if super::auth::identified(cx) {
             return Ok(Flow::Continue);
         }
         let Some(token) = bearer_token(&req.headers) else {
-            cx.auth
-                .missing(HeaderValue::from_static(CHALLENGE), self.anonymous.as_ref());
+            super::auth::missing(
+                cx,
+                HeaderValue::from_static(CHALLENGE),
+                self.anonymous.as_ref(),
+            );
             return Ok(Flow::Continue);
         };
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
@@ -234,7 +237,7 @@ impl Plugin for Jwt {
         if !self.forward_credentials {
             req.headers.remove(AUTHORIZATION);
         }
-        cx.auth.identify(consumer);
+        super::auth::identify(cx, consumer);
         Ok(Flow::Continue)
     }
 }

@@ -79,7 +79,7 @@ impl Plugin for KeyAuth {
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        if cx.auth.identified {
+        if super::auth::identified(cx) {
             return Ok(Flow::Continue);
         }
         let (key, from_query) = match req.headers.get(&self.header) {
@@ -87,7 +87,7 @@ impl Plugin for KeyAuth {
             None => match self.query.as_deref().and_then(|q| query_param(&req.uri, q)) {
                 Some(v) => (v.into_bytes(), true),
                 None => {
-                    cx.auth.missing(CHALLENGE.clone(), self.anonymous.as_ref());
+                    super::auth::missing(cx, CHALLENGE.clone(), self.anonymous.as_ref());
                     return Ok(Flow::Continue);
                 }
             },
@@ -102,7 +102,7 @@ impl Plugin for KeyAuth {
                     ),
             );
         };
-        cx.auth.identify(Some(consumer.clone()));
+        super::auth::identify(cx, Some(consumer.clone()));
         if !self.forward_credentials {
             if from_query {
                 if let Some(q) = &self.query {

@@ -49,7 +49,7 @@ impl LimitKey {
     /// share a bucket.
     pub fn value(&self, req: &RequestHead, cx: &Ctx) -> String {
         match self {
-            LimitKey::Consumer => match &cx.auth.consumer {
+            LimitKey::Consumer => match &cx.consumer {
                 Some(c) => format!("c:{}", c.name),
                 None => format!("ip:{}", cx.client_ip),
             },

@@ -5,6 +5,7 @@
 //! transforms 500s, terminal answers 900s. See docs/plugins.md.
 
 pub mod acl;
+pub mod auth;
 pub mod basic_auth;
 pub mod client_cert;
 pub mod compression;
@@ -20,9 +21,11 @@ pub mod rate_limit;
 pub mod request_size;
 pub mod respond;
 
+use std::sync::Arc;
+
 use frontdesk_config::{FieldPath, PluginsConfig};
 
-use crate::plugin::{ChainBuilder, Scope};
+use crate::plugin::{ChainBuilder, PluginChain, Scope};
 
 /// Builds every configured plugin of one scope into `b`. Adding a kind means one line here.
 pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at: &FieldPath) {
@@ -39,4 +42,14 @@ pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at:
     b.add::<request_size::RequestSize>(cfg.request_size.as_ref(), scope, at);
     b.add::<headers::Headers>(cfg.headers.as_ref(), scope, at);
     b.add::<respond::Respond>(cfg.respond.as_ref(), scope, at);
+}
+
+/// Completes a route's chain (global and route plugins added): a chain with authentication
+/// plugins settles the caller after the last of them ([`auth::Settle`]).
+pub fn finish(mut b: ChainBuilder) -> PluginChain {
+    let auth = b.auth_kinds();
+    if !auth.is_empty() {
+        b.insert(auth::Settle::ORDER, Arc::new(auth::Settle::new(&auth)));
+    }
+    b.finish()
 }

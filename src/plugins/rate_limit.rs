@@ -157,7 +157,7 @@ impl RateLimit {
     /// overriding group (the most generous one when several are).
     fn numbers(&self, i: usize, cx: &Ctx) -> &Numbers {
         let base = &self.limits[i].numbers;
-        let Some(consumer) = &cx.auth.consumer else {
+        let Some(consumer) = &cx.consumer else {
             return base;
         };
         self.groups

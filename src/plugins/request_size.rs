@@ -2,8 +2,8 @@
 //!
 //! A declared `Content-Length` over the cap is refused at once, before a byte of the body is read
 //! and before the upstream is contacted. Any other body (chunked, HTTP/2 without a length) is
-//! counted as it streams: the cap goes into [`Ctx::max_body`], which the proxy applies with the
-//! listener's `max_request_body` (the smaller wins).
+//! counted as it streams by a body filter, which fails it with `413` once it passes the cap (the
+//! listener's `max_request_body` applies too: the smaller wins).
 
 use std::sync::Arc;
 
@@ -11,7 +11,11 @@ use async_trait::async_trait;
 use frontdesk_config::RequestSizeConfig;
 use http::{header, StatusCode};
 
-use crate::plugin::{BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead};
+use crate::body::BodyFrame;
+use crate::plugin::{
+    BodyAction, BodyFilter, BuildEnv, Ctx, Flow, FrameSink, Phases, Plugin, PluginError,
+    PluginFactory, RequestHead,
+};
 
 /// The `request_size` plugin.
 #[derive(Debug)]
@@ -38,13 +42,16 @@ impl Plugin for RequestSize {
     }
 
     fn phases(&self) -> Phases {
-        Phases::REQUEST
+        Phases {
+            request_body: true,
+            ..Phases::REQUEST
+        }
     }
 
     async fn request_filter(
         &self,
         req: &mut RequestHead,
-        cx: &mut Ctx,
+        _cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
         // hyper has already refused malformed or conflicting lengths; what is left parses.
         let declared = req
@@ -52,15 +59,47 @@ impl Plugin for RequestSize {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.max) {
-            return Err(PluginError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than {} bytes", self.max),
-            ));
+            return Err(too_large(self.max));
         }
-        // A global and a route cap both apply: keep the smaller.
-        cx.max_body = Some(cx.max_body.map_or(self.max, |m| m.min(self.max)));
         Ok(Flow::Continue)
     }
+
+    fn request_body(&self, _req: &mut RequestHead, _cx: &mut Ctx) -> BodyAction {
+        BodyAction::Stream(Box::new(Counter {
+            max: self.max,
+            seen: 0,
+        }))
+    }
+}
+
+/// Counts a request body's bytes as they stream; fails it past the cap.
+struct Counter {
+    max: u64,
+    seen: u64,
+}
+
+impl BodyFilter for Counter {
+    fn frame(&mut self, frame: BodyFrame, out: &mut FrameSink) -> Result<(), PluginError> {
+        if let Some(d) = frame.data_ref() {
+            self.seen += d.len() as u64;
+            if self.seen > self.max {
+                // As the listener's own limit words it.
+                return Err(PluginError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is too large",
+                ));
+            }
+        }
+        out.push(frame);
+        Ok(())
+    }
+}
+
+fn too_large(max: u64) -> PluginError {
+    PluginError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than {max} bytes"),
+    )
 }
 
 #[cfg(test)]
@@ -96,18 +135,16 @@ mod tests {
             run(1024, Some("1024"), &mut cx).await,
             Ok(Flow::Continue)
         ));
-        assert_eq!(cx.max_body, Some(1024));
     }
 
-    #[tokio::test]
-    async fn streamed_bodies_get_the_cap_and_the_smaller_cap_wins() {
-        let mut cx = Ctx::for_test();
-        assert!(matches!(run(4096, None, &mut cx).await, Ok(Flow::Continue)));
-        assert_eq!(cx.max_body, Some(4096));
-        // A route cap after a global one, larger or smaller.
-        assert!(matches!(run(8192, None, &mut cx).await, Ok(Flow::Continue)));
-        assert_eq!(cx.max_body, Some(4096));
-        assert!(matches!(run(100, None, &mut cx).await, Ok(Flow::Continue)));
-        assert_eq!(cx.max_body, Some(100));
+    #[test]
+    fn a_streamed_body_fails_once_past_the_cap() {
+        let mut c = Counter { max: 10, seen: 0 };
+        let mut out = FrameSink::default();
+        let chunk = || http_body::Frame::data(bytes::Bytes::from_static(b"12345"));
+        assert!(c.frame(chunk(), &mut out).is_ok());
+        assert!(c.frame(chunk(), &mut out).is_ok());
+        let e = c.frame(chunk(), &mut out).expect_err("past the cap");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

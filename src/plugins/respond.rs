@@ -62,7 +62,7 @@ impl Plugin for Respond {
         _req: &mut RequestHead,
         _cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
-        let mut resp = PluginResponse::new(self.body.clone());
+        let mut resp = PluginResponse::new(crate::body::Body::full(self.body.clone()));
         *resp.status_mut() = self.status;
         for (n, v) in &self.headers {
             resp.headers_mut().append(n.clone(), v.clone());
@@ -93,6 +93,11 @@ mod tests {
         };
         assert_eq!(resp.status(), 418);
         assert_eq!(resp.headers()["content-type"], "text/plain");
-        assert_eq!(resp.body().as_ref(), b"short and stout");
+        let body = resp
+            .into_body()
+            .collect_capped(1024)
+            .await
+            .expect("whole body");
+        assert_eq!(body.data.as_ref(), b"short and stout");
     }
 }

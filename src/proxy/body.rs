@@ -1,162 +1,167 @@
-//! The response body sent downstream: an upstream's streamed body or a small gateway-made one,
-//! with what it releases when it ends (the upstream lease, plugin values, the request's record).
+//! The response body sent downstream: a [`Body`] (an upstream's, a plugin's, or a gateway-made
+//! one) with what is released when it ends: the upstream lease, the request's record, and any
+//! end callbacks (the plugins' logging phase and their context, which holds concurrency slots).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use http_body::{Frame, SizeHint};
 
-use crate::body::{boxed, BoxError};
+use crate::body::{Body, BodyError};
 use crate::observe::Exchange;
 use crate::snapshot::Snapshot;
 use crate::upstream::Lease;
 
-/// The response body sent downstream: an upstream's streamed body or a small gateway-made one.
+/// How a response body ended, for its end callbacks.
+#[derive(Clone, Copy, Debug)]
+pub struct Ended {
+    /// Data bytes handed to the connection.
+    pub sent: u64,
+    /// True when the body was read to its end; false when it was dropped first (the client left)
+    /// or failed.
+    pub complete: bool,
+}
+
+/// Runs once when a response body ends or is dropped.
+pub type EndCallback = Box<dyn FnOnce(Ended) + Send>;
+
+/// The response body sent downstream.
 ///
 /// The server wraps it with the connection's in-flight guard (`server::GuardedBody`), so the
 /// connection knows when the response has been fully sent (or abandoned).
-#[derive(Debug)]
 pub struct ResponseBody {
-    kind: Kind,
+    body: Body,
     /// The upstream connection and in-flight counts, released once this body has been read to
     /// the end (the connection goes back to the pool only then).
     lease: Option<Lease>,
-    /// Plugin values released with the body (concurrency slots).
-    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    sent: u64,
     /// The request's record, finished when the body ends or is dropped.
     record: Option<Record>,
+    /// Called once, in order, when the body ends or is dropped.
+    on_end: Vec<EndCallback>,
 }
 
-/// An exchange waiting for its response body to end, and the body bytes sent so far.
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("body", &self.body)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An exchange waiting for its response body to end.
 #[derive(Debug)]
 struct Record {
     /// The request's own snapshot (moved here, not cloned): its observer finishes the record.
     snap: std::sync::Arc<Snapshot>,
     exchange: Box<Exchange>,
-    sent: u64,
-}
-
-#[derive(Debug)]
-enum Kind {
-    Upstream(Incoming),
-    Full(Option<Bytes>),
 }
 
 impl ResponseBody {
-    /// Streams an upstream body through; `lease` is finished when it is complete.
-    pub fn upstream(b: Incoming, lease: Lease) -> Self {
+    /// A body sent as it is.
+    pub fn new(body: Body) -> Self {
         ResponseBody {
-            kind: Kind::Upstream(b),
-            lease: Some(lease),
-            held: Vec::new(),
+            body,
+            lease: None,
+            sent: 0,
             record: None,
+            on_end: Vec::new(),
         }
     }
 
     /// A complete body.
     pub fn full(b: impl Into<Bytes>) -> Self {
-        let b = b.into();
-        ResponseBody {
-            kind: Kind::Full((!b.is_empty()).then_some(b)),
-            lease: None,
-            held: Vec::new(),
-            record: None,
-        }
+        ResponseBody::new(Body::full(b))
     }
 
     /// No body.
     pub fn empty() -> Self {
-        ResponseBody {
-            kind: Kind::Full(None),
-            lease: None,
-            held: Vec::new(),
-            record: None,
-        }
+        ResponseBody::new(Body::empty())
     }
 
-    /// Keeps `held` until the body is done or dropped.
-    pub fn holding(mut self, held: Vec<Box<dyn std::any::Any + Send + Sync>>) -> Self {
-        self.held = held;
+    /// Finishes `lease` (the upstream connection goes back to the pool) once the body has been
+    /// read to its end; a body dropped midway drops it unfinished.
+    pub fn leasing(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Runs `f` once the body ends or is dropped.
+    pub fn on_end(mut self, f: EndCallback) -> Self {
+        self.on_end.push(f);
         self
     }
 
     /// Attaches the request's record, finished by the snapshot's observer when the body is done
     /// or dropped.
     pub fn observed(mut self, snap: std::sync::Arc<Snapshot>, exchange: Box<Exchange>) -> Self {
-        self.record = Some(Record {
-            snap,
-            exchange,
-            sent: 0,
-        });
+        self.record = Some(Record { snap, exchange });
         self
     }
 
-    fn finish_record(&mut self) {
+    fn end(&mut self, complete: bool) {
+        if let Some(l) = self.lease.take() {
+            if complete {
+                // The upstream connection is reusable once its body ended.
+                l.finish();
+            }
+        }
+        let ended = Ended {
+            sent: self.sent,
+            complete,
+        };
+        for f in self.on_end.drain(..) {
+            f(ended);
+        }
         if let Some(r) = self.record.take() {
-            r.snap.observer.finish(r.exchange, r.sent);
+            r.snap.observer.finish(r.exchange, self.sent);
         }
     }
 }
 
-impl Body for ResponseBody {
+impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let out = match &mut this.kind {
-            Kind::Upstream(b) => boxed(Pin::new(b).poll_frame(cx)),
-            Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-        };
+        let out = Pin::new(&mut this.body).poll_frame(cx);
         match &out {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(r), Some(d)) = (&mut this.record, frame.data_ref()) {
-                    r.sent += d.len() as u64;
+                if let Some(d) = frame.data_ref() {
+                    this.sent += d.len() as u64;
                 }
             }
-            Poll::Ready(None) => {
-                // The upstream connection is reusable once its body ended.
-                if let Some(l) = this.lease.take() {
-                    l.finish();
-                }
-                this.held.clear();
-                this.finish_record();
+            Poll::Ready(None) => this.end(true),
+            Poll::Ready(Some(Err(e))) => {
+                tracing::debug!(error = %e, "response body failed");
+                this.end(false);
             }
-            _ => {}
+            Poll::Pending => {}
         }
         out
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Upstream(b) => b.is_end_stream(),
-            Kind::Full(b) => b.is_none(),
-        }
+        self.body.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Upstream(b) => b.size_hint(),
-            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-        }
+        http_body::Body::size_hint(&self.body)
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        // hyper may never poll a body that is known to be empty; it is complete all the same.
-        // A body dropped midway leaves its connection mid-response: that one is not reused.
-        if let (Some(l), Kind::Upstream(b)) = (self.lease.take(), &self.kind) {
-            if b.is_end_stream() {
-                l.finish();
-            }
-        }
-        // A body never polled (HEAD, 204, 304) or abandoned by the client still ends the record.
-        self.finish_record();
+        // hyper may never poll a body that is known to be empty (HEAD, 204, 304); it is complete
+        // all the same. A body dropped midway (the client left) is not: its upstream connection
+        // is mid-response and is not reused.
+        let complete = self.body.is_empty();
+        self.end(complete);
     }
 }

@@ -135,7 +135,7 @@ impl GuardedBody {
 
 impl http_body::Body for GuardedBody {
     type Data = bytes::Bytes;
-    type Error = crate::body::BoxError;
+    type Error = crate::body::BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

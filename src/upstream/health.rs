@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::pool::Connector;
 use super::Endpoint;
-use crate::body::RequestBody;
+use crate::body::Body;
 
 /// Milliseconds since the first call, plus one (so 0 can mean "never").
 pub(crate) fn now_ms() -> u64 {
@@ -209,7 +209,7 @@ async fn probe(ep: &Endpoint, connector: &Connector, path: &str) -> bool {
     let req = Request::get(ep.request_uri(path, connector.is_h2()))
         .header(header::HOST, ep.authority.as_str())
         .header(header::USER_AGENT, "frontdesk-health-check")
-        .body(RequestBody::empty());
+        .body(Body::empty());
     let Ok(mut req) = req else {
         return false;
     };

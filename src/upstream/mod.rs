@@ -24,10 +24,9 @@ use frontdesk_config::{
 };
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::body::{ClientBodyError, RequestBody};
+use crate::body::{Body, ClientBodyError};
 use crate::error::ErrorKind;
 use crate::observe::metrics::UpstreamSeries;
 use crate::observe::{trace, Attempt, CallReport};
@@ -232,7 +231,7 @@ impl BodySent {
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
         }
-        self.fault
+        self.fault.clone()
     }
 }
 
@@ -274,8 +273,8 @@ impl Drop for EndpointInflight {
 /// How one attempt ended, when it did not produce a response to return.
 enum Failed {
     /// The request was never sent and comes back.
-    Connect(ConnectError, Request<RequestBody>),
-    Reset(hyper::Error, Option<Request<RequestBody>>),
+    Connect(ConnectError, Request<Body>),
+    Reset(hyper::Error, Option<Request<Body>>),
     Timeout,
     /// The client's body failed: nothing to hold against the endpoint.
     Client(ClientBodyError),
@@ -493,9 +492,9 @@ impl Upstream {
     /// takes one retry from the budget. A retried status is returned as is when no retry is left.
     pub async fn call(
         &self,
-        req: Request<RequestBody>,
+        req: Request<Body>,
         opts: &mut CallOptions,
-    ) -> Result<(Response<Incoming>, Lease), CallError> {
+    ) -> Result<(Response<Body>, Lease), CallError> {
         let mut admission = match &self.breaker {
             Some(b) => Some(b.admit().map_err(|r| match r {
                 Refusal::Open => CallError::CircuitOpen,
@@ -532,11 +531,11 @@ impl Upstream {
     /// may be its half-open probe); `last` is set to the index of each target tried.
     async fn attempts(
         &self,
-        req: Request<RequestBody>,
+        req: Request<Body>,
         opts: &mut CallOptions,
         probe: Option<(&CircuitBreaker, &breaker::Admission<'_>)>,
         last: &mut Option<usize>,
-    ) -> Result<(Response<Incoming>, Lease), CallError> {
+    ) -> Result<(Response<Body>, Lease), CallError> {
         self.budget.record_request();
         // A copy to send again after a failure that consumed the request; only made when a
         // policy could use it, so the default path copies nothing.
@@ -701,9 +700,9 @@ impl Upstream {
     async fn attempt(
         &self,
         ep: &Endpoint,
-        mut req: Request<RequestBody>,
+        mut req: Request<Body>,
         opts: &mut CallOptions,
-    ) -> Result<(Response<Incoming>, Option<PoolReturn>), Failed> {
+    ) -> Result<(Response<Body>, Option<PoolReturn>), Failed> {
         let h2 = self.connector.is_h2();
         self.prepare(ep, &mut req, opts.preserve_host, h2);
         let s = &self.pool_settings;
@@ -776,13 +775,7 @@ impl Upstream {
     }
 
     /// Sets the URI and `Host` for `ep`: HTTP/2 carries the host as `:authority`.
-    fn prepare(
-        &self,
-        ep: &Endpoint,
-        req: &mut Request<RequestBody>,
-        preserve_host: bool,
-        h2: bool,
-    ) {
+    fn prepare(&self, ep: &Endpoint, req: &mut Request<Body>, preserve_host: bool, h2: bool) {
         if !preserve_host {
             req.headers_mut()
                 .insert(header::HOST, ep.host_value.clone());
@@ -841,7 +834,7 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(req: &Request<RequestBody>) -> Replay {
+    fn of(req: &Request<Body>) -> Replay {
         Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -849,8 +842,8 @@ impl Replay {
         }
     }
 
-    fn request(&self) -> Request<RequestBody> {
-        let mut r = Request::new(RequestBody::empty());
+    fn request(&self) -> Request<Body> {
+        let mut r = Request::new(Body::empty());
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.headers_mut() = self.headers.clone();

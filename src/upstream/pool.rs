@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use frontdesk_config::UpstreamProtocol;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
@@ -23,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Endpoint;
-use crate::body::RequestBody;
+use crate::body::Body;
 
 /// Largest read buffer of an HTTP/1 upstream connection, and so the largest response head.
 pub const READ_BUF: usize = 32 * 1024;
@@ -33,9 +32,9 @@ const STREAM_WINDOW: u32 = 256 * 1024;
 const SEND_BUF: usize = 64 * 1024;
 
 /// An HTTP/1 connection that carries requests one at a time.
-pub type Sender = http1::SendRequest<RequestBody>;
+pub type Sender = http1::SendRequest<Body>;
 /// An HTTP/2 connection that carries many requests at once.
-pub type Sender2 = http2::SendRequest<RequestBody>;
+pub type Sender2 = http2::SendRequest<Body>;
 
 /// A connection to one endpoint.
 #[derive(Debug)]
@@ -52,7 +51,7 @@ pub struct ConnFailure {
     /// What hyper reported.
     pub error: hyper::Error,
     /// The request, when no byte of it was sent.
-    pub unsent: Option<Request<RequestBody>>,
+    pub unsent: Option<Request<Body>>,
 }
 
 impl Conn {
@@ -65,18 +64,17 @@ impl Conn {
     }
 
     /// Sends `req`; on failure the request comes back if it was never written.
-    pub async fn send(
-        &mut self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ConnFailure> {
+    pub async fn send(&mut self, req: Request<Body>) -> Result<Response<Body>, ConnFailure> {
         let r = match self {
             Conn::H1(s) => s.try_send_request(req).await,
             Conn::H2(s) => s.try_send_request(req).await,
         };
-        r.map_err(|mut e| ConnFailure {
-            unsent: e.take_message(),
-            error: e.into_error(),
-        })
+        // The upstream edge: hyper's body becomes the gateway's, once.
+        r.map(|resp| resp.map(Body::from_upstream))
+            .map_err(|mut e| ConnFailure {
+                unsent: e.take_message(),
+                error: e.into_error(),
+            })
     }
 }
 

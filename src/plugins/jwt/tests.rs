@@ -145,8 +145,8 @@ async fn a_valid_token_identifies_and_forwards_claims_without_the_credential() {
         hs_token(json!({ "iss": "internal", "sub": "alice", "tenant": 7, "exp": now() + 60 }));
     let (req, cx, r) = run(&plugin, Some(&format!("Bearer {token}"))).await;
     r.expect("accepted");
-    assert!(cx.auth.identified);
-    assert_eq!(cx.auth.consumer.as_ref().map(|c| &*c.name), Some("alice"));
+    assert!(crate::plugins::auth::identified(&cx));
+    assert_eq!(cx.consumer.as_ref().map(|c| &*c.name), Some("alice"));
     assert_eq!(req.headers["x-user-id"], "alice");
     assert_eq!(req.headers["x-tenant"], "7", "numbers go as their text");
     assert!(req.headers.get(AUTHORIZATION).is_none());
@@ -155,7 +155,7 @@ async fn a_valid_token_identifies_and_forwards_claims_without_the_credential() {
     let token = hs_token(json!({ "iss": "internal", "sub": "zed", "exp": now() + 60 }));
     let (req, cx, r) = run(&plugin, Some(&format!("bearer  {token}"))).await;
     r.expect("accepted");
-    assert!(cx.auth.identified && cx.auth.consumer.is_none());
+    assert!(crate::plugins::auth::identified(&cx) && cx.consumer.is_none());
     assert_eq!(req.headers["x-user-id"], "zed");
     assert!(
         req.headers.get("x-tenant").is_none(),
@@ -167,11 +167,17 @@ async fn a_valid_token_identifies_and_forwards_claims_without_the_credential() {
 async fn no_bearer_token_offers_the_challenge_and_strips_claim_headers() {
     let plugin = Jwt::build(&hs_cfg(json!({ "anonymous": "alice" })), &env()).expect("builds");
     for auth in [None, Some("Basic YTpi"), Some("Bearerish x")] {
-        let (req, cx, r) = run(&plugin, auth).await;
+        let (req, mut cx, r) = run(&plugin, auth).await;
         r.expect("steps aside");
-        assert!(!cx.auth.identified);
-        assert_eq!(cx.auth.challenges, [CHALLENGE]);
-        assert_eq!(cx.auth.anonymous.as_ref().map(|c| &*c.name), Some("alice"));
+        assert!(!crate::plugins::auth::identified(&cx));
+        assert_eq!(crate::plugins::auth::state(&mut cx).challenges, [CHALLENGE]);
+        assert_eq!(
+            crate::plugins::auth::state(&mut cx)
+                .anonymous
+                .as_ref()
+                .map(|c| &*c.name),
+            Some("alice")
+        );
         assert!(req.headers.get("x-user-id").is_none() && req.headers.get("x-tenant").is_none());
         assert_eq!(req.headers.get(AUTHORIZATION).is_some(), auth.is_some());
     }
@@ -223,7 +229,7 @@ async fn refuses_bad_tokens_with_the_reason() {
         (String::new(), "malformed"),
     ];
     for (token, why) in cases {
-        let (_, cx, r) = run(&plugin, Some(&format!("Bearer {token}"))).await;
+        let (_, mut cx, r) = run(&plugin, Some(&format!("Bearer {token}"))).await;
         let err = r.expect_err(why);
         assert_eq!(err.status, StatusCode::UNAUTHORIZED, "{why}");
         assert!(
@@ -238,7 +244,8 @@ async fn refuses_bad_tokens_with_the_reason() {
             [(WWW_AUTHENTICATE, HeaderValue::from_static(INVALID_TOKEN))]
         );
         assert!(
-            !cx.auth.identified && cx.auth.challenges.is_empty(),
+            !crate::plugins::auth::identified(&cx)
+                && crate::plugins::auth::state(&mut cx).challenges.is_empty(),
             "not a missing credential"
         );
     }
@@ -267,7 +274,7 @@ async fn steps_aside_when_another_plugin_identified_the_caller() {
     let plugin = Jwt::build(&hs_cfg(json!({})), &env()).expect("builds");
     let mut req = request(Some("Bearer garbage"));
     let mut cx = Ctx::for_test();
-    cx.auth.identify(None);
+    crate::plugins::auth::identify(&mut cx, None);
     plugin
         .request_filter(&mut req, &mut cx)
         .await
@@ -302,7 +309,7 @@ async fn a_remembered_token_is_still_refused_once_it_expires() {
     for _ in 0..3 {
         let (_, cx, r) = run(&plugin, Some(&bearer)).await;
         assert!(r.is_ok(), "{r:?}");
-        assert!(cx.auth.identified);
+        assert!(crate::plugins::auth::identified(&cx));
     }
     while now() <= exp {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

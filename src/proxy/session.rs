@@ -1,0 +1,500 @@
+//! One request's session: what the proxy knows of an exchange (its connection, request id,
+//! observation record, route, plugin context), and the steps of its life in order:
+//! [`Session::begin`], then [`Session::run`] (check, route, request phases, target, response
+//! phases, end callbacks), then [`Session::finish`].
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+
+use super::body::ResponseBody;
+use super::{
+    classify, client_body_error, error_response, fields, forward, plugin_error, redirect, upgrade,
+    upstream_uri, ConnInfo,
+};
+use crate::body::{Body, BodyError};
+use crate::error::GatewayError;
+use crate::observe::Exchange;
+use crate::plugin::{Ctx, Flow, PhaseError, RequestHead, Summary};
+use crate::route::RequestKey;
+use crate::snapshot::{Route, Snapshot, Target};
+use crate::upstream::{BodySent, CallOptions, Upstream};
+
+/// One exchange, from the request head to the end of the response body.
+pub(super) struct Session<'c> {
+    conn: &'c ConnInfo,
+    request_id: HeaderValue,
+    /// The client speaks gRPC: errors are answered the gRPC way.
+    grpc: bool,
+    /// The client speaks HTTP/1 (a failed body closes its connection).
+    downstream_h1: bool,
+    /// The observation record, when anything observes requests.
+    ex: Option<Box<Exchange>>,
+    /// The request body's bytes read, when observed or logged by a plugin.
+    bytes_in: Option<Arc<AtomicU64>>,
+    /// When the head arrived, for a plugin's logging phase on an unobserved request.
+    started: Option<Instant>,
+}
+
+/// A request that matched a route.
+struct Matched<'s> {
+    route: &'s Route,
+    strip_len: usize,
+    /// The request's host, as forwarded (`Host`, or the target's authority).
+    host: Option<HeaderValue>,
+}
+
+/// An HTTP/1.1 upgrade the client asked for: hyper's handle on its connection, and the protocol.
+struct Upgrade {
+    client: hyper::upgrade::OnUpgrade,
+    protocol: HeaderValue,
+}
+
+/// What the target answered.
+enum Answer {
+    /// A response to run the response phases on, with the upstream lease it holds (if any).
+    Response(Response<Body>, Option<crate::upstream::Lease>),
+    /// A `101`: the tunnel is set up; sent as it is.
+    Upgraded(Response<ResponseBody>),
+}
+
+impl<'c> Session<'c> {
+    /// Starts the session of `req`, received on `conn`.
+    pub(super) fn begin(snap: &Snapshot, req: &Request<Body>, conn: &'c ConnInfo) -> Self {
+        let request_id = forward::request_id(req.headers());
+        let ex = snap.observer.begin(
+            req,
+            &conn.listener.name,
+            conn.listener.tls.is_some(),
+            &request_id,
+            conn.peer.ip(),
+        );
+        Session {
+            conn,
+            request_id,
+            grpc: error_response::is_grpc(req.headers()),
+            downstream_h1: req.version() < Version::HTTP_2,
+            ex,
+            bytes_in: None,
+            started: None,
+        }
+    }
+
+    /// Runs the exchange to its response. Never fails: errors become responses.
+    pub(super) async fn run(
+        &mut self,
+        snap: &Snapshot,
+        mut req: Request<Body>,
+    ) -> Response<ResponseBody> {
+        let upgrade = if req.version() == Version::HTTP_11 {
+            forward::wants_upgrade(req.headers()).map(|protocol| Upgrade {
+                client: hyper::upgrade::on(&mut req),
+                protocol,
+            })
+        } else {
+            None
+        };
+        let matched = match self.check(&mut req).and_then(|()| self.route(snap, &req)) {
+            Ok(Ok(m)) => m,
+            Ok(Err(redirect)) => return redirect,
+            Err(e) => return self.error_response(&e),
+        };
+        let route = matched.route;
+        let mut cx = self.context(route, &req);
+        let result = self.routed(snap, matched, req, upgrade, &mut cx).await;
+        if let Some(ex) = &mut self.ex {
+            ex.consumer = cx.consumer.as_ref().map(|c| c.name.clone());
+            ex.consumer_anonymous = cx.anonymous;
+        }
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) if !route.plugins.is_empty() => {
+                // The response phase also sees gateway errors on a matched route (CORS, security
+                // headers). A plugin failing here leaves the original error in place.
+                let (mut parts, body) = self.error_response(&e).into_parts();
+                let _ = route.plugins.response_filter(&mut parts, &mut cx).await;
+                Response::from_parts(parts, body)
+            }
+            Err(e) => self.error_response(&e),
+        };
+        self.on_end(route, cx, resp)
+    }
+
+    /// Ends the session's head: the request id goes back to the client, and the record (if any)
+    /// rides the body until it ends.
+    pub(super) fn finish(
+        self,
+        snap: Arc<Snapshot>,
+        mut resp: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        resp.headers_mut()
+            .insert(forward::X_REQUEST_ID.clone(), self.request_id);
+        match self.ex {
+            Some(mut ex) => {
+                ex.status = resp.status().as_u16();
+                // The snapshot moves into the body: no shared reference count is touched.
+                resp.map(|b| b.observed(snap, ex))
+            }
+            None => resp,
+        }
+    }
+
+    fn error_response(&mut self, e: &GatewayError) -> Response<ResponseBody> {
+        if let Some(ex) = &mut self.ex {
+            ex.error = Some(e.kind);
+        }
+        error_response::for_request(e, Some(&self.request_id), self.grpc)
+    }
+
+    /// Checks what every request must be before anything reads it. `Ok(Err(_))` is the HTTPS
+    /// redirect of a plain listener that redirects everything.
+    fn check(&self, req: &mut Request<Body>) -> Result<(), GatewayError> {
+        // Before anything reads the host (routing, the HTTPS redirect, plugins, forwarding): one
+        // valid host, and the target's authority wins over a `Host` that differs.
+        fields::check_host(req)?;
+        let limits = &self.conn.listener.limits;
+        if req.version() == Version::HTTP_2 {
+            // HTTP/1 heads were checked below hyper; HTTP/2 heads are checked here.
+            if req.headers().len() > limits.max_headers {
+                return Err(GatewayError::downstream(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "the request has too many header fields",
+                ));
+            }
+            if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > limits.max_uri {
+                return Err(GatewayError::downstream(
+                    StatusCode::URI_TOO_LONG,
+                    "the request target is too long",
+                ));
+            }
+        }
+        let body_limit = self.conn.listener.max_body.unwrap_or(u64::MAX);
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            if len > body_limit {
+                return Err(GatewayError::downstream(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {body_limit} bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the request's route (or answers with the HTTPS redirect).
+    fn route<'s>(
+        &mut self,
+        snap: &'s Snapshot,
+        req: &Request<Body>,
+    ) -> Result<Result<Matched<'s>, Response<ResponseBody>>, GatewayError> {
+        if self.conn.listener.redirect_https {
+            return redirect::to_https(snap, req).map(Err);
+        }
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let key = RequestKey {
+            host: host.as_ref().and_then(|h| h.to_str().ok()),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+        };
+        let Some(m) = snap.routes.find(&key) else {
+            return Err(GatewayError::downstream(
+                StatusCode::NOT_FOUND,
+                "no route matches this request",
+            ));
+        };
+        if let Some(ex) = &mut self.ex {
+            ex.route = Some(m.route.series.clone());
+            ex.upstream = m.route.target.upstream().map(|u| u.name.clone());
+        }
+        Ok(Ok(Matched {
+            route: m.route,
+            strip_len: m.strip_len,
+            host,
+        }))
+    }
+
+    /// The plugins' context for a request that matched `route`.
+    fn context(&mut self, route: &Route, req: &Request<Body>) -> Ctx {
+        let conn = self.conn;
+        let client_ip = forward::client_ip(
+            conn.peer.ip(),
+            req.headers(),
+            &conn.listener.trusted_proxies,
+        );
+        if let Some(ex) = &mut self.ex {
+            ex.client_ip = Some(client_ip);
+        } else if route.plugins.logs() {
+            self.started = Some(Instant::now());
+        }
+        Ctx {
+            request_id: self.request_id.clone(),
+            route: route.name.clone(),
+            client: conn.peer,
+            client_ip,
+            client_cert: conn.client_cert.clone(),
+            consumer: None,
+            anonymous: false,
+            ext: http::Extensions::new(),
+            response_headers: Vec::new(),
+        }
+    }
+
+    /// The request phases, the route's target, the response phases.
+    async fn routed(
+        &mut self,
+        snap: &Snapshot,
+        m: Matched<'_>,
+        req: Request<Body>,
+        upgrade: Option<Upgrade>,
+        cx: &mut Ctx,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let (mut head, body) = req.into_parts();
+        let bodiless = head.method == http::Method::HEAD;
+        // Before the plugins: they see no hop-by-hop headers and no client-made consumer headers.
+        forward::strip_hop_by_hop(&mut head.headers);
+        let plugins = &m.route.plugins;
+        if !plugins.is_empty() {
+            match plugins
+                .request_filter(&mut head, cx)
+                .await
+                .map_err(plugin_error)?
+            {
+                Flow::Continue => {}
+                Flow::Respond(answer) => {
+                    return self.respond(m.route, answer, None, bodiless, cx).await;
+                }
+            }
+        }
+        match &m.route.target {
+            Target::Upstream(upstream) => {
+                match self
+                    .forward(snap, &m, upstream, head, body, upgrade, cx)
+                    .await?
+                {
+                    Answer::Response(resp, lease) => {
+                        self.respond(m.route, resp, lease, bodiless, cx).await
+                    }
+                    Answer::Upgraded(resp) => Ok(resp),
+                }
+            }
+            Target::Respond => Err(GatewayError::internal(
+                "the route has no upstream and no plugin answered",
+            )),
+        }
+    }
+
+    /// Forwards the request to `upstream` and returns its answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &mut self,
+        snap: &Snapshot,
+        m: &Matched<'_>,
+        upstream: &Upstream,
+        mut head: RequestHead,
+        body: Body,
+        upgrade: Option<Upgrade>,
+        cx: &mut Ctx,
+    ) -> Result<Answer, GatewayError> {
+        let conn = self.conn;
+        let plugins = &m.route.plugins;
+        forward::add_forwarding(
+            &mut head.headers,
+            &conn.peer_value,
+            m.host.as_ref(),
+            &snap.via,
+            conn.listener.tls.is_some(),
+        );
+        head.headers
+            .insert(forward::X_REQUEST_ID.clone(), self.request_id.clone());
+        if let Some(u) = &upgrade {
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            head.headers.insert(header::UPGRADE, u.protocol.clone());
+        }
+        if let Some(h) = &m.host {
+            head.headers.insert(header::HOST, h.clone());
+        }
+        head.uri = upstream_uri(&head.uri, m.route, m.strip_len)?;
+        head.version = Version::HTTP_11;
+        if !plugins.is_empty() {
+            plugins
+                .upstream_request_filter(&mut head, cx)
+                .await
+                .map_err(plugin_error)?;
+        }
+        let (body, body_sent) = self.request_body(m.route, &mut head, body, cx).await?;
+
+        let mut opts = CallOptions {
+            hash: upstream.hash_of(&head.headers, head.uri.path(), conn.peer.ip()),
+            preserve_host: m.route.preserve_host,
+            body_sent,
+            report: self.ex.as_mut().map(|ex| std::mem::take(&mut ex.call)),
+        };
+        let called = upstream
+            .call(Request::from_parts(head, body), &mut opts)
+            .await;
+        if let (Some(ex), Some(report)) = (self.ex.as_mut(), opts.report) {
+            ex.call = report;
+        }
+        let (mut resp, lease) = called.map_err(|e| classify(&e, self.downstream_h1))?;
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client) = upgrade else {
+                return Err(GatewayError::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream switched protocols without being asked",
+                    false,
+                ));
+            };
+            // The upstream connection becomes the tunnel's; it never returns to the pool.
+            drop(lease);
+            let upstream_io = hyper::upgrade::on(&mut resp);
+            upgrade::spawn_tunnel(client.client, upstream_io, conn.tunnels.clone());
+            // Keep `Connection`/`Upgrade` on a 101: they are the handshake.
+            let (parts, _) = resp.into_parts();
+            return Ok(Answer::Upgraded(Response::from_parts(
+                parts,
+                ResponseBody::empty(),
+            )));
+        }
+        let headers = resp.headers_mut();
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            // RFC 9112 §6.3: the transfer coding frames the body and `Content-Length` is wrong (a
+            // smuggling vector). hyper decoded the chunks; the length must not reach the client.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        forward::strip_hop_by_hop(headers);
+        Ok(Answer::Response(resp, Some(lease)))
+    }
+
+    /// The request body on its way upstream: the listener's limit and stall timer, the byte
+    /// count, the plugins' body phases, and the signal that it has been sent (the response timer
+    /// starts then, so a long upload is not cut by `timeout`).
+    async fn request_body(
+        &mut self,
+        route: &Route,
+        head: &mut RequestHead,
+        body: Body,
+        cx: &mut Ctx,
+    ) -> Result<(Body, BodySent), GatewayError> {
+        let plugins = &route.plugins;
+        let has_phase = plugins.has_request_body();
+        if body.is_empty() && !has_phase {
+            // Most requests: sent at once, the timer simply starts now.
+            return Ok((body, BodySent::default()));
+        }
+        let listener = &self.conn.listener;
+        let mut body = body.limited(listener.max_body.unwrap_or(u64::MAX));
+        if let Some(after) = listener.transfer.body_timeout {
+            body = body.stalling_after(after);
+        }
+        if self.ex.is_some() || plugins.logs() {
+            let counter = Arc::<AtomicU64>::default();
+            if let Some(ex) = &mut self.ex {
+                ex.bytes_in = Some(counter.clone());
+            }
+            body = body.counting(counter.clone());
+            self.bytes_in = Some(counter);
+        }
+        if has_phase {
+            body = plugins
+                .request_body(head, body, cx)
+                .await
+                .map_err(|e| self.phase_error(e))?;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        Ok((body.on_end(tx), BodySent::new(rx)))
+    }
+
+    /// The response phases on a target's answer (an upstream's or a plugin's).
+    async fn respond(
+        &mut self,
+        route: &Route,
+        resp: Response<Body>,
+        lease: Option<crate::upstream::Lease>,
+        head_request: bool,
+        cx: &mut Ctx,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let (mut parts, mut body) = resp.into_parts();
+        let plugins = &route.plugins;
+        if !plugins.is_empty() {
+            let bodiless = head_request
+                || parts.status == StatusCode::NO_CONTENT
+                || parts.status == StatusCode::NOT_MODIFIED;
+            body = plugins
+                .response(&mut parts, body, bodiless, cx)
+                .await
+                .map_err(|e| self.phase_error(e))?;
+        }
+        let mut body = ResponseBody::new(body);
+        if let Some(lease) = lease {
+            body = body.leasing(lease);
+        }
+        Ok(Response::from_parts(parts, body))
+    }
+
+    fn phase_error(&self, e: PhaseError) -> GatewayError {
+        match e {
+            PhaseError::Plugin(p) => plugin_error(p),
+            PhaseError::Body(BodyError::Client(c)) => client_body_error(c, self.downstream_h1),
+            PhaseError::Body(e) => {
+                tracing::debug!(error = %e, "a body failed while a plugin read it");
+                GatewayError::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream's response body failed",
+                    false,
+                )
+            }
+        }
+    }
+
+    /// What happens when the response body ends: the plugins' logging phase, and the end of the
+    /// context (values plugins keep in it, concurrency slots, are released then).
+    fn on_end(
+        &mut self,
+        route: &Route,
+        cx: Ctx,
+        resp: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        let plugins = &route.plugins;
+        if plugins.logs() {
+            let chain = plugins.clone();
+            let status = resp.status();
+            let started = self
+                .ex
+                .as_ref()
+                .map(|ex| ex.started)
+                .or(self.started)
+                .unwrap_or_else(Instant::now);
+            let bytes_in = self.bytes_in.clone();
+            return resp.map(|b| {
+                b.on_end(Box::new(move |end| {
+                    let summary = Summary {
+                        status,
+                        bytes_received: bytes_in
+                            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed)),
+                        bytes_sent: end.sent,
+                        duration: started.elapsed(),
+                        completed: end.complete,
+                    };
+                    chain.log(&summary, &cx);
+                }))
+            });
+        }
+        if !cx.ext.is_empty() {
+            return resp.map(|b| b.on_end(Box::new(move |_| drop(cx))));
+        }
+        resp
+    }
+}
