@@ -181,14 +181,31 @@ impl std::fmt::Debug for Decoder {
     }
 }
 
+/// The size of the pieces a decoder's output is collected in.
+const PIECE: usize = 64 * 1024;
+
 /// The decoders' sink: collects output until it is taken, and fails a write that would take the
 /// total past `max`, so the decoder stops there.
+///
+/// Output goes into fixed pieces rather than one growing buffer: a small input can expand a
+/// thousandfold, and a doubling buffer would briefly hold half as much again (and copy it).
 #[derive(Debug)]
 struct Capped {
-    buf: Vec<u8>,
+    done: Vec<Bytes>,
+    piece: Vec<u8>,
     total: u64,
     max: u64,
     over: bool,
+}
+
+impl Capped {
+    fn take(&mut self) -> Vec<Bytes> {
+        if !self.piece.is_empty() {
+            let piece = std::mem::take(&mut self.piece);
+            self.done.push(Bytes::from(piece));
+        }
+        std::mem::take(&mut self.done)
+    }
 }
 
 impl Write for Capped {
@@ -199,7 +216,20 @@ impl Write for Capped {
             return Err(io::Error::other("the decompressed body passed the cap"));
         }
         self.total += n;
-        self.buf.extend_from_slice(data);
+        let mut rest = data;
+        while !rest.is_empty() {
+            if self.piece.capacity() == 0 {
+                self.piece.reserve_exact(PIECE);
+            }
+            let room = self.piece.capacity() - self.piece.len();
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            self.piece.extend_from_slice(now);
+            rest = later;
+            if self.piece.len() == self.piece.capacity() {
+                let full = std::mem::take(&mut self.piece);
+                self.done.push(Bytes::from(full));
+            }
+        }
         Ok(data.len())
     }
 
@@ -212,7 +242,8 @@ impl Decoder {
     /// A decoder for `coding` that fails once its output passes `max` bytes.
     pub fn new(coding: ContentCoding, max: u64) -> Result<Decoder, CodecError> {
         let sink = Capped {
-            buf: Vec::new(),
+            done: Vec::new(),
+            piece: Vec::new(),
             total: 0,
             max,
             over: false,
@@ -233,13 +264,14 @@ impl Decoder {
         Ok(Decoder { coding, max, inner })
     }
 
-    /// Decompresses `data`: all the output it makes available now (possibly none).
-    pub fn decompress(&mut self, data: &[u8]) -> Result<Bytes, CodecError> {
+    /// Decompresses `data`: all the output it makes available now, in pieces of at most 64 KiB
+    /// (possibly none).
+    pub fn decompress(&mut self, data: &[u8]) -> Result<Vec<Bytes>, CodecError> {
         let res = match &mut self.inner {
             Dec::Gzip(d) => write_flush(d, data),
             Dec::Br(d) => write_flush(&mut **d, data),
             Dec::Zstd(d) => write_flush(d, data),
-            Dec::Done => return Ok(Bytes::new()),
+            Dec::Done => return Ok(Vec::new()),
         };
         match res {
             Ok(()) => Ok(self.take()),
@@ -248,12 +280,12 @@ impl Decoder {
     }
 
     /// The input ended: the last output, or an error if the input stopped inside the stream.
-    pub fn finish(&mut self) -> Result<Bytes, CodecError> {
+    pub fn finish(&mut self) -> Result<Vec<Bytes>, CodecError> {
         let res = match &mut self.inner {
             Dec::Gzip(d) => d.try_finish(),
             Dec::Br(d) => d.close(),
             Dec::Zstd(d) => d.do_finish(),
-            Dec::Done => return Ok(Bytes::new()),
+            Dec::Done => return Ok(Vec::new()),
         };
         match res {
             Ok(()) => {
@@ -274,10 +306,8 @@ impl Decoder {
         }
     }
 
-    fn take(&mut self) -> Bytes {
-        self.sink()
-            .map(|s| Bytes::from(std::mem::take(&mut s.buf)))
-            .unwrap_or_default()
+    fn take(&mut self) -> Vec<Bytes> {
+        self.sink().map(Capped::take).unwrap_or_default()
     }
 
     /// Classifies a decoder error and retires the decoder (its output so far is dropped).
@@ -319,6 +349,11 @@ mod tests {
         }
         s.truncate(n);
         s
+    }
+
+    fn joined(pieces: Vec<Bytes>) -> Vec<u8> {
+        assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= PIECE));
+        pieces.concat()
     }
 
     /// Decodes a whole stream with the crate's own reading decoders (not ours).
@@ -368,9 +403,9 @@ mod tests {
             let mut d = Decoder::new(coding, u64::MAX).expect("decoder");
             let mut back = Vec::new();
             for chunk in wire.chunks(1000) {
-                back.extend_from_slice(&d.decompress(chunk).expect("decompress"));
+                back.extend(joined(d.decompress(chunk).expect("decompress")));
             }
-            back.extend_from_slice(&d.finish().expect("finish"));
+            back.extend(joined(d.finish().expect("finish")));
             assert_eq!(back, input, "{coding:?}");
         }
     }
@@ -385,7 +420,7 @@ mod tests {
                 let event = format!("id: {i}\nevent: tick\ndata: {{\"n\":{i}}}\n\n");
                 let wire = e.compress(event.as_bytes()).expect("compress");
                 assert!(!wire.is_empty(), "{coding:?}: event {i} held back");
-                let got = d.decompress(&wire).expect("decompress");
+                let got = joined(d.decompress(&wire).expect("decompress"));
                 assert_eq!(got, event.as_bytes(), "{coding:?}: event {i}");
             }
             let tail = e.finish().expect("finish");
@@ -418,7 +453,7 @@ mod tests {
             for chunk in bomb.chunks(16 << 10) {
                 match d.decompress(chunk) {
                     Ok(b) => {
-                        seen += b.len() as u64;
+                        seen += joined(b).len() as u64;
                         // Output is handed over chunk by chunk, never more than the cap in all.
                         assert!(seen <= cap, "{coding:?}: {seen}");
                     }
@@ -444,8 +479,8 @@ mod tests {
         for coding in ALL {
             let wire = compress_all(coding, &input);
             let mut d = Decoder::new(coding, input.len() as u64).expect("decoder");
-            let mut back = d.decompress(&wire).expect("decompress").to_vec();
-            back.extend_from_slice(&d.finish().expect("finish"));
+            let mut back = joined(d.decompress(&wire).expect("decompress"));
+            back.extend(joined(d.finish().expect("finish")));
             assert_eq!(back, input, "{coding:?}");
             let mut d = Decoder::new(coding, input.len() as u64 - 1).expect("decoder");
             let e = d
@@ -525,8 +560,8 @@ mod tests {
         let mut wire = compress_all(ContentCoding::Gzip, b"first part, ");
         wire.extend_from_slice(&compress_all(ContentCoding::Gzip, b"second part"));
         let mut d = Decoder::new(ContentCoding::Gzip, 1000).expect("decoder");
-        let mut back = d.decompress(&wire).expect("decompress").to_vec();
-        back.extend_from_slice(&d.finish().expect("finish"));
+        let mut back = joined(d.decompress(&wire).expect("decompress"));
+        back.extend(joined(d.finish().expect("finish")));
         assert_eq!(back, b"first part, second part");
     }
 

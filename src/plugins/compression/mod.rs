@@ -2,22 +2,222 @@
 //! optionally decompress uploads with a cap on their decompressed size.
 //!
 //! [`codec`] holds the streaming encoders and decoders, [`negotiate`] the `Accept-Encoding` and
-//! media-type matching; this file decides per response ([`Settings::decide`]) and rewrites the
-//! head ([`compress_head`]).
-
-// Until the body phases of the plugin API land, the plugin itself is not wired in.
-#![allow(dead_code)]
+//! media-type matching; this file decides per response ([`Settings::decide`]), rewrites the head
+//! ([`compress_head`]) and runs the codecs as body filters.
+//!
+//! A route's own `compression` replaces the global one: every instance records its settings in
+//! the request's `ext` in `request_filter` (the global first, then the route's over it), and in
+//! the body phases only the instance whose settings are recorded acts.
 
 pub mod codec;
 pub mod negotiate;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use frontdesk_config::{CompressionConfig, CompressionLevels, ContentCoding};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
+use crate::body::BodyFrame;
+use crate::plugin::{
+    BodyAction, BodyFilter, BuildEnv, Ctx, Flow, FrameSink, Phases, Plugin, PluginError,
+    PluginFactory, RequestHead, ResponseHead,
+};
+use codec::{CodecError, Decoder, Encoder};
 use negotiate::{is_event_stream, MediaTypes, Negotiated};
+
+/// The `compression` plugin: one scope's [`Settings`].
+#[derive(Debug)]
+pub struct Compression {
+    settings: Arc<Settings>,
+}
+
+impl PluginFactory for Compression {
+    const KIND: &'static str = "compression";
+    // After the limits (a refused request costs no codec), before the transforms (500s): uploads
+    // are decoded before they see the body, responses encoded after they changed it.
+    const ORDER: u16 = 450;
+    type Config = CompressionConfig;
+
+    fn build(cfg: &CompressionConfig, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, String> {
+        Ok(Arc::new(Compression {
+            settings: Arc::new(Settings::new(cfg)?),
+        }))
+    }
+}
+
+impl Compression {
+    /// What the request phase recorded, when these settings are the ones that apply.
+    fn mine<'a>(&self, cx: &'a Ctx) -> Option<&'a Remembered> {
+        cx.ext
+            .get::<Remembered>()
+            .filter(|r| Arc::ptr_eq(&r.owner, &self.settings))
+    }
+}
+
+#[async_trait]
+impl Plugin for Compression {
+    fn kind(&self) -> &'static str {
+        Self::KIND
+    }
+
+    fn phases(&self) -> Phases {
+        Phases {
+            request_body: self.settings.request_max.is_some(),
+            response_body: true,
+            ..Phases::REQUEST
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        req: &mut RequestHead,
+        cx: &mut Ctx,
+    ) -> Result<Flow, PluginError> {
+        let negotiated = negotiate::negotiate(
+            req.headers.get_all(header::ACCEPT_ENCODING),
+            &self.settings.encodings,
+        );
+        cx.ext.insert(Remembered {
+            owner: self.settings.clone(),
+            negotiated,
+            head: is_head(&req.method),
+        });
+        Ok(Flow::Continue)
+    }
+
+    fn request_body(&self, req: &mut RequestHead, cx: &mut Ctx) -> BodyAction {
+        let Some(max) = self.settings.request_max else {
+            return BodyAction::Pass;
+        };
+        if self.mine(cx).is_none() {
+            return BodyAction::Pass;
+        }
+        let Some(coding) = upload_coding(&req.headers) else {
+            return BodyAction::Pass;
+        };
+        match Decoder::new(coding, max) {
+            Ok(decoder) => {
+                // The upstream gets the plain body (the chain removes `Content-Length`).
+                req.headers.remove(header::CONTENT_ENCODING);
+                BodyAction::Stream(Box::new(Decompress { decoder }))
+            }
+            Err(e) => {
+                // Only the zstd library's context allocation can fail here: leave the body as
+                // it came rather than refuse a request the upstream may accept.
+                tracing::warn!(error = %e, "could not start an upload decoder");
+                BodyAction::Pass
+            }
+        }
+    }
+
+    fn response_body(&self, resp: &mut ResponseHead, cx: &mut Ctx) -> BodyAction {
+        let Some(r) = self.mine(cx) else {
+            return BodyAction::Pass;
+        };
+        let decision = self
+            .settings
+            .decide(&r.negotiated, r.head, resp.status, &resp.headers);
+        let coding = match decision {
+            Decision::Skip => return BodyAction::Pass,
+            Decision::VaryOnly => {
+                add_vary(&mut resp.headers);
+                return BodyAction::Pass;
+            }
+            Decision::Compress(c) => c,
+        };
+        let size = content_length(&resp.headers);
+        match Encoder::new(coding, &self.settings.levels, size) {
+            Ok(encoder) => {
+                compress_head(&mut resp.headers, coding);
+                BodyAction::Stream(Box::new(Compress { encoder }))
+            }
+            Err(e) => {
+                // The body goes out uncoded, which every client accepts but one that refused
+                // identity; still correct for caches.
+                tracing::warn!(error = %e, "could not start a response encoder");
+                add_vary(&mut resp.headers);
+                BodyAction::Pass
+            }
+        }
+    }
+}
+
+/// Compresses a response body frame by frame, flushing each (see [`Encoder::compress`]).
+struct Compress {
+    encoder: Encoder,
+}
+
+impl BodyFilter for Compress {
+    fn frame(&mut self, frame: BodyFrame, out: &mut FrameSink) -> Result<(), PluginError> {
+        match frame.into_data() {
+            Ok(data) => out.push_data(self.encoder.compress(&data).map_err(encode_failed)?),
+            // Trailers pass as they are; the sink sends them after the coding's end.
+            Err(frame) => out.push(frame),
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut FrameSink) -> Result<(), PluginError> {
+        out.push_data(self.encoder.finish().map_err(encode_failed)?);
+        Ok(())
+    }
+}
+
+fn encode_failed(e: CodecError) -> PluginError {
+    tracing::warn!(error = %e, "response compression failed");
+    PluginError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "compressing the response failed",
+    )
+}
+
+/// Decompresses a request body frame by frame, within the cap.
+struct Decompress {
+    decoder: Decoder,
+}
+
+impl BodyFilter for Decompress {
+    fn frame(&mut self, frame: BodyFrame, out: &mut FrameSink) -> Result<(), PluginError> {
+        match frame.into_data() {
+            Ok(data) => {
+                for piece in self.decoder.decompress(&data).map_err(refused)? {
+                    out.push_data(piece);
+                }
+            }
+            Err(frame) => out.push(frame),
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut FrameSink) -> Result<(), PluginError> {
+        for piece in self.decoder.finish().map_err(refused)? {
+            out.push_data(piece);
+        }
+        Ok(())
+    }
+}
+
+/// The client's answer for an upload that does not decode: `413` past the cap, else `400`.
+fn refused(e: CodecError) -> PluginError {
+    match e {
+        CodecError::TooLarge { max } => PluginError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the decompressed request body is larger than {max} bytes"),
+        )
+        .with_reason("decompressed_too_large"),
+        CodecError::Corrupt { coding, .. } => PluginError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not valid {coding} data"),
+        )
+        .with_reason("undecodable_body"),
+        CodecError::Encode { .. } => PluginError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "decompressing the request body failed",
+        ),
+    }
+}
 
 /// One scope's settings, built once per config generation.
 #[derive(Debug)]
