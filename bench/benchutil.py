@@ -6,7 +6,7 @@
                                        fail early if process PID is gone
   benchutil.py get PORT [SCHEME]       GET SCHEME://127.0.0.1:PORT/ (http or https,
                                        certificate not verified), print body
-  benchutil.py json SIZE               print a JSON array of about SIZE bytes
+  benchutil.py json SIZE               print a JSON array of SIZE bytes
   benchutil.py gzip-check PORT PATH FILE
                                        GET http://127.0.0.1:PORT/PATH with
                                        Accept-Encoding: gzip; fail unless the answer is
@@ -84,13 +84,15 @@ def get(port, scheme="http"):
 
 
 def json_doc(size):
-    # Records like an API's list response: repetitive keys, varied values.
+    # Records like an API's list response: repetitive keys, varied values; padded with spaces
+    # before the closing bracket to exactly SIZE bytes.
     items, n = [], 0
-    while len(json.dumps(items)) < size:
+    while len(json.dumps(items)) <= size:
         items.append({"id": n, "name": "item %d" % (n * 7919 % 1000), "active": n % 3 != 0,
                       "tags": ["t%d" % (n % 7), "t%d" % (n % 5)], "score": round(n * 0.37, 2)})
         n += 1
-    sys.stdout.write(json.dumps(items))
+    text = json.dumps(items[:-1])
+    sys.stdout.write(text[:-1] + " " * (size - len(text)) + "]")
 
 
 def gzip_check(port, path, expected_file):
