@@ -6,6 +6,11 @@
                                        fail early if process PID is gone
   benchutil.py get PORT [SCHEME]       GET SCHEME://127.0.0.1:PORT/ (http or https,
                                        certificate not verified), print body
+  benchutil.py json SIZE               print a JSON array of SIZE bytes
+  benchutil.py gzip-check PORT PATH FILE
+                                       GET http://127.0.0.1:PORT/PATH with
+                                       Accept-Encoding: gzip; fail unless the answer is
+                                       gzip-encoded and decodes to FILE's bytes
 
 For bench/auth.sh:
 
@@ -24,6 +29,7 @@ For bench/auth.sh:
                                        bench/auth.sh from its per-round results
 """
 import base64
+import gzip
 import http.client
 import http.server
 import json
@@ -75,6 +81,31 @@ def get(port, scheme="http"):
     )
     with opener.open("%s://127.0.0.1:%d/" % (scheme, port), timeout=5) as r:
         sys.stdout.write(r.read().decode())
+
+
+def json_doc(size):
+    # Records like an API's list response: repetitive keys, varied values; padded with spaces
+    # before the closing bracket to exactly SIZE bytes.
+    items, n = [], 0
+    while len(json.dumps(items)) <= size:
+        items.append({"id": n, "name": "item %d" % (n * 7919 % 1000), "active": n % 3 != 0,
+                      "tags": ["t%d" % (n % 7), "t%d" % (n % 5)], "score": round(n * 0.37, 2)})
+        n += 1
+    text = json.dumps(items[:-1])
+    sys.stdout.write(text[:-1] + " " * (size - len(text)) + "]")
+
+
+def gzip_check(port, path, expected_file):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
+    r = conn.getresponse()
+    body = r.read()
+    want = open(expected_file, "rb").read()
+    if r.status != 200 or r.getheader("Content-Encoding") != "gzip":
+        sys.exit("status %d, Content-Encoding %r" % (r.status, r.getheader("Content-Encoding")))
+    if gzip.decompress(body) != want:
+        sys.exit("the decoded body differs from %s" % expected_file)
+    print("%d bytes gzip for %d bytes" % (len(body), len(want)))
 
 
 def b64url(data):
@@ -272,6 +303,10 @@ if __name__ == "__main__":
         wait(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "get":
         get(int(sys.argv[2]), *sys.argv[3:4])
+    elif cmd == "json":
+        json_doc(int(sys.argv[2]))
+    elif cmd == "gzip-check":
+        gzip_check(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif cmd == "jwt-setup":
         jwt_setup(*sys.argv[2:8])
     elif cmd == "serve":

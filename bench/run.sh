@@ -15,9 +15,12 @@
 #   LOAD_CPU      core for wrk, upstream, idle client  (default 1)
 #   FRONTDESK_BIN use this binary instead of building target/release/frontdesk
 #   PROXIES       which proxies to run, in order       (default "frontdesk nginx")
-#   SCENARIOS     which rows to run, in order          (default "http https h2c h2")
+#   SCENARIOS     which rows to run, in order          (default "http https h2c h2 gzip")
 #                 http: HTTP/1.1 keep-alive (wrk); https: the same over TLS (wrk);
-#                 h2c: HTTP/2 prior knowledge (h2load); h2: HTTP/2 over TLS, ALPN (h2load)
+#                 h2c: HTTP/2 prior knowledge (h2load); h2: HTTP/2 over TLS, ALPN (h2load);
+#                 gzip: HTTP/1.1 keep-alive (wrk, Accept-Encoding: gzip), a 10 KiB JSON
+#                 response compressed by the proxy (Frontdesk's `compression`, nginx's gzip
+#                 module, both at gzip level 5)
 #   H2_STREAMS    h2load concurrent streams per connection (default 1)
 #
 # Scratch files (configs, logs, raw wrk output) go to bench/out/.
@@ -34,13 +37,16 @@ LOAD_CPU=${LOAD_CPU:-1}
 FRONTDESK_BIN=${FRONTDESK_BIN:-}
 FRONTDESK_DESC="FRONTDESK_BIN=$FRONTDESK_BIN"
 PROXIES=${PROXIES:-frontdesk nginx}
-SCENARIOS=${SCENARIOS:-http https h2c h2}
+SCENARIOS=${SCENARIOS:-http https h2c h2 gzip}
 H2_STREAMS=${H2_STREAMS:-1}
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH/.." && pwd)
 OUT=$BENCH/out
 UPSTREAM_BODY="hello from upstream"
+# The gzip row's response: a 10 KiB JSON file the upstream serves (written by make_json).
+JSON_PATH=/bench.json
+JSON_SIZE=10240
 cd "$ROOT"
 
 TAG=bench
@@ -79,7 +85,7 @@ preflight() {
 
     local sc
     for sc in $SCENARIOS; do
-        case $sc in http | https | h2c | h2) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
+        case $sc in http | https | h2c | h2 | gzip) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
     done
     fresh_out
 }
@@ -95,9 +101,17 @@ make_cert() {
         -keyout "$KEY" -out "$CERT" >"$OUT/openssl.log" 2>&1 || die "openssl failed, see $OUT/openssl.log"
 }
 
+# The gzip row's 10 KiB JSON, served by the upstream nginx from $OUT/static (see nginx-upstream.conf).
+make_json() {
+    mkdir -p "$OUT/static"
+    python3 "$BENCH/benchutil.py" json "$JSON_SIZE" >"$OUT/static${JSON_PATH}"
+}
+
 # Scenario properties.
 is_tls() { [[ $1 == https || $1 == h2 ]]; }
 scheme() { if is_tls "$1"; then echo https; else echo http; fi; }
+# The path the load asks for.
+load_path() { if [[ $1 == gzip ]]; then echo "$JSON_PATH"; else echo /; fi; }
 
 # fill TEMPLATE DEST KEY=VALUE...: replace @KEY@ placeholders.
 fill() {
@@ -122,6 +136,11 @@ start_frontdesk() {
     else
         fill "$BENCH/frontdesk.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" OUT="$OUT"
     fi
+    if [[ $scenario == gzip ]]; then
+        # The same level and minimum as nginx's side (gzip_comp_level, gzip_min_length).
+        printf '%s\n' "plugins:" "  compression: { encodings: [gzip], level: { gzip: 5 }, min_size: 1KiB }" \
+            >>"$OUT/frontdesk.yaml"
+    fi
     taskset -c "$PROXY_CPU" "$FRONTDESK_BIN" run -c "$OUT/frontdesk.yaml" >>"$OUT/frontdesk.log" 2>&1 &
     PROXY_MAIN_PID=$!
     STARTED_PIDS+=("$PROXY_MAIN_PID")
@@ -131,11 +150,14 @@ start_frontdesk() {
 }
 
 start_nginx() {
-    local port=$1 scenario=$2 flags=
+    local port=$1 scenario=$2 flags= gzip=
     case $scenario in h2c) flags=http2 ;; https | h2) flags="ssl http2" ;; esac
+    if [[ $scenario == gzip ]]; then
+        gzip="gzip on; gzip_comp_level 5; gzip_min_length 1024; gzip_types application/json; gzip_vary on; gzip_proxied any;"
+    fi
     fill "$BENCH/nginx-proxy.conf" "$OUT/nginx-proxy.conf" \
         OUT="$OUT" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" NOFILE="$NOFILE" \
-        LISTEN_FLAGS="$flags" CERT="$CERT" KEY="$KEY" \
+        LISTEN_FLAGS="$flags" GZIP="$gzip" CERT="$CERT" KEY="$KEY" \
         WORKER_CONNECTIONS=$((IDLE_CONNS + 2 * CONNECTIONS + 1024)) \
         UPSTREAM_KEEPALIVE=$((CONNECTIONS + 64))
     mkdir -p "$OUT/nginx-proxy-tmp"
@@ -156,8 +178,12 @@ start_nginx() {
 
 run_load() { # run_load SCENARIO PORT DURATION OUTFILE
     local url
-    url="$(scheme "$1")://127.0.0.1:$2/"
+    url="$(scheme "$1")://127.0.0.1:$2$(load_path "$1")"
     case $1 in
+        gzip)
+            taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
+                -H "Accept-Encoding: gzip" "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
+            ;;
         http | https)
             taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
                 "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
@@ -174,7 +200,7 @@ run_load() { # run_load SCENARIO PORT DURATION OUTFILE
 parse_load() {
     local f=$2
     case $1 in
-        http | https)
+        http | https | gzip)
             L_REQS=$(awk '/ requests in / {print $1}' "$f")
             L_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$f")
             L_P50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
@@ -238,6 +264,11 @@ bench_proxy() {
                 die "$key: GET / through the proxy failed"
             [[ $body == "$UPSTREAM_BODY" ]] || die "$key: unexpected body through the proxy: $body"
             ;;
+        gzip)
+            # Compressed, and decodes to the upstream's file.
+            python3 "$BENCH/benchutil.py" gzip-check "$port" "$JSON_PATH" "$OUT/static${JSON_PATH}" ||
+                die "$key: GET $JSON_PATH through the proxy was not the gzip of the upstream's file"
+            ;;
         h2c | h2)
             # nginx's h2c listener speaks only HTTP/2, so check with h2load itself.
             local check=$OUT/check-$scenario-$name.txt
@@ -291,6 +322,7 @@ for proxy in $PROXIES; do
     case $proxy in frontdesk | nginx) ;; *) die "unknown proxy in PROXIES: $proxy" ;; esac
 done
 read -r UPSTREAM_PORT FRONTDESK_PORT NGINX_PORT <<<"$(python3 "$BENCH/benchutil.py" ports 3)"
+make_json
 start_upstream
 
 for scenario in $SCENARIOS; do
@@ -309,6 +341,7 @@ describe() {
         https) echo "HTTPS (TLS, HTTP/1.1 keep-alive), wrk" ;;
         h2c) echo "HTTP/2 prior knowledge, h2load -m$H2_STREAMS" ;;
         h2) echo "HTTP/2 over TLS (ALPN h2), h2load -m$H2_STREAMS" ;;
+        gzip) echo "HTTP/1.1 keep-alive, wrk, Accept-Encoding: gzip; a $JSON_SIZE-byte JSON response compressed by the proxy at gzip level 5" ;;
     esac
 }
 

@@ -21,6 +21,10 @@ use serde_json::{Map, Value};
 
 pub use edit::edit_text;
 pub use model::plugin::{
+    default_content_types, CompressionConfig, CompressionLevels, ContentCoding,
+    RequestDecompression, COMPRESSION_LEVELS,
+};
+pub use model::plugin::{
     AclConfig, BasicAuthConfig, ClientCertConfig, CorsConfig, HeaderOps, HeadersConfig,
     IpFilterConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig, RequestSizeConfig, RespondConfig,
 };

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::model::plugin::CorsConfig;
+use crate::model::plugin::{CompressionConfig, CorsConfig, COMPRESSION_LEVELS};
 use crate::model::{
     ApiKeyConfig, Config, LoadBalancing, PathMatch, PluginsConfig, RouteConfig, UpstreamConfig,
     UpstreamProtocol,
@@ -537,6 +537,94 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
     if let Some(j) = &p.jwt {
         check_jwt(j, &at.key("jwt"), out);
     }
+    if let Some(c) = &p.compression {
+        check_compression(c, &at.key("compression"), out);
+    }
+}
+
+/// `compression`: codings listed once, valid media-type patterns, levels in range, a positive
+/// upload cap. The plugin's build repeats the pattern and level checks; these give field paths.
+fn check_compression(c: &CompressionConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    if c.encodings.is_empty() {
+        out.push(Diagnostic::error(
+            at.key("encodings").to_string(),
+            "list at least one encoding: br, zstd or gzip",
+        ));
+    }
+    for (i, e) in c.encodings.iter().enumerate() {
+        if c.encodings[..i].contains(e) {
+            out.push(Diagnostic::error(
+                at.key("encodings").index(i).to_string(),
+                format!("`{}` is listed twice", e.token()),
+            ));
+        }
+    }
+    if c.content_types.is_empty() {
+        out.push(Diagnostic::error(
+            at.key("content_types").to_string(),
+            "list at least one media type, or `*/*` for all",
+        ));
+    }
+    for (i, t) in c.content_types.iter().enumerate() {
+        if let Err(msg) = check_media_pattern(t) {
+            out.push(Diagnostic::error(
+                at.key("content_types").index(i).to_string(),
+                msg,
+            ));
+        }
+    }
+    for (coding, least, most) in COMPRESSION_LEVELS {
+        let level = match coding {
+            crate::ContentCoding::Gzip => i64::from(c.level.gzip),
+            crate::ContentCoding::Br => i64::from(c.level.br),
+            crate::ContentCoding::Zstd => i64::from(c.level.zstd),
+        };
+        if !(i64::from(least)..=i64::from(most)).contains(&level) {
+            out.push(Diagnostic::error(
+                at.key("level").key(coding.token()).to_string(),
+                format!("must be between {least} and {most}"),
+            ));
+        }
+    }
+    if let Some(r) = &c.request {
+        if r.max_size.0 == 0 {
+            out.push(Diagnostic::error(
+                at.key("request").key("max_size").to_string(),
+                "must be greater than 0",
+            ));
+        }
+    }
+}
+
+/// A media-type pattern: `type/subtype`, `type/*`, `type/*+suffix` or `*/*`, without parameters.
+fn check_media_pattern(p: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "{p:?} is not a media type pattern ({why}): write `type/subtype`, `type/*`, `type/*+suffix` or `*/*`"
+        ))
+    };
+    let token = |s: &str| !s.is_empty() && s.bytes().all(is_tchar) && !s.contains('*');
+    let Some((ty, sub)) = p.split_once('/') else {
+        return bad("no `/`");
+    };
+    if p.contains(';') {
+        return bad("parameters are not matched");
+    }
+    if ty == "*" {
+        return if sub == "*" {
+            Ok(())
+        } else {
+            bad("`*/` needs `*` after it")
+        };
+    }
+    if !token(ty) {
+        return bad("invalid type");
+    }
+    let sub_ok = sub == "*" || token(sub) || sub.strip_prefix("*+").is_some_and(token);
+    if !sub_ok {
+        return bad("invalid subtype");
+    }
+    Ok(())
 }
 
 /// Bytes below which an HMAC secret draws a warning (the HS256 hash size, RFC 7518 §3.2).

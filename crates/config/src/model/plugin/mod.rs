@@ -4,6 +4,7 @@
 
 mod access;
 mod auth;
+mod compression;
 mod headers;
 mod limits;
 mod respond;
@@ -14,6 +15,10 @@ use serde::{Deserialize, Serialize};
 pub use access::{CorsConfig, IpFilterConfig, RequestSizeConfig};
 pub use auth::{
     AclConfig, BasicAuthConfig, ClientCertConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig,
+};
+pub use compression::{
+    default_content_types, CompressionConfig, CompressionLevels, ContentCoding,
+    RequestDecompression, LEVELS as COMPRESSION_LEVELS,
 };
 pub use headers::{HeaderOps, HeadersConfig};
 pub use limits::{
@@ -65,6 +70,9 @@ pub struct PluginsConfig {
     /// Answer with a static response; a route that has it needs no upstream.
     #[serde(default)]
     pub respond: Option<RespondConfig>,
+    /// Compress responses (`br`, `zstd`, `gzip`); optionally decompress uploads.
+    #[serde(default)]
+    pub compression: Option<CompressionConfig>,
     /// Plugins built into a binary that embeds Frontdesk as a library, by kind, each with its
     /// own config (docs/plugins.md, "Custom plugins"). The stock binary has none: a kind here is
     /// an error unless the binary registered it. Shown redacted by the admin API (every string).
