@@ -107,7 +107,7 @@ pub struct Snapshot {
     /// The route table.
     pub routes: RouteTable<Route>,
     /// Upstreams by name.
-    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub upstreams: Arc<HashMap<String, Arc<Upstream>>>,
     /// Listeners by declaration order.
     pub listeners: Vec<Arc<ListenerSpec>>,
     /// `Via` value added to forwarded requests.
@@ -210,7 +210,9 @@ impl Snapshot {
                 },
             },
         };
+        let upstreams = Arc::new(upstreams);
         let env = BuildEnv {
+            upstreams: upstreams.clone(),
             consumers,
             redis: redis.clone(),
             scope: Scope::Global,

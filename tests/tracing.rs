@@ -461,3 +461,149 @@ routes:
     assert_eq!(body["headers"]["traceparent"], tp.as_str());
     assert_eq!(body["headers"]["tracestate"], "vendor=1");
 }
+
+/// A plugin that answers with what upstream `upstream` says at `path` (a call through its
+/// upstream handle).
+mod fetch {
+    use std::sync::Arc;
+
+    use frontdesk::body::Body;
+    use frontdesk::plugin::{
+        BuildEnv, Ctx, Flow, Phases, Plugin, PluginError, PluginFactory, RequestHead,
+        UpstreamHandle,
+    };
+
+    #[derive(serde::Deserialize)]
+    pub struct FetchConfig {
+        upstream: String,
+        path: String,
+    }
+
+    pub struct Fetch {
+        up: UpstreamHandle,
+        path: String,
+    }
+
+    impl PluginFactory for Fetch {
+        const KIND: &'static str = "fetch";
+        const ORDER: u16 = 800;
+        type Config = FetchConfig;
+
+        fn build(cfg: &FetchConfig, env: &BuildEnv) -> Result<Arc<dyn Plugin>, String> {
+            let up = env
+                .upstream(&cfg.upstream)
+                .ok_or_else(|| format!("no upstream {:?}", cfg.upstream))?;
+            Ok(Arc::new(Fetch {
+                up,
+                path: cfg.path.clone(),
+            }))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Plugin for Fetch {
+        fn kind(&self) -> &'static str {
+            Self::KIND
+        }
+
+        fn phases(&self) -> Phases {
+            Phases::REQUEST
+        }
+
+        async fn request_filter(
+            &self,
+            _req: &mut RequestHead,
+            cx: &mut Ctx,
+        ) -> Result<Flow, PluginError> {
+            let req = http::Request::get(self.path.as_str())
+                .body(Body::empty())
+                .map_err(|e| {
+                    PluginError::new(http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                })?;
+            let mut resp = self
+                .up
+                .call(req, cx)
+                .await
+                .map_err(|e| PluginError::new(http::StatusCode::BAD_GATEWAY, e.to_string()))?;
+            resp.headers_mut().insert(
+                "x-fetched-from",
+                self.up.name().parse().expect("a header value"),
+            );
+            Ok(Flow::Respond(resp))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_plugins_upstream_call_is_balanced_retried_and_traced_like_a_proxied_one() {
+    frontdesk::plugin::register_custom::<fetch::Fetch>();
+    let (endpoint, rec) = receiver().await;
+    let up = echo("profiles").await;
+    let dead = format!("http://{}", closed_port().await);
+    let gw = gateway(&config(&format!(
+        r#"{tracing}
+upstreams:
+  profiles:
+    targets: [{{ url: "{dead}" }}, {{ url: "{live}" }}]
+    health_check: {{ passive: {{ unhealthy_after: 0 }} }}
+    retries: {{ attempts: 1, on: [connect_failure], backoff: 0s }}
+routes:
+  - name: home
+    match: {{ paths: ["/home"] }}
+    plugins: {{ custom: {{ fetch: {{ upstream: profiles, path: "/profile/7" }} }} }}
+"#,
+        tracing = tracing_to(&endpoint),
+        live = up.url(),
+    )))
+    .await;
+    let resp = send_sampled(
+        client()
+            .get(gw.url("/home"))
+            .header("x-request-id", "home-1"),
+        TRACE,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-fetched-from"], "profiles");
+    let body = echo_json(resp).await;
+    assert_eq!(body["uri"], "/profile/7");
+    assert_eq!(
+        body["headers"]["x-request-id"], "home-1",
+        "the exchange's id goes along"
+    );
+    let [_, trace, parent, _] = traceparent(&body);
+    assert_eq!(trace, TRACE);
+
+    // The dead target first (round robin), then the retry: two client spans under the server span.
+    let (_, server, attempts) = rec.wait(TRACE, 3).await;
+    assert!(attempts.iter().all(|a| a.parent_span_id == server.span_id));
+    assert_eq!(span_attr(&attempts[0], "url.full"), Some(dead));
+    assert_eq!(
+        span_attr(&attempts[0], "error.type").as_deref(),
+        Some("upstream_connect")
+    );
+    assert_eq!(span_attr(&attempts[1], "url.full"), Some(up.url()));
+    assert_eq!(
+        span_attr(&attempts[1], "http.request.method").as_deref(),
+        Some("GET")
+    );
+    assert_eq!(
+        hex(&attempts[1].span_id),
+        parent,
+        "the answering attempt's span went upstream"
+    );
+
+    // A custom kind this process does not register is a config error at its path.
+    let loaded = frontdesk::config::load_str(
+        &config("routes:\n  - { name: r, match: { paths: [\"/\"] }, plugins: { custom: { nope: {} } } }\n"),
+        &|_| None,
+    )
+    .expect("parses");
+    let errs = frontdesk::snapshot::Snapshot::check(loaded.config, None).expect_err("unknown kind");
+    assert!(
+        errs.iter()
+            .any(|d| d.path == "routes[0].plugins.custom.nope"
+                && d.message.contains("unknown custom plugin kind")),
+        "{errs:?}"
+    );
+}

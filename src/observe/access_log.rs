@@ -372,6 +372,7 @@ mod tests {
                 duration: Some(Duration::from_micros(1_902)),
                 ..CallReport::default()
             },
+            side_calls: Vec::new(),
             error: Some(crate::error::ErrorKind::NoRoute),
             status: 404,
             bytes_in: None,

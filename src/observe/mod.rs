@@ -56,6 +56,8 @@ pub struct CallReport {
     pub trace: Option<TraceContext>,
     /// The attempts, in order (only for sampled traces).
     pub attempts: Vec<Attempt>,
+    /// The request method, for a plugin's call (`None`: the exchange's own method).
+    pub method: Option<http::Method>,
 }
 
 /// The record of one observed request.
@@ -92,6 +94,9 @@ pub struct Exchange {
     pub upstream: Option<Arc<str>>,
     /// What the upstream call did, trace context included.
     pub call: CallReport,
+    /// The upstream calls plugins made for this exchange (through an upstream handle), each
+    /// traced under the exchange's span like the proxied call.
+    pub side_calls: Vec<CallReport>,
     /// The failure, when the gateway answered for the upstream.
     pub error: Option<ErrorKind>,
     /// The response status.
@@ -232,6 +237,7 @@ impl Observer {
                 trace,
                 ..CallReport::default()
             },
+            side_calls: Vec::new(),
             error: None,
             status: 0,
             bytes_in: None,

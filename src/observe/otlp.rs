@@ -31,7 +31,7 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 
-use super::{Attempt, Exchange};
+use super::{Attempt, CallReport, Exchange};
 
 /// How long a batch waits for more spans before it is sent, unless `OTEL_BSP_SCHEDULE_DELAY`
 /// says otherwise. Shorter than the SDK's 5 s so traces show up while someone is looking; an
@@ -119,7 +119,17 @@ impl Exporter {
             .unwrap_or_default();
         let server_id = SpanId::from_bytes(trace.span_id);
         let method = Semconv::method(&ex.method);
-        for (i, a) in ex.call.attempts.iter().enumerate() {
+        // The proxied call's attempts, then those of the calls plugins made, each named by its
+        // own method.
+        let side: Vec<(Semconv, &CallReport)> = ex
+            .side_calls
+            .iter()
+            .map(|c| (Semconv::method(c.method.as_ref().unwrap_or(&ex.method)), c))
+            .collect();
+        let calls = std::iter::once((&method, &ex.call)).chain(side.iter().map(|(m, c)| (m, *c)));
+        let attempts =
+            calls.flat_map(|(m, c)| c.attempts.iter().enumerate().map(move |(i, a)| (m, i, a)));
+        for (method, i, a) in attempts {
             self.processor.on_end(SpanData {
                 span_context: SpanContext::new(
                     trace_id,
@@ -134,7 +144,7 @@ impl Exporter {
                 name: method.span_name(None),
                 start_time: a.start,
                 end_time: a.start + a.duration,
-                attributes: attempt_attributes(&method, a, i),
+                attributes: attempt_attributes(method, a, i),
                 dropped_attributes_count: 0,
                 events: SpanEvents::default(),
                 links: SpanLinks::default(),

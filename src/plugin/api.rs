@@ -109,6 +109,10 @@ pub struct Ctx {
     /// upstream's, a plugin's answer or a gateway error): appended after the response phase.
     /// Cheaper than a `response_filter` that reads state back from `ext`.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The exchange's trace, for the calls plugins make through an [`super::UpstreamHandle`].
+    pub(crate) trace: Option<crate::observe::trace::TraceContext>,
+    /// What those calls did, for the exchange's record and trace.
+    pub(crate) calls: Vec<crate::observe::CallReport>,
 }
 
 impl Ctx {
@@ -124,6 +128,8 @@ impl Ctx {
             client_cert: None,
             ext: http::Extensions::new(),
             response_headers: Vec::new(),
+            trace: None,
+            calls: Vec::new(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod api;
 mod body;
 mod chain;
 mod registry;
+mod upstream_handle;
 
 pub use api::{
     Ctx, Flow, Phases, Plugin, PluginError, PluginResponse, RequestHead, ResponseHead, Summary,
@@ -21,3 +22,4 @@ pub use chain::{
     PhaseError, PluginChain, X_ANONYMOUS_CONSUMER, X_CONSUMER_GROUPS, X_CONSUMER_NAME,
 };
 pub use registry::{register_custom, BuildEnv, ChainBuilder, PluginFactory, Scope};
+pub use upstream_handle::UpstreamHandle;

@@ -23,6 +23,18 @@ pub struct BuildEnv {
     /// The route a route-scoped plugin belongs to (`None` for global plugins, which run on
     /// every route).
     pub route: Option<Arc<str>>,
+    /// The snapshot's upstreams, by name: see [`BuildEnv::upstream`].
+    pub upstreams: Arc<std::collections::HashMap<String, Arc<crate::upstream::Upstream>>>,
+}
+
+impl BuildEnv {
+    /// A handle to call the upstream `name` from the plugin, or `None` when there is no such
+    /// upstream (a plugin should then fail its build, which is a config error at its path).
+    pub fn upstream(&self, name: &str) -> Option<super::UpstreamHandle> {
+        self.upstreams
+            .get(name)
+            .map(|u| super::UpstreamHandle::new(u.clone()))
+    }
 }
 
 impl Default for BuildEnv {
@@ -33,6 +45,7 @@ impl Default for BuildEnv {
             scope: Scope::Route,
             metrics: Arc::default(),
             route: None,
+            upstreams: Arc::default(),
         }
     }
 }

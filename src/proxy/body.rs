@@ -1,6 +1,6 @@
 //! The response body sent downstream: a [`Body`] (an upstream's, a plugin's, or a gateway-made
-//! one) with what is released when it ends: the upstream lease, the request's record, and any
-//! end callbacks (the plugins' logging phase and their context, which holds concurrency slots).
+//! one) with what is released when it ends: the upstream lease, and the end callbacks (the
+//! request's record, the plugins' logging phase, their context, which holds concurrency slots).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,8 +36,6 @@ pub struct ResponseBody {
     /// the end (the connection goes back to the pool only then).
     lease: Option<Lease>,
     sent: u64,
-    /// The request's record, finished when the body ends or is dropped.
-    record: Option<Record>,
     /// Called once, in order, when the body ends or is dropped.
     on_end: Vec<EndCallback>,
 }
@@ -51,14 +49,6 @@ impl std::fmt::Debug for ResponseBody {
     }
 }
 
-/// An exchange waiting for its response body to end.
-#[derive(Debug)]
-struct Record {
-    /// The request's own snapshot (moved here, not cloned): its observer finishes the record.
-    snap: std::sync::Arc<Snapshot>,
-    exchange: Box<Exchange>,
-}
-
 impl ResponseBody {
     /// A body sent as it is.
     pub fn new(body: Body) -> Self {
@@ -66,7 +56,6 @@ impl ResponseBody {
             body,
             lease: None,
             sent: 0,
-            record: None,
             on_end: Vec::new(),
         }
     }
@@ -95,10 +84,11 @@ impl ResponseBody {
     }
 
     /// Attaches the request's record, finished by the snapshot's observer when the body is done
-    /// or dropped.
-    pub fn observed(mut self, snap: std::sync::Arc<Snapshot>, exchange: Box<Exchange>) -> Self {
-        self.record = Some(Record { snap, exchange });
-        self
+    /// or dropped. The request's own snapshot moves here (not a clone).
+    pub fn observed(self, snap: std::sync::Arc<Snapshot>, exchange: Box<Exchange>) -> Self {
+        self.on_end(Box::new(move |end: Ended| {
+            snap.observer.finish(exchange, end.sent)
+        }))
     }
 
     fn end(&mut self, complete: bool) {
@@ -114,9 +104,6 @@ impl ResponseBody {
         };
         for f in self.on_end.drain(..) {
             f(ended);
-        }
-        if let Some(r) = self.record.take() {
-            r.snap.observer.finish(r.exchange, self.sent);
         }
     }
 }

@@ -114,6 +114,7 @@ impl<'c> Session<'c> {
         if let Some(ex) = &mut self.ex {
             ex.consumer = cx.consumer.as_ref().map(|c| c.name.clone());
             ex.consumer_anonymous = cx.anonymous;
+            ex.side_calls = std::mem::take(&mut cx.calls);
         }
         let resp = match result {
             Ok(r) => r,
@@ -262,6 +263,8 @@ impl<'c> Session<'c> {
             anonymous: false,
             ext: http::Extensions::new(),
             response_headers: Vec::new(),
+            trace: self.ex.as_ref().and_then(|ex| ex.call.trace.clone()),
+            calls: Vec::new(),
         }
     }
 

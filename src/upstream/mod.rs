@@ -858,3 +858,51 @@ fn is_idempotent(m: &Method) -> bool {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
 }
+
+/// A response body from [`Upstream::call`] that gives its connection back (finishes `lease`)
+/// once read to its end; dropped midway, the connection is not reused.
+pub fn leased(body: Body, lease: Lease) -> Body {
+    Body::new(Leased {
+        body,
+        lease: Some(lease),
+    })
+}
+
+struct Leased {
+    body: Body,
+    lease: Option<Lease>,
+}
+
+impl http_body::Body for Leased {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let out = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = out {
+            if let Some(l) = self.lease.take() {
+                l.finish();
+            }
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.body)
+    }
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        if let (Some(l), true) = (self.lease.take(), self.body.is_empty()) {
+            l.finish();
+        }
+    }
+}
