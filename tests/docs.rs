@@ -13,6 +13,11 @@
 use std::path::{Path, PathBuf};
 
 use frontdesk::snapshot::Snapshot;
+
+// Its `main` is not used here.
+#[allow(dead_code)]
+#[path = "../examples/envelope_plugin.rs"]
+mod envelope;
 use serde_json::{json, Value};
 
 /// The base a fragment is merged into: one listener, one upstream `api`, one route using it.
@@ -205,6 +210,8 @@ fn check(block: &Block) -> Result<(), String> {
 
 #[tokio::test]
 async fn every_yaml_block_in_the_docs_validates() {
+    // The custom plugin kind docs/plugins.md configures, as its example binary registers it.
+    envelope::register();
     let blocks = blocks();
     assert!(blocks.len() > 20, "found only {} YAML blocks", blocks.len());
     let failures: Vec<String> = blocks
@@ -245,4 +252,24 @@ async fn a_broken_block_is_caught() {
         text: "# fragment: routes[0].plugins\nkey_auth: { header: x-api-key }\n".into(),
     };
     assert_eq!(check(&good_plugin), Ok(()));
+}
+
+#[test]
+fn the_complete_example_in_plugins_md_is_the_example_file() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/plugins.md"))
+        .unwrap();
+    let file = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envelope_plugin.rs"),
+    )
+    .unwrap();
+    let section = doc
+        .split("## A complete example")
+        .nth(1)
+        .expect("the section");
+    let code = section
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```\n").next())
+        .expect("its code block");
+    assert_eq!(code, file, "docs/plugins.md shows an outdated copy of the example");
 }
