@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use frontdesk::body::BodyFrame;
 use frontdesk::plugin::{
-    BodyAction, BodyFilter, BufferCap, Buffered, BuildEnv, Ctx, FrameSink, OverCap, Phases,
-    Plugin, PluginError, PluginFactory, ResponseHead, Summary,
+    BodyAction, BodyFilter, BufferCap, Buffered, BuildEnv, Ctx, FrameSink, OverCap, Phases, Plugin,
+    PluginError, PluginFactory, ResponseHead, Summary,
 };
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 

@@ -609,3 +609,27 @@ impl http_body::Body for ChannelBody {
         self.rx.poll_recv(cx)
     }
 }
+
+/// A connection taken over after `101 Switching Protocols` (WebSocket and other upgrades): the
+/// client's or the upstream's, as the edges hand it over in a request's or response's extensions
+/// (converted from hyper's handle once, like the bodies).
+#[derive(Clone, Debug)]
+pub struct Upgrade(hyper::upgrade::OnUpgrade);
+
+impl Upgrade {
+    /// Moves hyper's upgrade handle, if the message has one, into an [`Upgrade`] extension.
+    pub(crate) fn convert(ext: &mut http::Extensions) {
+        if let Some(on) = ext.remove::<hyper::upgrade::OnUpgrade>() {
+            ext.insert(Upgrade(on));
+        }
+    }
+
+    /// The connection, once the `101` has been sent (by us to the client) or received (from the
+    /// upstream).
+    pub async fn into_io(
+        self,
+    ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send, BoxError> {
+        let io = self.0.await.map_err(|e| Box::new(e) as BoxError)?;
+        Ok(hyper_util::rt::TokioIo::new(io))
+    }
+}

@@ -256,8 +256,9 @@ async fn a_broken_block_is_caught() {
 
 #[test]
 fn the_complete_example_in_plugins_md_is_the_example_file() {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/plugins.md"))
-        .unwrap();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/plugins.md"))
+            .unwrap();
     let file = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envelope_plugin.rs"),
     )
@@ -271,5 +272,8 @@ fn the_complete_example_in_plugins_md_is_the_example_file() {
         .nth(1)
         .and_then(|rest| rest.split("```\n").next())
         .expect("its code block");
-    assert_eq!(code, file, "docs/plugins.md shows an outdated copy of the example");
+    assert_eq!(
+        code, file,
+        "docs/plugins.md shows an outdated copy of the example"
+    );
 }

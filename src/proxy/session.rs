@@ -46,9 +46,9 @@ struct Matched<'s> {
     host: Option<HeaderValue>,
 }
 
-/// An HTTP/1.1 upgrade the client asked for: hyper's handle on its connection, and the protocol.
+/// An HTTP/1.1 upgrade the client asked for: its connection, and the protocol.
 struct Upgrade {
-    client: hyper::upgrade::OnUpgrade,
+    client: crate::body::Upgrade,
     protocol: HeaderValue,
 }
 
@@ -81,9 +81,11 @@ impl<'c> Session<'c> {
         mut req: Request<Body>,
     ) -> Response<ResponseBody> {
         let upgrade = if req.version() == Version::HTTP_11 {
-            forward::wants_upgrade(req.headers()).map(|protocol| Upgrade {
-                client: hyper::upgrade::on(&mut req),
-                protocol,
+            forward::wants_upgrade(req.headers()).and_then(|protocol| {
+                Some(Upgrade {
+                    client: req.extensions_mut().remove::<crate::body::Upgrade>()?,
+                    protocol,
+                })
             })
         } else {
             None
@@ -366,7 +368,10 @@ impl<'c> Session<'c> {
         let (mut resp, lease) = called.map_err(|e| classify(&e, self.downstream_h1))?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client) = upgrade else {
+            let (Some(client), Some(upstream_io)) = (
+                upgrade,
+                resp.extensions_mut().remove::<crate::body::Upgrade>(),
+            ) else {
                 return Err(GatewayError::upstream(
                     StatusCode::BAD_GATEWAY,
                     "the upstream switched protocols without being asked",
@@ -375,7 +380,6 @@ impl<'c> Session<'c> {
             };
             // The upstream connection becomes the tunnel's; it never returns to the pool.
             drop(lease);
-            let upstream_io = hyper::upgrade::on(&mut resp);
             upgrade::spawn_tunnel(client.client, upstream_io, conn.tunnels.clone());
             // Keep `Connection`/`Upgrade` on a 101: they are the handshake.
             let (parts, _) = resp.into_parts();

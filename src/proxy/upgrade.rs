@@ -3,27 +3,24 @@
 
 use std::sync::Arc;
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use crate::body::Upgrade;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
 /// Joins the client and upstream connections once both upgrades complete.
-pub(crate) fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, tunnels: Arc<Tunnels>) {
+pub(crate) fn spawn_tunnel(client: Upgrade, upstream: Upgrade, tunnels: Arc<Tunnels>) {
     let token = tunnels.open();
     tokio::spawn(async move {
         let _token = token;
-        let (c, u) = match tokio::try_join!(client, upstream) {
+        let (mut c, mut u) = match tokio::try_join!(client.into_io(), upstream.into_io()) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
                 return;
             }
         };
-        let mut c = TokioIo::new(c);
-        let mut u = TokioIo::new(u);
         if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
             tracing::debug!(error = %e, "tunnel closed with an error");
         }

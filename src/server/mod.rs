@@ -263,7 +263,8 @@ async fn respond(
     }
     let guard = conn.shared.start_request();
     // The edge: hyper's body becomes the gateway's, once.
-    let req = req.map(crate::body::Body::from_client);
+    let mut req = req.map(crate::body::Body::from_client);
+    crate::body::Upgrade::convert(req.extensions_mut());
     let resp = proxy::handle(snap, req, &conn.info).await;
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         conn.shared.mark_upgraded();

@@ -70,11 +70,14 @@ impl Conn {
             Conn::H2(s) => s.try_send_request(req).await,
         };
         // The upstream edge: hyper's body becomes the gateway's, once.
-        r.map(|resp| resp.map(Body::from_upstream))
-            .map_err(|mut e| ConnFailure {
-                unsent: e.take_message(),
-                error: e.into_error(),
-            })
+        r.map(|mut resp| {
+            crate::body::Upgrade::convert(resp.extensions_mut());
+            resp.map(Body::from_upstream)
+        })
+        .map_err(|mut e| ConnFailure {
+            unsent: e.take_message(),
+            error: e.into_error(),
+        })
     }
 }
 
