@@ -19,8 +19,8 @@ use bytes::Bytes;
 use frontdesk::body::{Body, BodyFrame};
 use frontdesk::plugin::{
     register_custom, BodyAction, BodyFilter, BufferCap, Buffered, BuildEnv, Ctx, Flow, FrameSink,
-    OverCap, Phases, Plugin, PluginError, PluginFactory, PluginResponse, RequestHead,
-    ResponseHead, Summary,
+    OverCap, Phases, Plugin, PluginError, PluginFactory, PluginResponse, RequestHead, ResponseHead,
+    Summary,
 };
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -486,10 +486,7 @@ async fn gateway(upstreams: &str, routes: &str) -> common::TestGateway {
     } else {
         format!("upstreams:\n{upstreams}")
     };
-    common::gateway(&common::config(&format!(
-        "{upstreams}routes:\n{routes}"
-    )))
-    .await
+    common::gateway(&common::config(&format!("{upstreams}routes:\n{routes}"))).await
 }
 
 fn h2_client() -> reqwest::Client {
@@ -659,7 +656,12 @@ async fn a_streaming_filter_upper_cases_a_1_gib_response_in_flat_memory() {
     let up = alphabet_upstream().await;
     let gw = gateway(
         &upstream_yaml("up", &up.url(), ""),
-        &route("upper", "/", Some("up"), "        upper: { response: true }\n"),
+        &route(
+            "upper",
+            "/",
+            Some("up"),
+            "        upper: { response: true }\n",
+        ),
     )
     .await;
     let client = common::client();
@@ -717,7 +719,12 @@ async fn a_streaming_filter_upper_cases_a_1_gib_request_in_flat_memory() {
     let up = alphabet_upstream().await;
     let gw = gateway(
         &upstream_yaml("up", &up.url(), "    timeout: 300s\n"),
-        &route("upper", "/", Some("up"), "        upper: { request: true }\n"),
+        &route(
+            "upper",
+            "/",
+            Some("up"),
+            "        upper: { request: true }\n",
+        ),
     )
     .await;
     let client = common::client();
@@ -761,7 +768,10 @@ async fn a_streaming_filter_upper_cases_a_1_gib_request_in_flat_memory() {
     );
     assert_eq!(status, StatusCode::OK, "{text}");
     let got: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(got["received"], GIB, "the upstream got every byte, upper-cased");
+    assert_eq!(
+        got["received"], GIB,
+        "the upstream got every byte, upper-cased"
+    );
     assert_eq!(
         got["content_length"],
         serde_json::Value::Null,
@@ -837,7 +847,11 @@ async fn a_buffered_phase_replaces_a_json_response_with_the_right_length() {
             .parse()
             .unwrap();
         let body = resp.bytes().await.unwrap();
-        assert_eq!(length, body.len(), "{version:?}: Content-Length is the new length");
+        assert_eq!(
+            length,
+            body.len(),
+            "{version:?}: Content-Length is the new length"
+        );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             v,
@@ -867,7 +881,9 @@ async fn a_buffered_phase_replaces_a_json_request_with_the_right_length() {
             let req = client.post(gw.url("/echo"));
             let req = if streamed {
                 let parts = [&doc[..10], &doc[10..]].map(|p| Ok::<_, Infallible>(p.to_vec()));
-                req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(parts)))
+                req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    parts,
+                )))
             } else {
                 req.body(doc.to_vec())
             };
@@ -959,11 +975,7 @@ async fn a_response_over_a_buffered_cap_passes_untouched_or_fails_as_configured(
     ]
     .concat();
     let gw = gateway(
-        &upstream_yaml(
-            "up",
-            &up.url(),
-            "",
-        ),
+        &upstream_yaml("up", &up.url(), ""),
         &routes.replace("upstream: up", "upstream: up\n    strip_prefix: true"),
     )
     .await;
@@ -1143,14 +1155,20 @@ async fn a_plugin_answer_streams_its_body() {
         let key = format!("stream-answer-{i}");
         let gw = gateway(
             "",
-            &route("s", "/", None, &format!("        stream_answer: {{ key: {key} }}\n")),
+            &route(
+                "s",
+                "/",
+                None,
+                &format!("        stream_answer: {{ key: {key} }}\n"),
+            ),
         )
         .await;
         let sh = shared(&key);
-        let mut resp = tokio::time::timeout(Duration::from_secs(10), client.get(gw.url("/s")).send())
-            .await
-            .expect("the head arrives before the body is complete")
-            .unwrap();
+        let mut resp =
+            tokio::time::timeout(Duration::from_secs(10), client.get(gw.url("/s")).send())
+                .await
+                .expect("the head arrives before the body is complete")
+                .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.version(), version);
         let mut got = Vec::new();
@@ -1192,7 +1210,12 @@ async fn the_logging_phase_sees_a_complete_exchange() {
     .await;
     let gw = gateway(
         &upstream_yaml("up", &up.url(), ""),
-        &route("r", "/", Some("up"), "        recorder: { key: log-complete }\n"),
+        &route(
+            "r",
+            "/",
+            Some("up"),
+            "        recorder: { key: log-complete }\n",
+        ),
     )
     .await;
     let resp = common::client()
@@ -1224,7 +1247,12 @@ upstreams:
 {}      key_auth: {{}}
 "#,
         upstream_yaml("up", &up.url(), ""),
-        route("r", "/", Some("up"), "        recorder: { key: log-refused }\n"),
+        route(
+            "r",
+            "/",
+            Some("up"),
+            "        recorder: { key: log-refused }\n"
+        ),
     )))
     .await;
     let resp = common::client()
@@ -1282,11 +1310,18 @@ async fn the_logging_phase_sees_a_client_that_left_mid_body() {
     .await;
     let gw = gateway(
         &upstream_yaml("up", &up.url(), ""),
-        &route("r", "/", Some("up"), "        recorder: { key: log-left }\n"),
+        &route(
+            "r",
+            "/",
+            Some("up"),
+            "        recorder: { key: log-left }\n",
+        ),
     )
     .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.windows(1000).any(|w| w.iter().all(|&b| b == b'c')) {
@@ -1339,7 +1374,10 @@ async fn a_request_filter_refusing_mid_stream_gets_400_and_spares_the_upstream()
         // Let the first chunk go upstream before the bad one comes.
         let deadline = Instant::now() + Duration::from_secs(10);
         while up.requests() <= i {
-            assert!(Instant::now() < deadline, "request {i} never reached the upstream");
+            assert!(
+                Instant::now() < deadline,
+                "request {i} never reached the upstream"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         s.write_all(b"4\r\nbad!\r\n0\r\n\r\n").await.unwrap();
@@ -1357,14 +1395,13 @@ async fn a_request_filter_refusing_mid_stream_gets_400_and_spares_the_upstream()
             .unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        assert_eq!(status, StatusCode::OK, "the upstream is still served: {text}");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the upstream is still served: {text}"
+        );
         assert_eq!(text, "8");
-        let resp = client
-            .post(gw.url("/up"))
-            .body("no!")
-            .send()
-            .await
-            .unwrap();
+        let resp = client.post(gw.url("/up")).body("no!").send().await.unwrap();
         assert_problem(resp, StatusCode::BAD_REQUEST).await;
     }
 }
@@ -1378,7 +1415,12 @@ async fn a_streaming_response_filter_sends_http1_chunked_without_content_length(
     let gw = gateway(
         &upstream_yaml("up", &up.url(), ""),
         &[
-            route("upper", "/upper", Some("up"), "        upper: { response: true }\n"),
+            route(
+                "upper",
+                "/upper",
+                Some("up"),
+                "        upper: { response: true }\n",
+            ),
             route("plain", "/plain", Some("up"), "        upper: {}\n"),
         ]
         .concat()
@@ -1404,4 +1446,75 @@ async fn a_streaming_response_filter_sends_http1_chunked_without_content_length(
         body.contains("ABCDEFGHIJKLMNOPQRSTUVWXYZ") && body.ends_with("\r\n0\r\n\r\n"),
         "{body:?}"
     );
+}
+
+/// An HTTP/1.0 origin: reads one request head, answers with `Content-Length` and closes.
+async fn http10_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_upstreams_answer_is_still_http11_chunked_under_a_streaming_filter() {
+    // The gateway speaks its own HTTP version to the client (RFC 9110 §6.2): an HTTP/1.0 origin
+    // must not turn the client's HTTP/1.1 exchange into a close-delimited HTTP/1.0 one, which
+    // could carry no trailers and end the client's connection.
+    let up = http10_upstream().await;
+    let gw = gateway(
+        &upstream_yaml("up", &format!("http://{up}"), ""),
+        &route(
+            "old",
+            "/",
+            Some("up"),
+            "        upper: { response: true }\n        trailer: {}\n",
+        ),
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for i in 0..2 {
+        s.write_all(b"GET /old HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"\r\n0\r\nx-body-bytes: 26\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("request {i}: {}", String::from_utf8_lossy(&got)))
+                .unwrap();
+            assert!(
+                n > 0,
+                "request {i}: closed after {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(text.contains("ABCDEFGHIJKLMNOPQRSTUVWXYZ".to_ascii_lowercase().as_str()));
+    }
 }
