@@ -414,10 +414,14 @@ impl Plugin for Recorder {
 #[serde(deny_unknown_fields)]
 struct RefuseConfig {
     marker: char,
+    /// Filter the response body instead of the request body.
+    #[serde(default)]
+    response: bool,
 }
 
 struct Refuse {
     marker: u8,
+    response: bool,
 }
 
 struct RefuseFilter {
@@ -443,7 +447,10 @@ impl PluginFactory for Refuse {
     type Config = RefuseConfig;
     fn build(cfg: &RefuseConfig, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, String> {
         let marker = u8::try_from(cfg.marker).map_err(|_| "marker: one ASCII character")?;
-        Ok(Arc::new(Refuse { marker }))
+        Ok(Arc::new(Refuse {
+            marker,
+            response: cfg.response,
+        }))
     }
 }
 
@@ -454,11 +461,23 @@ impl Plugin for Refuse {
     }
     fn phases(&self) -> Phases {
         Phases {
-            request_body: true,
+            request_body: !self.response,
+            response_body: self.response,
             ..Phases::REQUEST
         }
     }
     fn request_body(&self, _req: &mut RequestHead, _cx: &mut Ctx) -> BodyAction {
+        if self.response {
+            return BodyAction::Pass;
+        }
+        BodyAction::Stream(Box::new(RefuseFilter {
+            marker: self.marker,
+        }))
+    }
+    fn response_body(&self, _resp: &mut ResponseHead, _cx: &mut Ctx) -> BodyAction {
+        if !self.response {
+            return BodyAction::Pass;
+        }
         BodyAction::Stream(Box::new(RefuseFilter {
             marker: self.marker,
         }))
@@ -1350,59 +1369,217 @@ async fn the_logging_phase_sees_a_client_that_left_mid_body() {
 // ---------------------------------------------------------------------------------------------
 // 7. A request body filter refusing mid-stream.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_filter_refusing_mid_stream_gets_400_and_spares_the_upstream() {
-    let up = common::counting().await;
-    // Passive health at its defaults (5 failures eject) and a breaker that opens after 4
-    // requests at half failures: refusals counted against the upstream would trip both.
-    let gw = gateway(
-        &upstream_yaml(
-            "up",
-            &up.url(),
-            "    circuit_breaker: { failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 10s }\n",
-        ),
-        &route("r", "/", Some("up"), "        refuse: { marker: \"!\" }\n"),
-    )
-    .await;
+/// An HTTP/2 cleartext upstream that reads each request body and answers with its length.
+async fn h2c_counting() -> (SocketAddr, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let requests = Arc::new(AtomicU64::new(0));
+    let r = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let r = r.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let n = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
+                        Ok::<_, Infallible>(Response::new(common::full(n.to_string())))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// Six uploads to `path` refused mid-body (after the first chunk reached the upstream), each
+/// answered `400` with the plugin's problem.
+async fn refused_mid_stream(gw: SocketAddr, path: &str, requests: impl Fn() -> u64) {
     for i in 0..6 {
-        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let before = requests();
+        let mut s = TcpStream::connect(gw).await.unwrap();
         s.write_all(
-            b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n",
+            format!("POST {path} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n")
+                .as_bytes(),
         )
         .await
         .unwrap();
         // Let the first chunk go upstream before the bad one comes.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while up.requests() <= i {
+        while requests() == before {
             assert!(
                 Instant::now() < deadline,
-                "request {i} never reached the upstream"
+                "{path}: request {i} never reached the upstream"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         s.write_all(b"4\r\nbad!\r\n0\r\n\r\n").await.unwrap();
         let text = common::read_until_close(&mut s, Duration::from_secs(10)).await;
-        assert!(text.starts_with("HTTP/1.1 400 "), "request {i}: {text}");
+        assert!(
+            text.starts_with("HTTP/1.1 400 "),
+            "{path}: request {i}: {text}"
+        );
         assert!(text.contains("application/problem+json"), "{text}");
         assert!(text.contains("the body holds a forbidden byte"), "{text}");
     }
-    for (client, _) in clients() {
-        let resp = client
-            .post(gw.url("/up"))
-            .body("all fine")
-            .send()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_filter_refusing_mid_stream_gets_400_and_spares_the_upstream() {
+    let up = common::counting().await;
+    let (h2c, h2c_requests) = h2c_counting().await;
+    // Passive health at its defaults (5 failures eject) and a breaker that opens after 4
+    // requests at half failures: refusals counted against the upstream would trip both.
+    let breaker =
+        "    circuit_breaker: { failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 10s }\n";
+    let gw = gateway(
+        &[
+            upstream_yaml("h1", &up.url(), breaker),
+            upstream_yaml(
+                "h2",
+                &format!("http://{h2c}"),
+                &format!("{breaker}    protocol: h2c\n"),
+            ),
+        ]
+        .concat(),
+        &[
+            route(
+                "h1",
+                "/h1",
+                Some("h1"),
+                "        refuse: { marker: \"!\" }\n",
+            ),
+            route(
+                "h2",
+                "/h2",
+                Some("h2"),
+                "        refuse: { marker: \"!\" }\n",
+            ),
+        ]
+        .concat(),
+    )
+    .await;
+    refused_mid_stream(gw.addr, "/h1", || up.requests() as u64).await;
+    refused_mid_stream(gw.addr, "/h2", || h2c_requests.load(Ordering::SeqCst)).await;
+    for path in ["/h1", "/h2"] {
+        for (client, _) in clients() {
+            let resp = client
+                .post(gw.url(path))
+                .body("all fine")
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let text = resp.text().await.unwrap();
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "{path}: the upstream is still served: {text}"
+            );
+            assert_eq!(text, "8");
+            let resp = client.post(gw.url(path)).body("no!").send().await.unwrap();
+            assert_problem(resp, StatusCode::BAD_REQUEST).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_filter_failing_mid_stream_breaks_the_body_off() {
+    // The upstream sends its first chunk, and the rest once the test has read that one: the
+    // filter sees them as separate frames, and fails on the second.
+    let next = Arc::new(Notify::new());
+    let n = next.clone();
+    let up = common::upstream(move |_req: Request<Incoming>| {
+        let next = n.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"hello ")).await;
+                next.notified().await;
+                let _ = tx.send(Bytes::from_static(b"bad!")).await;
+                let _ = tx.send(Bytes::from_static(b" more")).await;
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+            });
+            Response::builder()
+                .header("content-length", "15")
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap()
+        }
+    })
+    .await;
+    let gw = gateway(
+        &upstream_yaml("up", &up.url(), ""),
+        &route(
+            "r",
+            "/",
+            Some("up"),
+            "        refuse: { marker: \"!\", response: true }\n        recorder: { key: log-broken }\n",
+        ),
+    )
+    .await;
+    // HTTP/1.1: the head and the first chunk, then the connection closes without the last chunk,
+    // so the client can tell the body is incomplete.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(6).any(|w| w == b"hello ") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
             .await
+            .expect("the first chunk in time")
             .unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert_eq!(
-            status,
-            StatusCode::OK,
-            "the upstream is still served: {text}"
-        );
-        assert_eq!(text, "8");
-        let resp = client.post(gw.url("/up")).body("no!").send().await.unwrap();
-        assert_problem(resp, StatusCode::BAD_REQUEST).await;
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    next.notify_one();
+    let rest = common::read_until_close(&mut s, Duration::from_secs(10)).await;
+    let text = format!("{}{rest}", String::from_utf8_lossy(&got));
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+    assert!(!text.contains("bad!") && !text.contains("more"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the chunked body must not end cleanly: {text:?}"
+    );
+    // HTTP/2: the stream is reset, and the client sees an error rather than an end.
+    let mut resp = h2_client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .expect("the first chunk in time")
+        .unwrap();
+    assert_eq!(first.as_deref(), Some(&b"hello "[..]));
+    next.notify_one();
+    let read = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .expect("the rest in time");
+    assert!(read.is_err(), "the body ended as if complete: {read:?}");
+
+    let logs = shared("log-broken").logged(2).await;
+    for s in &logs {
+        assert!(!s.completed, "{s:?}");
+        assert_eq!(s.bytes_sent, 6, "{s:?}");
     }
 }
 
