@@ -796,6 +796,7 @@ async fn a_streaming_filter_upper_cases_a_1_gib_request_in_flat_memory() {
         serde_json::Value::Null,
         "a streaming request filter removes Content-Length"
     );
+    assert_eq!(got["transfer_encoding"], "chunked", "{got}");
     assert!(
         growth < MAX_GROWTH_KIB,
         "resident memory grew by {growth} KiB (from {base} KiB) while 1 GiB streamed"
@@ -1694,4 +1695,49 @@ async fn an_http10_upstreams_answer_is_still_http11_chunked_under_a_streaming_fi
         assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
         assert!(text.contains("ABCDEFGHIJKLMNOPQRSTUVWXYZ".to_ascii_lowercase().as_str()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logging_phase_sees_a_gateway_error_and_the_bytes_as_the_client_sent_them() {
+    let down = common::closed_port().await;
+    let up = json_upstream().await;
+    let gw = gateway(
+        &[
+            upstream_yaml("down", &format!("http://{down}"), ""),
+            upstream_yaml("up", &up.url(), ""),
+        ]
+        .concat(),
+        &[
+            route("down", "/down", Some("down"), "        recorder: { key: log-502 }\n"),
+            route(
+                "stamp",
+                "/stamp",
+                Some("up"),
+                "        json_stamp: { max: 1024, request: true }\n        recorder: { key: log-stamped }\n",
+            ),
+        ]
+        .concat(),
+    )
+    .await;
+    let resp = common::client().get(gw.url("/down")).send().await.unwrap();
+    assert_problem(resp, StatusCode::BAD_GATEWAY).await;
+    let logs = shared("log-502").logged(1).await;
+    assert_eq!(logs[0].status, StatusCode::BAD_GATEWAY, "{:?}", logs[0]);
+    assert!(logs[0].completed, "{:?}", logs[0]);
+
+    // The buffered phase makes the body longer; the summary counts what the client sent.
+    let doc = r#"{"n":1}"#;
+    let resp = common::client()
+        .post(gw.url("/stamp"))
+        .body(doc)
+        .send()
+        .await
+        .unwrap();
+    let got: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        got["received"].as_u64().unwrap() > doc.len() as u64,
+        "{got}"
+    );
+    let logs = shared("log-stamped").logged(1).await;
+    assert_eq!(logs[0].bytes_received, doc.len() as u64, "{:?}", logs[0]);
 }
