@@ -1,8 +1,10 @@
 //! The plugin body API end to end: test plugins registered as custom kinds
 //! (`plugin::register_custom`) run inside the real gateway (in process, real sockets) and
 //! rewrite bodies as they stream (1 GiB each way in flat memory), buffer and replace JSON with
-//! the right `Content-Length` over HTTP/1.1 and HTTP/2, hit their caps, add trailers, answer with
-//! a streamed body, log finished exchanges, and refuse a request body mid-stream.
+//! the right `Content-Length` over HTTP/1.1 and HTTP/2, hit their caps, add trailers (merged with
+//! an upstream's gRPC trailers), answer with a streamed body, log finished, refused and abandoned
+//! exchanges, refuse a request body mid-stream without harming the upstream, break a response off
+//! mid-stream, and keep HTTP/1.1 chunked framing (even for an HTTP/1.0 origin).
 #![allow(clippy::unwrap_used)]
 
 mod common;
