@@ -385,6 +385,11 @@ impl<'c> Session<'c> {
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(parts, ResponseBody::empty()));
         }
+        // The gateway answers in its own HTTP version, not the upstream's (RFC 9110 §6.2): an
+        // HTTP/1.0 origin would otherwise make hyper answer an HTTP/1.1 client in HTTP/1.0,
+        // close-delimited when the length is unknown (a streaming filter), without trailers, and
+        // closing the client's connection. hyper still answers HTTP/1.0 clients in HTTP/1.0.
+        *resp.version_mut() = Version::HTTP_11;
         let headers = resp.headers_mut();
         if headers.contains_key(header::TRANSFER_ENCODING) {
             // RFC 9112 §6.3: the transfer coding frames the body and `Content-Length` is wrong (a
