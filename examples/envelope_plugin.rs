@@ -83,6 +83,9 @@ impl Plugin for Envelope {
                 over: OverCap::Pass,
             });
         }
+        // An HTTP/1.1 client gets only the trailers the head names (HTTP/2 ones get all).
+        resp.headers
+            .append(header::TRAILER, HeaderValue::from_static("x-body-bytes"));
         BodyAction::Stream(Box::new(ByteCount(0)))
     }
 

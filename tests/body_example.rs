@@ -120,3 +120,20 @@ async fn a_streamed_answer_gets_its_byte_count_as_a_trailer_over_http2() {
     assert_eq!(trailers["x-body-bytes"], "20");
     assert_eq!(collected.to_bytes(), "plain text, streamed");
 }
+
+#[tokio::test]
+async fn the_trailer_reaches_an_http1_client_that_accepts_trailers() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let up = origin().await;
+    let gw = envelope_gateway(&up).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /text HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let lower = raw.to_ascii_lowercase();
+    assert!(lower.contains("transfer-encoding: chunked"), "{raw}");
+    assert!(lower.contains("trailer: x-body-bytes"), "{raw}");
+    assert!(lower.ends_with("0\r\nx-body-bytes: 20\r\n\r\n"), "{raw}");
+}

@@ -306,3 +306,34 @@ async fn chunked_body_over_the_listener_limit_gets_413() {
         .expect("request");
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn an_upstreams_declared_trailers_reach_an_http1_client_that_accepts_them() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let up = common::upstream(|_req: Request<Incoming>| async move {
+        let frames = futures_util::stream::iter([
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"payload"))),
+            Ok(Frame::trailers({
+                let mut t = http::HeaderMap::new();
+                t.insert("grpc-status", http::HeaderValue::from_static("0"));
+                t
+            })),
+        ]);
+        Response::builder()
+            .header("trailer", "grpc-status")
+            .body(BodyExt::boxed(StreamBody::new(frames)))
+            .unwrap()
+    })
+    .await;
+    let gw = common::gateway(&common::config(&route_to(&up.url(), ""))).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let lower = raw.to_ascii_lowercase();
+    // `Trailer` is end to end (RFC 9110 §6.6.2): it passes, and with it the trailer it names.
+    assert!(lower.contains("trailer: grpc-status"), "{raw}");
+    assert!(lower.ends_with("0\r\ngrpc-status: 0\r\n\r\n"), "{raw}");
+}

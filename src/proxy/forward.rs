@@ -108,10 +108,11 @@ fn is_consumer_header(k: &HeaderName) -> bool {
 }
 
 /// The hop-by-hop fields of RFC 9110 §7.6.1 (besides `Connection`) and their legacy relatives.
+/// `Trailer` is not one (RFC 9110 §6.6.2): it names the trailers of the message end to end, and
+/// an HTTP/1.1 client gets only the trailers it names.
 fn is_hop_by_hop(k: &HeaderName) -> bool {
     *k == header::TE
         || *k == header::TRANSFER_ENCODING
-        || *k == header::TRAILER
         || *k == header::UPGRADE
         || *k == header::PROXY_AUTHORIZATION
         || *k == header::PROXY_AUTHENTICATE
