@@ -127,6 +127,11 @@ impl PluginChain {
         !self.request_bodies.is_empty()
     }
 
+    /// True when a plugin has a response-body phase.
+    pub fn has_response_body(&self) -> bool {
+        self.responders.iter().any(|p| p.phases().response_body)
+    }
+
     /// True when a plugin has a logging phase: the exchange's context must live to its end.
     pub fn logs(&self) -> bool {
         !self.loggers.is_empty()

@@ -36,8 +36,10 @@ pub struct ResponseBody {
     /// the end (the connection goes back to the pool only then).
     lease: Option<Lease>,
     sent: u64,
-    /// Called once, in order, when the body ends or is dropped.
-    on_end: Vec<EndCallback>,
+    /// Called once, in order, when the body ends or is dropped: the first one inline (most
+    /// responses have exactly one, the record), the others after it.
+    on_end: Option<EndCallback>,
+    more_on_end: Vec<EndCallback>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -56,7 +58,8 @@ impl ResponseBody {
             body,
             lease: None,
             sent: 0,
-            on_end: Vec::new(),
+            on_end: None,
+            more_on_end: Vec::new(),
         }
     }
 
@@ -79,7 +82,11 @@ impl ResponseBody {
 
     /// Runs `f` once the body ends or is dropped.
     pub fn on_end(mut self, f: EndCallback) -> Self {
-        self.on_end.push(f);
+        if self.on_end.is_none() {
+            self.on_end = Some(f);
+        } else {
+            self.more_on_end.push(f);
+        }
         self
     }
 
@@ -102,7 +109,10 @@ impl ResponseBody {
             sent: self.sent,
             complete,
         };
-        for f in self.on_end.drain(..) {
+        if let Some(f) = self.on_end.take() {
+            f(ended);
+        }
+        for f in self.more_on_end.drain(..) {
             f(ended);
         }
     }

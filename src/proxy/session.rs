@@ -431,8 +431,9 @@ impl<'c> Session<'c> {
             self.bytes_in = Some(counter);
         }
         if let (true, Some(cx)) = (has_phase, cx) {
-            body = plugins
-                .request_body(head, body, cx)
+            // Boxed: inline, its state would enlarge every request's future (HTTP/2 moves each
+            // request's future into a task), routes without body phases included.
+            body = Box::pin(plugins.request_body(head, body, cx))
                 .await
                 .map_err(|e| self.phase_error(e))?;
         }
@@ -451,14 +452,21 @@ impl<'c> Session<'c> {
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let (mut parts, mut body) = resp.into_parts();
         let plugins = &route.plugins;
-        if let Some(cx) = cx {
-            let bodiless = head_request
-                || parts.status == StatusCode::NO_CONTENT
-                || parts.status == StatusCode::NOT_MODIFIED;
-            body = plugins
-                .response(&mut parts, body, bodiless, cx)
+        match cx {
+            Some(cx) if plugins.has_response_body() => {
+                let bodiless = head_request
+                    || parts.status == StatusCode::NO_CONTENT
+                    || parts.status == StatusCode::NOT_MODIFIED;
+                // Boxed, like the request body phase: only routes with body phases pay for it.
+                body = Box::pin(plugins.response(&mut parts, body, bodiless, cx))
+                    .await
+                    .map_err(|e| self.phase_error(e))?;
+            }
+            Some(cx) => plugins
+                .response_filter(&mut parts, cx)
                 .await
-                .map_err(|e| self.phase_error(e))?;
+                .map_err(plugin_error)?,
+            None => {}
         }
         let mut body = ResponseBody::new(body);
         if let Some(lease) = lease {
