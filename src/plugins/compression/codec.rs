@@ -998,6 +998,30 @@ mod tests {
     }
 
     #[test]
+    fn a_large_window_brotli_stream_is_refused() {
+        // The large-window extension (not RFC 7932) lets a stream ask for up to a 1 GiB ring
+        // buffer: valid to a lenient decoder, refused here.
+        let params = brotli::enc::BrotliEncoderParams {
+            quality: 1,
+            lgwin: 26,
+            large_window: true,
+            ..Default::default()
+        };
+        let plain = sample(100_000);
+        let mut wire = Vec::new();
+        brotli::enc::BrotliCompress(&mut plain.as_slice(), &mut wire, &params).expect("encode");
+        assert_eq!(reference_decode(ContentCoding::Br, &wire), plain);
+        let mut d = Decoder::new(ContentCoding::Br, u64::MAX).expect("decoder");
+        let e = feed(&mut d, &wire)
+            .and_then(|_| end(&mut d))
+            .expect_err("large window");
+        assert!(
+            matches!(e, CodecError::Corrupt { coding: "br", .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn every_level_in_the_documented_range_builds_and_round_trips() {
         for (coding, least, most) in frontdesk_config::COMPRESSION_LEVELS {
             for level in least..=most {
