@@ -171,6 +171,8 @@ pub struct Decoder {
     total: u64,
     /// Input handed over and not decoded yet.
     input: Bytes,
+    /// The last step ended for want of input (not of room): nothing more comes without more.
+    drained: bool,
     inner: Dec,
 }
 
@@ -212,6 +214,7 @@ impl Decoder {
             max,
             total: 0,
             input: Bytes::new(),
+            drained: false,
             inner,
         })
     }
@@ -222,14 +225,17 @@ impl Decoder {
         if matches!(self.inner, Dec::Done) {
             return Ok(None);
         }
-        if self.input.is_empty() {
-            self.input = data;
-        } else if !data.is_empty() {
-            // Only when the caller did not take every step: the input held is then a rest.
-            let mut both = Vec::with_capacity(self.input.len() + data.len());
-            both.extend_from_slice(&self.input);
-            both.extend_from_slice(&data);
-            self.input = Bytes::from(both);
+        if !data.is_empty() {
+            self.drained = false;
+            if self.input.is_empty() {
+                self.input = data;
+            } else {
+                // Only when the caller did not take every step: the input held is a rest.
+                let mut both = Vec::with_capacity(self.input.len() + data.len());
+                both.extend_from_slice(&self.input);
+                both.extend_from_slice(&data);
+                self.input = Bytes::from(both);
+            }
         }
         self.more()
     }
@@ -237,6 +243,9 @@ impl Decoder {
     /// The next step of output from the input held: at most [`STEP`] bytes, or `None` when
     /// there is no more until more input comes (or at all, once the stream is complete).
     pub fn more(&mut self) -> Result<Option<Bytes>, CodecError> {
+        if matches!(self.inner, Dec::Done) || (self.drained && self.input.is_empty()) {
+            return Ok(None);
+        }
         // One byte past the cap is enough to know the body is over it.
         let room = usize::try_from(self.max.saturating_sub(self.total).saturating_add(1))
             .unwrap_or(usize::MAX)
@@ -256,7 +265,11 @@ impl Decoder {
             };
             self.input.advance(used);
             filled += made;
-            if filled == room || (used == 0 && made == 0) {
+            if filled == room {
+                break;
+            }
+            if used == 0 && made == 0 {
+                self.drained = true;
                 break;
             }
         }
@@ -365,6 +378,9 @@ impl Gzip {
                     self.stage = GzStage::Body;
                 }
                 GzStage::Body => {
+                    if made == out.len() {
+                        return Ok((used, made));
+                    }
                     let (was_in, was_out) = (self.inflate.total_in(), self.inflate.total_out());
                     let status = self.inflate.decompress(
                         rest,
