@@ -69,6 +69,11 @@ pub struct Buffered {
 /// A filter may pass a frame on, change it, drop it, or add frames, by pushing to the
 /// [`FrameSink`]. It runs inside the body's poll: it must not block, and work per frame should
 /// be proportional to the frame.
+///
+/// A filter whose output for one frame has no useful bound (a decompressor: a few KiB can
+/// expand to GiB) holds the frame instead of pushing all its output at once, pushes a bounded
+/// part from `frame` (or `end`), and the rest from [`pending`](Self::pending), a step at a time,
+/// as the body is read.
 pub trait BodyFilter: Send + 'static {
     /// One frame of the body (data, or the trailers at the end). The default passes it on.
     fn frame(&mut self, frame: BodyFrame, out: &mut FrameSink) -> Result<(), PluginError> {
@@ -79,6 +84,18 @@ pub trait BodyFilter: Send + 'static {
     /// The body ended (after its last frame): a last chance to add data or trailers.
     fn end(&mut self, _out: &mut FrameSink) -> Result<(), PluginError> {
         Ok(())
+    }
+
+    /// More output from what the filter already holds: push the next step of it and return
+    /// `true`, or return `false` when there is nothing more until the next frame (or, after
+    /// `end`, at all).
+    ///
+    /// The body calls it once everything pushed before has been read, after each `frame` and
+    /// after `end`, again and again until it returns `false`: only then is the next frame read
+    /// (or `end` called). A filter that returns `true` must have pushed something or consumed
+    /// some of what it holds, so the calls come to an end. The default holds nothing.
+    fn pending(&mut self, _out: &mut FrameSink) -> Result<bool, PluginError> {
+        Ok(false)
     }
 }
 
@@ -140,6 +157,8 @@ pub(crate) struct Filtered {
     direction: Direction,
     /// The inner body ended and the filter's `end` ran.
     ended: bool,
+    /// The filter got a frame (or `end`) since its `pending` last returned `false`.
+    pending: bool,
     failed: bool,
 }
 
@@ -151,6 +170,7 @@ impl Filtered {
             sink: FrameSink::default(),
             direction,
             ended: false,
+            pending: false,
             failed: false,
         }
     }
@@ -186,6 +206,15 @@ impl http_body::Body for Filtered {
             if let Some(f) = this.sink.pop_data() {
                 return Poll::Ready(Some(Ok(f)));
             }
+            // What the filter still holds goes before the next frame is read: the body moves
+            // one step at a time, as fast as it is read.
+            if this.pending {
+                match this.filter.pending(&mut this.sink) {
+                    Ok(true) => continue,
+                    Ok(false) => this.pending = false,
+                    Err(e) => return Poll::Ready(Some(Err(this.error(e)))),
+                }
+            }
             if this.ended {
                 return Poll::Ready(this.sink.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
@@ -196,12 +225,14 @@ impl http_body::Body for Filtered {
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
+                    this.pending = true;
                     if let Err(e) = this.filter.frame(frame, &mut this.sink) {
                         return Poll::Ready(Some(Err(this.error(e))));
                     }
                 }
                 Poll::Ready(None) => {
                     this.ended = true;
+                    this.pending = true;
                     if let Err(e) = this.filter.end(&mut this.sink) {
                         return Poll::Ready(Some(Err(this.error(e))));
                     }
@@ -211,7 +242,11 @@ impl http_body::Body for Filtered {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed || (self.ended && self.sink.data.is_empty() && self.sink.trailers.is_none())
+        self.failed
+            || (self.ended
+                && !self.pending
+                && self.sink.data.is_empty()
+                && self.sink.trailers.is_none())
     }
 }
 
@@ -221,4 +256,122 @@ pub(crate) fn over_cap_response() -> PluginError {
         StatusCode::BAD_GATEWAY,
         "the upstream's response body is larger than a plugin can read",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// An inner body that logs every frame it hands out.
+    struct Frames {
+        frames: VecDeque<&'static str>,
+        log: Log,
+    }
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = BodyError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<BodyFrame, BodyError>>> {
+            let next = self.frames.pop_front();
+            let entry = format!("read {}", next.unwrap_or("end"));
+            self.log.lock().expect("log").push(entry);
+            Poll::Ready(next.map(|s| Ok(Frame::data(Bytes::from_static(s.as_bytes())))))
+        }
+    }
+
+    /// Holds each frame and lets it out one byte per `pending` step; `end` adds a byte it also
+    /// holds back.
+    struct Trickle {
+        held: Bytes,
+        log: Log,
+    }
+
+    impl BodyFilter for Trickle {
+        fn frame(&mut self, frame: BodyFrame, _out: &mut FrameSink) -> Result<(), PluginError> {
+            if let Ok(d) = frame.into_data() {
+                self.held = d;
+            }
+            Ok(())
+        }
+
+        fn end(&mut self, _out: &mut FrameSink) -> Result<(), PluginError> {
+            self.log.lock().expect("log").push("end".into());
+            self.held = Bytes::from_static(b"!");
+            Ok(())
+        }
+
+        fn pending(&mut self, out: &mut FrameSink) -> Result<bool, PluginError> {
+            if self.held.is_empty() {
+                return Ok(false);
+            }
+            let step = self.held.split_to(1);
+            if step.as_ref() == b"x" {
+                return Err(PluginError::new(StatusCode::BAD_REQUEST, "an x"));
+            }
+            out.push_data(step);
+            Ok(true)
+        }
+    }
+
+    fn trickled(frames: &[&'static str]) -> (Filtered, Log) {
+        let log = Log::default();
+        let inner = Frames {
+            frames: frames.iter().copied().collect(),
+            log: log.clone(),
+        };
+        let filter = Trickle {
+            held: Bytes::new(),
+            log: log.clone(),
+        };
+        let body = Filtered::new(Body::new(inner), Box::new(filter), Direction::Request);
+        (body, log)
+    }
+
+    #[tokio::test]
+    async fn pending_output_goes_out_step_by_step_before_the_next_frame_and_the_end() {
+        let (mut body, log) = trickled(&["ab", "c"]);
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.expect("frame").into_data().expect("data");
+            assert_eq!(data.len(), 1, "one step at a time");
+            let s = String::from_utf8(data.to_vec()).expect("utf-8");
+            log.lock().expect("log").push(format!("out {s}"));
+            got.push(s);
+        }
+        assert_eq!(got.concat(), "abc!");
+        assert!(body.is_end_stream());
+        let log = log.lock().expect("log").clone();
+        assert_eq!(
+            log,
+            ["read ab", "out a", "out b", "read c", "out c", "read end", "end", "out !"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_fails_the_body() {
+        let (mut body, _log) = trickled(&["axb"]);
+        let first = body.frame().await.expect("a").expect("data");
+        assert_eq!(first.into_data().expect("data"), "a");
+        let e = body.frame().await.expect("error").expect_err("refused");
+        assert!(
+            matches!(
+                e,
+                BodyError::Client(ClientBodyError::Refused(StatusCode::BAD_REQUEST, _))
+            ),
+            "{e:?}"
+        );
+        assert!(body.frame().await.is_none());
+    }
 }

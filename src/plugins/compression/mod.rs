@@ -173,7 +173,9 @@ fn encode_failed(e: CodecError) -> PluginError {
     )
 }
 
-/// Decompresses a request body frame by frame, within the cap.
+/// Decompresses a request body within the cap, one bounded step at a time: a frame is held and
+/// its output goes out step by step as the upstream reads ([`BodyFilter::pending`]), so a
+/// small frame that expands a thousandfold never sits in memory whole.
 struct Decompress {
     decoder: Decoder,
 }
@@ -182,8 +184,8 @@ impl BodyFilter for Decompress {
     fn frame(&mut self, frame: BodyFrame, out: &mut FrameSink) -> Result<(), PluginError> {
         match frame.into_data() {
             Ok(data) => {
-                for piece in self.decoder.decompress(&data).map_err(refused)? {
-                    out.push_data(piece);
+                if let Some(step) = self.decoder.decompress(data).map_err(refused)? {
+                    out.push_data(step);
                 }
             }
             Err(frame) => out.push(frame),
@@ -191,11 +193,19 @@ impl BodyFilter for Decompress {
         Ok(())
     }
 
-    fn end(&mut self, out: &mut FrameSink) -> Result<(), PluginError> {
-        for piece in self.decoder.finish().map_err(refused)? {
-            out.push_data(piece);
+    fn pending(&mut self, out: &mut FrameSink) -> Result<bool, PluginError> {
+        match self.decoder.more().map_err(refused)? {
+            Some(step) => {
+                out.push_data(step);
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        Ok(())
+    }
+
+    fn end(&mut self, _out: &mut FrameSink) -> Result<(), PluginError> {
+        // Every step was taken before the body's end reached the filter.
+        self.decoder.finish().map_err(refused)
     }
 }
 
