@@ -91,3 +91,40 @@ routes:
     assert!(out.contains(REDACTED));
     assert!(out.contains("\"username\":\"bob\""), "{out}");
 }
+
+#[test]
+fn a_custom_plugins_strings_are_redacted_and_a_placeholder_there_is_refused() {
+    let text = r#"
+version: 1
+plugins:
+  custom:
+    signer: { key: custom-secret-value, rounds: 3, upstreams: [a-secret-too], nested: { token: deep-secret } }
+routes:
+  - { name: r, match: { paths: ["/"] }, plugins: { custom: { other: { password: route-secret } } } }
+"#;
+    let cfg = load_str(text, &no_env).expect("loads").config;
+    let out = serde_json::to_value(cfg.redacted()).expect("serializes");
+    let shown = out.to_string();
+    for secret in [
+        "custom-secret-value",
+        "a-secret-too",
+        "deep-secret",
+        "route-secret",
+    ] {
+        assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+    }
+    // The shape stays: numbers are shown, strings say they are set.
+    assert_eq!(out["plugins"]["custom"]["signer"]["rounds"], 3);
+    assert_eq!(out["plugins"]["custom"]["signer"]["key"], REDACTED);
+
+    // Copying what the admin API showed back as a new config (JSON is YAML) does not turn the
+    // placeholder into a value.
+    let copied = out.to_string();
+    let diags = load_str(&copied, &no_env).expect_err("a placeholder where a secret was");
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.path.starts_with("plugins.custom.signer")),
+        "{diags:?}"
+    );
+}
