@@ -269,6 +269,20 @@ async fn each_coding_is_decoded_by_real_clients_over_http1_and_http2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_compressed_decodes_every_coding_over_http1_and_http2() {
+    // Like the Redis tests: skipped where curl is missing, a failure under CI=true.
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(
+            !ci,
+            "curl is not installed, and CI=true requires this test to run (.ci/run installs it)"
+        );
+        eprintln!("skipping: curl is not installed (set CI=true to make this fail)");
+        return;
+    }
     let up = origin().await;
     let gw = gateway_with(&up, "{}").await;
     let json = json_text(20_000);
