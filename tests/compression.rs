@@ -83,7 +83,7 @@ fn decode(coding: &str, data: &[u8]) -> Vec<u8> {
 
 /// A streaming decoder for the client side of the event-stream and 1 GiB tests.
 enum StreamDecoder {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
     Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
 }
@@ -91,7 +91,7 @@ enum StreamDecoder {
 impl StreamDecoder {
     fn new(coding: &str) -> StreamDecoder {
         match coding {
-            "gzip" => StreamDecoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            "gzip" => StreamDecoder::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
             "br" => StreamDecoder::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
             "zstd" => {
                 StreamDecoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).expect("zstd"))
