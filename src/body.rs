@@ -228,11 +228,6 @@ impl Body {
         http_body::Body::is_end_stream(self)
     }
 
-    /// The body's length when it is known exactly.
-    pub fn exact_len(&self) -> Option<u64> {
-        http_body::Body::size_hint(self).exact()
-    }
-
     fn watch(&mut self) -> &mut Watch {
         self.watch.get_or_insert_with(|| {
             Box::new(Watch {
