@@ -164,11 +164,11 @@ pub async fn serve(
         .with_send_timeout(spec.transfer.send_timeout)
         .counting(spec.series.clone());
     let info = Conn::new(peer, spec, shared, tunnels, None);
-    let svc = service_fn(move |req| {
+    let handler = move |req| {
         // One atomic load per request: every phase of this request sees this snapshot.
         let snap = live.load_full();
         respond(snap, req, info.clone())
-    });
+    };
 
     // Every phase below is boxed, so the task of an idle connection stays small: only the
     // phase being awaited is allocated.
@@ -178,9 +178,10 @@ pub async fn serve(
     }
     if Box::pin(io.is_http2_preface()).await {
         io.set_http2();
-        Box::pin(serve_h2(io, svc, peer, stop)).await;
+        Box::pin(serve_h2(io, h2_service(handler), peer, stop)).await;
         return;
     }
+    let svc = service_fn(handler);
     loop {
         match Box::pin(serve_h1(io, svc.clone(), peer, &mut stop)).await {
             Some(parked) => io = parked,
@@ -233,17 +234,35 @@ async fn serve_tls(
         .with_send_timeout(spec.transfer.send_timeout)
         .counting(spec.series.clone());
     let info = Conn::new(peer, spec, shared, tunnels, negotiated.client_cert);
-    let svc = service_fn(move |req| {
+    let handler = move |req| {
         let snap = live.load_full();
         respond(snap, req, info.clone())
-    });
+    };
     if negotiated.h2 {
         io.set_http2();
-        serve_h2(io, svc, peer, stop).await;
+        serve_h2(io, h2_service(handler), peer, stop).await;
         return;
     }
     // Without parking the guard never hands the stream back: this serves until the end.
-    let _ = serve_h1(io, svc, peer, &mut stop).await;
+    let _ = serve_h1(io, service_fn(handler), peer, &mut stop).await;
+}
+
+/// The HTTP/2 service: each request's future boxed. hyper spawns a task per HTTP/2 stream and
+/// tokio moves the future into it (three copies of several KiB each); a box moves as a pointer.
+/// HTTP/1 requests are polled in their connection's task, where nothing moves them.
+fn h2_service<F, Fut>(
+    handler: F,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<GuardedBody>,
+    Error = h2::Error,
+    Future = std::pin::Pin<Box<Fut>>,
+> + Clone
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone,
+    Fut: std::future::Future<Output = Result<hyper::Response<GuardedBody>, h2::Error>>,
+{
+    service_fn(move |req| Box::pin(handler(req)))
 }
 
 /// Serves one request. A malformed HTTP/2 request (RFC 9113 §8.1.1) is a stream error: the
