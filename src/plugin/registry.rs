@@ -5,6 +5,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 
 use frontdesk_config::{Diagnostic, FieldPath};
+use serde::Deserialize as _;
 
 use super::{Plugin, PluginChain};
 use crate::consumer::Consumers;
@@ -101,18 +102,23 @@ impl ChainBuilder {
     /// Builds the plugin for `cfg` if present.
     pub fn add<F: PluginFactory>(&mut self, cfg: Option<&F::Config>, scope: Scope, at: &FieldPath) {
         let Some(cfg) = cfg else { return };
-        let env = BuildEnv {
-            scope,
-            route: (scope == Scope::Route)
-                .then(|| self.env.route.clone())
-                .flatten(),
-            ..self.env.clone()
-        };
+        let env = self.env_for(scope);
         match F::build(cfg, &env) {
             Ok(p) => self.items.push((F::ORDER, scope, F::AUTH, p)),
             Err(msg) => self
                 .errors
                 .push(Diagnostic::error(at.key(F::KIND).to_string(), msg)),
+        }
+    }
+
+    /// The environment a plugin of `scope` is built with: a global plugin belongs to no route.
+    fn env_for(&self, scope: Scope) -> BuildEnv {
+        BuildEnv {
+            scope,
+            route: (scope == Scope::Route)
+                .then(|| self.env.route.clone())
+                .flatten(),
+            ..self.env.clone()
         }
     }
 
@@ -172,8 +178,6 @@ where
     }
 }
 
-use serde::Deserialize as _;
-
 /// The custom kinds registered in this process. Read only while a config is compiled (never
 /// on the request path).
 static CUSTOM: RwLock<Vec<Arc<dyn CustomFactory>>> = RwLock::new(Vec::new());
@@ -181,7 +185,8 @@ static CUSTOM: RwLock<Vec<Arc<dyn CustomFactory>>> = RwLock::new(Vec::new());
 /// Registers a plugin kind of a binary that embeds Frontdesk: configs then accept it under
 /// `plugins.custom.<F::KIND>`, with `F::Config` deserialized from what is written there, and
 /// it runs at `F::ORDER` like a built-in kind. Call it before the gateway loads its config;
-/// registering a kind again replaces it. Built-in kind names cannot be taken.
+/// registering a kind again replaces it. Custom kinds have their own namespace (`custom:`), so a
+/// built-in kind's name is no clash.
 pub fn register_custom<F>()
 where
     F: PluginFactory + 'static,
@@ -222,13 +227,7 @@ impl ChainBuilder {
                 self.errors.push(Diagnostic::error(at.to_string(), msg));
                 continue;
             };
-            let env = BuildEnv {
-                scope,
-                route: (scope == Scope::Route)
-                    .then(|| self.env.route.clone())
-                    .flatten(),
-                ..self.env.clone()
-            };
+            let env = self.env_for(scope);
             match f.build(cfg, &env) {
                 Ok(p) => self.items.push((f.order(), scope, f.auth(), p)),
                 Err(msg) => self.errors.push(Diagnostic::error(at.to_string(), msg)),
