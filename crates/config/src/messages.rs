@@ -7,11 +7,14 @@ pub(crate) fn serde_message(msg: &str) -> String {
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = msg.strip_prefix(prefix) {
             if let Some((found, expected)) = rest.rsplit_once(", expected ") {
-                return format!(
-                    "expected {}, found {}",
-                    expected_text(expected),
-                    found_text(found)
-                );
+                let expected = expected_text(expected);
+                let hint = if found.trim().starts_with("boolean ") && expected == "a string" {
+                    // YAML 1.1 reads `y`, `n`, `yes`, `no`, `on`, `off` as booleans.
+                    "; YAML reads y, n, yes, no, on and off as booleans: write it in quotes"
+                } else {
+                    ""
+                };
+                return format!("expected {expected}, found {}{hint}", found_text(found));
             }
         }
     }
@@ -128,6 +131,20 @@ fn found_text(found: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_word_yaml_reads_as_a_boolean_gets_a_hint_to_quote_it() {
+        assert_eq!(
+            serde_message("invalid type: boolean `false`, expected a string"),
+            "expected a string, found false; YAML reads y, n, yes, no, on and off as booleans: \
+             write it in quotes"
+        );
+        // Where a boolean is not what a string field got, no hint.
+        assert_eq!(
+            serde_message("invalid type: boolean `true`, expected u32"),
+            "expected a whole number from 0 to 4294967295, found true"
+        );
+    }
 
     #[test]
     fn type_errors_speak_of_the_file() {
