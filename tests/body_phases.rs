@@ -1743,3 +1743,38 @@ async fn the_logging_phase_sees_a_gateway_error_and_the_bytes_as_the_client_sent
     let logs = shared("log-stamped").logged(1).await;
     assert_eq!(logs[0].bytes_received, doc.len() as u64, "{:?}", logs[0]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Route targets: a route without an upstream whose plugins do not answer.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_whose_target_is_its_plugins_answer_gets_500_when_none_answers() {
+    // `recorder` only logs: nothing answers, and there is no upstream to go to.
+    let gw = gateway(
+        "",
+        &route(
+            "lonely",
+            "/",
+            None,
+            "        recorder: { key: log-no-answer }\n",
+        ),
+    )
+    .await;
+    let resp = common::client().get(gw.url("/x")).send().await.unwrap();
+    let v = assert_problem(resp, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no plugin answered"),
+        "{v}"
+    );
+    // The exchange is still logged, with the status the client got.
+    let logs = shared("log-no-answer").logged(1).await;
+    assert_eq!(
+        logs[0].status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{:?}",
+        logs[0]
+    );
+}
