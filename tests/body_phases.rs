@@ -1628,41 +1628,16 @@ async fn a_streaming_response_filter_sends_http1_chunked_without_content_length(
     );
 }
 
-/// An HTTP/1.0 origin: reads one request head, answers with `Content-Length` and closes.
-async fn http10_upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz",
-                    )
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http10_upstreams_answer_is_still_http11_chunked_under_a_streaming_filter() {
     // The gateway speaks its own HTTP version to the client (RFC 9110 §6.2): an HTTP/1.0 origin
     // must not turn the client's HTTP/1.1 exchange into a close-delimited HTTP/1.0 one, which
     // could carry no trailers and end the client's connection.
-    let up = http10_upstream().await;
+    // An HTTP/1.0 origin answering with `Content-Length`.
+    let up = common::raw_upstream(
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 26\r\n\r\nabcdefghijklmnopqrstuvwxyz",
+    )
+    .await;
     let gw = gateway(
         &upstream_yaml("up", &format!("http://{up}"), ""),
         &route(

@@ -219,41 +219,13 @@ async fn a_slow_upload_that_keeps_moving_is_not_cut_by_body_timeout() {
     assert!(text.ends_with("\r\n\r\n10"), "{text}");
 }
 
-/// An upstream that answers every request on a connection with both `Content-Length: 5` and a
-/// chunked 10-byte body (RFC 9112 §6.3: the chunked framing wins).
-async fn conflicting_framing_upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..end + 4);
-                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n";
-                        if s.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_response_with_content_length_and_chunked_is_forwarded_whole() {
-    let up = conflicting_framing_upstream().await;
+    // Both `Content-Length: 5` and a chunked 10-byte body (RFC 9112 §6.3: the chunked framing wins).
+    let up = common::raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n",
+    )
+    .await;
     let gw = gateway(&config(&format!(
         r#"upstreams:
   app:

@@ -457,3 +457,34 @@ pub async fn gateway_in(dir: tempfile::TempDir, yaml: &str) -> TestGateway {
     let addr = gw.local_addr("public").await.expect("listener public");
     TestGateway { gw, addr, dir }
 }
+
+/// A raw upstream for answers hyper would not send: it answers every request head that arrives on
+/// a connection with `reply`, as bytes, and ignores request bodies.
+pub async fn raw_upstream(reply: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
