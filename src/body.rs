@@ -607,24 +607,68 @@ impl http_body::Body for ChannelBody {
 
 /// A connection taken over after `101 Switching Protocols` (WebSocket and other upgrades): the
 /// client's or the upstream's, as the edges hand it over in a request's or response's extensions
-/// (converted from hyper's handle once, like the bodies).
-#[derive(Clone, Debug)]
-pub struct Upgrade(hyper::upgrade::OnUpgrade);
+/// (converted from hyper's handle once, like the bodies; the native HTTP/1 codec makes its own).
+#[derive(Clone)]
+pub struct Upgrade(UpgradeFrom);
+
+#[derive(Clone)]
+enum UpgradeFrom {
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// Taken by the one who completes the upgrade (extensions must be `Clone`).
+    Native(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<UpgradedIo>>>>),
+}
+
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            UpgradeFrom::Hyper(_) => "Upgrade(hyper)",
+            UpgradeFrom::Native(_) => "Upgrade(native)",
+        })
+    }
+}
+
+/// An upgraded connection's byte stream.
+pub trait TunnelIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> TunnelIo for T {}
+
+/// An upgraded connection, boxed: the edges' stream types differ.
+pub type UpgradedIo = Box<dyn TunnelIo>;
 
 impl Upgrade {
     /// Moves hyper's upgrade handle, if the message has one, into an [`Upgrade`] extension.
     pub(crate) fn convert(ext: &mut http::Extensions) {
         if let Some(on) = ext.remove::<hyper::upgrade::OnUpgrade>() {
-            ext.insert(Upgrade(on));
+            ext.insert(Upgrade(UpgradeFrom::Hyper(on)));
         }
+    }
+
+    /// An upgrade the native HTTP/1 server completes by sending the connection once its `101`
+    /// is written.
+    pub(crate) fn native(rx: tokio::sync::oneshot::Receiver<UpgradedIo>) -> Self {
+        Upgrade(UpgradeFrom::Native(Arc::new(std::sync::Mutex::new(Some(
+            rx,
+        )))))
     }
 
     /// The connection, once the `101` has been sent (by us to the client) or received (from the
     /// upstream).
-    pub async fn into_io(
-        self,
-    ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send, BoxError> {
-        let io = self.0.await.map_err(|e| Box::new(e) as BoxError)?;
-        Ok(hyper_util::rt::TokioIo::new(io))
+    pub async fn into_io(self) -> Result<UpgradedIo, BoxError> {
+        match self.0 {
+            UpgradeFrom::Hyper(on) => {
+                let io = on.await.map_err(|e| Box::new(e) as BoxError)?;
+                Ok(Box::new(hyper_util::rt::TokioIo::new(io)))
+            }
+            UpgradeFrom::Native(slot) => {
+                let rx = slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                match rx {
+                    Some(rx) => rx.await.map_err(|e| Box::new(e) as BoxError),
+                    None => Err("the upgrade was already taken".into()),
+                }
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use frontdesk_config::model::Http1Codec;
 use frontdesk_config::{parse_nets, Config, Diagnostic, FieldPath};
 use http::HeaderValue;
 
@@ -90,6 +91,8 @@ pub struct ListenerSpec {
     /// The address the socket is bound to, once it is (differs from `address` with port 0).
     /// Shared with the next generation's spec while the listener keeps its socket.
     pub bound: Arc<OnceLock<SocketAddr>>,
+    /// The HTTP/1 implementation its connections are served with.
+    pub http1: Http1Codec,
 }
 
 impl ListenerSpec {
@@ -305,6 +308,11 @@ impl Snapshot {
                 .map(|p| p.bound.clone())
                 .unwrap_or_default();
             let name: Arc<str> = Arc::from(l.name.as_str());
+            let http1 = cfg
+                .server
+                .http1
+                .or_else(Http1Codec::from_env)
+                .unwrap_or_default();
             listeners.push(Arc::new(ListenerSpec {
                 series: metrics.listener(&name),
                 name,
@@ -329,6 +337,7 @@ impl Snapshot {
                     send_timeout: l.limits.send_timeout.get(),
                     body_timeout: l.limits.body_timeout.map(|d| d.get()),
                 },
+                http1,
             }));
         }
         // Only once everything else is valid: starting an access-log writer or an exporter for a

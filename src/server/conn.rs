@@ -852,24 +852,29 @@ impl GuardedIo<tokio::net::TcpStream> {
 
     /// Peeks at the first bytes: true if they are the HTTP/2 prior-knowledge preface.
     pub async fn is_http2_preface(&mut self) -> bool {
-        const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-        let mut buf = [0u8; 14];
-        for _ in 0..200 {
-            let n = match self.inner.peek(&mut buf).await {
-                Ok(n) => n,
-                Err(_) => return false,
-            };
-            if n == 0 || !PREFACE.starts_with(&buf[..n]) {
-                return false;
-            }
-            if n == PREFACE.len() {
-                return true;
-            }
-            // A partial preface (rare): wait briefly for the rest.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        false
+        is_http2_preface(&self.inner).await
     }
+}
+
+/// Peeks at a stream's first bytes: true if they are the HTTP/2 prior-knowledge preface.
+pub async fn is_http2_preface(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+    let mut buf = [0u8; 14];
+    for _ in 0..200 {
+        let n = match stream.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 || !PREFACE.starts_with(&buf[..n]) {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
+        // A partial preface (rare): wait briefly for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {

@@ -4,6 +4,7 @@
 //! [`proxy::handle`]; its response body carries the request's in-flight guard ([`GuardedBody`]).
 
 mod conn;
+pub mod h1;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +28,7 @@ use crate::proxy::{self, ConnInfo};
 use crate::snapshot::{ListenerSpec, Live, Snapshot};
 use crate::tls::client_cert::ClientCert;
 use crate::tls::server::{negotiated, ServerTls};
+use frontdesk_config::model::Http1Codec;
 
 /// A connection as its requests see it: what the proxy is told, and the in-flight state.
 #[derive(Debug)]
@@ -158,6 +160,11 @@ pub async fn serve(
         Box::pin(serve_tls(stream, peer, tls, spec, live, tunnels, stop)).await;
         return;
     }
+    if spec.http1 == Http1Codec::Native {
+        // Boxed like the phases below: an idle connection's task stays small.
+        Box::pin(serve_native_plain(stream, peer, spec, live, tunnels, stop)).await;
+        return;
+    }
     let shared = Arc::new(ConnShared::default());
     let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
         .with_parking(PARK_AFTER)
@@ -191,6 +198,61 @@ pub async fn serve(
         if Box::pin(park(&mut io, &mut stop, idle_left)).await != Wake::Ready {
             return;
         }
+    }
+}
+
+/// A plain connection with the native HTTP/1 codec: the first bytes say HTTP/2 (prior
+/// knowledge, served by hyper under the guard) or HTTP/1 (served by [`h1::serve`], which parks
+/// idle connections itself).
+async fn serve_native_plain(
+    stream: TcpStream,
+    peer: SocketAddr,
+    spec: Arc<ListenerSpec>,
+    live: Arc<Live>,
+    tunnels: Arc<Tunnels>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Nothing is allocated for the connection until its first byte.
+    let first = tokio::select! {
+        r = tokio::time::timeout(spec.limits.idle_timeout, stream.readable()) => matches!(r, Ok(Ok(()))),
+        _ = stop.changed() => false,
+    };
+    if !first {
+        return;
+    }
+    if conn::is_http2_preface(&stream).await {
+        let shared = Arc::new(ConnShared::default());
+        let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
+            .with_send_timeout(spec.transfer.send_timeout)
+            .counting(spec.series.clone());
+        io.set_http2();
+        let info = Conn::new(peer, spec, shared, tunnels, None);
+        let handler = move |req| {
+            let snap = live.load_full();
+            respond(snap, req, info.clone())
+        };
+        serve_h2(io, h2_service(handler), peer, stop).await;
+        return;
+    }
+    let setup = native_setup(&spec, peer, live, tunnels, None, Some(PARK_AFTER));
+    h1::serve(stream, setup, &mut stop).await;
+}
+
+fn native_setup(
+    spec: &Arc<ListenerSpec>,
+    peer: SocketAddr,
+    live: Arc<Live>,
+    tunnels: Arc<Tunnels>,
+    client_cert: Option<Arc<ClientCert>>,
+    park_after: Option<Duration>,
+) -> h1::Setup {
+    h1::Setup {
+        info: Arc::new(ConnInfo::new(peer, spec.clone(), tunnels, client_cert)),
+        live,
+        limits: spec.limits,
+        send_timeout: spec.transfer.send_timeout,
+        series: spec.series.clone(),
+        park_after,
     }
 }
 
@@ -229,6 +291,11 @@ async fn serve_tls(
             return;
         }
     };
+    if !negotiated.h2 && spec.http1 == Http1Codec::Native {
+        let setup = native_setup(&spec, peer, live, tunnels, negotiated.client_cert, None);
+        h1::serve(stream, setup, &mut stop).await;
+        return;
+    }
     let shared = Arc::new(ConnShared::default());
     let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
         .with_send_timeout(spec.transfer.send_timeout)

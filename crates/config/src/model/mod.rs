@@ -137,6 +137,33 @@ pub struct ServerConfig {
     pub drain_timeout: Dur,
     /// The pseudonym in the `Via` header added to forwarded requests (`Via: 1.1 <via>`).
     pub via: String,
+    /// The HTTP/1 implementation of the listeners; absent: the `FRONTDESK_HTTP1` environment
+    /// variable's choice, else [`Http1Codec::default`]. Applies to connections accepted after a
+    /// reload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http1: Option<Http1Codec>,
+}
+
+/// Which HTTP/1 implementation serves downstream connections.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Codec {
+    /// The gateway's own HTTP/1 codec (httparse heads, its own framing).
+    #[default]
+    Native,
+    /// hyper's HTTP/1 server under the gateway's head guard.
+    Hyper,
+}
+
+impl Http1Codec {
+    /// The codec named by `FRONTDESK_HTTP1` (`native` or `hyper`), if set to one of them.
+    pub fn from_env() -> Option<Http1Codec> {
+        match std::env::var("FRONTDESK_HTTP1").ok()?.trim() {
+            "native" => Some(Http1Codec::Native),
+            "hyper" => Some(Http1Codec::Hyper),
+            _ => None,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -145,6 +172,7 @@ impl Default for ServerConfig {
             worker_threads: 0,
             drain_timeout: Dur(std::time::Duration::from_secs(30)),
             via: "frontdesk".into(),
+            http1: None,
         }
     }
 }

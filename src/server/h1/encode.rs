@@ -1,0 +1,262 @@
+//! Response heads and body framing, written into the connection's reused output buffer.
+
+use std::cell::RefCell;
+use std::time::{Duration, SystemTime};
+
+use http::{header, HeaderMap, StatusCode};
+
+/// How the response body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Out {
+    /// No body is sent (HEAD, 1xx, 204, 304): whatever the body holds is dropped.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked; `trailers` when the client accepts them (`TE: trailers`).
+    Chunked { trailers: bool },
+    /// Until the connection closes (an HTTP/1.0 client and a body of unknown length).
+    Close,
+}
+
+/// What the request said that shapes the response head.
+#[derive(Clone, Copy, Debug)]
+pub struct ForRequest {
+    /// A `HEAD` request.
+    pub head: bool,
+    /// HTTP/1.0.
+    pub http10: bool,
+    /// The client accepts chunked trailers.
+    pub trailers: bool,
+}
+
+/// Writes the status line and header fields; returns the body framing and whether the
+/// connection stays open after this response. `keep_alive` is what the request and the
+/// connection allow; a `Connection: close` from the response turns it off. `exact` is the
+/// body's exact length when known.
+pub fn head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    exact: Option<u64>,
+    req: ForRequest,
+    mut keep_alive: bool,
+) -> (Out, bool) {
+    let code = status.as_u16();
+    let bodyless = (100..200).contains(&code) || code == 204 || code == 304;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), b"close"))
+    {
+        keep_alive = false;
+    }
+    let framing = if bodyless || req.head {
+        Out::None
+    } else if let Some(n) = declared.or(exact) {
+        Out::Length(n)
+    } else if !req.http10 {
+        Out::Chunked {
+            trailers: req.trailers,
+        }
+    } else {
+        keep_alive = false;
+        Out::Close
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    let mut has_connection = false;
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && (code == 204 || (100..200).contains(&code)))
+        {
+            // The framing is the connection's; a 1xx or 204 has no body to frame.
+            continue;
+        }
+        if name == header::CONTENT_LENGTH && declared.is_none() {
+            // Unparseable: replaced by the real framing below.
+            continue;
+        }
+        if name == header::DATE {
+            has_date = true;
+        } else if name == header::CONNECTION {
+            has_connection = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Out::Length(n) if declared.is_none() => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Out::None if req.head && declared.is_none() && !bodyless => {
+            if let Some(n) = exact.filter(|n| *n > 0) {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        Out::Chunked { .. } => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        DATE.with(|d| out.extend_from_slice(d.borrow_mut().now()));
+        out.extend_from_slice(b"\r\n");
+    }
+    if code == 101 {
+        // The upgrade's own `Connection: upgrade` stays; the connection is no longer HTTP.
+        keep_alive = false;
+    } else if !keep_alive {
+        if !has_connection {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+    } else if req.http10 && !has_connection {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (framing, keep_alive)
+}
+
+/// Appends a chunk-size line for `len` bytes of data.
+pub fn chunk_size(out: &mut Vec<u8>, len: usize) {
+    let mut digits = [0u8; 16];
+    let mut n = len;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the last chunk, with `trailers` when given.
+pub fn last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// True when the comma-separated `value` holds `token` (case-insensitive).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&c| c == b',')
+        .any(|t| super::head::trim(t).eq_ignore_ascii_case(token))
+}
+
+thread_local! {
+    static DATE: RefCell<CachedDate> = const { RefCell::new(CachedDate { secs: 0, text: [0; 29] }) };
+}
+
+/// The `Date` value, formatted once a second per thread.
+struct CachedDate {
+    secs: u64,
+    text: [u8; 29],
+}
+
+impl CachedDate {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        if secs != self.secs {
+            self.secs = secs;
+            let s = httpdate::fmt_http_date(now);
+            let n = s.len().min(29);
+            self.text[..n].copy_from_slice(&s.as_bytes()[..n]);
+        }
+        &self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(
+        status: u16,
+        headers: &[(&str, &str)],
+        exact: Option<u64>,
+        req: ForRequest,
+    ) -> (String, Out, bool) {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        let mut out = Vec::new();
+        let status = StatusCode::from_u16(status).expect("status");
+        let (f, keep) = head(&mut out, status, &map, exact, req, true);
+        (String::from_utf8(out).expect("utf8"), f, keep)
+    }
+
+    const GET: ForRequest = ForRequest {
+        head: false,
+        http10: false,
+        trailers: false,
+    };
+
+    #[test]
+    fn frames_by_length_chunks_or_close() {
+        let (t, f, keep) = text(200, &[("x-a", "1")], Some(5), GET);
+        assert!(
+            t.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 5\r\ndate: "),
+            "{t}"
+        );
+        assert!(t.ends_with("GMT\r\n\r\n"), "{t}");
+        assert_eq!((f, keep), (Out::Length(5), true));
+        let (t, f, _) = text(200, &[("transfer-encoding", "chunked")], None, GET);
+        assert_eq!(t.matches("transfer-encoding").count(), 1, "{t}");
+        assert_eq!(f, Out::Chunked { trailers: false });
+        let old = ForRequest {
+            http10: true,
+            ..GET
+        };
+        let (t, f, keep) = text(200, &[], None, old);
+        assert_eq!((f, keep), (Out::Close, false));
+        assert!(t.contains("connection: close\r\n"));
+        let (t, _, keep) = text(200, &[], Some(0), old);
+        assert!(keep && t.contains("connection: keep-alive\r\n"), "{t}");
+        let (_, f, _) = text(304, &[("content-length", "9")], None, GET);
+        assert_eq!(f, Out::None);
+        let (t, f, _) = text(204, &[("content-length", "9")], None, GET);
+        assert!(!t.contains("content-length") && f == Out::None, "{t}");
+        let (t, f, _) = text(200, &[], Some(7), ForRequest { head: true, ..GET });
+        assert!(t.contains("content-length: 7\r\n") && f == Out::None, "{t}");
+        let (_, _, keep) = text(200, &[("connection", "close")], Some(1), GET);
+        assert!(!keep);
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        let mut out = Vec::new();
+        chunk_size(&mut out, 0x1a2f);
+        chunk_size(&mut out, 0);
+        assert_eq!(out, b"1a2f\r\n0\r\n");
+    }
+}

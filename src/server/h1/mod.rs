@@ -1,0 +1,926 @@
+//! The native HTTP/1.1 server codec (`server.http1: native`): one connection task reads heads
+//! with one `httparse` pass each, frames bodies itself, and writes each response head together
+//! with the first body bytes. It replaces hyper's HTTP/1 server and the head guard under it: the
+//! limits, `408` for slow heads, the idle timeout and parking live here.
+//!
+//! A connection's life: wait for a head (idle timer; after [`super::PARK_AFTER`] without bytes
+//! the buffers are freed, so an idle connection holds only its socket and this task), parse it,
+//! run the exchange (the proxy's future, the request body fed on demand through a [`pipe`],
+//! the response written as its body frames arrive, the socket watched for the client leaving),
+//! then the next head: pipelined bytes already read are parsed at once.
+//!
+//! Every refusal closes the connection with a problem+json answer, like the head guard's.
+
+pub mod decode;
+pub mod encode;
+pub mod head;
+pub mod pipe;
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use self::decode::{Decoded, Decoder};
+use self::encode::{ForRequest, Out};
+use self::head::{Framing, HeaderSlots, Refusal};
+use self::pipe::PipeTx;
+use crate::body::{Body, BodyError, ClientBodyError, UpgradedIo};
+use crate::observe::metrics::ListenerSeries;
+use crate::proxy::{self, error_response, ResponseBody};
+use crate::snapshot::{HeadLimits, Live};
+
+/// Bytes read per socket read while a head or a body is expected.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Body bytes copied into the output buffer next to framing rather than written from their own
+/// buffer: below this a copy is cheaper than another iovec (and one TLS record beats two).
+const COPY_BELOW: usize = 4096;
+
+/// Output buffered before it is written even though the body has more ready.
+const WRITE_AT: usize = 64 * 1024;
+
+/// Unread request body bytes drained after a response to keep the connection; beyond this it
+/// is closed instead.
+const DRAIN_MAX: u64 = 64 * 1024;
+
+/// A stream the codec can serve: readable readiness lets a parked connection wait without a
+/// buffer.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready once the stream has bytes (or an error or EOF) to read. Streams that cannot tell
+    /// (TLS) say ready at once and are never parked.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Stream for tokio::net::TcpStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl Stream for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
+
+/// What serving one connection needs from the server.
+pub struct Setup {
+    /// The connection as requests see it.
+    pub info: Arc<proxy::ConnInfo>,
+    /// Where each request takes its snapshot.
+    pub live: Arc<Live>,
+    /// Head limits and timers.
+    pub limits: HeadLimits,
+    /// Writes may make no progress for this long.
+    pub send_timeout: Duration,
+    /// The listener's byte counters.
+    pub series: Arc<ListenerSeries>,
+    /// Free the buffers of an idle connection after this long (plain TCP only).
+    pub park_after: Option<Duration>,
+}
+
+/// One connection's codec state.
+struct Conn<T> {
+    io: T,
+    setup: Setup,
+    rbuf: BytesMut,
+    /// Framing bytes and small body pieces to write, from `wpos`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// A larger body piece to write after `wbuf`, then `tail` (a chunk's CRLF).
+    data: Bytes,
+    tail: &'static [u8],
+    /// Header names and value ranges of the head being built (reused).
+    fields: Vec<(HeaderName, usize, usize)>,
+    /// The client sent EOF while bytes remained to serve.
+    read_closed: bool,
+    /// A write is waiting on the client since this instant's timer was armed.
+    send_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    send_stalled: bool,
+}
+
+/// How an exchange ended.
+enum Ended {
+    /// The response was sent; the connection may go on if `keep_alive`.
+    Sent { keep_alive: bool },
+    /// The response was a `101`: the connection is the tunnel's now.
+    Upgraded(oneshot::Sender<UpgradedIo>),
+    /// The client left, a write failed or timed out, or the response body failed: close.
+    Broken,
+}
+
+/// Serves HTTP/1.1 on `io` until the connection closes, idles out, is upgraded, or `stop`
+/// changes (then the request in flight finishes first).
+pub async fn serve<T: Stream>(io: T, setup: Setup, stop: &mut watch::Receiver<bool>) {
+    let mut c = Conn {
+        io,
+        setup,
+        rbuf: BytesMut::new(),
+        wbuf: Vec::new(),
+        wpos: 0,
+        data: Bytes::new(),
+        tail: b"",
+        fields: Vec::new(),
+        read_closed: false,
+        send_timer: None,
+        send_stalled: false,
+    };
+    loop {
+        let req = match c.next_head(stop).await {
+            Next::Request(req) => req,
+            Next::Close => return,
+            Next::Refuse(r) => {
+                c.refuse(r).await;
+                return;
+            }
+        };
+        match c.exchange(req, stop).await {
+            Ended::Sent { keep_alive: true } if !stop.has_changed().unwrap_or(true) => {}
+            Ended::Sent { .. } => {
+                c.close().await;
+                return;
+            }
+            Ended::Upgraded(tx) => {
+                let Conn { io, rbuf, .. } = c;
+                let _ = tx.send(Box::new(Rewind {
+                    prefix: rbuf.freeze(),
+                    io,
+                }));
+                return;
+            }
+            Ended::Broken => return,
+        }
+    }
+}
+
+/// A parsed request with what the codec needs to serve it.
+struct Incoming {
+    req: Request<Body>,
+    feed: Option<Feed>,
+    upgrade: Option<oneshot::Sender<UpgradedIo>>,
+    answer: ForRequest,
+    keep_alive: bool,
+}
+
+enum Next {
+    Request(Box<Incoming>),
+    Close,
+    Refuse(Refusal),
+}
+
+/// The request body's side of an exchange: decoding from the socket into the pipe.
+struct Feed {
+    tx: Option<PipeTx>,
+    decoder: Decoder,
+    /// `100 Continue` is owed once the body is first asked for.
+    expect: bool,
+    /// The body's framing broke or the client left mid-body: the connection cannot go on.
+    broken: bool,
+}
+
+impl<T: Stream> Conn<T> {
+    /// Waits for the next request head: parses what is buffered first (pipelining), else reads
+    /// with the idle timer until the first byte, then the head timer.
+    async fn next_head(&mut self, stop: &mut watch::Receiver<bool>) -> Next {
+        let limits = self.setup.limits;
+        let mut head_deadline: Option<Instant> = None;
+        let idle_deadline = Instant::now() + limits.idle_timeout;
+        let mut parked = false;
+        loop {
+            if !self.rbuf.is_empty() {
+                match self.try_head() {
+                    Ok(Some(req)) => return Next::Request(req),
+                    Err(r) => return Next::Refuse(r),
+                    Ok(None) => {
+                        let only_blank = self.rbuf.iter().all(|&b| b == b'\r' || b == b'\n');
+                        if !only_blank && head_deadline.is_none() {
+                            head_deadline = Some(Instant::now() + limits.head_timeout);
+                        }
+                    }
+                }
+            }
+            if self.read_closed {
+                return Next::Close;
+            }
+            // Idle with nothing buffered: park after a short while, stop on a drain.
+            let idle = head_deadline.is_none();
+            let park_at = match (self.setup.park_after, parked, idle && self.rbuf.is_empty()) {
+                (Some(p), false, true) => Some(Instant::now() + p),
+                _ => None,
+            };
+            let deadline = head_deadline.unwrap_or(idle_deadline);
+            let wake = park_at.map_or(deadline, |p| p.min(deadline));
+            let read = poll_fn(|cx| {
+                if parked {
+                    // No buffer while parked: wait for readability first.
+                    match self.io.poll_readable(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                self.poll_fill(cx)
+            });
+            tokio::select! {
+                biased;
+                r = read => match r {
+                    Ok(0) => {
+                        if self.rbuf.iter().all(|&b| b == b'\r' || b == b'\n') {
+                            return Next::Close;
+                        }
+                        // A partial head and then EOF: nothing to answer.
+                        return Next::Close;
+                    }
+                    Ok(_) => parked = false,
+                    Err(_) => return Next::Close,
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    if park_at.is_some_and(|p| p <= deadline) && Instant::now() < deadline {
+                        self.park();
+                        parked = true;
+                        continue;
+                    }
+                    if head_deadline.is_some() {
+                        return Next::Refuse(Refusal {
+                            status: StatusCode::REQUEST_TIMEOUT,
+                            detail: "the request head did not arrive in time",
+                        });
+                    }
+                    return Next::Close;
+                }
+                _ = stop.changed(), if idle => return Next::Close,
+            }
+        }
+    }
+
+    /// Frees the buffers of an idle connection.
+    fn park(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        self.wbuf = Vec::new();
+        self.wpos = 0;
+        self.fields = Vec::new();
+        self.send_timer = None;
+    }
+
+    /// Reads once into the read buffer. `Ok(0)`: EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        // tokio's `read_buf` reads into the spare capacity without zeroing it first; dropping
+        // it while pending loses nothing.
+        let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.rbuf);
+        match std::pin::pin!(read).poll(cx) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.setup
+                        .series
+                        .received
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                } else {
+                    self.read_closed = true;
+                }
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    /// Parses a complete head at the start of the read buffer into a request.
+    fn try_head(&mut self) -> Result<Option<Box<Incoming>>, Refusal> {
+        let limits = self.setup.limits;
+        let mut slots = HeaderSlots::new();
+        let base = self.rbuf.as_ptr() as usize;
+        let Some(p) = head::parse(&self.rbuf, &limits, &mut slots)? else {
+            return Ok(None);
+        };
+        let method =
+            Method::from_bytes(p.method.as_bytes()).map_err(|_| bad("malformed request line"))?;
+        let target = (p.target.as_ptr() as usize - base, p.target.len());
+        self.fields.clear();
+        for h in p.headers {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| bad("malformed header name"))?;
+            self.fields
+                .push((name, h.value.as_ptr() as usize - base, h.value.len()));
+        }
+        let (len, traits) = (p.len, p.traits);
+        let head = self.rbuf.split_to(len).freeze();
+        let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+            .map_err(|_| bad("malformed request target"))?;
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for (name, at, n) in self.fields.drain(..) {
+            let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+                .map_err(|_| bad("control characters in a header value"))?;
+            headers.append(name, value);
+        }
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = if traits.http10 {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        };
+        *req.headers_mut() = headers;
+        let decoder = match traits.framing {
+            Framing::Length(0) => None,
+            Framing::Length(n) => Some((Decoder::Length(n), Some(n))),
+            Framing::Chunked => Some((Decoder::chunked(), None)),
+        };
+        let feed = decoder.map(|(decoder, len)| {
+            let (tx, rx) = pipe::pipe(len);
+            *req.body_mut() = Body::new(rx);
+            Feed {
+                tx: Some(tx),
+                decoder,
+                expect: traits.expect_continue,
+                broken: false,
+            }
+        });
+        let upgrade = traits.upgrade.then(|| {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut()
+                .insert(crate::body::Upgrade::native(rx));
+            tx
+        });
+        let answer = ForRequest {
+            head: req.method() == Method::HEAD,
+            http10: traits.http10,
+            trailers: traits.trailers,
+        };
+        Ok(Some(Box::new(Incoming {
+            req,
+            feed,
+            upgrade,
+            answer,
+            keep_alive: traits.keep_alive,
+        })))
+    }
+
+    /// Runs one exchange: the proxy's answer, the request body fed as it is asked for, the
+    /// response written as it comes.
+    async fn exchange(&mut self, incoming: Box<Incoming>, stop: &watch::Receiver<bool>) -> Ended {
+        let Incoming {
+            req,
+            mut feed,
+            upgrade,
+            answer,
+            keep_alive,
+        } = *incoming;
+        let snap = self.setup.live.load_full();
+        let info = self.setup.info.clone();
+        let mut handler = Box::pin(async move { proxy::handle(snap, req, &info).await });
+        let mut sending: Option<Sending> = None;
+        let ended = poll_fn(|cx| {
+            self.poll_exchange(
+                cx,
+                &mut handler,
+                &mut feed,
+                &mut sending,
+                answer,
+                keep_alive,
+                stop,
+            )
+        })
+        .await;
+        // The response is out: what is left of the request body decides whether the
+        // connection can go on.
+        let mut keep = match ended {
+            Step::Sent { keep_alive } => keep_alive,
+            Step::Upgraded => {
+                return match upgrade {
+                    Some(tx) => Ended::Upgraded(tx),
+                    None => Ended::Broken,
+                }
+            }
+            Step::Broken => return Ended::Broken,
+        };
+        if let Some(f) = feed.as_mut() {
+            f.tx = None;
+            if f.broken {
+                keep = false;
+            } else if keep && !f.decoder.is_done() {
+                keep = self.drain(f).await;
+            }
+        }
+        Ended::Sent { keep_alive: keep }
+    }
+
+    /// Reads and discards the rest of an unread request body, up to [`DRAIN_MAX`] bytes and one
+    /// head timeout: true when it ended (the connection can go on).
+    async fn drain(&mut self, f: &mut Feed) -> bool {
+        let mut budget = DRAIN_MAX;
+        let max_trailers = self.setup.limits.max_head;
+        let deadline = Instant::now() + self.setup.limits.head_timeout;
+        loop {
+            match f.decoder.decode(&mut self.rbuf, max_trailers) {
+                Ok(Decoded::End) => return true,
+                Ok(Decoded::Data(d)) => match budget.checked_sub(d.len() as u64) {
+                    Some(left) => budget = left,
+                    None => return false,
+                },
+                Ok(Decoded::Trailers(_)) => {}
+                Ok(Decoded::NeedMore) => {
+                    if f.expect {
+                        // The client waits for `100 Continue` that never came: it sends nothing
+                        // more, so the connection cannot be reused.
+                        return false;
+                    }
+                    match tokio::time::timeout_at(deadline, poll_fn(|cx| self.poll_fill(cx))).await
+                    {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return false,
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        handler: &mut Pin<Box<impl Future<Output = Response<ResponseBody>>>>,
+        feed: &mut Option<Feed>,
+        sending: &mut Option<Sending>,
+        answer: ForRequest,
+        keep_alive: bool,
+        stop: &watch::Receiver<bool>,
+    ) -> Poll<Step> {
+        loop {
+            // The request body, as far as the reader asks for it.
+            let mut fed = false;
+            if let Some(f) = feed.as_mut().filter(|f| f.tx.is_some()) {
+                match self.poll_feed(cx, f, sending.is_none()) {
+                    Poll::Ready(()) => {
+                        f.tx = None;
+                        fed = true;
+                    }
+                    Poll::Pending => {}
+                }
+            } else if !self.read_closed
+                && self.rbuf.len() < self.setup.limits.max_head + READ_CHUNK
+                && !feed
+                    .as_ref()
+                    .is_some_and(|f| f.broken || !f.decoder.is_done())
+            {
+                // No body to read: watch for the client leaving (reading ahead a bounded
+                // amount of a pipelined request).
+                match self.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        if self.rbuf.is_empty() || sending.is_none() {
+                            // hyper's rule (no half-closed connections): the client that
+                            // closes its side has left; its request is dropped.
+                            return Poll::Ready(Step::Broken);
+                        }
+                    }
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Pending => {}
+                }
+            }
+            // Owed output first (a `100 Continue`, the head, body pieces).
+            match self.poll_write_out(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Step::Broken),
+                Poll::Pending => return Poll::Pending,
+            }
+            let Some(s) = sending.as_mut() else {
+                match handler.as_mut().poll(cx) {
+                    Poll::Ready(resp) => {
+                        let draining = stop.has_changed().unwrap_or(true);
+                        *sending = Some(self.start(resp, answer, keep_alive && !draining));
+                        continue;
+                    }
+                    Poll::Pending if fed => continue,
+                    Poll::Pending => return Poll::Pending,
+                }
+            };
+            match self.poll_send(cx, s) {
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false)) if fed => continue,
+                Poll::Ready(Ok(false)) => return Poll::Pending,
+                Poll::Ready(Err(())) => return Poll::Ready(Step::Broken),
+                Poll::Pending => return Poll::Pending,
+            }
+            // Everything is in the output: write it.
+            match self.poll_write_out(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Step::Broken),
+                Poll::Pending => return Poll::Pending,
+            }
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Step::Broken),
+                Poll::Pending => return Poll::Pending,
+            }
+            if s.upgraded {
+                return Poll::Ready(Step::Upgraded);
+            }
+            return Poll::Ready(Step::Sent {
+                keep_alive: s.keep_alive,
+            });
+        }
+    }
+
+    /// Feeds the request body: Ready when it is complete, broken, or its reader is gone.
+    fn poll_feed(&mut self, cx: &mut Context<'_>, f: &mut Feed, before_response: bool) -> Poll<()> {
+        let max_trailers = self.setup.limits.max_head;
+        loop {
+            if f.decoder.is_done() {
+                return Poll::Ready(());
+            }
+            let Some(tx) = f.tx.as_ref() else {
+                return Poll::Ready(());
+            };
+            match tx.poll_want(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+            if f.expect {
+                f.expect = false;
+                if before_response && self.rbuf.is_empty() {
+                    self.wbuf
+                        .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+            }
+            match f.decoder.decode(&mut self.rbuf, max_trailers) {
+                Ok(Decoded::Data(d)) => tx.send(Ok(http_body::Frame::data(d))),
+                Ok(Decoded::Trailers(t)) => tx.send(Ok(http_body::Frame::trailers(t))),
+                Ok(Decoded::End) => return Poll::Ready(()),
+                Ok(Decoded::NeedMore) => {
+                    if !self.wbuf.is_empty() && before_response {
+                        // Send the `100 Continue` before waiting for the body it asks for.
+                        if let Poll::Ready(Err(_)) = self.poll_write_out(cx) {
+                            return self.feed_failed(f, ClientBodyError::Aborted);
+                        }
+                    }
+                    match self.poll_fill(cx) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            return self.feed_failed(f, ClientBodyError::Aborted)
+                        }
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.setup.info.peer, error = %e, "malformed request body");
+                    return self.feed_failed(f, ClientBodyError::Malformed);
+                }
+            }
+        }
+    }
+
+    fn feed_failed(&mut self, f: &mut Feed, e: ClientBodyError) -> Poll<()> {
+        f.broken = true;
+        if let Some(tx) = f.tx.take() {
+            tx.send(Err(BodyError::Client(e)));
+        }
+        Poll::Ready(())
+    }
+
+    /// Writes the response head into the output buffer.
+    fn start(
+        &mut self,
+        resp: Response<ResponseBody>,
+        answer: ForRequest,
+        keep_alive: bool,
+    ) -> Sending {
+        let (parts, body) = resp.into_parts();
+        let exact = body.size_hint().exact();
+        let (out, keep_alive) = encode::head(
+            &mut self.wbuf,
+            parts.status,
+            &parts.headers,
+            exact,
+            answer,
+            keep_alive,
+        );
+        let left = match out {
+            Out::Length(n) => n,
+            _ => 0,
+        };
+        Sending {
+            body: (out != Out::None).then_some(body),
+            out,
+            left,
+            trailers: None,
+            done: out == Out::None,
+            keep_alive,
+            upgraded: parts.status == StatusCode::SWITCHING_PROTOCOLS,
+        }
+    }
+
+    /// Moves response body frames into the output. `Ok(true)`: the body is complete and all of
+    /// it is in the output; `Ok(false)`: nothing more for now; `Err`: the response is broken.
+    fn poll_send(&mut self, cx: &mut Context<'_>, s: &mut Sending) -> Poll<Result<bool, ()>> {
+        loop {
+            if s.done {
+                return Poll::Ready(Ok(true));
+            }
+            if self.pending_out() >= WRITE_AT || !self.data.is_empty() {
+                match self.poll_write_out(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let Some(body) = s.body.as_mut() else {
+                return Poll::Ready(Ok(true));
+            };
+            let polled = Pin::new(body).poll_frame(cx);
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(d) => {
+                        if d.is_empty() {
+                            continue;
+                        }
+                        match s.out {
+                            Out::Length(_) => {
+                                if d.len() as u64 > s.left {
+                                    tracing::debug!("response body longer than its Content-Length");
+                                    return Poll::Ready(Err(()));
+                                }
+                                s.left -= d.len() as u64;
+                                self.put(d, b"");
+                            }
+                            Out::Chunked { .. } => {
+                                encode::chunk_size(&mut self.wbuf, d.len());
+                                self.put(d, b"\r\n");
+                            }
+                            Out::Close => self.put(d, b""),
+                            Out::None => {}
+                        }
+                    }
+                    Err(frame) => {
+                        if let (Out::Chunked { trailers: true }, Ok(t)) =
+                            (s.out, frame.into_trailers())
+                        {
+                            s.trailers = Some(t);
+                        }
+                    }
+                },
+                Poll::Ready(None) => {
+                    s.body = None;
+                    match s.out {
+                        Out::Chunked { .. } => {
+                            self.flush_data();
+                            encode::last_chunk(&mut self.wbuf, s.trailers.as_ref());
+                        }
+                        Out::Length(_) if s.left > 0 => {
+                            tracing::debug!("response body shorter than its Content-Length");
+                            return Poll::Ready(Err(()));
+                        }
+                        _ => {}
+                    }
+                    s.done = true;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "response body failed; closing the connection");
+                    return Poll::Ready(Err(()));
+                }
+                Poll::Pending => {
+                    // Send what is ready while the body waits.
+                    return match self.poll_write_out(cx) {
+                        Poll::Ready(Ok(())) => match Pin::new(&mut self.io).poll_flush(cx) {
+                            Poll::Ready(Err(_)) => Poll::Ready(Err(())),
+                            _ => Poll::Ready(Ok(false)),
+                        },
+                        Poll::Ready(Err(_)) => Poll::Ready(Err(())),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+
+    fn pending_out(&self) -> usize {
+        self.wbuf.len() - self.wpos + self.data.len() + self.tail.len()
+    }
+
+    /// Queues a body piece with its trailing framing: small ones are copied next to the framing.
+    fn put(&mut self, d: Bytes, tail: &'static [u8]) {
+        if d.len() < COPY_BELOW {
+            self.wbuf.extend_from_slice(&d);
+            self.wbuf.extend_from_slice(tail);
+        } else {
+            self.data = d;
+            self.tail = tail;
+        }
+    }
+
+    /// Moves a queued larger piece into the buffer (before more framing is appended).
+    fn flush_data(&mut self) {
+        if !self.data.is_empty() {
+            let d = std::mem::take(&mut self.data);
+            self.wbuf.extend_from_slice(&d);
+            self.wbuf.extend_from_slice(self.tail);
+            self.tail = b"";
+        }
+    }
+
+    /// Writes all queued output (vectored: framing, a body piece, its CRLF), under the send
+    /// timeout.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending_out() > 0 {
+            let r = {
+                let head = &self.wbuf[self.wpos..];
+                if self.data.is_empty() {
+                    Pin::new(&mut self.io).poll_write(cx, head)
+                } else {
+                    let bufs = [
+                        io::IoSlice::new(head),
+                        io::IoSlice::new(&self.data),
+                        io::IoSlice::new(self.tail),
+                    ];
+                    Pin::new(&mut self.io).poll_write_vectored(cx, &bufs)
+                }
+            };
+            match r {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.send_stalled = false;
+                    self.setup
+                        .series
+                        .sent
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    self.advance(n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.poll_send_timeout(cx),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        let head = self.wbuf.len() - self.wpos;
+        let step = n.min(head);
+        self.wpos += step;
+        n -= step;
+        if n > 0 {
+            let step = n.min(self.data.len());
+            self.data.advance(step);
+            n -= step;
+        }
+        if n > 0 {
+            self.tail = &self.tail[n.min(self.tail.len())..];
+        }
+        if self.data.is_empty() && !self.tail.is_empty() && self.wpos == self.wbuf.len() {
+            // The piece is out; its CRLF goes with the next write.
+            self.wbuf.clear();
+            self.wpos = 0;
+            self.wbuf.extend_from_slice(self.tail);
+            self.tail = b"";
+        }
+    }
+
+    /// A write waits on the client: fails once none made progress for the send timeout.
+    fn poll_send_timeout(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let after = self.setup.send_timeout;
+        if !self.send_stalled {
+            self.send_stalled = true;
+            let deadline = Instant::now()
+                .checked_add(after)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(30 * 365 * 24 * 3600));
+            match &mut self.send_timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match self.send_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for the send timeout",
+            ))),
+            _ => Poll::Pending,
+        }
+    }
+
+    /// Answers a refused head, then closes (reading what the client still sends for a moment,
+    /// so the close does not reset the connection before the answer is read).
+    async fn refuse(&mut self, r: Refusal) {
+        self.wbuf.clear();
+        self.wpos = 0;
+        self.data = Bytes::new();
+        self.tail = b"";
+        self.wbuf
+            .extend_from_slice(&error_response::raw_http1(r.status, r.detail));
+        let _ = tokio::time::timeout(
+            self.setup.send_timeout,
+            poll_fn(|cx| self.poll_write_out(cx)),
+        )
+        .await;
+        self.close().await;
+    }
+
+    /// Closes after a response: flushes, shuts the write side, and reads what the client still
+    /// sends for up to half a second.
+    async fn close(&mut self) {
+        let io = &mut self.io;
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let _ = tokio::io::AsyncWriteExt::shutdown(io).await;
+            let mut scratch = [0u8; 2048];
+            loop {
+                match tokio::io::AsyncReadExt::read(io, &mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// A response on its way out.
+struct Sending {
+    body: Option<ResponseBody>,
+    out: Out,
+    /// Bytes left of a `Content-Length` body.
+    left: u64,
+    trailers: Option<HeaderMap>,
+    done: bool,
+    keep_alive: bool,
+    upgraded: bool,
+}
+
+enum Step {
+    Sent { keep_alive: bool },
+    Upgraded,
+    Broken,
+}
+
+fn bad(detail: &'static str) -> Refusal {
+    Refusal {
+        status: StatusCode::BAD_REQUEST,
+        detail,
+    }
+}
+
+/// The client's connection after an upgrade: bytes read past the `101`'s request first.
+struct Rewind<T> {
+    prefix: Bytes,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
