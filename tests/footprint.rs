@@ -31,16 +31,37 @@ async fn the_task_of_a_connection_stays_under_a_kilobyte() {
         trusted_proxies: Vec::new(),
         bound: Default::default(),
         series: Default::default(),
+        http1: Default::default(),
     };
     let cfg = frontdesk::config::load_str("version: 1\n", &|_| None)
         .expect("config")
         .config;
     let snap = Snapshot::build(cfg, None).expect("snapshot").0;
     let live = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
+    let spec = Arc::new(spec);
+    let setup = frontdesk::server::h1::Setup {
+        info: Arc::new(frontdesk::proxy::ConnInfo::new(
+            addr,
+            spec.clone(),
+            Default::default(),
+            None,
+        )),
+        live: live.clone(),
+        park_after: None,
+    };
+    let second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (_tx, mut stop) = tokio::sync::watch::channel(false);
+    let native = frontdesk::server::h1::serve(second, setup, &mut stop);
+    // The native codec's connection task is the whole state of an idle HTTP/1 connection (its
+    // buffers are freed when it parks): the request in flight is boxed.
+    let native_size = std::mem::size_of_val(&native);
+    eprintln!("native HTTP/1 connection task: {native_size} bytes");
+    assert!(native_size <= 1024, "native task is {native_size} bytes");
+    drop(native);
     let task = serve(
         stream,
         addr,
-        Arc::new(spec),
+        spec,
         live,
         Default::default(),
         Default::default(),

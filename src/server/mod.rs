@@ -249,9 +249,6 @@ fn native_setup(
     h1::Setup {
         info: Arc::new(ConnInfo::new(peer, spec.clone(), tunnels, client_cert)),
         live,
-        limits: spec.limits,
-        send_timeout: spec.transfer.send_timeout,
-        series: spec.series.clone(),
         park_after,
     }
 }

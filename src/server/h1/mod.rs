@@ -36,9 +36,8 @@ use self::encode::{ForRequest, Out};
 use self::head::{Framing, HeaderSlots, Refusal};
 use self::pipe::PipeTx;
 use crate::body::{Body, BodyError, ClientBodyError, UpgradedIo};
-use crate::observe::metrics::ListenerSeries;
 use crate::proxy::{self, error_response, ResponseBody};
-use crate::snapshot::{HeadLimits, Live};
+use crate::snapshot::Live;
 
 /// Bytes read per socket read while a head or a body is expected.
 const READ_CHUNK: usize = 16 * 1024;
@@ -79,12 +78,6 @@ pub struct Setup {
     pub info: Arc<proxy::ConnInfo>,
     /// Where each request takes its snapshot.
     pub live: Arc<Live>,
-    /// Head limits and timers.
-    pub limits: HeadLimits,
-    /// Writes may make no progress for this long.
-    pub send_timeout: Duration,
-    /// The listener's byte counters.
-    pub series: Arc<ListenerSeries>,
     /// Free the buffers of an idle connection after this long (plain TCP only).
     pub park_after: Option<Duration>,
 }
@@ -104,25 +97,21 @@ struct Conn<T> {
     fields: Vec<(HeaderName, usize, usize)>,
     /// The client sent EOF while bytes remained to serve.
     read_closed: bool,
-    /// A write is waiting on the client since this instant's timer was armed.
-    send_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The connection's one timer: idle, head, or send timeout (never two at once).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A write is waiting on the client since the send timeout was armed, until this deadline.
     send_stalled: bool,
-}
-
-/// How an exchange ended.
-enum Ended {
-    /// The response was sent; the connection may go on if `keep_alive`.
-    Sent { keep_alive: bool },
-    /// The response was a `101`: the connection is the tunnel's now.
-    Upgraded(oneshot::Sender<UpgradedIo>),
-    /// The client left, a write failed or timed out, or the response body failed: close.
-    Broken,
+    send_deadline: Instant,
 }
 
 /// Serves HTTP/1.1 on `io` until the connection closes, idles out, is upgraded, or `stop`
 /// changes (then the request in flight finishes first).
-pub async fn serve<T: Stream>(io: T, setup: Setup, stop: &mut watch::Receiver<bool>) {
-    let mut c = Conn {
+pub fn serve<T: Stream>(
+    io: T,
+    setup: Setup,
+    stop: &mut watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + '_ {
+    let c = Conn {
         io,
         setup,
         rbuf: BytesMut::new(),
@@ -132,34 +121,100 @@ pub async fn serve<T: Stream>(io: T, setup: Setup, stop: &mut watch::Receiver<bo
         tail: b"",
         fields: Vec::new(),
         read_closed: false,
-        send_timer: None,
+        timer: None,
         send_stalled: false,
+        send_deadline: Instant::now(),
     };
-    loop {
-        let req = match c.next_head(stop).await {
-            Next::Request(req) => req,
-            Next::Close => return,
-            Next::Refuse(r) => {
-                c.refuse(r).await;
+    c.run(stop)
+}
+
+impl<T: Stream> Conn<T> {
+    async fn run(mut self, stop: &mut watch::Receiver<bool>) {
+        let c = &mut self;
+        loop {
+            // Everything the exchange holds lives in one box (made as soon as the head is parsed):
+            // an idle connection's task stays small.
+            let (mut ex, upgrade) = match c.next_head(stop).await {
+                Next::Request(ex, upgrade) => (ex, upgrade),
+                Next::Close => return,
+                Next::Refuse(r) => {
+                    c.boxed(|c| Box::pin(c.refuse(r))).await;
+                    return;
+                }
+            };
+            let step = poll_fn(|cx| ex.as_mut().drive(c, cx, stop)).await;
+            let feed = ex.as_mut().take_feed();
+            drop(ex);
+            let keep_alive = match step {
+                Step::Sent { keep_alive } => keep_alive,
+                Step::Upgraded => {
+                    let Some(tx) = upgrade else { return };
+                    let Conn { io, rbuf, .. } = self;
+                    let _ = tx.send(Box::new(Rewind {
+                        prefix: rbuf.freeze(),
+                        io,
+                    }));
+                    return;
+                }
+                Step::Broken => return,
+            };
+            // The response is out: what is left of the request body decides whether the
+            // connection can go on.
+            let keep_alive = match feed {
+                Some(f) if f.broken => false,
+                Some(mut f) if keep_alive && !f.decoder.is_done() => {
+                    f.tx = None;
+                    c.boxed(|c| Box::pin(c.drain(&mut f))).await
+                }
+                _ => keep_alive,
+            };
+            if !keep_alive || stop.has_changed().unwrap_or(true) {
+                Box::pin(c.close()).await;
                 return;
             }
-        };
-        match c.exchange(req, stop).await {
-            Ended::Sent { keep_alive: true } if !stop.has_changed().unwrap_or(true) => {}
-            Ended::Sent { .. } => {
-                c.close().await;
-                return;
-            }
-            Ended::Upgraded(tx) => {
-                let Conn { io, rbuf, .. } = c;
-                let _ = tx.send(Box::new(Rewind {
-                    prefix: rbuf.freeze(),
-                    io,
-                }));
-                return;
-            }
-            Ended::Broken => return,
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One exchange's state: the proxy's future, the request body's feed, the response on its way.
+    struct Exchange<F> {
+        #[pin]
+        handler: F,
+        feed: Option<Feed>,
+        sending: Option<Sending>,
+        answer: ForRequest,
+        keep_alive: bool,
+    }
+}
+
+/// An exchange as the connection drives it (its future's type erased, so the connection task
+/// holds only a pointer).
+trait Drive<T>: Send {
+    /// Polls the exchange on connection `c`.
+    fn drive(
+        self: Pin<&mut Self>,
+        c: &mut Conn<T>,
+        cx: &mut Context<'_>,
+        stop: &watch::Receiver<bool>,
+    ) -> Poll<Step>;
+
+    /// Takes the request body's feed once the response is out.
+    fn take_feed(self: Pin<&mut Self>) -> Option<Feed>;
+}
+
+impl<T: Stream, F: Future<Output = Response<ResponseBody>> + Send> Drive<T> for Exchange<F> {
+    fn drive(
+        self: Pin<&mut Self>,
+        c: &mut Conn<T>,
+        cx: &mut Context<'_>,
+        stop: &watch::Receiver<bool>,
+    ) -> Poll<Step> {
+        c.poll_exchange(cx, self, stop)
+    }
+
+    fn take_feed(self: Pin<&mut Self>) -> Option<Feed> {
+        self.project().feed.take()
     }
 }
 
@@ -172,8 +227,16 @@ struct Incoming {
     keep_alive: bool,
 }
 
-enum Next {
-    Request(Box<Incoming>),
+/// What ended a wait for a head.
+enum Woke {
+    Read(io::Result<usize>),
+    Park,
+    Deadline,
+    Stop,
+}
+
+enum Next<T> {
+    Request(Pin<Box<dyn Drive<T>>>, Option<oneshot::Sender<UpgradedIo>>),
     Close,
     Refuse(Refusal),
 }
@@ -191,15 +254,19 @@ struct Feed {
 impl<T: Stream> Conn<T> {
     /// Waits for the next request head: parses what is buffered first (pipelining), else reads
     /// with the idle timer until the first byte, then the head timer.
-    async fn next_head(&mut self, stop: &mut watch::Receiver<bool>) -> Next {
-        let limits = self.setup.limits;
+    async fn next_head(&mut self, stop: &mut watch::Receiver<bool>) -> Next<T> {
+        let limits = self.setup.info.listener.limits;
         let mut head_deadline: Option<Instant> = None;
-        let idle_deadline = Instant::now() + limits.idle_timeout;
+        let mut idle_deadline: Option<Instant> = None;
         let mut parked = false;
+        let mut changed = std::pin::pin!(stop.changed());
         loop {
             if !self.rbuf.is_empty() {
                 match self.try_head() {
-                    Ok(Some(req)) => return Next::Request(req),
+                    Ok(Some(mut req)) => {
+                        let upgrade = req.upgrade.take();
+                        return Next::Request(self.begin(req), upgrade);
+                    }
                     Err(r) => return Next::Refuse(r),
                     Ok(None) => {
                         let only_blank = self.rbuf.iter().all(|&b| b == b'\r' || b == b'\n');
@@ -212,54 +279,75 @@ impl<T: Stream> Conn<T> {
             if self.read_closed {
                 return Next::Close;
             }
-            // Idle with nothing buffered: park after a short while, stop on a drain.
             let idle = head_deadline.is_none();
-            let park_at = match (self.setup.park_after, parked, idle && self.rbuf.is_empty()) {
-                (Some(p), false, true) => Some(Instant::now() + p),
-                _ => None,
-            };
-            let deadline = head_deadline.unwrap_or(idle_deadline);
-            let wake = park_at.map_or(deadline, |p| p.min(deadline));
-            let read = poll_fn(|cx| {
-                if parked {
-                    // No buffer while parked: wait for readability first.
-                    match self.io.poll_readable(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
+            let woke = poll_fn(|cx| {
+                // The bytes first: a pipelining client's next head costs no timer.
+                if !parked || self.io.poll_readable(cx).is_ready() {
+                    if let Poll::Ready(r) = self.poll_fill(cx) {
+                        return Poll::Ready(Woke::Read(r));
                     }
                 }
-                self.poll_fill(cx)
-            });
-            tokio::select! {
-                biased;
-                r = read => match r {
-                    Ok(0) => {
-                        if self.rbuf.iter().all(|&b| b == b'\r' || b == b'\n') {
-                            return Next::Close;
-                        }
-                        // A partial head and then EOF: nothing to answer.
-                        return Next::Close;
+                let deadline = match head_deadline {
+                    Some(d) => d,
+                    None => {
+                        *idle_deadline.get_or_insert_with(|| Instant::now() + limits.idle_timeout)
                     }
-                    Ok(_) => parked = false,
-                    Err(_) => return Next::Close,
-                },
-                () = tokio::time::sleep_until(wake) => {
-                    if park_at.is_some_and(|p| p <= deadline) && Instant::now() < deadline {
-                        self.park();
-                        parked = true;
-                        continue;
-                    }
-                    if head_deadline.is_some() {
-                        return Next::Refuse(Refusal {
-                            status: StatusCode::REQUEST_TIMEOUT,
-                            detail: "the request head did not arrive in time",
-                        });
-                    }
-                    return Next::Close;
+                };
+                // Idle with nothing buffered: park after a short while.
+                let park_at = match (self.setup.park_after, parked) {
+                    (Some(p), false) if idle && self.rbuf.is_empty() => Some(
+                        deadline
+                            .checked_sub(limits.idle_timeout)
+                            .unwrap_or(deadline)
+                            + p,
+                    ),
+                    _ => None,
+                };
+                let wake = park_at.map_or(deadline, |p| p.min(deadline));
+                if self.poll_timer(cx, wake).is_ready() {
+                    return Poll::Ready(match park_at {
+                        Some(p) if p < deadline => Woke::Park,
+                        _ => Woke::Deadline,
+                    });
                 }
-                _ = stop.changed(), if idle => return Next::Close,
+                if idle && changed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Stop);
+                }
+                Poll::Pending
+            })
+            .await;
+            match woke {
+                // EOF, mid-head or not: nothing to answer.
+                Woke::Read(Ok(0)) | Woke::Read(Err(_)) | Woke::Stop => return Next::Close,
+                Woke::Read(Ok(_)) => parked = false,
+                Woke::Park => {
+                    self.park();
+                    parked = true;
+                }
+                Woke::Deadline if head_deadline.is_some() => {
+                    return Next::Refuse(Refusal {
+                        status: StatusCode::REQUEST_TIMEOUT,
+                        detail: "the request head did not arrive in time",
+                    });
+                }
+                Woke::Deadline => return Next::Close,
             }
+        }
+    }
+
+    /// Polls the connection's timer, set to `deadline` (re-armed only when it moved).
+    fn poll_timer(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        match &mut self.timer {
+            Some(t) => {
+                if t.deadline() != deadline {
+                    t.as_mut().reset(deadline);
+                }
+            }
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        match &mut self.timer {
+            Some(t) => t.as_mut().poll(cx),
+            None => Poll::Pending,
         }
     }
 
@@ -271,7 +359,6 @@ impl<T: Stream> Conn<T> {
         self.wbuf = Vec::new();
         self.wpos = 0;
         self.fields = Vec::new();
-        self.send_timer = None;
     }
 
     /// Reads once into the read buffer. `Ok(0)`: EOF.
@@ -286,6 +373,8 @@ impl<T: Stream> Conn<T> {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     self.setup
+                        .info
+                        .listener
                         .series
                         .received
                         .fetch_add(n as u64, Ordering::Relaxed);
@@ -299,8 +388,8 @@ impl<T: Stream> Conn<T> {
     }
 
     /// Parses a complete head at the start of the read buffer into a request.
-    fn try_head(&mut self) -> Result<Option<Box<Incoming>>, Refusal> {
-        let limits = self.setup.limits;
+    fn try_head(&mut self) -> Result<Option<Incoming>, Refusal> {
+        let limits = self.setup.info.listener.limits;
         let mut slots = HeaderSlots::new();
         let base = self.rbuf.as_ptr() as usize;
         let Some(p) = head::parse(&self.rbuf, &limits, &mut slots)? else {
@@ -361,70 +450,52 @@ impl<T: Stream> Conn<T> {
             http10: traits.http10,
             trailers: traits.trailers,
         };
-        Ok(Some(Box::new(Incoming {
+        Ok(Some(Incoming {
             req,
             feed,
             upgrade,
             answer,
             keep_alive: traits.keep_alive,
-        })))
+        }))
     }
 
-    /// Runs one exchange: the proxy's answer, the request body fed as it is asked for, the
-    /// response written as it comes.
-    async fn exchange(&mut self, incoming: Box<Incoming>, stop: &watch::Receiver<bool>) -> Ended {
+    /// A rarely taken phase, boxed where it is made: built inline, its (large) future would
+    /// count towards every connection task's size.
+    #[inline(never)]
+    fn boxed<'a, R>(
+        &'a mut self,
+        make: impl FnOnce(&'a mut Self) -> Pin<Box<dyn Future<Output = R> + Send + 'a>>,
+    ) -> Pin<Box<dyn Future<Output = R> + Send + 'a>> {
+        make(self)
+    }
+
+    /// Starts an exchange: the proxy's future on the request, with this snapshot.
+    fn begin(&self, incoming: Incoming) -> Pin<Box<dyn Drive<T>>> {
         let Incoming {
             req,
-            mut feed,
-            upgrade,
+            feed,
             answer,
             keep_alive,
-        } = *incoming;
+            ..
+        } = incoming;
+        // One atomic load per request: every phase of this request sees this snapshot.
         let snap = self.setup.live.load_full();
         let info = self.setup.info.clone();
-        let mut handler = Box::pin(async move { proxy::handle(snap, req, &info).await });
-        let mut sending: Option<Sending> = None;
-        let ended = poll_fn(|cx| {
-            self.poll_exchange(
-                cx,
-                &mut handler,
-                &mut feed,
-                &mut sending,
-                answer,
-                keep_alive,
-                stop,
-            )
+        Box::pin(Exchange {
+            handler: async move { proxy::handle(snap, req, &info).await },
+            feed,
+            sending: None,
+            answer,
+            keep_alive,
         })
-        .await;
-        // The response is out: what is left of the request body decides whether the
-        // connection can go on.
-        let mut keep = match ended {
-            Step::Sent { keep_alive } => keep_alive,
-            Step::Upgraded => {
-                return match upgrade {
-                    Some(tx) => Ended::Upgraded(tx),
-                    None => Ended::Broken,
-                }
-            }
-            Step::Broken => return Ended::Broken,
-        };
-        if let Some(f) = feed.as_mut() {
-            f.tx = None;
-            if f.broken {
-                keep = false;
-            } else if keep && !f.decoder.is_done() {
-                keep = self.drain(f).await;
-            }
-        }
-        Ended::Sent { keep_alive: keep }
     }
 
     /// Reads and discards the rest of an unread request body, up to [`DRAIN_MAX`] bytes and one
     /// head timeout: true when it ended (the connection can go on).
     async fn drain(&mut self, f: &mut Feed) -> bool {
         let mut budget = DRAIN_MAX;
-        let max_trailers = self.setup.limits.max_head;
-        let deadline = Instant::now() + self.setup.limits.head_timeout;
+        let max_trailers = self.setup.info.listener.limits.max_head;
+        let deadline = Instant::now() + self.setup.info.listener.limits.head_timeout;
         loop {
             match f.decoder.decode(&mut self.rbuf, max_trailers) {
                 Ok(Decoded::End) => return true,
@@ -450,17 +521,18 @@ impl<T: Stream> Conn<T> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn poll_exchange(
+    /// Drives an exchange: feeds the request body as it is asked for, watches for the client
+    /// leaving, writes the response as it comes.
+    fn poll_exchange<F: Future<Output = Response<ResponseBody>>>(
         &mut self,
         cx: &mut Context<'_>,
-        handler: &mut Pin<Box<impl Future<Output = Response<ResponseBody>>>>,
-        feed: &mut Option<Feed>,
-        sending: &mut Option<Sending>,
-        answer: ForRequest,
-        keep_alive: bool,
+        ex: Pin<&mut Exchange<F>>,
         stop: &watch::Receiver<bool>,
     ) -> Poll<Step> {
+        let ex = ex.project();
+        let mut handler = ex.handler;
+        let (feed, sending) = (ex.feed, ex.sending);
+        let (answer, keep_alive) = (*ex.answer, *ex.keep_alive);
         loop {
             // The request body, as far as the reader asks for it.
             let mut fed = false;
@@ -473,7 +545,7 @@ impl<T: Stream> Conn<T> {
                     Poll::Pending => {}
                 }
             } else if !self.read_closed
-                && self.rbuf.len() < self.setup.limits.max_head + READ_CHUNK
+                && self.rbuf.len() < self.setup.info.listener.limits.max_head + READ_CHUNK
                 && !feed
                     .as_ref()
                     .is_some_and(|f| f.broken || !f.decoder.is_done())
@@ -538,7 +610,7 @@ impl<T: Stream> Conn<T> {
 
     /// Feeds the request body: Ready when it is complete, broken, or its reader is gone.
     fn poll_feed(&mut self, cx: &mut Context<'_>, f: &mut Feed, before_response: bool) -> Poll<()> {
-        let max_trailers = self.setup.limits.max_head;
+        let max_trailers = self.setup.info.listener.limits.max_head;
         loop {
             if f.decoder.is_done() {
                 return Poll::Ready(());
@@ -755,6 +827,8 @@ impl<T: Stream> Conn<T> {
                 Poll::Ready(Ok(n)) => {
                     self.send_stalled = false;
                     self.setup
+                        .info
+                        .listener
                         .series
                         .sent
                         .fetch_add(n as u64, Ordering::Relaxed);
@@ -793,23 +867,19 @@ impl<T: Stream> Conn<T> {
 
     /// A write waits on the client: fails once none made progress for the send timeout.
     fn poll_send_timeout(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let after = self.setup.send_timeout;
         if !self.send_stalled {
             self.send_stalled = true;
-            let deadline = Instant::now()
-                .checked_add(after)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(30 * 365 * 24 * 3600));
-            match &mut self.send_timer {
-                Some(t) => t.as_mut().reset(deadline),
-                None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
+            let now = Instant::now();
+            self.send_deadline = now
+                .checked_add(self.setup.info.listener.transfer.send_timeout)
+                .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600));
         }
-        match self.send_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
+        match self.poll_timer(cx, self.send_deadline) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client read nothing for the send timeout",
             ))),
-            _ => Poll::Pending,
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -823,7 +893,7 @@ impl<T: Stream> Conn<T> {
         self.wbuf
             .extend_from_slice(&error_response::raw_http1(r.status, r.detail));
         let _ = tokio::time::timeout(
-            self.setup.send_timeout,
+            self.setup.info.listener.transfer.send_timeout,
             poll_fn(|cx| self.poll_write_out(cx)),
         )
         .await;
