@@ -329,7 +329,7 @@ mod tests {
         )
         .expect("valid")
         .expect("complete");
-        assert_eq!((p.method, p.target, p.len), ("POST", "/a?b", 44));
+        assert_eq!((p.method, p.target, p.len), ("POST", "/a?b", 43));
         assert_eq!(p.traits.framing, Framing::Length(5));
         assert!(p.traits.keep_alive);
         assert_eq!(verdict(b"GET / HTTP/1.1\r\nA: b\r\n"), Ok(None));
