@@ -9,6 +9,7 @@ pub mod body;
 pub mod consumer;
 pub mod demo;
 pub mod error;
+pub mod http1;
 pub mod limit;
 pub mod listener;
 pub mod observe;

@@ -129,41 +129,7 @@ pub fn head(
     (framing, keep_alive)
 }
 
-/// Appends a chunk-size line for `len` bytes of data.
-pub fn chunk_size(out: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut n = len;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends the last chunk, with `trailers` when given.
-pub fn last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
-    out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// True when the comma-separated `value` holds `token` (case-insensitive).
-pub fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&c| c == b',')
-        .any(|t| super::head::trim(t).eq_ignore_ascii_case(token))
-}
+pub use crate::http1::{chunk_size, has_token, last_chunk};
 
 thread_local! {
     static DATE: RefCell<CachedDate> = const { RefCell::new(CachedDate { secs: 0, text: [0; 29] }) };
@@ -250,13 +216,5 @@ mod tests {
         assert!(t.contains("content-length: 7\r\n") && f == Out::None, "{t}");
         let (_, _, keep) = text(200, &[("connection", "close")], Some(1), GET);
         assert!(!keep);
-    }
-
-    #[test]
-    fn chunk_sizes_are_hex() {
-        let mut out = Vec::new();
-        chunk_size(&mut out, 0x1a2f);
-        chunk_size(&mut out, 0);
-        assert_eq!(out, b"1a2f\r\n0\r\n");
     }
 }

@@ -11,7 +11,6 @@
 //!
 //! Every refusal closes the connection with a problem+json answer, like the head guard's.
 
-pub mod decode;
 pub mod encode;
 pub mod head;
 pub mod pipe;
@@ -24,27 +23,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use self::decode::{Decoded, Decoder};
 use self::encode::{ForRequest, Out};
 use self::head::{Framing, HeaderSlots, Refusal};
 use self::pipe::PipeTx;
 use crate::body::{Body, BodyError, ClientBodyError, UpgradedIo};
+use crate::http1::decode::{Decoded, Decoder};
+use crate::http1::Outbox;
 use crate::proxy::{self, error_response, ResponseBody};
 use crate::snapshot::Live;
 
 /// Bytes read per socket read while a head or a body is expected.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// Body bytes copied into the output buffer next to framing rather than written from their own
-/// buffer: below this a copy is cheaper than another iovec (and one TLS record beats two).
-const COPY_BELOW: usize = 4096;
 
 /// Output buffered before it is written even though the body has more ready.
 const WRITE_AT: usize = 64 * 1024;
@@ -87,12 +83,8 @@ struct Conn<T> {
     io: T,
     setup: Setup,
     rbuf: BytesMut,
-    /// Framing bytes and small body pieces to write, from `wpos`.
-    wbuf: Vec<u8>,
-    wpos: usize,
-    /// A larger body piece to write after `wbuf`, then `tail` (a chunk's CRLF).
-    data: Bytes,
-    tail: &'static [u8],
+    /// What is owed to the client.
+    out: Outbox,
     /// Header names and value ranges of the head being built (reused).
     fields: Vec<(HeaderName, usize, usize)>,
     /// The client sent EOF while bytes remained to serve.
@@ -115,10 +107,7 @@ pub fn serve<T: Stream>(
         io,
         setup,
         rbuf: BytesMut::new(),
-        wbuf: Vec::new(),
-        wpos: 0,
-        data: Bytes::new(),
-        tail: b"",
+        out: Outbox::default(),
         fields: Vec::new(),
         read_closed: false,
         timer: None,
@@ -356,8 +345,7 @@ impl<T: Stream> Conn<T> {
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
-        self.wbuf = Vec::new();
-        self.wpos = 0;
+        self.out.release();
         self.fields = Vec::new();
     }
 
@@ -626,7 +614,8 @@ impl<T: Stream> Conn<T> {
             if f.expect {
                 f.expect = false;
                 if before_response && self.rbuf.is_empty() {
-                    self.wbuf
+                    self.out
+                        .buf
                         .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
             }
@@ -635,7 +624,7 @@ impl<T: Stream> Conn<T> {
                 Ok(Decoded::Trailers(t)) => tx.send(Ok(http_body::Frame::trailers(t))),
                 Ok(Decoded::End) => return Poll::Ready(()),
                 Ok(Decoded::NeedMore) => {
-                    if !self.wbuf.is_empty() && before_response {
+                    if self.out.pending() > 0 && before_response {
                         // Send the `100 Continue` before waiting for the body it asks for.
                         if let Poll::Ready(Err(_)) = self.poll_write_out(cx) {
                             return self.feed_failed(f, ClientBodyError::Aborted);
@@ -675,7 +664,7 @@ impl<T: Stream> Conn<T> {
         let (parts, body) = resp.into_parts();
         let exact = body.size_hint().exact();
         let (out, keep_alive) = encode::head(
-            &mut self.wbuf,
+            &mut self.out.buf,
             parts.status,
             &parts.headers,
             exact,
@@ -704,7 +693,7 @@ impl<T: Stream> Conn<T> {
             if s.done {
                 return Poll::Ready(Ok(true));
             }
-            if self.pending_out() >= WRITE_AT || !self.data.is_empty() {
+            if self.out.pending() >= WRITE_AT || self.out.holds_piece() {
                 match self.poll_write_out(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
@@ -714,8 +703,7 @@ impl<T: Stream> Conn<T> {
             let Some(body) = s.body.as_mut() else {
                 return Poll::Ready(Ok(true));
             };
-            let polled = Pin::new(body).poll_frame(cx);
-            match polled {
+            match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(d) => {
                         if d.is_empty() {
@@ -728,13 +716,13 @@ impl<T: Stream> Conn<T> {
                                     return Poll::Ready(Err(()));
                                 }
                                 s.left -= d.len() as u64;
-                                self.put(d, b"");
+                                self.out.put(d, b"");
                             }
                             Out::Chunked { .. } => {
-                                encode::chunk_size(&mut self.wbuf, d.len());
-                                self.put(d, b"\r\n");
+                                encode::chunk_size(&mut self.out.buf, d.len());
+                                self.out.put(d, b"\r\n");
                             }
-                            Out::Close => self.put(d, b""),
+                            Out::Close => self.out.put(d, b""),
                             Out::None => {}
                         }
                     }
@@ -750,8 +738,8 @@ impl<T: Stream> Conn<T> {
                     s.body = None;
                     match s.out {
                         Out::Chunked { .. } => {
-                            self.flush_data();
-                            encode::last_chunk(&mut self.wbuf, s.trailers.as_ref());
+                            self.out.settle();
+                            encode::last_chunk(&mut self.out.buf, s.trailers.as_ref());
                         }
                         Out::Length(_) if s.left > 0 => {
                             tracing::debug!("response body shorter than its Content-Length");
@@ -780,88 +768,20 @@ impl<T: Stream> Conn<T> {
         }
     }
 
-    fn pending_out(&self) -> usize {
-        self.wbuf.len() - self.wpos + self.data.len() + self.tail.len()
-    }
-
-    /// Queues a body piece with its trailing framing: small ones are copied next to the framing.
-    fn put(&mut self, d: Bytes, tail: &'static [u8]) {
-        if d.len() < COPY_BELOW {
-            self.wbuf.extend_from_slice(&d);
-            self.wbuf.extend_from_slice(tail);
-        } else {
-            self.data = d;
-            self.tail = tail;
-        }
-    }
-
-    /// Moves a queued larger piece into the buffer (before more framing is appended).
-    fn flush_data(&mut self) {
-        if !self.data.is_empty() {
-            let d = std::mem::take(&mut self.data);
-            self.wbuf.extend_from_slice(&d);
-            self.wbuf.extend_from_slice(self.tail);
-            self.tail = b"";
-        }
-    }
-
-    /// Writes all queued output (vectored: framing, a body piece, its CRLF), under the send
-    /// timeout.
+    /// Writes all queued output, under the send timeout.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.pending_out() > 0 {
-            let r = {
-                let head = &self.wbuf[self.wpos..];
-                if self.data.is_empty() {
-                    Pin::new(&mut self.io).poll_write(cx, head)
-                } else {
-                    let bufs = [
-                        io::IoSlice::new(head),
-                        io::IoSlice::new(&self.data),
-                        io::IoSlice::new(self.tail),
-                    ];
-                    Pin::new(&mut self.io).poll_write_vectored(cx, &bufs)
-                }
-            };
-            match r {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.send_stalled = false;
-                    self.setup
-                        .info
-                        .listener
-                        .series
-                        .sent
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    self.advance(n);
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return self.poll_send_timeout(cx),
-            }
+        let series = &self.setup.info.listener.series;
+        let mut progressed = false;
+        let r = self.out.poll_write(&mut self.io, cx, |n| {
+            progressed = true;
+            series.sent.fetch_add(n as u64, Ordering::Relaxed);
+        });
+        if progressed {
+            self.send_stalled = false;
         }
-        self.wbuf.clear();
-        self.wpos = 0;
-        Poll::Ready(Ok(()))
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        let head = self.wbuf.len() - self.wpos;
-        let step = n.min(head);
-        self.wpos += step;
-        n -= step;
-        if n > 0 {
-            let step = n.min(self.data.len());
-            self.data.advance(step);
-            n -= step;
-        }
-        if n > 0 {
-            self.tail = &self.tail[n.min(self.tail.len())..];
-        }
-        if self.data.is_empty() && !self.tail.is_empty() && self.wpos == self.wbuf.len() {
-            // The piece is out; its CRLF goes with the next write.
-            self.wbuf.clear();
-            self.wpos = 0;
-            self.wbuf.extend_from_slice(self.tail);
-            self.tail = b"";
+        match r {
+            Poll::Pending => self.poll_send_timeout(cx),
+            other => other,
         }
     }
 
@@ -886,11 +806,9 @@ impl<T: Stream> Conn<T> {
     /// Answers a refused head, then closes (reading what the client still sends for a moment,
     /// so the close does not reset the connection before the answer is read).
     async fn refuse(&mut self, r: Refusal) {
-        self.wbuf.clear();
-        self.wpos = 0;
-        self.data = Bytes::new();
-        self.tail = b"";
-        self.wbuf
+        self.out.release();
+        self.out
+            .buf
             .extend_from_slice(&error_response::raw_http1(r.status, r.detail));
         let _ = tokio::time::timeout(
             self.setup.info.listener.transfer.send_timeout,

@@ -1,5 +1,5 @@
-//! Request body framing: `Content-Length` and chunked (RFC 9112 §7.1), decoded in place from the
-//! connection's read buffer. Data chunks are split off the buffer without a copy.
+//! Body framing: `Content-Length`, chunked (RFC 9112 §7.1) and until-close, decoded in place from
+//! a connection's read buffer. Data chunks are split off the buffer without a copy.
 //!
 //! Strict where leniency is a smuggling vector: chunk lines end with CRLF (a bare LF is
 //! refused), sizes are hex digits only (at most 16), chunk data must be followed by CRLF, and
@@ -39,6 +39,9 @@ pub enum Decoder {
     Length(u64),
     /// Chunked, in this state.
     Chunked(Chunk),
+    /// Everything until the connection closes (a response without framing); the reader ends
+    /// it at EOF.
+    UntilClose,
 }
 
 /// Where a chunked body's decoder stands.
@@ -76,6 +79,12 @@ impl Decoder {
     ) -> Result<Decoded, Malformed> {
         match self {
             Decoder::Length(0) => Ok(Decoded::End),
+            Decoder::UntilClose => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                Ok(Decoded::Data(buf.split().freeze()))
+            }
             Decoder::Length(left) => {
                 if buf.is_empty() {
                     return Ok(Decoded::NeedMore);
