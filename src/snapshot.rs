@@ -158,6 +158,11 @@ impl Snapshot {
         let mut errs = Vec::new();
         let mut warnings = Vec::new();
 
+        let http1 = cfg
+            .server
+            .http1
+            .or_else(Http1Codec::from_env)
+            .unwrap_or_default();
         let mut upstreams = HashMap::new();
         for (name, up) in &cfg.upstreams {
             let prev_up = prev.and_then(|p| p.upstreams.get(name)).map(Arc::as_ref);
@@ -166,6 +171,7 @@ impl Snapshot {
                 up,
                 prev_up,
                 metrics.upstream(&Arc::from(name.as_str())),
+                http1 == Http1Codec::Native,
             ) {
                 Ok(u) => {
                     upstreams.insert(name.clone(), Arc::new(u));
@@ -308,11 +314,6 @@ impl Snapshot {
                 .map(|p| p.bound.clone())
                 .unwrap_or_default();
             let name: Arc<str> = Arc::from(l.name.as_str());
-            let http1 = cfg
-                .server
-                .http1
-                .or_else(Http1Codec::from_env)
-                .unwrap_or_default();
             listeners.push(Arc::new(ListenerSpec {
                 series: metrics.listener(&name),
                 name,

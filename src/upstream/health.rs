@@ -203,7 +203,7 @@ pub(crate) async fn run_checker(
 
 /// One `GET path` on a fresh connection: true for a 2xx or 3xx answer.
 async fn probe(ep: &Endpoint, connector: &Connector, path: &str) -> bool {
-    let Ok(mut conn) = connector.connect(ep, Duration::from_secs(3600)).await else {
+    let Ok(conn) = connector.connect(ep, Duration::from_secs(3600)).await else {
         return false;
     };
     let req = Request::get(ep.request_uri(path, connector.is_h2()))
@@ -217,8 +217,9 @@ async fn probe(ep: &Endpoint, connector: &Connector, path: &str) -> bool {
         req.headers_mut().remove(header::HOST);
         *req.version_mut() = http::Version::HTTP_2;
     }
-    match conn.send(req).await {
-        Ok(resp) => {
+    // Probe connections are not pooled (`max_idle` 0).
+    match conn.send(req, 0, 0).await {
+        Ok((resp, _)) => {
             let s = resp.status();
             s.is_success() || s.is_redirection() || s == StatusCode::NOT_MODIFIED
         }

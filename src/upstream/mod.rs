@@ -9,6 +9,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod tls;
@@ -26,14 +27,14 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use tokio::sync::oneshot;
 
-use crate::body::{Body, ClientBodyError};
+use crate::body::{Body, BoxError, ClientBodyError};
 use crate::error::ErrorKind;
 use crate::observe::metrics::UpstreamSeries;
 use crate::observe::{trace, Attempt, CallReport};
 use balance::{Balancer, Tried};
 use breaker::{CircuitBreaker, InflightToken, Refusal, RetryBudget};
 use health::EndpointState;
-use pool::{Conn, ConnFailure, ConnectError, Connector, PoolReturn};
+use pool::{ConnFailure, ConnectError, Connector, PoolReturn};
 
 /// One address of an upstream.
 #[derive(Clone, Debug)]
@@ -84,7 +85,7 @@ pub enum CallError {
     Connect(#[from] ConnectError),
     /// The connection broke before a response head arrived: 502.
     #[error("upstream connection failed: {0}")]
-    Reset(hyper::Error),
+    Reset(BoxError),
     /// No response head within the response timeout: 504.
     #[error("upstream response timed out")]
     Timeout,
@@ -169,6 +170,7 @@ pub struct Upstream {
 
 #[derive(Clone, Debug, PartialEq)]
 struct PoolSettings {
+    native_http1: bool,
     connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
@@ -274,7 +276,7 @@ impl Drop for EndpointInflight {
 enum Failed {
     /// The request was never sent and comes back.
     Connect(ConnectError, Request<Body>),
-    Reset(hyper::Error, Option<Request<Body>>),
+    Reset(BoxError, Option<Request<Body>>),
     Timeout,
     /// The client's body failed: nothing to hold against the endpoint.
     Client(ClientBodyError),
@@ -299,8 +301,10 @@ impl Upstream {
         cfg: &UpstreamConfig,
         prev: Option<&Upstream>,
         series: Arc<UpstreamSeries>,
+        native_http1: bool,
     ) -> Result<Upstream, UpstreamError> {
         let pool_settings = PoolSettings {
+            native_http1,
             connect_timeout: cfg.connect_timeout(),
             max_idle: cfg.max_idle_per_target,
             idle_timeout: cfg.idle_timeout(),
@@ -396,7 +400,7 @@ impl Upstream {
             endpoints,
             balancer,
             hash_key,
-            connector: Arc::new(Connector::new(cfg.protocol, tls)),
+            connector: Arc::new(Connector::new(cfg.protocol, tls, native_http1)),
             timeout: cfg.response_timeout(),
             retries,
             passive: cfg.health_check.passive.clone(),
@@ -739,25 +743,23 @@ impl Upstream {
                 tokio::time::sleep(timeout).await;
             };
             let sent = tokio::select! {
-                r = conn.send(req) => r,
+                r = conn.send(req, ep.pool_key, s.max_idle) => r,
                 () = timer => {
                     // A body that failed (stalled, say) leaves the upstream waiting for it.
                     return Err(opts.body_sent.fault().map_or(Failed::Timeout, Failed::Client));
                 }
             };
             match sent {
-                Ok(resp) => {
-                    let pool = matches!(conn, Conn::H1(_))
-                        .then(|| PoolReturn::new(ep.pool_key, s.max_idle, conn));
-                    return Ok((resp, pool));
-                }
-                Err(ConnFailure { error, unsent }) => {
+                Ok((resp, pool)) => return Ok((resp, pool)),
+                Err(ConnFailure {
+                    error,
+                    unsent,
+                    client,
+                }) => {
                     // A connection that failed because the client's body did is no fault of
                     // the endpoint's: HTTP/1 connections carry the body's error, HTTP/2 ones
                     // only a reset, so the body's own report is asked too.
-                    if let Some(e) =
-                        ClientBodyError::within(&error).or_else(|| opts.body_sent.fault())
-                    {
+                    if let Some(e) = client.or_else(|| opts.body_sent.fault()) {
                         return Err(Failed::Client(e));
                     }
                     match unsent {

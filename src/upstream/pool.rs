@@ -21,8 +21,9 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::h1::{self, H1};
 use super::Endpoint;
-use crate::body::Body;
+use crate::body::{Body, BoxError, ClientBodyError};
 
 /// Largest read buffer of an HTTP/1 upstream connection, and so the largest response head.
 pub const READ_BUF: usize = 32 * 1024;
@@ -39,46 +40,102 @@ pub type Sender2 = http2::SendRequest<Body>;
 /// A connection to one endpoint.
 #[derive(Debug)]
 pub enum Conn {
-    /// HTTP/1.1, exclusively held by one request.
+    /// HTTP/1.1 through hyper, exclusively held by one request.
     H1(Sender),
     /// HTTP/2, shared by all requests of this thread to the endpoint.
     H2(Sender2),
+    /// HTTP/1.1 through the native client, owned by one request (then by its response body).
+    Native(Box<H1>),
 }
 
 /// A request that failed on a connection, with the request back when it was never written.
 #[derive(Debug)]
 pub struct ConnFailure {
-    /// What hyper reported.
-    pub error: hyper::Error,
+    /// What the connection reported.
+    pub error: BoxError,
     /// The request, when no byte of it was sent.
     pub unsent: Option<Request<Body>>,
+    /// The client's body failed, as the connection knows without looking inside `error`.
+    pub client: Option<ClientBodyError>,
 }
 
 impl Conn {
     /// Waits until the connection can take a request; an error means it closed.
-    pub async fn ready(&mut self) -> Result<(), hyper::Error> {
+    pub async fn ready(&mut self) -> Result<(), BoxError> {
         match self {
-            Conn::H1(s) => s.ready().await,
-            Conn::H2(s) => s.ready().await,
+            Conn::H1(s) => s.ready().await.map_err(Into::into),
+            Conn::H2(s) => s.ready().await.map_err(Into::into),
+            Conn::Native(c) if c.is_reusable() => Ok(()),
+            Conn::Native(_) => Err("the idle connection was closed".into()),
         }
     }
 
-    /// Sends `req`; on failure the request comes back if it was never written.
-    pub async fn send(&mut self, req: Request<Body>) -> Result<Response<Body>, ConnFailure> {
-        let r = match self {
-            Conn::H1(s) => s.try_send_request(req).await,
-            Conn::H2(s) => s.try_send_request(req).await,
+    /// Sends `req`; on failure the request comes back if it was never written. With the
+    /// response comes where an HTTP/1 connection goes back when the response is done (a native
+    /// connection's response body takes care of that itself).
+    pub async fn send(
+        self,
+        req: Request<Body>,
+        key: u64,
+        max_idle: usize,
+    ) -> Result<(Response<Body>, Option<PoolReturn>), ConnFailure> {
+        let (r, conn) = match self {
+            Conn::H1(mut s) => (s.try_send_request(req).await, Conn::H1(s)),
+            Conn::H2(mut s) => (s.try_send_request(req).await, Conn::H2(s)),
+            Conn::Native(conn) => {
+                let back: h1::GiveBack =
+                    Box::new(move |conn| give_back_native(key, max_idle, conn));
+                return match h1::send(conn, req, back).await {
+                    Ok(resp) => Ok((resp, None)),
+                    Err(h1::Failure::Reset(error, unsent)) => Err(ConnFailure {
+                        error,
+                        unsent,
+                        client: None,
+                    }),
+                    Err(h1::Failure::Client(e)) => Err(ConnFailure {
+                        error: e.to_string().into(),
+                        unsent: None,
+                        client: Some(e),
+                    }),
+                };
+            }
         };
-        // The upstream edge: hyper's body becomes the gateway's, once.
-        r.map(|mut resp| {
-            crate::body::Upgrade::convert(resp.extensions_mut());
-            resp.map(Body::from_upstream)
-        })
-        .map_err(|mut e| ConnFailure {
-            unsent: e.take_message(),
-            error: e.into_error(),
-        })
+        match r {
+            Ok(mut resp) => {
+                // The upstream edge: hyper's body becomes the gateway's, once.
+                crate::body::Upgrade::convert(resp.extensions_mut());
+                let pool =
+                    matches!(conn, Conn::H1(_)).then(|| PoolReturn::new(key, max_idle, conn));
+                Ok((resp.map(Body::from_upstream), pool))
+            }
+            Err(mut e) => {
+                let unsent = e.take_message();
+                let error = e.into_error();
+                Err(ConnFailure {
+                    client: ClientBodyError::within(&error),
+                    error: error.into(),
+                    unsent,
+                })
+            }
+        }
     }
+}
+
+/// Puts a native connection whose response ended cleanly into this thread's idle set.
+fn give_back_native(key: u64, max_idle: usize, conn: Box<H1>) {
+    if max_idle == 0 {
+        return;
+    }
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(key).or_default();
+        if list.len() < max_idle {
+            list.push(IdleConn {
+                conn: Idle::Native(conn),
+                since: Instant::now(),
+            });
+        }
+    });
 }
 
 /// Where a connection goes back when its response is done.
@@ -112,7 +169,7 @@ impl PoolReturn {
             let list = idle.entry(self.key).or_default();
             if list.len() < self.max_idle {
                 list.push(IdleConn {
-                    sender,
+                    conn: Idle::Hyper(sender),
                     since: Instant::now(),
                 });
             }
@@ -122,8 +179,14 @@ impl PoolReturn {
 
 #[derive(Debug)]
 struct IdleConn {
-    sender: Sender,
+    conn: Idle,
     since: Instant,
+}
+
+#[derive(Debug)]
+enum Idle {
+    Hyper(Sender),
+    Native(Box<H1>),
 }
 
 /// Keys are already hashes; hashing them again would only cost time.
@@ -171,10 +234,14 @@ pub(crate) fn checkout(key: u64, h2: bool, idle_timeout: Duration) -> Option<Con
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&key)?;
         while let Some(c) = list.pop() {
-            if c.sender.is_closed() || c.since.elapsed() > idle_timeout {
+            if c.since.elapsed() > idle_timeout {
                 continue;
             }
-            return Some(Conn::H1(c.sender));
+            match c.conn {
+                Idle::Hyper(s) if !s.is_closed() => return Some(Conn::H1(s)),
+                Idle::Native(n) if n.is_reusable() => return Some(Conn::Native(n)),
+                _ => {}
+            }
         }
         None
     })
@@ -212,6 +279,8 @@ pub enum ConnectError {
 pub struct Connector {
     protocol: UpstreamProtocol,
     tls: Option<Tls>,
+    /// HTTP/1.1 connections through the native client rather than hyper's.
+    native: bool,
 }
 
 struct Tls {
@@ -233,9 +302,11 @@ impl Connector {
     pub fn new(
         protocol: UpstreamProtocol,
         tls: Option<(Arc<rustls::ClientConfig>, Option<ServerName<'static>>)>,
+        native: bool,
     ) -> Self {
         Connector {
             protocol,
+            native,
             tls: tls.map(|(cfg, server_name)| Tls {
                 connector: tokio_rustls::TlsConnector::from(cfg),
                 server_name,
@@ -260,7 +331,11 @@ impl Connector {
     async fn open(&self, ep: &Endpoint) -> Result<Conn, ConnectError> {
         let stream = TcpStream::connect(&ep.connect_addr).await?;
         let _ = stream.set_nodelay(true);
+        let native = self.native && !self.is_h2();
         let Some(tls) = &self.tls else {
+            if native {
+                return Ok(Conn::Native(H1::new(h1::Io::Tcp(stream))));
+            }
             return self.handshake(TokioIo::new(stream)).await;
         };
         let name = match &tls.server_name {
@@ -280,6 +355,9 @@ impl Connector {
             .connect(name, stream)
             .await
             .map_err(ConnectError::Tls)?;
+        if native {
+            return Ok(Conn::Native(H1::new(h1::Io::Tls(Box::new(stream)))));
+        }
         self.handshake(TokioIo::new(stream)).await
     }
 

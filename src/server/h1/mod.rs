@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -139,10 +139,7 @@ impl<T: Stream> Conn<T> {
                 Step::Upgraded => {
                     let Some(tx) = upgrade else { return };
                     let Conn { io, rbuf, .. } = self;
-                    let _ = tx.send(Box::new(Rewind {
-                        prefix: rbuf.freeze(),
-                        io,
-                    }));
+                    let _ = tx.send(Box::new(crate::body::Rewind::new(rbuf.freeze(), io)));
                     return;
                 }
                 Step::Broken => return,
@@ -552,13 +549,13 @@ impl<T: Stream> Conn<T> {
                     Poll::Pending => {}
                 }
             }
-            // Owed output first (a `100 Continue`, the head, body pieces).
-            match self.poll_write_out(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(Step::Broken),
-                Poll::Pending => return Poll::Pending,
-            }
             let Some(s) = sending.as_mut() else {
+                // Before the response, only a `100 Continue` can be owed.
+                match self.poll_write_out(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(Step::Broken),
+                    Poll::Pending => return Poll::Pending,
+                }
                 match handler.as_mut().poll(cx) {
                     Poll::Ready(resp) => {
                         let draining = stop.has_changed().unwrap_or(true);
@@ -858,57 +855,5 @@ fn bad(detail: &'static str) -> Refusal {
     Refusal {
         status: StatusCode::BAD_REQUEST,
         detail,
-    }
-}
-
-/// The client's connection after an upgrade: bytes read past the `101`'s request first.
-struct Rewind<T> {
-    prefix: Bytes,
-    io: T,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let chunk = self.prefix.split_to(n);
-            buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -1,0 +1,629 @@
+//! The native HTTP/1.1 upstream client (`server.http1: native`): a connection is a socket and
+//! two buffers, owned by the request that uses it. No connection task, no channel between the
+//! request and the connection: the request's own task writes the head and the body and reads the
+//! response head; the response body owns the connection while it is read and puts it back in
+//! this worker thread's idle set when the response ended cleanly.
+//!
+//! An idle connection has no task watching it, so before reuse its socket's readiness is asked
+//! (no system call): a connection the upstream closed, or that has stray bytes, is dropped.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::body::{Body, BodyError, BoxError, ClientBodyError, UpgradedIo};
+use crate::http1::decode::{Decoded, Decoder};
+use crate::http1::{self, Outbox};
+
+/// Most header fields in a response head.
+const MAX_HEADERS: usize = 100;
+
+/// Bytes read per socket read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The largest trailer section of a chunked response.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// An upstream connection's stream.
+pub enum Io {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Tcp(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A native HTTP/1.1 connection to an endpoint.
+pub struct H1 {
+    io: Io,
+    rbuf: BytesMut,
+    out: Outbox,
+}
+
+impl std::fmt::Debug for H1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1").finish_non_exhaustive()
+    }
+}
+
+/// Where a connection goes when its response ended cleanly.
+pub type GiveBack = Box<dyn FnOnce(Box<H1>) + Send>;
+
+/// Why a request failed on a native connection.
+#[derive(Debug)]
+pub enum Failure {
+    /// The connection broke or the upstream's answer was not HTTP; `unsent` holds the request
+    /// when none of it was written.
+    Reset(BoxError, Option<Request<Body>>),
+    /// The client's body failed while it was being sent.
+    Client(ClientBodyError),
+}
+
+impl H1 {
+    /// A connection over `io`.
+    pub fn new(io: Io) -> Box<H1> {
+        Box::new(H1 {
+            io,
+            rbuf: BytesMut::new(),
+            out: Outbox::default(),
+        })
+    }
+
+    /// True when an idle connection can carry a request: its socket has nothing to read (a
+    /// close or stray bytes would be readable). Asks the reactor's readiness, no system call.
+    pub fn is_reusable(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.rbuf.is_empty() && self.io.tcp().poll_read_ready(&mut cx).is_pending()
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        // tokio's `read_buf` reads into the spare capacity without zeroing it first; dropping
+        // it while pending loses nothing.
+        let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.rbuf);
+        std::future::Future::poll(std::pin::pin!(read), cx)
+    }
+
+    /// Writes what is owed, then takes request body frames while they are ready. Ready(Ok)
+    /// once the whole request is written.
+    fn poll_send_body(&mut self, cx: &mut Context<'_>, tx: &mut Tx) -> Poll<Result<(), TxError>> {
+        loop {
+            match self
+                .out
+                .poll_write(&mut self.io, cx, |n| tx.written += n as u64)
+            {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(TxError::Io(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+            let Some(body) = tx.body.as_mut() else {
+                return match std::pin::Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(TxError::Io(e))),
+                    other => other.map(|_| Ok(())),
+                };
+            };
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(d) if d.is_empty() => {}
+                    Ok(d) => match tx.framing {
+                        Framing::Length(_) => {
+                            if d.len() as u64 > tx.left {
+                                return Poll::Ready(Err(TxError::Client(
+                                    ClientBodyError::Malformed,
+                                )));
+                            }
+                            tx.left -= d.len() as u64;
+                            self.out.put(d, b"");
+                        }
+                        Framing::Chunked => {
+                            http1::chunk_size(&mut self.out.buf, d.len());
+                            self.out.put(d, b"\r\n");
+                        }
+                        Framing::None => {}
+                    },
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            tx.trailers = Some(t);
+                        }
+                    }
+                },
+                Poll::Ready(None) => {
+                    tx.body = None;
+                    match tx.framing {
+                        Framing::Chunked => {
+                            self.out.settle();
+                            http1::last_chunk(&mut self.out.buf, tx.trailers.as_ref());
+                        }
+                        Framing::Length(_) if tx.left > 0 => {
+                            return Poll::Ready(Err(TxError::Client(ClientBodyError::Aborted)));
+                        }
+                        _ => {}
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(match e {
+                        BodyError::Client(c) => TxError::Client(c),
+                        other => TxError::Io(io::Error::other(other.to_string())),
+                    }))
+                }
+                Poll::Pending => {
+                    return match Pin::new(&mut self.io).poll_flush(cx) {
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(TxError::Io(e))),
+                        _ => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The request on its way up.
+struct Tx {
+    body: Option<Body>,
+    framing: Framing,
+    left: u64,
+    trailers: Option<HeaderMap>,
+    written: u64,
+}
+
+enum TxError {
+    Io(io::Error),
+    Client(ClientBodyError),
+}
+
+/// Sends `req` on `conn` and reads the response head. The response body reads from the
+/// connection (and sends what is left of a request body the upstream answered early); at its
+/// clean end the connection goes to `back`.
+pub async fn send(
+    mut conn: Box<H1>,
+    req: Request<Body>,
+    back: GiveBack,
+) -> Result<Response<Body>, Failure> {
+    let (parts, body) = req.into_parts();
+    let head_request = parts.method == Method::HEAD;
+    conn.out.buf.clear();
+    let framing = encode_head(&mut conn.out.buf, &parts, &body);
+    let mut tx = Tx {
+        body: (framing != Framing::None).then_some(body),
+        framing,
+        left: match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        },
+        trailers: None,
+        written: 0,
+    };
+    let mut parts = Some(parts);
+    let mut sent = false;
+    let head = poll_fn(|cx| loop {
+        if !sent {
+            match conn.poll_send_body(cx, &mut tx) {
+                Poll::Ready(Ok(())) => sent = true,
+                Poll::Ready(Err(TxError::Client(e))) => {
+                    return Poll::Ready(Err(Failure::Client(e)))
+                }
+                Poll::Ready(Err(TxError::Io(e))) => {
+                    // Nothing written: the request goes back whole, to be sent elsewhere.
+                    let unsent = (tx.written == 0)
+                        .then(|| parts.take())
+                        .flatten()
+                        .map(|p| Request::from_parts(p, tx.body.take().unwrap_or_default()));
+                    return Poll::Ready(Err(Failure::Reset(Box::new(e), unsent)));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if tx.written > 0 {
+            parts = None;
+        }
+        match parse_head(&mut conn.rbuf, head_request) {
+            Ok(Some(Parsed::Informational)) => continue,
+            Ok(Some(Parsed::Head(h))) => return Poll::Ready(Ok(h)),
+            Ok(None) => {}
+            Err(e) => return Poll::Ready(Err(Failure::Reset(e.into(), None))),
+        }
+        if conn.rbuf.len() > super::pool::READ_BUF {
+            return Poll::Ready(Err(Failure::Reset(
+                "the upstream's response head is too large".into(),
+                None,
+            )));
+        }
+        match conn.poll_fill(cx) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(Failure::Reset(
+                    "the upstream closed the connection before answering".into(),
+                    None,
+                )))
+            }
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Reset(Box::new(e), None))),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await?;
+    let Head {
+        mut resp,
+        decoder,
+        keep_alive,
+    } = head;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection is the tunnel's now, with any bytes read past the head.
+        let (up_tx, rx) = tokio::sync::oneshot::channel::<UpgradedIo>();
+        let H1 { io, rbuf, .. } = *conn;
+        let _ = up_tx.send(Box::new(crate::body::Rewind::new(rbuf.freeze(), io)));
+        resp.extensions_mut()
+            .insert(crate::body::Upgrade::native(rx));
+        return Ok(resp);
+    }
+    let reusable = keep_alive && sent;
+    if decoder.is_done() && tx.body.is_none() {
+        if reusable && conn.rbuf.is_empty() {
+            back(conn);
+        }
+        return Ok(resp);
+    }
+    let body = RespBody {
+        conn: Some(conn),
+        decoder,
+        tx,
+        sending: !sent,
+        keep_alive: reusable || (keep_alive && !sent),
+        back: Some(back),
+        failed: false,
+    };
+    Ok(resp.map(|_| Body::new(body)))
+}
+
+/// Writes the request line and fields; returns the body's framing.
+fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &Body) -> Framing {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && declared.is_none())
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = if let Some(n) = declared {
+        Framing::Length(n)
+    } else if body.is_end_stream() {
+        if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        Framing::None
+    } else if let Some(n) = body.size_hint().exact() {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Framing::Length(n)
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::Length(0) {
+        return Framing::None;
+    }
+    framing
+}
+
+struct Head {
+    resp: Response<Body>,
+    decoder: Decoder,
+    keep_alive: bool,
+}
+
+enum Parsed {
+    /// A 1xx other than 101: skipped.
+    Informational,
+    Head(Head),
+}
+
+/// Parses a response head at the start of `buf`, consuming it when complete.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, BoxError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("invalid response head: {e}").into()),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
+    let http10 = parsed.version == Some(0);
+    let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(parsed.headers.len());
+    let (mut content_length, mut chunked, mut te, mut close, mut keep) =
+        (None::<u64>, false, false, false, false);
+    for h in parsed.headers.iter() {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid response field name")?;
+        let value = h.value.trim_ascii();
+        if name == header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or("invalid Content-Length in the response")?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err("conflicting Content-Length in the response".into());
+            }
+            content_length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            te = true;
+            chunked = value
+                .rsplit(|&c| c == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            close |= http1::has_token(value, b"close");
+            keep |= http1::has_token(value, b"keep-alive");
+        }
+        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+    }
+    if (100..200).contains(&code) && code != 101 {
+        let _ = buf.split_to(len);
+        return Ok(Some(Parsed::Informational));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, at, n) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+            .map_err(|_| "invalid response field value")?;
+        headers.append(name, value);
+    }
+    let bodyless = head_request || code == 204 || code == 304 || code == 101;
+    let decoder = if bodyless {
+        Decoder::Length(0)
+    } else if te {
+        // RFC 9112 §6.3: Transfer-Encoding wins over Content-Length; a coding other than chunked
+        // last means the body runs until the connection closes.
+        if chunked {
+            Decoder::chunked()
+        } else {
+            Decoder::UntilClose
+        }
+    } else if let Some(n) = content_length {
+        Decoder::Length(n)
+    } else {
+        Decoder::UntilClose
+    };
+    let keep_alive = !close
+        && (!http10 || keep)
+        && !matches!(decoder, Decoder::UntilClose)
+        && !(te && content_length.is_some());
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = status;
+    *resp.version_mut() = if http10 {
+        http::Version::HTTP_10
+    } else {
+        http::Version::HTTP_11
+    };
+    if te {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    *resp.headers_mut() = headers;
+    Ok(Some(Parsed::Head(Head {
+        resp,
+        decoder,
+        keep_alive,
+    })))
+}
+
+/// A response body read from its connection.
+struct RespBody {
+    conn: Option<Box<H1>>,
+    decoder: Decoder,
+    /// What is left of the request body, sent while the response is read (the upstream answered
+    /// before it had all of it).
+    tx: Tx,
+    sending: bool,
+    keep_alive: bool,
+    back: Option<GiveBack>,
+    failed: bool,
+}
+
+impl RespBody {
+    /// The response ended cleanly: the connection goes back if nothing is left over.
+    fn finish(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.keep_alive && !self.sending && conn.rbuf.is_empty() {
+            if let Some(back) = self.back.take() {
+                back(conn);
+            }
+        }
+    }
+
+    fn fail(
+        &mut self,
+        e: impl Into<BoxError>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, BodyError>>> {
+        self.failed = true;
+        self.conn = None;
+        Poll::Ready(Some(Err(BodyError::Upstream(e.into()))))
+    }
+}
+
+impl http_body::Body for RespBody {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if this.sending {
+                match conn.poll_send_body(cx, &mut this.tx) {
+                    Poll::Ready(Ok(())) => this.sending = false,
+                    Poll::Ready(Err(_)) => {
+                        // The upstream has answered; what it did not take of the body is lost
+                        // with the connection, which is not reused.
+                        this.sending = false;
+                        this.keep_alive = false;
+                        this.tx.body = None;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match this.decoder.decode(&mut conn.rbuf, MAX_TRAILERS) {
+                Ok(Decoded::Data(d)) => {
+                    if this.decoder.is_done() && !this.sending {
+                        // The last bytes: the connection can serve another request now, before
+                        // the reader (which may stop at `is_end_stream`) asks again.
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Ok(Decoded::Trailers(t)) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                Ok(Decoded::End) => {
+                    if this.sending {
+                        // The response is complete before the request: the connection cannot
+                        // carry another one.
+                        this.keep_alive = false;
+                    }
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => match conn.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        if matches!(this.decoder, Decoder::UntilClose) {
+                            this.conn = None;
+                            return Poll::Ready(None);
+                        }
+                        return this.fail("the upstream closed the connection mid-body");
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => return this.fail(e),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Err(e) => return this.fail(e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.conn.is_none() || self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder {
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
