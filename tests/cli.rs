@@ -569,7 +569,7 @@ fn check(root: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<Strin
 fn contract_as_json() -> Value {
     json!({
         "version": 1,
-        "server": { "worker_threads": 0, "drain_timeout": "30s" },
+        "server": { "worker_threads": 0, "drain_timeout": "30s", "http1": "native" },
         "listeners": [{
             "name": "public",
             "address": "127.0.0.1:8080",
