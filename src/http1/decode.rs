@@ -190,7 +190,11 @@ fn size_line(line: &[u8]) -> Result<u64, Malformed> {
         size = (size << 4) | u64::from(v);
     }
     let rest = &line[digits..];
-    let ext = rest.trim_ascii_start();
+    // BWS is SP and HTAB only (RFC 9112 §7.1.1); a CR or FF here is a malformed line.
+    let ext = &rest[rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count()..];
     if !ext.is_empty() && ext[0] != b';' {
         return Err(Malformed("invalid chunk size"));
     }
@@ -203,7 +207,9 @@ fn size_line(line: &[u8]) -> Result<u64, Malformed> {
 fn trailers(section: &Bytes) -> Result<HeaderMap, Malformed> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
     let parsed = match httparse::parse_headers(section, &mut fields) {
-        Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        // The whole section, to its CRLFCRLF: httparse also takes a bare LF for the end of the
+        // fields, and bytes it left over would be lost (a request hidden after a bare LF).
+        Ok(httparse::Status::Complete((used, parsed))) if used == section.len() => parsed,
         _ => return Err(Malformed("malformed trailer section")),
     };
     let mut map = HeaderMap::with_capacity(parsed.len());

@@ -657,7 +657,8 @@ impl<T> GuardedIo<T> {
                 Ok(())
             }
             None => {
-                if joined.len() > limits.max_head {
+                let leading = super::h1::head::leading_empty_lines(&joined);
+                if super::h1::head::partial_too_large(joined.len(), leading, limits.max_head) {
                     return Err((
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         "the request head is too large",
@@ -685,9 +686,13 @@ fn refused() -> io::Error {
     )
 }
 
-/// Index just past the blank line that ends a head (`\r\n\r\n` or bare `\n\n`).
+/// Index just past the blank line that ends a head (`\r\n\r\n` or bare `\n\n`); empty lines
+/// before the request line (RFC 9112 §2.2) are not its end.
 fn find_head_end(b: &[u8]) -> Option<usize> {
-    let mut i = 0;
+    let mut i = super::h1::head::leading_empty_lines(b);
+    if i == b.len() {
+        return None;
+    }
     while let Some(off) = b[i..].iter().position(|&c| c == b'\n') {
         let nl = i + off;
         let rest = &b[nl + 1..];

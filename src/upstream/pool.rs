@@ -80,7 +80,11 @@ impl Conn {
         max_idle: usize,
     ) -> Result<(Response<Body>, Option<PoolReturn>), ConnFailure> {
         let (r, conn) = match self {
-            Conn::H1(mut s) => (s.try_send_request(req).await, Conn::H1(s)),
+            Conn::H1(mut s) => {
+                let mut req = req;
+                chunk_unknown_length(&mut req);
+                (s.try_send_request(req).await, Conn::H1(s))
+            }
             Conn::H2(mut s) => (s.try_send_request(req).await, Conn::H2(s)),
             Conn::Native(conn) => {
                 let back: h1::GiveBack =
@@ -119,6 +123,24 @@ impl Conn {
             }
         }
     }
+}
+
+/// Asks hyper's HTTP/1 client to send a body of unknown length chunked. Left to itself it does
+/// so only for methods it expects a body with: a `GET` with a chunked body went out as
+/// `Content-Length: 0`, its body lost.
+fn chunk_unknown_length(req: &mut Request<Body>) {
+    use http_body::Body as _;
+    let body = req.body();
+    if body.is_end_stream()
+        || body.size_hint().exact().is_some()
+        || req.headers().contains_key(http::header::CONTENT_LENGTH)
+    {
+        return;
+    }
+    req.headers_mut().insert(
+        http::header::TRANSFER_ENCODING,
+        http::HeaderValue::from_static("chunked"),
+    );
 }
 
 /// Puts a native connection whose response ended cleanly into this thread's idle set.

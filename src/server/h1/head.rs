@@ -124,11 +124,11 @@ pub fn parse<'b, 'h>(
     let len = match status {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
-            if buf.len() > limits.max_head {
+            let skip = leading_empty_lines(buf);
+            if partial_too_large(buf.len(), skip, limits.max_head) {
                 return Err(HEAD_TOO_LARGE);
             }
             // The request line alone is longer than any allowed target.
-            let skip = leading_empty_lines(buf);
             if !buf[skip..].contains(&b'\n') && buf.len() - skip > limits.max_uri + 64 {
                 return Err(URI_TOO_LONG);
             }
@@ -163,7 +163,16 @@ pub fn parse<'b, 'h>(
     }))
 }
 
-fn leading_empty_lines(buf: &[u8]) -> usize {
+/// True when a head still incomplete after `len` bytes (`leading` of them empty lines before the
+/// request line) cannot fit `max_head` once complete: its content (without the leading lines and
+/// the final line break, as the complete check counts it) is already larger. Never refuses a head
+/// that would fit, wherever the reads split it.
+pub fn partial_too_large(len: usize, leading: usize, max_head: usize) -> bool {
+    leading > max_head || len - leading > max_head.saturating_add(2)
+}
+
+/// Bytes of empty lines (CR, LF) before the request line.
+pub fn leading_empty_lines(buf: &[u8]) -> usize {
     buf.iter()
         .position(|&b| b != b'\r' && b != b'\n')
         .unwrap_or(buf.len())
