@@ -140,7 +140,47 @@ impl Drop for OpenConnection {
 /// is parked (see [`PARK_AFTER`]): HTTP/1 connections are served by a fresh hyper connection per
 /// busy period on the same socket. On a TLS listener the handshake comes first (bounded by
 /// `head_timeout`), and connections are not parked: the TLS session state stays with them.
-pub async fn serve(
+///
+/// The task is the path's own future, boxed: a plain native connection's task holds nothing of
+/// the other paths.
+pub fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    spec: Arc<ListenerSpec>,
+    live: Arc<Live>,
+    tunnels: Arc<Tunnels>,
+    drain: Drain,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    if spec.tls.is_none() && spec.http1 == Http1Codec::Native {
+        return Box::pin(async move {
+            let Some((_token, _open, stop)) = admit(&stream, &spec, &drain) else {
+                return;
+            };
+            serve_native_plain(stream, peer, spec, live, tunnels, stop).await;
+        });
+    }
+    Box::pin(serve_guarded(stream, peer, spec, live, tunnels, drain))
+}
+
+/// Registers a connection with its listener's drain and counters; `None` when the listener is
+/// already draining.
+fn admit(
+    stream: &TcpStream,
+    spec: &Arc<ListenerSpec>,
+    drain: &Drain,
+) -> Option<(DrainToken, OpenConnection, watch::Receiver<bool>)> {
+    let token = drain.token();
+    let open = OpenConnection::new(&spec.series);
+    let mut stop = drain.inner.stop.subscribe();
+    if *stop.borrow_and_update() {
+        return None;
+    }
+    let _ = stream.set_nodelay(true);
+    Some((token, open, stop))
+}
+
+/// [`serve`] for TLS listeners and the hyper codec.
+async fn serve_guarded(
     stream: TcpStream,
     peer: SocketAddr,
     spec: Arc<ListenerSpec>,
@@ -148,21 +188,12 @@ pub async fn serve(
     tunnels: Arc<Tunnels>,
     drain: Drain,
 ) {
-    let _token = drain.token();
-    let _open = OpenConnection::new(&spec.series);
-    let mut stop = drain.inner.stop.subscribe();
-    if *stop.borrow_and_update() {
+    let Some((_token, _open, mut stop)) = admit(&stream, &spec, &drain) else {
         return;
-    }
-    let _ = stream.set_nodelay(true);
+    };
     if let Some(tls) = spec.tls.clone() {
         // Boxed, so the plain path's task does not grow by the TLS path's state.
         Box::pin(serve_tls(stream, peer, tls, spec, live, tunnels, stop)).await;
-        return;
-    }
-    if spec.http1 == Http1Codec::Native {
-        // Boxed like the phases below: an idle connection's task stays small.
-        Box::pin(serve_native_plain(stream, peer, spec, live, tunnels, stop)).await;
         return;
     }
     let shared = Arc::new(ConnShared::default());
@@ -231,7 +262,10 @@ async fn serve_native_plain(
             let snap = live.load_full();
             respond(snap, req, info.clone())
         };
-        serve_h2(io, h2_service(handler), peer, stop).await;
+        // Boxed (in its own statement): inline, hyper's HTTP/2 connection state would make
+        // every HTTP/1 connection's task as large.
+        let h2 = Box::pin(serve_h2(io, h2_service(handler), peer, stop));
+        h2.await;
         return;
     }
     let setup = native_setup(&spec, peer, live, tunnels, None, Some(PARK_AFTER));

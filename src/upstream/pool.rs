@@ -89,7 +89,10 @@ impl Conn {
             Conn::Native(conn) => {
                 let back: h1::GiveBack =
                     Box::new(move |conn| give_back_native(key, max_idle, conn));
-                return match h1::send(conn, req, back).await {
+                // Boxed: inline, its state would enlarge every request's future, which is moved
+                // (copied) several times on its way into the connection's task.
+                let sending = Box::pin(h1::send(conn, req, back));
+                return match sending.await {
                     Ok(resp) => Ok((resp, None)),
                     Err(h1::Failure::Reset(error, unsent)) => Err(ConnFailure {
                         error,
