@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod demo;
 pub mod error;
 pub mod http1;
+pub mod inplace;
 pub mod limit;
 pub mod listener;
 pub mod observe;

@@ -360,7 +360,7 @@ where
     F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone,
     Fut: std::future::Future<Output = Result<hyper::Response<GuardedBody>, h2::Error>>,
 {
-    service_fn(move |req| Box::pin(handler(req)))
+    service_fn(move |req| crate::inplace::pinned(|| handler(req)))
 }
 
 /// Serves one request. A malformed HTTP/2 request (RFC 9113 §8.1.1) is a stream error: the

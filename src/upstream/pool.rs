@@ -91,7 +91,7 @@ impl Conn {
                     Box::new(move |conn| give_back_native(key, max_idle, conn));
                 // Boxed: inline, its state would enlarge every request's future, which is moved
                 // (copied) several times on its way into the connection's task.
-                let sending = Box::pin(h1::send(conn, req, back));
+                let sending = crate::inplace::pinned(|| h1::send(conn, req, back));
                 return match sending.await {
                     Ok(resp) => Ok((resp, None)),
                     Err(h1::Failure::Reset(error, unsent)) => Err(ConnFailure {

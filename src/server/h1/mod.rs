@@ -466,7 +466,7 @@ impl<T: Stream> Conn<T> {
         // One atomic load per request: every phase of this request sees this snapshot.
         let snap = self.setup.live.load_full();
         let info = self.setup.info.clone();
-        Box::pin(Exchange {
+        crate::inplace::pinned(|| Exchange {
             handler: async move { proxy::handle(snap, req, &info).await },
             feed,
             sending: None,
