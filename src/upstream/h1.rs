@@ -25,9 +25,6 @@ use crate::http1::{self, Outbox};
 /// Most header fields in a response head.
 const MAX_HEADERS: usize = 100;
 
-/// Bytes read per socket read.
-const READ_CHUNK: usize = 16 * 1024;
-
 /// The largest trailer section of a chunked response.
 const MAX_TRAILERS: usize = 16 * 1024;
 
@@ -150,8 +147,11 @@ impl H1 {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if let Io::Tcp(s) = &self.io {
+            return http1::poll_read_tcp(s, cx, &mut self.rbuf);
+        }
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(READ_CHUNK);
+            self.rbuf.reserve(http1::READ_CHUNK);
         }
         // tokio's `read_buf` reads into the spare capacity without zeroing it first; dropping
         // it while pending loses nothing.

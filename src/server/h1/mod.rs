@@ -39,8 +39,7 @@ use crate::http1::Outbox;
 use crate::proxy::{self, error_response, ResponseBody};
 use crate::snapshot::Live;
 
-/// Bytes read per socket read while a head or a body is expected.
-const READ_CHUNK: usize = 16 * 1024;
+use crate::http1::READ_CHUNK;
 
 /// Output buffered before it is written even though the body has more ready.
 const WRITE_AT: usize = 64 * 1024;
@@ -52,6 +51,17 @@ const DRAIN_MAX: u64 = 64 * 1024;
 /// A stream the codec can serve: readable readiness lets a parked connection wait without a
 /// buffer.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Reads once into `buf`'s spare capacity (reserving room when little is left). `Ok(0)`: EOF.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        // tokio's `read_buf` reads into the spare capacity without zeroing it first; dropping
+        // it while pending loses nothing.
+        let read = tokio::io::AsyncReadExt::read_buf(self, buf);
+        std::pin::pin!(read).poll(cx)
+    }
+
     /// Ready once the stream has bytes (or an error or EOF) to read. Streams that cannot tell
     /// (TLS) say ready at once and are never parked.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -61,6 +71,10 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Stream for tokio::net::TcpStream {
+    fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        crate::http1::poll_read_tcp(self, cx, buf)
+    }
+
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
     }
@@ -348,13 +362,7 @@ impl<T: Stream> Conn<T> {
 
     /// Reads once into the read buffer. `Ok(0)`: EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
-        // tokio's `read_buf` reads into the spare capacity without zeroing it first; dropping
-        // it while pending loses nothing.
-        let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.rbuf);
-        match std::pin::pin!(read).poll(cx) {
+        match self.io.poll_fill(cx, &mut self.rbuf) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     self.setup
