@@ -108,6 +108,8 @@ pub struct H1 {
     io: Io,
     rbuf: BytesMut,
     out: Outbox,
+    /// Field names and value ranges of the response head being parsed (reused).
+    fields: Vec<(HeaderName, usize, usize)>,
 }
 
 impl std::fmt::Debug for H1 {
@@ -136,6 +138,7 @@ impl H1 {
             io,
             rbuf: BytesMut::new(),
             out: Outbox::default(),
+            fields: Vec::new(),
         })
     }
 
@@ -299,7 +302,7 @@ pub async fn send(
         if tx.written > 0 {
             parts = None;
         }
-        match parse_head(&mut conn.rbuf, head_request) {
+        match parse_head(&mut conn.rbuf, &mut conn.fields, head_request) {
             Ok(Some(Parsed::Informational)) => continue,
             Ok(Some(Parsed::Head(h))) => return Poll::Ready(Ok(h)),
             Ok(None) => {}
@@ -420,7 +423,11 @@ enum Parsed {
 }
 
 /// Parses a response head at the start of `buf`, consuming it when complete.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, BoxError> {
+fn parse_head(
+    buf: &mut BytesMut,
+    fields: &mut Vec<(HeaderName, usize, usize)>,
+    head_request: bool,
+) -> Result<Option<Parsed>, BoxError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -440,7 +447,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     let code = parsed.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
     let http10 = parsed.version == Some(0);
-    let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(parsed.headers.len());
+    fields.clear();
     let (mut content_length, mut chunked, mut te, mut close, mut keep) =
         (None::<u64>, false, false, false, false);
     for h in parsed.headers.iter() {
@@ -474,8 +481,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
         return Ok(Some(Parsed::Informational));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, at, n) in fields {
+    // Room for what the proxy adds to a response (`X-Request-Id`, `Via`, a plugin's fields).
+    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    for (name, at, n) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| "invalid response field value")?;
         headers.append(name, value);

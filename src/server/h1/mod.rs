@@ -402,7 +402,9 @@ impl<T: Stream> Conn<T> {
         let head = self.rbuf.split_to(len).freeze();
         let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
             .map_err(|_| bad("malformed request target"))?;
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        // Room for what the proxy adds (`X-Forwarded-*`, `Via`, `X-Request-Id`, `Host`): a
+        // full map would rehash on the first of them.
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + 8);
         for (name, at, n) in self.fields.drain(..) {
             let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
                 .map_err(|_| bad("control characters in a header value"))?;
