@@ -55,7 +55,10 @@ struct Upgrade {
 impl<'c> Session<'c> {
     /// Starts the session of `req`, received on `conn`.
     pub(super) fn begin(snap: &Snapshot, req: &Request<Body>, conn: &'c ConnInfo) -> Self {
-        let request_id = forward::request_id(req.headers());
+        let mut request_id = forward::request_id(req.headers());
+        // Unique per request: HPACK must not index it (HTTP/2 both ways). Indexed, every value
+        // would be inserted into the connection's dynamic table and evict one that repeats.
+        request_id.set_sensitive(true);
         let ex = snap.observer.begin(
             req,
             &conn.listener.name,
