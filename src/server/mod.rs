@@ -216,10 +216,10 @@ async fn serve_guarded(
     }
     if Box::pin(io.is_http2_preface()).await {
         io.set_http2();
-        Box::pin(serve_h2(io, h2_service(handler), peer, stop)).await;
+        Box::pin(serve_h2(io, boxed_service(handler), peer, stop)).await;
         return;
     }
-    let svc = service_fn(handler);
+    let svc = boxed_service(handler);
     loop {
         match Box::pin(serve_h1(io, svc.clone(), peer, &mut stop)).await {
             Some(parked) => io = parked,
@@ -264,7 +264,7 @@ async fn serve_native_plain(
         };
         // Boxed (in its own statement): inline, hyper's HTTP/2 connection state would make
         // every HTTP/1 connection's task as large.
-        let h2 = Box::pin(serve_h2(io, h2_service(handler), peer, stop));
+        let h2 = Box::pin(serve_h2(io, boxed_service(handler), peer, stop));
         h2.await;
         return;
     }
@@ -338,17 +338,17 @@ async fn serve_tls(
     };
     if negotiated.h2 {
         io.set_http2();
-        serve_h2(io, h2_service(handler), peer, stop).await;
+        serve_h2(io, boxed_service(handler), peer, stop).await;
         return;
     }
     // Without parking the guard never hands the stream back: this serves until the end.
-    let _ = serve_h1(io, service_fn(handler), peer, &mut stop).await;
+    let _ = serve_h1(io, boxed_service(handler), peer, &mut stop).await;
 }
 
-/// The HTTP/2 service: each request's future boxed. hyper spawns a task per HTTP/2 stream and
-/// tokio moves the future into it (three copies of several KiB each); a box moves as a pointer.
-/// HTTP/1 requests are polled in their connection's task, where nothing moves them.
-fn h2_service<F, Fut>(
+/// The hyper service: each request's future boxed where it is built. hyper moves the service's
+/// future into its own state (HTTP/1: the dispatcher's in-flight slot; HTTP/2: a task per stream,
+/// where tokio moves it again); a future of several KiB copied each time cost more than the box.
+fn boxed_service<F, Fut>(
     handler: F,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
