@@ -31,7 +31,7 @@ fn json_text(n: usize) -> Vec<u8> {
             format!(
                 "{{\"id\":{i},\"name\":\"item {}\",\"active\":{}}},",
                 i * 7919 % 1000,
-                i % 3 == 0
+                i.is_multiple_of(3)
             )
             .as_bytes(),
         );

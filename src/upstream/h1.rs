@@ -126,7 +126,7 @@ pub type GiveBack = Box<dyn FnOnce(Box<H1>) + Send>;
 pub enum Failure {
     /// The connection broke or the upstream's answer was not HTTP; `unsent` holds the request
     /// when none of it was written.
-    Reset(BoxError, Option<Request<Body>>),
+    Reset(BoxError, Option<Box<Request<Body>>>),
     /// The client's body failed while it was being sent.
     Client(ClientBodyError),
 }
@@ -290,10 +290,9 @@ pub async fn send(
                 }
                 Poll::Ready(Err(TxError::Io(e))) => {
                     // Nothing written: the request goes back whole, to be sent elsewhere.
-                    let unsent = (tx.written == 0)
-                        .then(|| parts.take())
-                        .flatten()
-                        .map(|p| Request::from_parts(p, tx.body.take().unwrap_or_default()));
+                    let unsent = (tx.written == 0).then(|| parts.take()).flatten().map(|p| {
+                        Box::new(Request::from_parts(p, tx.body.take().unwrap_or_default()))
+                    });
                     return Poll::Ready(Err(Failure::Reset(Box::new(e), unsent)));
                 }
                 Poll::Pending => {}
@@ -306,7 +305,7 @@ pub async fn send(
             Ok(Some(Parsed::Informational)) => continue,
             Ok(Some(Parsed::Head(h))) => return Poll::Ready(Ok(h)),
             Ok(None) => {}
-            Err(e) => return Poll::Ready(Err(Failure::Reset(e.into(), None))),
+            Err(e) => return Poll::Ready(Err(Failure::Reset(e, None))),
         }
         if conn.rbuf.len() > super::pool::READ_BUF {
             return Poll::Ready(Err(Failure::Reset(
@@ -504,10 +503,11 @@ fn parse_head(
     } else {
         Decoder::UntilClose
     };
-    let keep_alive = !close
-        && (!http10 || keep)
-        && !matches!(decoder, Decoder::UntilClose)
-        && !(te && content_length.is_some());
+    // HTTP/1.0 keeps the connection only when asked; a body until close or framed twice ends it.
+    let persistent = if http10 { keep } else { !close };
+    let unframed = matches!(decoder, Decoder::UntilClose) || (te && content_length.is_some());
+    let framed = !unframed;
+    let keep_alive = persistent && !close && framed;
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = status;
     *resp.version_mut() = if http10 {

@@ -96,7 +96,7 @@ impl Conn {
                     Ok(resp) => Ok((resp, None)),
                     Err(h1::Failure::Reset(error, unsent)) => Err(ConnFailure {
                         error,
-                        unsent,
+                        unsent: unsent.map(|r| *r),
                         client: None,
                     }),
                     Err(h1::Failure::Client(e)) => Err(ConnFailure {

@@ -54,9 +54,9 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= 1024 * 1024 && b % (1024 * 1024) == 0 {
+        if b >= 1024 * 1024 && b.is_multiple_of(1024 * 1024) {
             write!(f, "{}MiB", b / (1024 * 1024))
-        } else if b >= 1024 && b % 1024 == 0 {
+        } else if b >= 1024 && b.is_multiple_of(1024) {
             write!(f, "{}KiB", b / 1024)
         } else {
             write!(f, "{b}B")
@@ -130,7 +130,7 @@ impl Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -153,7 +153,7 @@ impl Serialize for Dur {
     /// In its human form (`20ms`, `30s`); sub-millisecond durations in `us`, so that it reads
     /// back as the same duration.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0.subsec_nanos() % 1_000_000 == 0 {
+        if self.0.subsec_nanos().is_multiple_of(1_000_000) {
             s.collect_str(self)
         } else {
             s.collect_str(&format_args!("{}us", self.0.as_micros()))
