@@ -707,128 +707,23 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
     None
 }
 
-/// Checks one complete head (request line, header lines, blank line).
+/// Checks one complete head (request line, header lines, blank line) by the native codec's
+/// rules (`server::h1::head`): the body's length when it has one (`None`: chunked).
 ///
 /// Stricter than hyper where hyper would let something through or answer without a body: every
 /// refusal here gets a problem+json body.
 fn check_head(head: &[u8], limits: &HeadLimits) -> Result<Option<u64>, (StatusCode, &'static str)> {
-    const BAD: StatusCode = StatusCode::BAD_REQUEST;
-    let skip = head
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(head.len());
-    let head = &head[skip..];
-    let mut lines = head
-        .split(|&c| c == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(|&c| c == b' ');
-    let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    let (Some(method), Some(target), Some(version), None) = (method, target, version, parts.next())
-    else {
-        return Err((BAD, "malformed request line"));
-    };
-    if target.len() > limits.max_uri {
-        return Err((StatusCode::URI_TOO_LONG, "the request target is too long"));
+    use super::h1::head::{self as native, Framing, HeaderSlots};
+    let mut slots = HeaderSlots::new();
+    match native::parse(head, limits, &mut slots) {
+        Ok(Some(p)) => Ok(match p.traits.framing {
+            Framing::Length(n) => Some(n),
+            Framing::Chunked => None,
+        }),
+        // The blank line was found, yet the head does not parse as complete.
+        Ok(None) => Err((StatusCode::BAD_REQUEST, "malformed request head")),
+        Err(r) => Err((r.status, r.detail)),
     }
-    if method.is_empty()
-        || !method.iter().all(|&b| is_tchar(b))
-        || target.is_empty()
-        || target.iter().any(|&b| b <= b' ' || b == 0x7f)
-    {
-        return Err((BAD, "malformed request line"));
-    }
-    let http10 = match version {
-        b"HTTP/1.1" => false,
-        b"HTTP/1.0" => true,
-        _ => return Err((BAD, "unsupported HTTP version")),
-    };
-    // The final blank line is framing, not content.
-    let content_len = head
-        .len()
-        .saturating_sub(if head.ends_with(b"\r\n\r\n") { 2 } else { 1 });
-    if content_len > limits.max_head {
-        return Err((
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "the request head is too large",
-        ));
-    }
-    let (mut count, mut content_length, mut te) = (0usize, None::<&[u8]>, None::<&[u8]>);
-    for line in lines {
-        if line.is_empty() {
-            break;
-        }
-        if line[0] == b' ' || line[0] == b'\t' {
-            return Err((BAD, "obsolete line folding is not allowed"));
-        }
-        count += 1;
-        let Some(colon) = line.iter().position(|&c| c == b':') else {
-            return Err((BAD, "malformed header line"));
-        };
-        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-            return Err((BAD, "malformed header name"));
-        }
-        if value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
-            return Err((BAD, "control characters in a header value"));
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            if value.is_empty()
-                || !value.iter().all(u8::is_ascii_digit)
-                || content_length.is_some_and(|v| v != value)
-            {
-                return Err((BAD, "invalid or conflicting Content-Length"));
-            }
-            content_length = Some(value);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te = Some(value);
-        }
-    }
-    if count > limits.max_headers {
-        return Err((
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "the request has too many header fields",
-        ));
-    }
-    if let Some(te) = te {
-        if content_length.is_some() {
-            // RFC 9112 §6.1: a smuggling vector; reject like nginx rather than let one header win.
-            return Err((
-                BAD,
-                "Content-Length and Transfer-Encoding together are not allowed",
-            ));
-        }
-        let last = te
-            .rsplit(|&c| c == b',')
-            .next()
-            .map(trim)
-            .unwrap_or_default();
-        if http10 || !last.eq_ignore_ascii_case(b"chunked") {
-            return Err((BAD, "Transfer-Encoding must end with chunked"));
-        }
-        // A chunked body's length is only known by decoding it.
-        return Ok(None);
-    }
-    // Digits only (checked above); an absurd length simply never completes.
-    let len = content_length.map_or(Some(0), |v| std::str::from_utf8(v).ok()?.parse().ok());
-    Ok(len)
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end]
-}
-
-/// RFC 9110 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 impl GuardedIo<tokio::net::TcpStream> {
