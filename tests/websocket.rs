@@ -364,3 +364,78 @@ async fn websocket_survives_reload_that_moves_its_route() {
     drop((old, new));
     wait_no_tunnels(&gw).await;
 }
+
+/// A raw upstream that accepts any upgrade with a 101 and then sends without end, counting the
+/// bytes the socket took; it stops when its peer is gone.
+async fn flooding_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let closed = Arc::new(AtomicUsize::new(0));
+    let c = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: flood\r\n\r\n";
+                if s.write_all(reply).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                while s.write_all(&chunk).await.is_ok() {}
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_client_reads_nothing_is_closed_after_send_timeout_with_either_codec() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for codec in ["native", "hyper"] {
+        let (up, closed) = flooding_upstream().await;
+        let yaml = ws_config(&format!("http://{up}"))
+            .replace(
+                "server: { drain_timeout: 5s }",
+                &format!("server: {{ drain_timeout: 5s, http1: {codec} }}"),
+            )
+            .replacen(
+                "    address: 127.0.0.1:0\n",
+                "    address: 127.0.0.1:0\n    limits: { send_timeout: 1s }\n",
+                1,
+            );
+        assert!(yaml.contains(&format!("http1: {codec}")), "{yaml}");
+        let gw = common::gateway(&yaml).await;
+        let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: flood\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut first = [0u8; 12];
+        s.read_exact(&mut first).await.expect("101");
+        assert_eq!(&first, b"HTTP/1.1 101", "{codec}");
+        // The client reads nothing more: once the socket buffers are full, the gateway's writes
+        // to it make no progress, and after `send_timeout` the tunnel is closed.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while gw.gw.open_tunnels() != 0 || closed.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{codec}: the tunnel stayed open ({} open, upstream closed: {})",
+                gw.gw.open_tunnels(),
+                closed.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(s);
+    }
+}

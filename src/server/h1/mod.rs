@@ -14,6 +14,7 @@
 pub mod encode;
 pub mod head;
 pub mod pipe;
+mod tunnel;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -152,7 +153,15 @@ impl<T: Stream> Conn<T> {
                 Step::Sent { keep_alive } => keep_alive,
                 Step::Upgraded => {
                     let Some(tx) = upgrade else { return };
-                    let Conn { io, rbuf, .. } = self;
+                    let Conn {
+                        io, rbuf, setup, ..
+                    } = self;
+                    let listener = &setup.info.listener;
+                    let io = tunnel::Watched::new(
+                        io,
+                        listener.transfer.send_timeout,
+                        listener.series.clone(),
+                    );
                     let _ = tx.send(Box::new(crate::body::Rewind::new(rbuf.freeze(), io)));
                     return;
                 }
