@@ -279,6 +279,7 @@ pub async fn send(
         trailers: None,
         written: 0,
     };
+    let replayable = framing == Framing::None && parts.method.is_idempotent();
     let mut parts = Some(parts);
     let mut sent = false;
     let head = poll_fn(|cx| loop {
@@ -298,7 +299,8 @@ pub async fn send(
                 Poll::Pending => {}
             }
         }
-        if tx.written > 0 {
+        // Kept while the request could still be sent again (see `closed_unanswered`).
+        if tx.written > 0 && !replayable {
             parts = None;
         }
         match parse_head(&mut conn.rbuf, &mut conn.fields, head_request) {
@@ -313,17 +315,20 @@ pub async fn send(
                 None,
             )));
         }
-        match conn.poll_fill(cx) {
-            Poll::Ready(Ok(0)) => {
-                return Poll::Ready(Err(Failure::Reset(
-                    "the upstream closed the connection before answering".into(),
-                    None,
-                )))
-            }
-            Poll::Ready(Ok(_)) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Reset(Box::new(e), None))),
+        let closed: BoxError = match conn.poll_fill(cx) {
+            Poll::Ready(Ok(0)) => "the upstream closed the connection before answering".into(),
+            Poll::Ready(Ok(_)) => continue,
+            Poll::Ready(Err(e)) => Box::new(e),
             Poll::Pending => return Poll::Pending,
-        }
+        };
+        // Closed or reset with not a byte of an answer: an idle connection the upstream closed
+        // as it was reused. A request without a body and of a method that may be repeated
+        // (RFC 9110 §9.2.2) comes back to be sent on another connection.
+        let unsent = (replayable && conn.rbuf.is_empty())
+            .then(|| parts.take())
+            .flatten()
+            .map(|p| Box::new(Request::from_parts(p, Body::empty())));
+        return Poll::Ready(Err(Failure::Reset(closed, unsent)));
     })
     .await?;
     let Head {

@@ -763,8 +763,9 @@ impl Upstream {
                         return Err(Failed::Client(e));
                     }
                     match unsent {
-                        // A pooled connection that closed while idle: never written, so
-                        // sending again on another connection is safe for any method.
+                        // A pooled connection that closed while idle: never written (or, on a
+                        // native connection, a bodiless idempotent request the upstream closed
+                        // on without a byte of answer), so sending it again is safe.
                         Some(r) if reused => {
                             req = r;
                             pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout);
