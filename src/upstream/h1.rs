@@ -118,8 +118,21 @@ impl std::fmt::Debug for H1 {
     }
 }
 
-/// Where a connection goes when its response ended cleanly.
-pub type GiveBack = Box<dyn FnOnce(Box<H1>) + Send>;
+/// Where a connection goes when its response ended cleanly: this worker thread's idle set for
+/// the endpoint `key`, which keeps at most `max_idle`.
+#[derive(Clone, Copy, Debug)]
+pub struct GiveBack {
+    /// The endpoint's pool key.
+    pub key: u64,
+    /// Most idle connections kept for it.
+    pub max_idle: usize,
+}
+
+impl GiveBack {
+    fn give(self, conn: Box<H1>) {
+        super::pool::give_back_native(self.key, self.max_idle, conn);
+    }
+}
 
 /// Why a request failed on a native connection.
 #[derive(Debug)]
@@ -348,7 +361,7 @@ pub async fn send(
     let reusable = keep_alive && sent;
     if decoder.is_done() && tx.body.is_none() {
         if reusable && conn.rbuf.is_empty() {
-            back(conn);
+            back.give(conn);
         }
         return Ok(resp);
     }
@@ -552,7 +565,7 @@ impl RespBody {
         };
         if self.keep_alive && !self.sending && conn.rbuf.is_empty() {
             if let Some(back) = self.back.take() {
-                back(conn);
+                back.give(conn);
             }
         }
     }

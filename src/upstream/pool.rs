@@ -87,8 +87,7 @@ impl Conn {
             }
             Conn::H2(mut s) => (s.try_send_request(req).await, Conn::H2(s)),
             Conn::Native(conn) => {
-                let back: h1::GiveBack =
-                    Box::new(move |conn| give_back_native(key, max_idle, conn));
+                let back = h1::GiveBack { key, max_idle };
                 // Boxed: inline, its state would enlarge every request's future, which is moved
                 // (copied) several times on its way into the connection's task.
                 let sending = crate::inplace::pinned(|| h1::send(conn, req, back));
@@ -147,7 +146,7 @@ fn chunk_unknown_length(req: &mut Request<Body>) {
 }
 
 /// Puts a native connection whose response ended cleanly into this thread's idle set.
-fn give_back_native(key: u64, max_idle: usize, conn: Box<H1>) {
+pub(super) fn give_back_native(key: u64, max_idle: usize, conn: Box<H1>) {
     if max_idle == 0 {
         return;
     }

@@ -141,12 +141,14 @@ pub fn parse<'b, 'h>(
     let http10 = req.version == Some(0);
     let headers: &'h [httparse::Header<'b>] = req.headers;
     // The final blank line is framing, not content.
-    let content = len.saturating_sub(leading_empty_lines(buf))
-        - if buf[..len].ends_with(b"\r\n\r\n") {
-            2
-        } else {
-            1
-        };
+    let final_break = if buf[..len].ends_with(b"\r\n\r\n") {
+        2
+    } else {
+        1
+    };
+    let content = len
+        .saturating_sub(leading_empty_lines(buf))
+        .saturating_sub(final_break);
     if content > limits.max_head {
         return Err(HEAD_TOO_LARGE);
     }
