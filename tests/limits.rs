@@ -263,3 +263,48 @@ async fn upstream_timeout_starts_after_the_request_body_is_sent() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "3000");
 }
+
+/// Sends `req`, shuts the write side at once, and reads until the gateway closes.
+async fn half_closed(addr: std::net::SocketAddr, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(req).await.unwrap();
+    s.shutdown().await.unwrap();
+    common::read_until_close(&mut s, Duration::from_secs(5)).await
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_is_treated_alike_by_both_codecs() {
+    // hyper's rule, kept by the native codec: a client that closes its side has left, and its
+    // request in flight is dropped; requests already answered, and a refusal, still reach it.
+    // An upstream slower than the client's FIN, so the FIN is always seen first.
+    let up = common::upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hyper::Response::new(common::full("late"))
+    })
+    .await;
+    let mut seen = Vec::new();
+    for codec in ["native", "hyper"] {
+        let yaml = config(&format!(
+            "upstreams: {{ u: {{ targets: [{{ url: \"{}\" }}] }} }}\nroutes:\n  - {{ name: r, match: {{ paths: [\"/\"] }}, upstream: u }}\n",
+            up.url()
+        ))
+        .replace(
+            "server: { drain_timeout: 5s }",
+            &format!("server: {{ drain_timeout: 5s, http1: {codec} }}"),
+        );
+        let gw = gateway(&yaml).await;
+        let one = half_closed(gw.addr, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let bad = half_closed(gw.addr, b"GET /a HTTP/1.1\r\nHost: x\r\nA : b\r\n\r\n").await;
+        assert_eq!(status_of(&bad), "400", "{codec}: {bad}");
+        seen.push((
+            codec,
+            status_of(&one).to_string(),
+            one.matches("HTTP/1.1 ").count(),
+        ));
+    }
+    // Neither answers the request the client left behind, and neither hangs.
+    assert_eq!(
+        seen,
+        vec![("native", String::new(), 0), ("hyper", String::new(), 0)]
+    );
+}
