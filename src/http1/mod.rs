@@ -212,7 +212,20 @@ pub fn fields(out: &mut Vec<u8>, headers: &http::HeaderMap) {
 pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&c| c == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        .any(|t| trim_ows(t).eq_ignore_ascii_case(token))
+}
+
+/// Trims optional whitespace (SP, HTAB: RFC 9110 §5.6.3) on both sides.
+pub fn trim_ows(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| *c != b' ' && *c != b'\t')
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| *c != b' ' && *c != b'\t')
+        .map_or(start, |e| e + 1);
+    &b[start..end]
 }
 
 #[cfg(test)]

@@ -36,6 +36,65 @@ use crate::snapshot::HeadLimits;
 /// A deadline this far away stands for "never" (about 30 years), for durations the clock cannot add.
 const FAR_FUTURE_SECS: u64 = 30 * 365 * 24 * 3600;
 
+/// `after` from now; a duration too long for the clock means no deadline, never a panic.
+pub(crate) fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(FAR_FUTURE_SECS))
+}
+
+/// What a write gets once the client read nothing for the send timeout.
+pub(crate) fn send_timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client read nothing for the send timeout",
+    )
+}
+
+/// The send timeout of a stream: started by the first write that waits on the client, kept by
+/// the ones after it, reset by any progress. Its timer is made at the first such wait, so streams
+/// whose client keeps up never allocate it.
+#[derive(Debug)]
+pub(crate) struct SendClock {
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A write or flush is waiting on the client since the timer was last armed.
+    stalled: bool,
+}
+
+impl SendClock {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        SendClock {
+            timeout,
+            timer: None,
+            stalled: false,
+        }
+    }
+
+    /// A write or flush made progress.
+    pub(crate) fn progress(&mut self) {
+        self.stalled = false;
+    }
+
+    /// A write or flush could not go on: the error once none has made progress for the whole
+    /// timeout. The timer is polled, so the task wakes at the deadline even if the socket never
+    /// becomes writable.
+    pub(crate) fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if !self.stalled {
+            self.stalled = true;
+            let deadline = deadline_after(self.timeout);
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match self.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(send_timed_out()),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 /// State shared between a connection's stream and its requests (one per connection, never
 /// shared across connections).
 #[derive(Debug, Default)]
@@ -220,14 +279,9 @@ pub struct GuardedIo<T> {
     prefix: Option<bytes::Bytes>,
     /// The listener's byte counters.
     series: Option<Arc<ListenerSeries>>,
-    /// Writes may make no progress for this long (a client that reads nothing): then they fail
-    /// and hyper closes the connection.
-    send_timeout: Option<Duration>,
-    /// Runs while writes wait on the client; made at the first such wait, so connections whose
-    /// client keeps up never allocate it.
-    send_timer: Option<Pin<Box<Sleep>>>,
-    /// A write or flush is waiting on the client since `send_timer` was last armed.
-    send_stalled: bool,
+    /// Writes may make no progress for its timeout (a client that reads nothing): then they
+    /// fail and hyper closes the connection.
+    send: Option<SendClock>,
     /// HTTP/2: whether the armed timer watches sends (streams in flight) rather than idleness,
     /// and the response bodies' progress when it was armed.
     h2_busy: bool,
@@ -261,9 +315,7 @@ impl<T> GuardedIo<T> {
             body_left: Some(0),
             prefix: None,
             series: None,
-            send_timeout: None,
-            send_timer: None,
-            send_stalled: false,
+            send: None,
             h2_busy: false,
             polls_seen: 0,
         }
@@ -271,7 +323,7 @@ impl<T> GuardedIo<T> {
 
     /// Fails writes that make no progress for `after` (the client stopped reading).
     pub fn with_send_timeout(mut self, after: Duration) -> Self {
-        self.send_timeout = Some(after);
+        self.send = Some(SendClock::new(after));
         self
     }
 
@@ -284,7 +336,7 @@ impl<T> GuardedIo<T> {
             self.arm(idle);
             return;
         }
-        match self.send_timeout {
+        match self.send.as_ref().map(|c| c.timeout) {
             Some(t) => {
                 self.polls_seen = self.shared.body_polls.load(Ordering::Relaxed);
                 self.arm(t);
@@ -304,28 +356,15 @@ impl<T> GuardedIo<T> {
     /// Tracks write progress: `pending` when a write or flush could not go on. Returns the error
     /// to give hyper once no progress has been made for the whole send timeout.
     fn send_progress(&mut self, cx: &mut Context<'_>, pending: bool) -> Option<io::Error> {
-        let timeout = self.send_timeout?;
+        let clock = self.send.as_mut()?;
         if !pending {
-            self.send_stalled = false;
+            clock.progress();
             return None;
         }
-        if !self.send_stalled {
-            // The first write to wait on the client starts the clock; later ones keep it.
-            self.send_stalled = true;
-            let deadline = Instant::now() + timeout;
-            match &mut self.send_timer {
-                Some(t) => t.as_mut().reset(deadline),
-                None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
+        match clock.poll_waiting(cx) {
+            Poll::Ready(e) => Some(e),
+            Poll::Pending => None,
         }
-        let timer = self.send_timer.as_mut()?;
-        // Polled so the task wakes at the deadline even if the socket never becomes writable.
-        timer.as_mut().poll(cx).is_ready().then(|| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing for the send timeout",
-            )
-        })
     }
 
     /// Counts the bytes read and written in the listener's `series`.
@@ -382,11 +421,7 @@ impl<T> GuardedIo<T> {
     }
 
     fn arm(&mut self, after: Duration) {
-        // Saturating: a duration too long for the clock means no deadline, never a panic.
-        let now = Instant::now();
-        let deadline = now
-            .checked_add(after)
-            .unwrap_or_else(|| now + Duration::from_secs(FAR_FUTURE_SECS));
+        let deadline = deadline_after(after);
         match &mut self.timer {
             Some(t) => t.as_mut().reset(deadline),
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),

@@ -470,7 +470,7 @@ fn parse_head(
     for h in parsed.headers.iter() {
         let name =
             HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid response field name")?;
-        let value = h.value.trim_ascii();
+        let value = http1::trim_ows(h.value);
         if name == header::CONTENT_LENGTH {
             let n = std::str::from_utf8(value)
                 .ok()
@@ -486,7 +486,7 @@ fn parse_head(
             chunked = value
                 .rsplit(|&c| c == b',')
                 .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                .is_some_and(|t| http1::trim_ows(t).eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
             close |= http1::has_token(value, b"close");
             keep |= http1::has_token(value, b"keep-alive");

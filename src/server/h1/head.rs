@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 
 use http::StatusCode;
 
+use crate::http1::trim_ows;
 use crate::snapshot::HeadLimits;
 
 /// Header lines parsed on the stack; a listener allowing more uses a heap array.
@@ -222,7 +223,7 @@ fn traits(headers: &[httparse::Header<'_>], http10: bool) -> Result<Traits, Refu
     let (mut close, mut keep, mut upgrade_token, mut upgrade_field) = (false, false, false, false);
     let (mut expect_continue, mut trailers) = (false, false);
     for h in headers {
-        let value = trim(h.value);
+        let value = trim_ows(h.value);
         let name = h.name.as_bytes();
         // Dispatch on length first: most fields are none of these.
         match name.len() {
@@ -238,7 +239,7 @@ fn traits(headers: &[httparse::Header<'_>], http10: bool) -> Result<Traits, Refu
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => te = Some(value),
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                for t in value.split(|&c| c == b',').map(trim) {
+                for t in value.split(|&c| c == b',').map(trim_ows) {
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if t.eq_ignore_ascii_case(b"keep-alive") {
@@ -255,7 +256,7 @@ fn traits(headers: &[httparse::Header<'_>], http10: bool) -> Result<Traits, Refu
             2 if name.eq_ignore_ascii_case(b"te") => {
                 trailers = value
                     .split(|&c| c == b',')
-                    .any(|t| trim(t).eq_ignore_ascii_case(b"trailers"));
+                    .any(|t| trim_ows(t).eq_ignore_ascii_case(b"trailers"));
             }
             _ => {}
         }
@@ -271,7 +272,7 @@ fn traits(headers: &[httparse::Header<'_>], http10: bool) -> Result<Traits, Refu
             let last = te
                 .rsplit(|&c| c == b',')
                 .next()
-                .map(trim)
+                .map(trim_ows)
                 .unwrap_or_default();
             if http10 || !last.eq_ignore_ascii_case(b"chunked") {
                 return Err(bad("Transfer-Encoding must end with chunked"));
@@ -293,19 +294,6 @@ fn traits(headers: &[httparse::Header<'_>], http10: bool) -> Result<Traits, Refu
         upgrade: upgrade_token && upgrade_field && !http10,
         trailers,
     })
-}
-
-/// Trims optional whitespace (SP, HTAB) on both sides.
-pub fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| *c != b' ' && *c != b'\t')
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| *c != b' ' && *c != b'\t')
-        .map_or(start, |e| e + 1);
-    &b[start..end]
 }
 
 #[cfg(test)]

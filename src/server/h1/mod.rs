@@ -805,16 +805,13 @@ impl<T: Stream> Conn<T> {
     fn poll_send_timeout(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.send_stalled {
             self.send_stalled = true;
-            let now = Instant::now();
-            self.send_deadline = now
-                .checked_add(self.setup.info.listener.transfer.send_timeout)
-                .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600));
+            // The connection's one timer (idle between requests) does this while one is in
+            // flight.
+            self.send_deadline =
+                super::conn::deadline_after(self.setup.info.listener.transfer.send_timeout);
         }
         match self.poll_timer(cx, self.send_deadline) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing for the send timeout",
-            ))),
+            Poll::Ready(()) => Poll::Ready(Err(super::conn::send_timed_out())),
             Poll::Pending => Poll::Pending,
         }
     }

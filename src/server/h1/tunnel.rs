@@ -2,7 +2,6 @@
 //! listener's series, and its writes under the send timeout, as on an HTTP connection: a tunnel
 //! whose client reads nothing is closed (the copy fails) instead of holding both connections.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -10,46 +9,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
-
 use crate::observe::metrics::ListenerSeries;
+use crate::server::conn::SendClock;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A tunnel's client stream, watched.
 pub struct Watched<T> {
     io: T,
-    send_timeout: Duration,
+    send: SendClock,
     series: Arc<ListenerSeries>,
-    /// Armed when a write first waits on the client; reset by any progress.
-    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> Watched<T> {
     pub fn new(io: T, send_timeout: Duration, series: Arc<ListenerSeries>) -> Self {
         Watched {
             io,
-            send_timeout,
+            send: SendClock::new(send_timeout),
             series,
-            stalled: None,
-        }
-    }
-
-    /// A write could not go on: fails once none has made progress for the send timeout.
-    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let after = self.send_timeout;
-        let timer = self.stalled.get_or_insert_with(|| {
-            let now = Instant::now();
-            let deadline = now
-                .checked_add(after)
-                .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600));
-            Box::pin(tokio::time::sleep_until(deadline))
-        });
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing for the send timeout",
-            ))),
-            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -60,16 +36,15 @@ impl<T> Watched<T> {
     ) -> Poll<io::Result<usize>> {
         match r {
             Poll::Ready(Ok(n)) => {
-                self.stalled = None;
+                self.send.progress();
                 self.series.sent.fetch_add(n as u64, Ordering::Relaxed);
                 Poll::Ready(Ok(n))
             }
-            Poll::Pending => self.waiting(cx),
+            Poll::Pending => self.send.poll_waiting(cx).map(Err),
             other => other,
         }
     }
 }
-
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -111,9 +86,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Pending => self.waiting(cx).map_ok(|_| ()),
+            Poll::Pending => self.send.poll_waiting(cx).map(Err),
             other => {
-                self.stalled = None;
+                self.send.progress();
                 other
             }
         }
