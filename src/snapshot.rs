@@ -13,11 +13,12 @@ use frontdesk_config::model::Http1Codec;
 use frontdesk_config::{parse_nets, Config, Diagnostic, FieldPath};
 use http::HeaderValue;
 
+use crate::cache::Cache;
 use crate::consumer::Consumers;
 use crate::limit::redis::RedisStore;
 use crate::observe::metrics::{Gauges, ListenerSeries, Metrics, TargetGauges, UpstreamGauges};
 use crate::observe::Observer;
-use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, Scope};
+use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, RouteTarget, Scope};
 use crate::plugins;
 use crate::route::{
     normalize_host, stripped_path, ExplainRequest, Explanation, MatchedRoute, RequestSummary,
@@ -121,6 +122,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// The shared limiter store, when `redis:` is configured.
     pub redis: Option<Arc<RedisStore>>,
+    /// The response cache's stores, when a route caches (or `cache:` is configured).
+    pub cache: Option<Arc<Cache>>,
     /// The process's metrics; the same instance in every generation.
     pub metrics: Arc<Metrics>,
     /// When this generation was built (it goes live right after).
@@ -219,10 +222,27 @@ impl Snapshot {
                 },
             },
         };
+        // The cache's stores survive reloads that keep the same `cache:` settings (and are made
+        // only when something caches).
+        let caching = cfg.cache.is_some()
+            || cfg.plugins.cache.is_some()
+            || cfg.routes.iter().any(|r| r.plugins.cache.is_some());
+        let cache = caching.then(|| {
+            let stores = cfg.cache.clone().unwrap_or_else(default_stores);
+            match prev
+                .and_then(|p| p.cache.clone())
+                .filter(|c| *c.config() == stores)
+            {
+                Some(c) => c,
+                None => Arc::new(Cache::new(&stores)),
+            }
+        });
         let upstreams = Arc::new(upstreams);
         let env = BuildEnv {
             upstreams: upstreams.clone(),
             consumers,
+            cache: cache.clone(),
+            route_target: None,
             redis: redis.clone(),
             scope: Scope::Global,
             metrics: metrics.clone(),
@@ -244,6 +264,10 @@ impl Snapshot {
             let name: Arc<str> = Arc::from(r.name.as_str());
             let mut chain = ChainBuilder::new(BuildEnv {
                 route: Some(name.clone()),
+                route_target: r.upstream.as_ref().map(|u| RouteTarget {
+                    upstream: u.clone(),
+                    preserve_host: r.preserve_host,
+                }),
                 ..env.clone()
             });
             chain.extend_from(&global);
@@ -371,6 +395,7 @@ impl Snapshot {
                     drain_timeout: cfg.server.drain_timeout.get(),
                     config: Arc::new(cfg),
                     redis,
+                    cache,
                     metrics,
                     loaded_at: std::time::SystemTime::now(),
                     observer: observer
@@ -512,5 +537,13 @@ impl Default for Transfer {
 impl Drop for Snapshot {
     fn drop(&mut self) {
         self.stop_background();
+    }
+}
+
+/// The cache's stores when the config has no `cache:` section but a route caches.
+fn default_stores() -> frontdesk_config::CacheStoresConfig {
+    frontdesk_config::CacheStoresConfig {
+        memory: Default::default(),
+        redis: None,
     }
 }

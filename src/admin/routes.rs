@@ -37,6 +37,12 @@ enum AdminError {
     /// A valid config could not be written to the config file.
     #[error("the config is valid but could not be saved: {0}")]
     Persist(std::io::Error),
+    /// A request body that is not what the endpoint takes.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing to act on (no route caches).
+    #[error("{0}")]
+    NotFound(&'static str),
 }
 
 impl IntoResponse for AdminError {
@@ -45,6 +51,8 @@ impl IntoResponse for AdminError {
             AdminError::Gone => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Explain(_) => StatusCode::BAD_REQUEST,
             AdminError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
         };
         Problem::new(status, self.to_string()).into_response()
     }
@@ -76,6 +84,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         guarded("GET", "/routes", get(routes)),
         guarded("GET", "/upstreams", get(upstreams)),
         guarded("GET", "/explain", get(explain)),
+        guarded("POST", "/cache/purge", post(purge_cache)),
     ]
 }
 
@@ -262,6 +271,45 @@ async fn explain(
     }
     let req = ExplainRequest::new(&method, host.as_deref(), &path, &headers)?;
     Ok(Json(snap.explain(&req)))
+}
+
+/// `POST /cache/purge`: `{"key"|"url"|"prefix"|"tag": "...", "soft": false}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    key: Option<String>,
+    url: Option<String>,
+    prefix: Option<String>,
+    tag: Option<String>,
+    #[serde(default)]
+    soft: bool,
+}
+
+async fn purge_cache(
+    State(s): State<AdminState>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, AdminError> {
+    use crate::cache::Purge;
+    let snap = s.gateway().ok_or(AdminError::Gone)?.snapshot();
+    let b: PurgeBody = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::BadRequest(format!("invalid purge request: {e}")))?;
+    let what = match (b.key, b.url, b.prefix, b.tag) {
+        (Some(k), None, None, None) => Purge::Key(k),
+        (None, Some(u), None, None) => Purge::Url(u),
+        (None, None, Some(p), None) => Purge::Prefix(p),
+        (None, None, None, Some(t)) => Purge::Tag(t),
+        _ => {
+            return Err(AdminError::BadRequest(
+                "name exactly one of key, url, prefix or tag".into(),
+            ))
+        }
+    };
+    let cache = snap
+        .cache
+        .as_ref()
+        .ok_or(AdminError::NotFound("no route caches responses"))?;
+    let purged = crate::plugins::cache::purge(cache, &what, b.soft);
+    Ok(Json(json!({ "purged": purged, "soft": b.soft })))
 }
 
 #[cfg(test)]

@@ -121,14 +121,21 @@ pub enum Family {
     /// `frontdesk_anonymous_requests_total{consumer,route,status_class}`: requests that went on
     /// as an auth plugin's `anonymous` consumer (not counted as that consumer's own).
     AnonymousRequests,
+    /// `frontdesk_cache_requests_total{route,tier,result}`: cache look-ups and stores by result
+    /// (hit, stale, miss, bypass, revalidated, coalesced, stored).
+    Cache,
+    /// `frontdesk_cache_stored_bytes_total{route,tier,result}`: body bytes stored.
+    CacheStoredBytes,
 }
 
 impl Family {
-    const ALL: [Family; 4] = [
+    const ALL: [Family; 6] = [
         Family::AuthFailures,
         Family::RatelimitDecisions,
         Family::ConsumerRequests,
         Family::AnonymousRequests,
+        Family::Cache,
+        Family::CacheStoredBytes,
     ];
 
     fn name(self) -> &'static str {
@@ -137,6 +144,8 @@ impl Family {
             Family::RatelimitDecisions => "frontdesk_ratelimit_decisions",
             Family::ConsumerRequests => "frontdesk_consumer_requests",
             Family::AnonymousRequests => "frontdesk_anonymous_requests",
+            Family::Cache => "frontdesk_cache_requests",
+            Family::CacheStoredBytes => "frontdesk_cache_stored_bytes",
         }
     }
 
@@ -148,6 +157,8 @@ impl Family {
             Family::AnonymousRequests => {
                 "Requests that went on as an anonymous consumer, unidentified (opt-in)."
             }
+            Family::Cache => "Response cache look-ups and stores, by result.",
+            Family::CacheStoredBytes => "Response body bytes stored by the cache.",
         }
     }
 
@@ -158,6 +169,7 @@ impl Family {
             Family::ConsumerRequests | Family::AnonymousRequests => {
                 ["consumer", "route", "status_class"]
             }
+            Family::Cache | Family::CacheStoredBytes => ["route", "tier", "result"],
         }
     }
 }

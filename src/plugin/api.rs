@@ -116,6 +116,24 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A context for work a plugin does on its own after the exchange (a background refresh):
+    /// this exchange's request id, route and caller, nothing of its plugin state, no trace.
+    pub fn detached(&self) -> Ctx {
+        Ctx {
+            request_id: self.request_id.clone(),
+            route: self.route.clone(),
+            client: self.client,
+            client_ip: self.client_ip,
+            consumer: self.consumer.clone(),
+            anonymous: self.anonymous,
+            client_cert: self.client_cert.clone(),
+            ext: http::Extensions::new(),
+            response_headers: Vec::new(),
+            trace: None,
+            calls: Vec::new(),
+        }
+    }
+
     /// A context for unit tests of plugins.
     pub fn for_test() -> Ctx {
         Ctx {
@@ -149,6 +167,8 @@ pub struct Phases {
     pub response_body: bool,
     /// `log`.
     pub log: bool,
+    /// `recover`.
+    pub recover: bool,
 }
 
 impl Phases {
@@ -159,6 +179,7 @@ impl Phases {
         request_body: true,
         response_body: true,
         log: true,
+        recover: false,
     };
     /// `request_filter` only.
     pub const REQUEST: Phases = Phases {
@@ -167,6 +188,7 @@ impl Phases {
         request_body: false,
         response_body: false,
         log: false,
+        recover: false,
     };
     /// `request_filter` and `response_filter`.
     pub const REQUEST_RESPONSE: Phases = Phases {
@@ -273,6 +295,15 @@ pub trait Plugin: Send + Sync + 'static {
         _cx: &mut Ctx,
     ) -> Result<(), PluginError> {
         Ok(())
+    }
+
+    /// The recovery phase: runs when the request failed upstream (an error, a timeout, no
+    /// healthy target, an open circuit breaker; `status` is the gateway error's `502`, `503` or
+    /// `504`), in reverse plugin order. A plugin may answer instead (a stored response); the
+    /// answer then goes through the response phases like any plugin answer. Only for plugins
+    /// whose [`Phases`] say `recover` (not in [`Phases::ALL`]).
+    async fn recover(&self, _status: StatusCode, _cx: &mut Ctx) -> Option<PluginResponse> {
+        None
     }
 
     /// The logging phase: runs once when the exchange is over (the response body sent, the

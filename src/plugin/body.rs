@@ -24,6 +24,9 @@ pub enum BodyAction {
     /// (`request_body_buffered` or `response_body_buffered`), which may change the head too.
     /// `Content-Length` is set to the new length.
     Buffer(BufferCap),
+    /// Drop the body and send this one instead (a stored response in place of a `304` or an
+    /// error). `Content-Length` follows the new body's exact size, or is removed when it has none.
+    Replace(Body),
 }
 
 impl std::fmt::Debug for BodyAction {
@@ -32,6 +35,7 @@ impl std::fmt::Debug for BodyAction {
             BodyAction::Pass => f.write_str("Pass"),
             BodyAction::Stream(_) => f.write_str("Stream"),
             BodyAction::Buffer(c) => f.debug_tuple("Buffer").field(c).finish(),
+            BodyAction::Replace(_) => f.write_str("Replace"),
         }
     }
 }

@@ -80,7 +80,7 @@ impl PluginChain {
         let responders = plugins
             .iter()
             .rev()
-            .filter(|p| p.phases().response || p.phases().response_body)
+            .filter(|p| p.phases().response || p.phases().response_body || p.phases().recover)
             .cloned()
             .collect();
         PluginChain {
@@ -177,6 +177,10 @@ impl PluginChain {
         for p in self.request_bodies.iter() {
             match p.request_body(req, cx) {
                 BodyAction::Pass => {}
+                BodyAction::Replace(b) => {
+                    body = b;
+                    set_exact_length(&mut req.headers, &body);
+                }
                 BodyAction::Stream(f) => {
                     req.headers.remove(header::CONTENT_LENGTH);
                     body = Body::new(Filtered::new(body, f, Direction::Request));
@@ -225,13 +229,13 @@ impl PluginChain {
 
     /// The response phases in reverse order: each plugin's `response_filter`, then its body
     /// phase, so the body passes the plugins in the order the head does. Then the request phase's
-    /// [`Ctx::response_headers`] are added. `bodiless` (a `HEAD` request's response, `204`,
-    /// `304`) skips the body phases.
+    /// [`Ctx::response_headers`] are added. A bodiless response (to a `HEAD` request, a `204`,
+    /// a `304`, as the head stands when a plugin's body phase would run) skips the body phases.
     pub async fn response(
         &self,
         resp: &mut ResponseHead,
         mut body: Body,
-        bodiless: bool,
+        head_request: bool,
         cx: &mut Ctx,
     ) -> Result<Body, PhaseError> {
         for p in self.responders.iter() {
@@ -239,11 +243,18 @@ impl PluginChain {
             if phases.response {
                 p.response_filter(resp, cx).await?;
             }
+            let bodiless = head_request
+                || resp.status == http::StatusCode::NO_CONTENT
+                || resp.status == http::StatusCode::NOT_MODIFIED;
             if !phases.response_body || bodiless {
                 continue;
             }
             match p.response_body(resp, cx) {
                 BodyAction::Pass => {}
+                BodyAction::Replace(b) => {
+                    body = b;
+                    set_exact_length(&mut resp.headers, &body);
+                }
                 BodyAction::Stream(f) => {
                     resp.headers.remove(header::CONTENT_LENGTH);
                     body = Body::new(Filtered::new(body, f, Direction::Response));
@@ -275,10 +286,45 @@ impl PluginChain {
         Ok(body)
     }
 
+    /// The recovery phase on a gateway error (the upstream failed, timed out, had no healthy
+    /// target or an open breaker; `status` is the error's): in reverse run order, the first
+    /// plugin that answers wins. `None`: the error stands.
+    pub async fn recover(
+        &self,
+        status: http::StatusCode,
+        cx: &mut Ctx,
+    ) -> Option<super::PluginResponse> {
+        for p in self.responders.iter() {
+            if p.phases().recover {
+                if let Some(r) = p.recover(status, cx).await {
+                    return Some(r);
+                }
+            }
+        }
+        None
+    }
+
+    /// True when a plugin has a recovery phase.
+    pub fn recovers(&self) -> bool {
+        self.responders.iter().any(|p| p.phases().recover)
+    }
+
     /// The logging phase, in run order.
     pub fn log(&self, summary: &Summary, cx: &Ctx) {
         for p in self.loggers.iter() {
             p.log(summary, cx);
+        }
+    }
+}
+
+/// Sets `Content-Length` to a replaced body's exact size, or removes it when the size is unknown.
+fn set_exact_length(h: &mut http::HeaderMap, body: &Body) {
+    match http_body::Body::size_hint(body).exact() {
+        Some(n) => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.remove(header::CONTENT_LENGTH);
         }
     }
 }

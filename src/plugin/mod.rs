@@ -21,5 +21,5 @@ pub use body::{BodyAction, BodyFilter, BufferCap, Buffered, FrameSink, OverCap};
 pub use chain::{
     PhaseError, PluginChain, X_ANONYMOUS_CONSUMER, X_CONSUMER_GROUPS, X_CONSUMER_NAME,
 };
-pub use registry::{register_custom, BuildEnv, ChainBuilder, PluginFactory, Scope};
+pub use registry::{register_custom, BuildEnv, ChainBuilder, PluginFactory, RouteTarget, Scope};
 pub use upstream_handle::UpstreamHandle;

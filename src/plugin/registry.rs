@@ -26,6 +26,20 @@ pub struct BuildEnv {
     pub route: Option<Arc<str>>,
     /// The snapshot's upstreams, by name: see [`BuildEnv::upstream`].
     pub upstreams: Arc<std::collections::HashMap<String, Arc<crate::upstream::Upstream>>>,
+    /// The response cache's stores, when something caches.
+    pub cache: Option<Arc<crate::cache::Cache>>,
+    /// Where a route-scoped plugin's route sends requests (`None` for global plugins and
+    /// routes without an upstream).
+    pub route_target: Option<RouteTarget>,
+}
+
+/// A route's upstream, as a plugin that calls it on the route's behalf needs it.
+#[derive(Clone, Debug)]
+pub struct RouteTarget {
+    /// The upstream's name ([`BuildEnv::upstream`]).
+    pub upstream: String,
+    /// The route's `preserve_host`: send the client's `Host`.
+    pub preserve_host: bool,
 }
 
 impl BuildEnv {
@@ -47,6 +61,8 @@ impl Default for BuildEnv {
             metrics: Arc::default(),
             route: None,
             upstreams: Arc::default(),
+            cache: None,
+            route_target: None,
         }
     }
 }
@@ -117,6 +133,9 @@ impl ChainBuilder {
             scope,
             route: (scope == Scope::Route)
                 .then(|| self.env.route.clone())
+                .flatten(),
+            route_target: (scope == Scope::Route)
+                .then(|| self.env.route_target.clone())
                 .flatten(),
             ..self.env.clone()
         }

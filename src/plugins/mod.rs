@@ -7,6 +7,7 @@
 pub mod acl;
 pub mod auth;
 pub mod basic_auth;
+pub mod cache;
 pub mod client_cert;
 pub mod compression;
 pub mod concurrency;
@@ -42,6 +43,7 @@ pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at:
     b.add::<request_size::RequestSize>(cfg.request_size.as_ref(), scope, at);
     b.add::<compression::Compression>(cfg.compression.as_ref(), scope, at);
     b.add::<headers::Headers>(cfg.headers.as_ref(), scope, at);
+    b.add::<cache::CachePlugin>(cfg.cache.as_ref(), scope, at);
     b.add::<respond::Respond>(cfg.respond.as_ref(), scope, at);
     // Kinds registered by a binary embedding Frontdesk (`plugin::register_custom`).
     b.add_custom(&cfg.custom, scope, at);

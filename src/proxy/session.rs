@@ -15,7 +15,7 @@ use super::{
     upstream_uri, ConnInfo,
 };
 use crate::body::{Body, BodyError};
-use crate::error::GatewayError;
+use crate::error::{ErrorSource, GatewayError};
 use crate::observe::Exchange;
 use crate::plugin::{Ctx, Flow, PhaseError, RequestHead, Summary};
 use crate::route::RequestKey;
@@ -112,6 +112,7 @@ impl<'c> Session<'c> {
         if self.ex.is_some() && cx.is_none() {
             self.note_client_ip(&req);
         }
+        let head_request = req.method() == http::Method::HEAD;
         let result = self.routed(snap, matched, req, upgrade, &mut cx).await;
         let Some(mut cx) = cx else {
             return result.unwrap_or_else(|e| self.error_response(&e));
@@ -123,6 +124,20 @@ impl<'c> Session<'c> {
         }
         let resp = match result {
             Ok(r) => r,
+            Err(e) if e.origin == ErrorSource::Upstream && route.plugins.recovers() => {
+                // A plugin may answer for a failed upstream (a stale stored response).
+                match route.plugins.recover(e.status, &mut cx).await {
+                    Some(answer) => self
+                        .respond(route, answer, None, head_request, Some(&mut cx))
+                        .await
+                        .unwrap_or_else(|e| self.error_response(&e)),
+                    None => {
+                        let (mut parts, body) = self.error_response(&e).into_parts();
+                        let _ = route.plugins.response_filter(&mut parts, &mut cx).await;
+                        Response::from_parts(parts, body)
+                    }
+                }
+            }
             Err(e) => {
                 // The response phase also sees gateway errors on a matched route (CORS, security
                 // headers). A plugin failing here leaves the original error in place.
@@ -457,11 +472,8 @@ impl<'c> Session<'c> {
         let plugins = &route.plugins;
         match cx {
             Some(cx) if plugins.has_response_body() => {
-                let bodiless = head_request
-                    || parts.status == StatusCode::NO_CONTENT
-                    || parts.status == StatusCode::NOT_MODIFIED;
                 // Boxed, like the request body phase: only routes with body phases pay for it.
-                body = Box::pin(plugins.response(&mut parts, body, bodiless, cx))
+                body = Box::pin(plugins.response(&mut parts, body, head_request, cx))
                     .await
                     .map_err(|e| self.phase_error(e))?;
             }

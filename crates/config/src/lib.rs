@@ -29,6 +29,9 @@ pub use model::plugin::{
     IpFilterConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig, RequestSizeConfig, RespondConfig,
 };
 pub use model::plugin::{
+    CacheConfig, CacheLockConfig, CacheStoresConfig, CacheTier, MemoryTierConfig, RedisTierConfig,
+};
+pub use model::plugin::{
     ConcurrencyConfig, LimitConfig, LimitHeaders, LimitOverride, LimitStore, OnStoreError,
     QuotaConfig, QuotaWindow, RateLimitConfig,
 };
@@ -485,6 +488,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
             routes: Vec::new(),
             consumers: Vec::new(),
             redis: None,
+            cache: None,
             plugins: Default::default(),
             admin: None,
             observability: Default::default(),
@@ -495,7 +499,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
         };
         return (cfg, pos, false);
     };
-    const KNOWN: [&str; 10] = [
+    const KNOWN: [&str; 11] = [
         "version",
         "server",
         "listeners",
@@ -503,6 +507,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
         "routes",
         "consumers",
         "redis",
+        "cache",
         "plugins",
         "admin",
         "observability",
@@ -558,6 +563,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
     let redis_given = redis_value.is_some();
     let redis = redis_value.and_then(|v| part(v, &root.key("redis"), diags));
     broken.redis = redis_given && redis.is_none();
+    let cache = take(&mut top, "cache").and_then(|v| part(v, &root.key("cache"), diags));
     let plugins = take(&mut top, "plugins").map_or(Some(Default::default()), |v| {
         part(v, &root.key("plugins"), diags)
     });
@@ -583,6 +589,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
         routes,
         consumers,
         redis,
+        cache,
         plugins: plugins.unwrap_or_default(),
         admin,
         observability: observability.unwrap_or_default(),

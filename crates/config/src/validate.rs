@@ -108,6 +108,16 @@ pub const DURATIONS: &[(&str, Duration, Duration)] = &[
     ("redis.timeout", Duration::ZERO, Duration::from_secs(10)),
     ("plugins.cors.max_age", Duration::ZERO, DAY),
     ("plugins.jwt.leeway", Duration::ZERO, HOUR),
+    ("plugins.cache.default_ttl", Duration::ZERO, YEAR),
+    ("plugins.cache.max_ttl", POSITIVE, YEAR),
+    ("plugins.cache.stale_while_revalidate", Duration::ZERO, YEAR),
+    ("plugins.cache.stale_if_error", Duration::ZERO, YEAR),
+    (
+        "plugins.cache.lock.timeout",
+        POSITIVE,
+        Duration::from_secs(300),
+    ),
+    ("cache.redis.timeout", POSITIVE, Duration::from_secs(10)),
     (
         "plugins.rate_limit.limits[].per",
         Duration::from_millis(1),
@@ -119,6 +129,7 @@ pub const DURATIONS: &[(&str, Duration, Duration)] = &[
 pub const POSITIVE: Duration = Duration::from_nanos(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Checks `d` against the range of `field` in [`DURATIONS`], reporting at `at`.
 fn check_duration(field: &str, d: Duration, at: &FieldPath, out: &mut Vec<Diagnostic>) {
@@ -326,6 +337,7 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
     if !pos.broken.redis {
         check_limit_stores(cfg, &cfg.plugins, &root.key("plugins"), out);
     }
+    check_cache_stores(cfg, &cfg.plugins, &root.key("plugins"), out);
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         let at = root
@@ -361,6 +373,7 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
         if !pos.broken.redis {
             check_limit_stores(cfg, &r.plugins, &at.key("plugins"), out);
         }
+        check_cache_stores(cfg, &r.plugins, &at.key("plugins"), out);
     }
 }
 
@@ -448,6 +461,14 @@ fn check_redis(cfg: &Config, out: &mut Vec<Diagnostic>) {
             &FieldPath::root().key("redis").key("timeout"),
             out,
         );
+        if let Some(t) = cfg.cache.as_ref().and_then(|c| c.redis.as_ref()) {
+            check_duration(
+                "cache.redis.timeout",
+                t.timeout.get(),
+                &FieldPath::root().key("cache").key("redis").key("timeout"),
+                out,
+            );
+        }
         if let Some(url) = &r.url {
             if let Err(msg) = check_redis_url(url) {
                 out.push(Diagnostic::error("redis.url", msg));
@@ -540,6 +561,135 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
     if let Some(c) = &p.compression {
         check_compression(c, &at.key("compression"), out);
     }
+    if let Some(c) = &p.cache {
+        check_cache(c, &at.key("cache"), out);
+    }
+}
+
+/// The parts a cache key may name (`header:NAME` and `cookie:NAME` besides).
+pub const CACHE_KEY_PARTS: &[&str] = &["method", "host", "path", "query", "consumer"];
+
+/// `cache`: a known key shape, `GET`/`HEAD` only, real statuses, tiers listed once, a valid tag
+/// header. The stores it names are checked with the top-level sections ([`check_cache_stores`]).
+fn check_cache(c: &crate::model::plugin::CacheConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    if c.tiers.is_empty() {
+        out.push(Diagnostic::error(
+            at.key("tiers").to_string(),
+            "list at least one tier: memory or redis",
+        ));
+    }
+    for (i, t) in c.tiers.iter().enumerate() {
+        if c.tiers[..i].contains(t) {
+            out.push(Diagnostic::error(
+                at.key("tiers").index(i).to_string(),
+                "a tier is listed twice",
+            ));
+        }
+    }
+    if c.key.is_empty() {
+        out.push(Diagnostic::error(
+            at.key("key").to_string(),
+            "list what identifies a response, for example [method, host, path, query]",
+        ));
+    }
+    for (i, part) in c.key.iter().enumerate() {
+        let named = |prefix: &str| {
+            part.strip_prefix(prefix)
+                .map(|n| !n.is_empty() && n.bytes().all(is_tchar))
+        };
+        let ok = CACHE_KEY_PARTS.contains(&part.as_str())
+            || named("header:") == Some(true)
+            || named("cookie:") == Some(true);
+        if !ok {
+            out.push(Diagnostic::error(
+                at.key("key").index(i).to_string(),
+                format!(
+                    "unknown key part {part:?}: use method, host, path, query, consumer, \
+                     header:NAME or cookie:NAME"
+                ),
+            ));
+        } else if c.key[..i].contains(part) {
+            out.push(Diagnostic::error(
+                at.key("key").index(i).to_string(),
+                format!("{part:?} is listed twice"),
+            ));
+        }
+    }
+    if c.methods.is_empty() {
+        out.push(Diagnostic::error(
+            at.key("methods").to_string(),
+            "list GET (and HEAD)",
+        ));
+    }
+    for (i, m) in c.methods.iter().enumerate() {
+        if m != "GET" && m != "HEAD" {
+            out.push(Diagnostic::error(
+                at.key("methods").index(i).to_string(),
+                format!("{m:?} cannot be cached: only GET and HEAD (uppercase)"),
+            ));
+        }
+    }
+    for (i, s) in c.statuses.iter().enumerate() {
+        if !(200..=599).contains(s) || *s == 206 || *s == 304 {
+            out.push(Diagnostic::error(
+                at.key("statuses").index(i).to_string(),
+                format!(
+                    "{s} cannot be stored: use final statuses 200-599 but 206 and 304 (a range \
+                     is answered from a stored whole; a 304 refreshes a stored response)"
+                ),
+            ));
+        }
+    }
+    if c.default_ttl.0 > c.max_ttl.0 {
+        out.push(Diagnostic::error(
+            at.key("default_ttl").to_string(),
+            "is longer than max_ttl",
+        ));
+    }
+    for (field, d) in [
+        ("default_ttl", c.default_ttl.0),
+        ("max_ttl", c.max_ttl.0),
+        ("stale_while_revalidate", c.stale_while_revalidate.0),
+        ("stale_if_error", c.stale_if_error.0),
+        ("lock.timeout", c.lock.timeout.0),
+    ] {
+        let path = field.split('.').fold(at.clone(), |p, k| p.key(k));
+        check_duration(&format!("plugins.cache.{field}"), d, &path, out);
+    }
+    if c.max_object_size.0 == 0 {
+        out.push(Diagnostic::error(
+            at.key("max_object_size").to_string(),
+            "must be greater than zero",
+        ));
+    }
+    if let Some(h) = &c.tag_header {
+        if h.is_empty() || !h.bytes().all(is_tchar) {
+            out.push(Diagnostic::error(
+                at.key("tag_header").to_string(),
+                format!("{h:?} is not a header name"),
+            ));
+        }
+    }
+}
+
+/// A `cache` plugin's tiers need their stores: `redis` needs `cache.redis` and `redis:`.
+fn check_cache_stores(cfg: &Config, p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    let Some(c) = &p.cache else { return };
+    if !c.tiers.contains(&crate::model::plugin::CacheTier::Redis) {
+        return;
+    }
+    let missing = match (
+        &cfg.redis,
+        cfg.cache.as_ref().and_then(|s| s.redis.as_ref()),
+    ) {
+        (None, _) => "the redis tier needs a top-level `redis:` section",
+        (_, None) => "the redis tier needs `cache.redis` at the top level",
+        _ => return,
+    };
+    out.push(Diagnostic::error(
+        at.key("cache").key("tiers").to_string(),
+        missing,
+    ));
 }
 
 /// `compression`: codings listed once, valid media-type patterns, levels in range, a positive

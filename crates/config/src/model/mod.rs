@@ -56,6 +56,9 @@ pub struct Config {
     /// Shared limiter state; without it every limit is local to the instance.
     #[serde(default)]
     pub redis: Option<RedisConfig>,
+    /// The response cache's stores, shared by every route's `cache` plugin.
+    #[serde(default)]
+    pub cache: Option<plugin::CacheStoresConfig>,
     /// Identified callers and their credentials.
     #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,

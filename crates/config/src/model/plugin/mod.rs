@@ -4,6 +4,7 @@
 
 mod access;
 mod auth;
+mod cache;
 mod compression;
 mod headers;
 mod limits;
@@ -15,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub use access::{CorsConfig, IpFilterConfig, RequestSizeConfig};
 pub use auth::{
     AclConfig, BasicAuthConfig, ClientCertConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig,
+};
+pub use cache::{
+    CacheConfig, CacheLockConfig, CacheStoresConfig, CacheTier, MemoryTierConfig, RedisTierConfig,
 };
 pub use compression::{
     default_content_types, CompressionConfig, CompressionLevels, ContentCoding,
@@ -73,6 +77,9 @@ pub struct PluginsConfig {
     /// Compress responses (`br`, `zstd`, `gzip`); optionally decompress uploads.
     #[serde(default)]
     pub compression: Option<CompressionConfig>,
+    /// Cache responses (RFC 9111) in the stores of the top-level `cache:`.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
     /// Plugins built into a binary that embeds Frontdesk as a library, by kind, each with its
     /// own config (docs/plugins.md, "Custom plugins"). The stock binary has none: a kind here is
     /// an error unless the binary registered it. Shown redacted by the admin API (every string).

@@ -1,0 +1,611 @@
+//! The `cache` plugin end to end: a real gateway in front of a real origin that counts its
+//! requests and answers with the cache headers each test asks for (in the query string), so every
+//! RFC 9111 rule is shown with its opposite case.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{config, full, gateway, upstream, TestGateway, Upstream};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+/// An origin whose answers the request's query string scripts:
+/// `h=name:value` (repeatable) response headers, `status=N`, `body=text` (default: `body-N` with
+/// N this URL's request count, so a stored answer shows by its old N), `etag=X` (also answers
+/// `304` to a matching `If-None-Match`), `big=N` a body of N bytes, `abort=1` a body that breaks
+/// off, `wait=ms` before the head. `down` makes it answer `503` to everything.
+#[derive(Clone)]
+struct Origin {
+    up: Upstream,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    down: Arc<AtomicBool>,
+    last_headers: Arc<Mutex<Vec<http::HeaderMap>>>,
+}
+
+impl Origin {
+    fn count(&self, path_and_query: &str) -> usize {
+        self.counts
+            .lock()
+            .expect("test value")
+            .get(path_and_query)
+            .copied()
+            .unwrap_or(0)
+    }
+    fn last(&self) -> http::HeaderMap {
+        self.last_headers
+            .lock()
+            .expect("test value")
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+async fn origin() -> Origin {
+    let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let down = Arc::new(AtomicBool::new(false));
+    let last_headers: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+    let (c, d, l) = (counts.clone(), down.clone(), last_headers.clone());
+    let up = upstream(move |req: Request<Incoming>| {
+        let (c, d, l) = (c.clone(), d.clone(), l.clone());
+        async move {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let n = {
+                let mut m = c.lock().expect("test value");
+                let e = m.entry(pq).or_insert(0);
+                *e += 1;
+                *e
+            };
+            l.lock().expect("test value").push(req.headers().clone());
+            if d.load(Ordering::SeqCst) {
+                return Response::builder()
+                    .status(503)
+                    .body(full("down"))
+                    .expect("test value");
+            }
+            let mut b = Response::builder();
+            let mut body = format!("body-{n}");
+            let mut status = 200;
+            let mut etag = None;
+            let mut big = None;
+            let mut abort = false;
+            let mut wait = 0;
+            for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+                match &*k {
+                    "h" => {
+                        let (name, value) = v.split_once(':').expect("test value");
+                        b = b.header(name, value.trim());
+                    }
+                    "status" => status = v.parse().expect("test value"),
+                    "body" => body = v.into_owned(),
+                    "etag" => etag = Some(format!("\"{v}\"")),
+                    "big" => big = Some(v.parse::<usize>().expect("test value")),
+                    "abort" => abort = true,
+                    "wait" => wait = v.parse().expect("test value"),
+                    _ => {}
+                }
+            }
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            if let Some(t) = &etag {
+                b = b.header("etag", t);
+                if req
+                    .headers()
+                    .get("if-none-match")
+                    .is_some_and(|v| v.as_bytes() == t.as_bytes())
+                {
+                    return b.status(304).body(full("")).expect("test value");
+                }
+            }
+            if abort {
+                let (tx, rx) = tokio::sync::mpsc::channel::<
+                    Result<hyper::body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+                >(4);
+                tokio::spawn(async move {
+                    let _ = tx
+                        .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"partial"))))
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _ = tx.send(Err("broken".into())).await;
+                });
+                let stream = http_body_util::StreamBody::new(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                );
+                return b.status(status).body(stream.boxed()).expect("test value");
+            }
+            if let Some(size) = big {
+                return b
+                    .status(status)
+                    .body(full(vec![b'x'; size]))
+                    .expect("test value");
+            }
+            b.status(status).body(full(body)).expect("test value")
+        }
+    })
+    .await;
+    Origin {
+        up,
+        counts,
+        down,
+        last_headers,
+    }
+}
+
+/// A gateway with route `c` (prefix `/`) caching with `plugin` (YAML flow mapping body).
+async fn cached(o: &Origin, plugin: &str) -> TestGateway {
+    gateway(&config(&format!(
+        "upstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{ {plugin} }}\n",
+        o.up.url()
+    )))
+    .await
+}
+
+struct Got {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Got {
+    fn cache_status(&self) -> String {
+        self.headers
+            .get("cache-status")
+            .map(|v| v.to_str().expect("test value").to_string())
+            .unwrap_or_default()
+    }
+}
+
+async fn get(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Got {
+    send(gw, "GET", path, headers).await
+}
+
+async fn send(gw: &TestGateway, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .no_gzip()
+        .no_brotli()
+        .no_zstd()
+        .build()
+        .expect("test value");
+    let mut rb = client.request(method.parse().expect("test value"), gw.url(path));
+    for (n, v) in headers {
+        rb = rb.header(*n, *v);
+    }
+    let r = rb.send().await.expect("response");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.text().await.unwrap_or_default();
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+const FRESH: &str = "/f?h=cache-control:max-age%3D60";
+
+#[tokio::test]
+async fn a_fresh_response_is_served_from_the_cache_with_age_and_cache_status() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    let first = get(&gw, FRESH, &[]).await;
+    assert_eq!(first.body, "body-1");
+    assert!(
+        first.cache_status().contains("fwd=uri-miss") && first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    let second = get(&gw, FRESH, &[]).await;
+    assert_eq!(second.body, "body-1", "answered from the cache");
+    assert!(
+        second.cache_status().starts_with("frontdesk; hit; ttl="),
+        "{}",
+        second.cache_status()
+    );
+    assert!(second.headers.contains_key("age"));
+    assert_eq!(o.count(FRESH), 1);
+    // A query in another order is the same key.
+    let path = "/q?a=1&h=cache-control:max-age%3D60";
+    get(&gw, path, &[]).await;
+    let swapped = get(&gw, "/q?h=cache-control:max-age%3D60&a=1", &[]).await;
+    assert_eq!(swapped.body, "body-1");
+    // HEAD is answered from the stored GET, without a body but with its length.
+    let head = send(&gw, "HEAD", FRESH, &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["content-length"], "6");
+    assert!(head.cache_status().contains("hit"));
+    assert_eq!(o.count(FRESH), 1);
+}
+
+/// (path, request headers, stored?)
+type Case = (&'static str, &'static [(&'static str, &'static str)], bool);
+
+#[tokio::test]
+async fn what_must_not_be_stored_is_not_and_the_opposite_cases_are() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    // (path, request headers, stored?)
+    let cases: &[Case] = &[
+        ("/n1?h=cache-control:no-store,max-age%3D60", &[], false),
+        ("/n2?h=cache-control:private,max-age%3D60", &[], false),
+        (
+            "/n3?h=cache-control:max-age%3D60&h=set-cookie:a%3Db",
+            &[],
+            false,
+        ),
+        ("/n4?h=cache-control:max-age%3D60&h=vary:*", &[], false),
+        ("/n5", &[], false),
+        (
+            "/n6?h=cache-control:max-age%3D60",
+            &[("authorization", "Bearer x")],
+            false,
+        ),
+        (
+            "/n7?h=cache-control:public,max-age%3D60",
+            &[("authorization", "Bearer x")],
+            true,
+        ),
+        (
+            "/n8?h=cache-control:s-maxage%3D60",
+            &[("authorization", "Bearer x")],
+            true,
+        ),
+        ("/n9?h=cache-control:max-age%3D60&status=500", &[], false),
+        ("/n10?h=cache-control:max-age%3D60&status=404", &[], true),
+        (
+            "/n11?h=cache-control:max-age%3D60",
+            &[("cache-control", "no-store")],
+            false,
+        ),
+        (
+            "/n12?h=expires:Thu,%2001%20Jan%202099%2000:00:00%20GMT",
+            &[],
+            true,
+        ),
+        ("/n13?h=expires:0", &[], false),
+    ];
+    for (path, headers, stored) in cases {
+        get(&gw, path, headers).await;
+        let again = get(&gw, path, headers).await;
+        let want = if *stored { 1 } else { 2 };
+        assert_eq!(o.count(path), want, "{path}: {}", again.cache_status());
+    }
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_side_by_side() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    let p = "/v?h=cache-control:max-age%3D60&h=vary:accept";
+    let a = get(&gw, p, &[("accept", "text/a")]).await;
+    let b = get(&gw, p, &[("accept", "text/b")]).await;
+    assert!(
+        b.cache_status().contains("fwd=vary-miss"),
+        "{}",
+        b.cache_status()
+    );
+    assert_eq!((a.body.as_str(), b.body.as_str()), ("body-1", "body-2"));
+    assert_eq!(get(&gw, p, &[("accept", "text/a")]).await.body, "body-1");
+    assert_eq!(get(&gw, p, &[("accept", "text/b")]).await.body, "body-2");
+    assert_eq!(o.count(p), 2);
+}
+
+#[tokio::test]
+async fn a_stale_response_is_revalidated_and_a_304_refreshes_its_headers() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    // Stored already stale (Age beyond max-age), with a validator.
+    let p = "/r?h=cache-control:max-age%3D5&h=age:10&etag=v1";
+    assert_eq!(get(&gw, p, &[]).await.body, "body-1");
+    let second = get(&gw, p, &[]).await;
+    assert_eq!(
+        o.last()["if-none-match"],
+        "\"v1\"",
+        "revalidated with the stored ETag"
+    );
+    assert_eq!(second.status, 200);
+    assert_eq!(second.body, "body-1", "the 304 served the stored body");
+    assert!(
+        second.cache_status().contains("fwd=stale; fwd-status=304"),
+        "{}",
+        second.cache_status()
+    );
+    // The client's own conditional request is answered 304 from a fresh entry.
+    let p2 = "/r2?h=cache-control:max-age%3D60&etag=v2";
+    get(&gw, p2, &[]).await;
+    let cond = get(&gw, p2, &[("if-none-match", "\"v2\"")]).await;
+    assert_eq!(cond.status, 304);
+    assert_eq!(o.count(p2), 1);
+    let other = get(&gw, p2, &[("if-none-match", "\"v0\"")]).await;
+    assert_eq!((other.status, other.body.as_str()), (200, "body-1"));
+    // A request's no-cache makes it go upstream (revalidating), not served as it is.
+    let nc = get(&gw, p2, &[("cache-control", "no-cache")]).await;
+    assert!(
+        nc.cache_status().contains("fwd=request"),
+        "{}",
+        nc.cache_status()
+    );
+    assert_eq!(o.count(p2), 2);
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_stored_response_when_the_upstream_fails() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    let p = "/e?h=cache-control:max-age%3D1,stale-if-error%3D600&h=age:5";
+    assert_eq!(get(&gw, p, &[]).await.body, "body-1");
+    o.down.store(true, Ordering::SeqCst);
+    let during = get(&gw, p, &[]).await;
+    assert_eq!((during.status, during.body.as_str()), (200, "body-1"));
+    assert!(
+        during.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        during.cache_status()
+    );
+    // must-revalidate forbids it: the error goes through.
+    o.down.store(false, Ordering::SeqCst);
+    let strict = "/e2?h=cache-control:max-age%3D1,stale-if-error%3D600,must-revalidate&h=age:5";
+    get(&gw, strict, &[]).await;
+    o.down.store(true, Ordering::SeqCst);
+    assert_eq!(get(&gw, strict, &[]).await.status, 503);
+}
+
+#[tokio::test]
+async fn stale_if_error_covers_an_unreachable_upstream_and_reloads_keep_the_store() {
+    let o = origin().await;
+    let yaml = |url: &str| {
+        config(&format!(
+            "upstreams:\n  origin: {{ targets: [{{ url: \"{url}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{ key: [path, query] }}\n"
+        ))
+    };
+    let gw = gateway(&yaml(&o.up.url())).await;
+    let p = "/u?h=cache-control:max-age%3D1,stale-if-error%3D600&h=age:5";
+    let fresh = "/u2?h=cache-control:max-age%3D600";
+    assert_eq!(get(&gw, p, &[]).await.body, "body-1");
+    assert_eq!(get(&gw, fresh, &[]).await.body, "body-1");
+    // The upstream moves to a closed port; the reload keeps the stored responses.
+    let dead = common::closed_port().await;
+    gw.rewrite(&yaml(&format!("http://{dead}"))).await;
+    gw.gw.reload().await.expect("reload");
+    assert_eq!(
+        get(&gw, fresh, &[]).await.body,
+        "body-1",
+        "kept across the reload"
+    );
+    let during = get(&gw, p, &[]).await;
+    assert_eq!((during.status, during.body.as_str()), (200, "body-1"));
+    assert!(
+        during.cache_status().contains("fwd-status=502")
+            && during.cache_status().contains("stale-if-error"),
+        "{}",
+        during.cache_status()
+    );
+    // Nothing stored: the gateway's own error, with Cache-Status.
+    let none = get(&gw, "/u3?h=cache-control:max-age%3D600", &[]).await;
+    assert_eq!(none.status, 502);
+    assert!(
+        none.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        none.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_at_once_and_refreshes_once() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    let p = "/s?h=cache-control:max-age%3D1,stale-while-revalidate%3D600&h=age:5&wait=200";
+    assert_eq!(get(&gw, p, &[]).await.body, "body-1");
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let url = gw.url(p);
+        tasks.push(tokio::spawn(async move {
+            let r = common::client().get(url).send().await.expect("test value");
+            let cs = r.headers()["cache-status"]
+                .to_str()
+                .expect("test value")
+                .to_string();
+            (r.text().await.expect("test value"), cs)
+        }));
+    }
+    for t in tasks {
+        let (body, cs) = t.await.expect("test value");
+        assert_eq!(body, "body-1");
+        assert!(cs.contains("detail=stale-while-revalidate"), "{cs}");
+    }
+    // Exactly one background refresh.
+    for _ in 0..100 {
+        if o.count(p) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(o.count(p), 2, "one refresh for 100 stale serves");
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_upstream_request() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    let p = "/c?h=cache-control:max-age%3D60&wait=300";
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let url = gw.url(p);
+        tasks.push(tokio::spawn(async move {
+            let r = common::client().get(url).send().await.expect("test value");
+            r.text().await.expect("test value")
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("test value"), "body-1");
+    }
+    assert_eq!(o.count(p), 1);
+}
+
+#[tokio::test]
+async fn large_and_aborted_bodies_are_passed_on_and_not_stored() {
+    let o = origin().await;
+    let gw = cached(&o, "max_object_size: 1KiB").await;
+    let p = "/b?h=cache-control:max-age%3D60&big=5000";
+    assert_eq!(get(&gw, p, &[]).await.body.len(), 5000);
+    assert_eq!(get(&gw, p, &[]).await.body.len(), 5000);
+    assert_eq!(o.count(p), 2);
+    let a = "/a?h=cache-control:max-age%3D60&abort=1";
+    let client = common::client();
+    let r = client.get(gw.url(a)).send().await.expect("test value");
+    assert!(r.bytes().await.is_err(), "the break reaches the client");
+    get(&gw, a, &[]).await;
+    assert_eq!(o.count(a), 2, "an aborted body is never stored");
+}
+
+#[tokio::test]
+async fn ranges_are_answered_from_a_stored_whole() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    let p = "/g?h=cache-control:max-age%3D60&body=0123456789";
+    get(&gw, p, &[]).await;
+    let r = get(&gw, p, &[("range", "bytes=2-4")]).await;
+    assert_eq!((r.status, r.body.as_str()), (206, "234"));
+    assert_eq!(r.headers["content-range"], "bytes 2-4/10");
+    let suffix = get(&gw, p, &[("range", "bytes=-3")]).await;
+    assert_eq!(suffix.body, "789");
+    let bad = get(&gw, p, &[("range", "bytes=50-")]).await;
+    assert_eq!(bad.status, 416);
+    assert_eq!(o.count(p), 1);
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_their_url() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    let p = "/i?h=cache-control:max-age%3D60";
+    get(&gw, p, &[]).await;
+    assert_eq!(get(&gw, p, &[]).await.body, "body-1");
+    // A failed POST invalidates nothing.
+    send(
+        &gw,
+        "POST",
+        "/i?h=cache-control:max-age%3D60&status=500",
+        &[],
+    )
+    .await;
+    assert_eq!(get(&gw, p, &[]).await.body, "body-1");
+    let post = send(&gw, "POST", p, &[]).await;
+    assert_eq!(post.status, 200);
+    assert_eq!(
+        get(&gw, p, &[]).await.body,
+        "body-3",
+        "re-fetched after the POST"
+    );
+}
+
+#[tokio::test]
+async fn only_if_cached_and_bypass() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    let r = get(
+        &gw,
+        "/o?h=cache-control:max-age%3D60",
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert_eq!(o.count("/o?h=cache-control:max-age%3D60"), 0);
+    let del = send(&gw, "OPTIONS", FRESH, &[]).await;
+    assert!(
+        del.cache_status().contains("fwd=bypass"),
+        "{}",
+        del.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn purges_by_key_url_prefix_and_tag_and_soft() {
+    let o = origin().await;
+    let gw = gateway(&config(&format!(
+        "upstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{ tag_header: Surrogate-Key, expose_key: true, stale_while_revalidate: 10m }}\nadmin: {{ address: \"127.0.0.1:0\", token: t0k3n-for-tests }}\n",
+        o.up.url()
+    )))
+    .await;
+    let admin = gw.gw.admin_addr().expect("admin");
+    let purge = |body: &'static str| {
+        let url = format!("http://{admin}/cache/purge");
+        async move {
+            let r = common::client()
+                .post(url)
+                .bearer_auth("t0k3n-for-tests")
+                .body(body)
+                .send()
+                .await
+                .expect("test value");
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let cc = "h=cache-control:max-age%3D60";
+    let paths = [
+        format!("/p/a?{cc}&h=surrogate-key:red%20blue"),
+        format!("/p/b?{cc}&h=surrogate-key:blue"),
+        format!("/q/c?{cc}"),
+    ];
+    for p in &paths {
+        let first = get(&gw, p, &[]).await;
+        assert!(
+            !first.headers.contains_key("surrogate-key"),
+            "tags are not shown to clients"
+        );
+    }
+    let (s, r) = purge(r#"{"tag":"red"}"#).await;
+    assert_eq!((s, r["purged"].as_u64()), (200, Some(1)));
+    assert_eq!(get(&gw, &paths[0], &[]).await.body, "body-2");
+    assert_eq!(get(&gw, &paths[1], &[]).await.body, "body-1");
+    let (_, r) = purge(r#"{"prefix":"http://127.0.0.2"}"#).await;
+    assert_eq!(r["purged"].as_u64(), Some(0), "another host's prefix");
+    let host = gw.addr.to_string();
+    let prefix = format!(r#"{{"prefix":"{host}/p/"}}"#);
+    let (_, r) = purge(Box::leak(prefix.into_boxed_str())).await;
+    assert_eq!(r["purged"].as_u64(), Some(2));
+    assert_eq!(get(&gw, &paths[1], &[]).await.body, "body-2");
+    let url = format!(r#"{{"url":"http://{host}{}"}}"#, paths[2]);
+    let (_, r) = purge(Box::leak(url.into_boxed_str())).await;
+    assert_eq!(r["purged"].as_u64(), Some(1));
+    assert_eq!(get(&gw, &paths[2], &[]).await.body, "body-2");
+    // By key, as Cache-Status shows it; soft: served stale while refreshed.
+    let hit = get(&gw, &paths[2], &[]).await;
+    let cs = hit.cache_status();
+    let key = cs
+        .split("key=\"")
+        .nth(1)
+        .expect("test value")
+        .trim_end_matches('"')
+        .to_string();
+    let body = serde_json::json!({ "key": key, "soft": true }).to_string();
+    let (_, r) = purge(Box::leak(body.into_boxed_str())).await;
+    assert_eq!(r["purged"].as_u64(), Some(1));
+    let soft = get(&gw, &paths[2], &[]).await;
+    assert_eq!(soft.body, "body-2");
+    assert!(
+        soft.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        soft.cache_status()
+    );
+    // Bad requests.
+    assert_eq!(purge(r#"{"tag":"a","url":"b"}"#).await.0, 400);
+    assert_eq!(purge(r#"{"nope":1}"#).await.0, 400);
+    let _ = AtomicUsize::new(0);
+}
