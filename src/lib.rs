@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod consumer;
 pub mod demo;
 pub mod error;
