@@ -6,6 +6,7 @@
 pub mod entry;
 pub mod flight;
 pub mod policy;
+pub mod redis;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

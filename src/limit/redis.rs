@@ -69,9 +69,10 @@ return {1, n}
 "#;
 
 /// A connection to one server (`url`) or to a Redis Cluster (`cluster`). Cheap to clone: clones
-/// share the connection.
+/// share the connection. Crate-visible so the cache's Redis tier (`cache::redis`) can send its own
+/// commands on the same connection (see [`RedisStore::connection`]).
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     /// Routes each script to the node owning its key's hash slot and follows MOVED/ASK.
     Cluster(ClusterConnection),
@@ -219,6 +220,13 @@ impl RedisStore {
     /// The config this store was made from (a reload with the same config keeps the store).
     pub fn config(&self) -> &RedisConfig {
         &self.cfg
+    }
+
+    /// The current connection (a clone sharing it), or `None` until one is made: for the other
+    /// users of the `redis:` connection (the cache's Redis tier), which bound, count and log
+    /// their own calls. Nothing here changes the limiter's calls or its [`RedisStore::errors`].
+    pub(crate) fn connection(&self) -> Option<Conn> {
+        self.conn.load_full().map(|c| (*c).clone())
     }
 
     /// Takes one token from bucket `key` on the server.
