@@ -229,12 +229,17 @@ impl Snapshot {
             || cfg.routes.iter().any(|r| r.plugins.cache.is_some());
         let cache = caching.then(|| {
             let stores = cfg.cache.clone().unwrap_or_else(default_stores);
+            let same_store = |c: &Cache| match (c.redis(), &redis) {
+                (None, _) => stores.redis.is_none() || redis.is_none(),
+                (Some(t), Some(r)) => t.store_is(r),
+                (Some(_), None) => false,
+            };
             match prev
                 .and_then(|p| p.cache.clone())
-                .filter(|c| *c.config() == stores)
+                .filter(|c| *c.config() == stores && same_store(c))
             {
                 Some(c) => c,
-                None => Arc::new(Cache::new(&stores)),
+                None => Cache::start(&stores, redis.clone()),
             }
         });
         let upstreams = Arc::new(upstreams);

@@ -609,3 +609,122 @@ async fn purges_by_key_url_prefix_and_tag_and_soft() {
     assert_eq!(purge(r#"{"nope":1}"#).await.0, 400);
     let _ = AtomicUsize::new(0);
 }
+
+/// Two gateways sharing one Redis, both caching route `c` in `[memory, redis]`.
+async fn fleet(o: &Origin, redis_url: &str, extra: &str) -> (TestGateway, TestGateway) {
+    let yaml = config(&format!(
+        "upstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nredis: {{ url: \"{redis_url}\", timeout: 500ms }}\ncache:\n  memory: {{ max_size: 64MiB }}\n  redis: {{ max_object_size: 1MiB }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{ tiers: [memory, redis], key: [path, query], tag_header: Surrogate-Key {extra} }}\nadmin: {{ address: \"127.0.0.1:0\", token: t0k3n-for-tests }}\n",
+        o.up.url()
+    ));
+    let a = gateway(&yaml).await;
+    let b = gateway(&yaml).await;
+    // Both connected (the store connects in the background) before the test relies on it.
+    for gw in [&a, &b] {
+        for _ in 0..200 {
+            let snap = gw.gw.snapshot();
+            if snap.redis.as_ref().is_some_and(|r| r.is_connected()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    (a, b)
+}
+
+async fn purge_on(gw: &TestGateway, body: String) -> serde_json::Value {
+    let admin = gw.gw.admin_addr().expect("admin");
+    common::client()
+        .post(format!("http://{admin}/cache/purge"))
+        .bearer_auth("t0k3n-for-tests")
+        .body(body)
+        .send()
+        .await
+        .expect("purge")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test]
+async fn the_redis_tier_is_shared_coalesces_across_instances_and_purges_everywhere() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let o = origin().await;
+    let (a, b) = fleet(&o, &redis.url(), "").await;
+    // Filled through A, served by B from Redis.
+    let p = "/shared?h=cache-control:max-age%3D600&h=surrogate-key:grp";
+    assert_eq!(get(&a, p, &[]).await.body, "body-1");
+    let mut from_b = get(&b, p, &[]).await;
+    for _ in 0..100 {
+        if from_b.body == "body-1" {
+            break;
+        }
+        // The Redis write is in the background: B may have gone upstream first.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        from_b = get(&b, p, &[]).await;
+    }
+    let count_after_fill = o.count(p);
+    assert!(
+        from_b.cache_status().contains("hit"),
+        "{}",
+        from_b.cache_status()
+    );
+
+    // 200 concurrent misses spread over both instances: one upstream request.
+    let c = "/fleet?h=cache-control:max-age%3D600&wait=400";
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let url = if i % 2 == 0 { a.url(c) } else { b.url(c) };
+        tasks.push(tokio::spawn(async move {
+            common::client()
+                .get(url)
+                .send()
+                .await
+                .expect("response")
+                .text()
+                .await
+                .expect("body")
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), "body-1");
+    }
+    assert_eq!(o.count(c), 1, "one upstream request across two instances");
+
+    // A purge by tag on A removes the entry on B too (pub/sub) and in Redis.
+    let r = purge_on(&a, r#"{"tag":"grp"}"#.into()).await;
+    assert_eq!(r["purged"].as_u64(), Some(1));
+    let mut after = get(&b, p, &[]).await;
+    for _ in 0..100 {
+        if after.body != "body-1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = get(&b, p, &[]).await;
+    }
+    assert_ne!(after.body, "body-1", "purged on B as well");
+    assert!(o.count(p) > count_after_fill);
+}
+
+#[tokio::test]
+async fn with_redis_down_the_memory_tier_keeps_serving_and_misses_go_upstream() {
+    let Some(mut redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let o = origin().await;
+    let (a, _b) = fleet(&o, &redis.url(), "").await;
+    let p = "/down?h=cache-control:max-age%3D600";
+    assert_eq!(get(&a, p, &[]).await.body, "body-1");
+    redis.kill();
+    assert_eq!(get(&a, p, &[]).await.body, "body-1", "memory still serves");
+    let miss = "/down2?h=cache-control:max-age%3D600";
+    let r = get(&a, miss, &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "body-1"));
+    assert_eq!(
+        get(&a, miss, &[]).await.body,
+        "body-1",
+        "stored in memory without redis"
+    );
+    assert_eq!(o.count(miss), 1);
+}

@@ -308,7 +308,7 @@ async fn purge_cache(
         .cache
         .as_ref()
         .ok_or(AdminError::NotFound("no route caches responses"))?;
-    let purged = crate::plugins::cache::purge(cache, &what, b.soft);
+    let purged = crate::plugins::cache::purge(cache, &what, b.soft).await;
     Ok(Json(json!({ "purged": purged, "soft": b.soft })))
 }
 

@@ -13,9 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use frontdesk_config::CacheStoresConfig;
 
 pub use entry::{Entry, Freshness, Meta};
+
+use crate::limit::redis::RedisStore;
 
 use policy::unix_ms;
 
@@ -39,6 +42,28 @@ pub struct Cache {
     refreshing: Mutex<HashSet<Arc<str>>>,
     /// Entries the memory tier evicted to keep within its budget.
     pub evictions: Arc<AtomicU64>,
+    /// The shared tier, when `cache.redis` and `redis:` are configured.
+    redis: Option<redis::RedisTier>,
+    /// This process's id in purge messages (its own are not applied twice).
+    instance: u64,
+    /// The purge subscription (aborted when the cache goes).
+    subscriber: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        if let Some(s) = &self.subscriber {
+            s.abort();
+        }
+    }
+}
+
+/// A purge as instances tell each other over Redis pub/sub.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PurgeMessage {
+    origin: u64,
+    purge: Purge,
+    soft: bool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -65,7 +90,116 @@ pub enum Purge {
 }
 
 impl Cache {
-    /// A cache with `cfg`'s memory budget.
+    /// The process's cache: `cfg`'s memory budget, and the Redis tier on `store` when `cfg` has
+    /// one (its purge subscription starts when a runtime runs).
+    pub fn start(cfg: &CacheStoresConfig, store: Option<Arc<RedisStore>>) -> Arc<Cache> {
+        Arc::new_cyclic(|me: &std::sync::Weak<Cache>| {
+            let mut c = Cache::new(cfg);
+            if let (Some(t), Some(store)) = (&cfg.redis, store) {
+                let tier = redis::RedisTier::new(
+                    store,
+                    redis::TierSettings {
+                        max_object_size: t.max_object_size.0,
+                        timeout: t.timeout.0,
+                        prefix: "frontdesk:cache:".into(),
+                    },
+                );
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    let me = me.clone();
+                    c.subscriber = Some(tier.subscribe(Arc::new(move |msg: Bytes| {
+                        if let Some(cache) = me.upgrade() {
+                            cache.apply_message(&msg);
+                        }
+                    })));
+                }
+                c.redis = Some(tier);
+            }
+            c
+        })
+    }
+
+    /// The store this cache's Redis tier uses, if any (a reload with another keeps no cache).
+    pub fn redis(&self) -> Option<&redis::RedisTier> {
+        self.redis.as_ref()
+    }
+
+    fn apply_message(&self, msg: &[u8]) {
+        match serde_json::from_slice::<PurgeMessage>(msg) {
+            Ok(m) if m.origin != self.instance => {
+                let n = self.purge(&m.purge, m.soft);
+                tracing::debug!(purge = ?m.purge, removed = n, "purge from another instance");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "ignored a malformed purge message"),
+        }
+    }
+
+    /// Reads `key` from the Redis tier: the stored response, if there is one that decodes.
+    pub async fn redis_get(&self, key: &str) -> Option<Arc<Entry>> {
+        let tier = self.redis.as_ref()?;
+        let raw = tier.get(key).await.ok()??;
+        Entry::decode(raw, key).map(Arc::new)
+    }
+
+    /// Writes `entry` to the Redis tier in the background (when it fits), with its URL, its
+    /// path prefixes and its purge tags as tags.
+    pub fn redis_put(&self, entry: &Arc<Entry>) {
+        let Some(tier) = self.redis.clone() else {
+            return;
+        };
+        let value = entry.encode();
+        if value.len() as u64 > tier.settings().max_object_size {
+            return;
+        }
+        let now = unix_ms(SystemTime::now());
+        let ttl = entry.keep_for(now);
+        let key = entry.meta.key.clone();
+        let mut tags: Vec<String> = tag_names(entry).collect();
+        tags.extend(prefix_tags(&entry.meta.url));
+        tokio::spawn(async move {
+            if let Err(e) = tier.put(&key, value, ttl, &tags).await {
+                tracing::debug!(error = %e, "cache: redis write dropped");
+            }
+        });
+    }
+
+    /// Purges on this instance, in the Redis tier, and (through Redis) on every other instance.
+    /// Returns how many stored responses this instance's memory tier had.
+    pub async fn purge_everywhere(&self, p: &Purge, soft: bool) -> u64 {
+        let n = self.purge(p, soft);
+        let Some(tier) = &self.redis else { return n };
+        // The Redis copies go even on a soft purge: the memory tiers keep theirs, stale.
+        let removed = match p {
+            Purge::Key(k) => tier.delete(std::slice::from_ref(k)).await,
+            Purge::Url(u) => tier.purge_tag(&format!("url:{}", strip_scheme(u))).await,
+            Purge::Tag(t) => tier.purge_tag(&format!("tag:{t}")).await,
+            Purge::Prefix(pre) => {
+                // The Redis tier indexes path prefixes on `/` boundaries: a prefix between
+                // them purges from the last `/` (more, never less); one without any, everything.
+                let pre = strip_scheme(pre);
+                match pre.rfind('/') {
+                    Some(i) => tier.purge_tag(&format!("pre:{}", &pre[..=i])).await,
+                    None => tier.purge_prefix("").await,
+                }
+            }
+        };
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "cache: the purge could not reach redis");
+        }
+        let msg = PurgeMessage {
+            origin: self.instance,
+            purge: p.clone(),
+            soft,
+        };
+        if let Ok(body) = serde_json::to_vec(&msg) {
+            if let Err(e) = tier.publish(&body).await {
+                tracing::warn!(error = %e, "cache: the purge could not be sent to other instances");
+            }
+        }
+        n
+    }
+
+    /// A cache with `cfg`'s memory budget and no Redis tier.
     pub fn new(cfg: &CacheStoresConfig) -> Cache {
         let tags: Arc<Mutex<HashMap<String, HashSet<Arc<str>>>>> = Arc::default();
         let evictions = Arc::new(AtomicU64::new(0));
@@ -103,6 +237,9 @@ impl Cache {
             flights: Arc::default(),
             refreshing: Mutex::default(),
             evictions,
+            redis: None,
+            instance: fastrand::u64(..),
+            subscriber: None,
         }
     }
 
@@ -242,6 +379,15 @@ impl Drop for RefreshClaim {
 fn tag_names(e: &Entry) -> impl Iterator<Item = String> + '_ {
     std::iter::once(format!("url:{}", e.meta.url))
         .chain(e.meta.tags.iter().map(|t| format!("tag:{t}")))
+}
+
+/// `pre:` tags of a URL's path prefixes on `/` boundaries (`h/`, `h/a/`, `h/a/b/`; at most 16).
+fn prefix_tags(url: &str) -> impl Iterator<Item = String> + '_ {
+    let path_end = url.find('?').unwrap_or(url.len());
+    url[..path_end]
+        .match_indices('/')
+        .take(16)
+        .map(move |(i, _)| format!("pre:{}", &url[..=i]))
 }
 
 /// `http://host/p` → `host/p`.

@@ -27,6 +27,7 @@ use http_body_util::BodyExt as _;
 use crate::body::{Body, BodyFrame};
 use crate::cache::flight::{Joined, Leader, Shared};
 use crate::cache::policy::{self, Directives, NotStored, Rules};
+use crate::cache::redis::Lease;
 use crate::cache::{strip_scheme, Cache, Entry, Freshness, Meta, Purge};
 use crate::observe::metrics::Family;
 use crate::plugin::{
@@ -45,6 +46,9 @@ const NAME: &str = "frontdesk";
 /// The built plugin.
 pub struct CachePlugin {
     cache: Arc<Cache>,
+    /// Tiers in look-up order (the Redis one only when the cache has it: `frontdesk validate`
+    /// builds without connecting).
+    tiers: Tiers,
     rules: Rules,
     key: Vec<KeyPart>,
     head: bool,
@@ -58,6 +62,15 @@ pub struct CachePlugin {
     counters: Counters,
 }
 
+/// Which tiers a route uses.
+#[derive(Clone, Copy)]
+struct Tiers {
+    memory: bool,
+    redis: bool,
+    /// Redis is looked up first.
+    redis_first: bool,
+}
+
 struct Refresher {
     upstream: UpstreamHandle,
     preserve_host: bool,
@@ -66,6 +79,7 @@ struct Refresher {
 /// `frontdesk_cache_requests_total{route,tier,result}`, fetched once per route.
 struct Counters {
     hit: Arc<AtomicU64>,
+    hit_redis: Arc<AtomicU64>,
     stale: Arc<AtomicU64>,
     miss: Arc<AtomicU64>,
     bypass: Arc<AtomicU64>,
@@ -88,11 +102,6 @@ impl PluginFactory for CachePlugin {
             .cache
             .clone()
             .ok_or("no cache stores (internal: the snapshot makes them when a route caches)")?;
-        if cfg.tiers.contains(&CacheTier::Redis) {
-            return Err(
-                "the redis tier is not available in this build yet: use tiers: [memory]".into(),
-            );
-        }
         let key = cfg
             .key
             .iter()
@@ -107,6 +116,10 @@ impl PluginFactory for CachePlugin {
         };
         let counters = Counters {
             hit: counter("hit"),
+            hit_redis: env.metrics.counter(
+                Family::Cache,
+                [route.clone(), Arc::from("redis"), Arc::from("hit")],
+            ),
             stale: counter("stale"),
             miss: counter("miss"),
             bypass: counter("bypass"),
@@ -124,7 +137,14 @@ impl PluginFactory for CachePlugin {
                 preserve_host: t.preserve_host,
             })
         });
+        let redis = cfg.tiers.contains(&CacheTier::Redis) && cache.redis().is_some();
+        let tiers = Tiers {
+            memory: cfg.tiers.contains(&CacheTier::Memory),
+            redis,
+            redis_first: redis && cfg.tiers.first() == Some(&CacheTier::Redis),
+        };
         Ok(Arc::new(CachePlugin {
+            tiers,
             cache,
             rules: Rules {
                 default_ttl: cfg.default_ttl.0,
@@ -199,6 +219,8 @@ struct Fill {
     /// Why it went upstream (`fwd=`).
     fwd: &'static str,
     leader: Option<Leader>,
+    /// The fleet-wide fill lease (Redis tier).
+    lease: Option<Lease>,
     sent_at: SystemTime,
     upstream_uri: String,
 }
@@ -210,6 +232,8 @@ struct Storing {
     headers: HeaderMap,
     life: policy::Lifetime,
     leader: Option<Leader>,
+    /// The fleet-wide fill lease (Redis tier), released once stored.
+    lease: Option<Lease>,
 }
 
 impl CachePlugin {
@@ -293,16 +317,76 @@ impl CachePlugin {
         resp
     }
 
-    /// Looks `key` up in memory and picks the variant that `headers` select.
-    fn lookup(&self, key: &str, headers: &HeaderMap) -> (Option<Arc<Entry>>, bool) {
-        let Some(vars) = self.cache.get(key) else {
-            return (None, false);
+    /// Looks `key` up in the route's tiers, in order, and picks the variant that `headers`
+    /// select; a Redis hit is copied to memory. Also says whether any variant was found.
+    async fn lookup(&self, key: &str, headers: &HeaderMap) -> (Option<Arc<Entry>>, bool) {
+        let selects =
+            |e: &Arc<Entry>| policy::vary_values(&e.meta.vary, headers) == e.meta.vary_values;
+        let mut any = false;
+        let memory = |any: &mut bool| {
+            let vars = self.cache.get(key)?;
+            *any = true;
+            vars.iter().find(|e| selects(e)).cloned()
         };
-        let found = vars
-            .iter()
-            .find(|e| policy::vary_values(&e.meta.vary, headers) == e.meta.vary_values)
-            .cloned();
-        (found, true)
+        if self.tiers.memory && !self.tiers.redis_first {
+            if let Some(e) = memory(&mut any) {
+                return (Some(e), true);
+            }
+        }
+        if self.tiers.redis {
+            if let Some(e) = self.cache.redis_get(key).await {
+                any = true;
+                if selects(&e) {
+                    self.counters.hit_redis.fetch_add(1, Ordering::Relaxed);
+                    if self.tiers.memory {
+                        self.cache.put(e.clone());
+                    }
+                    return (Some(e), true);
+                }
+            }
+        }
+        if self.tiers.memory && self.tiers.redis_first {
+            if let Some(e) = memory(&mut any) {
+                return (Some(e), true);
+            }
+        }
+        (None, any)
+    }
+
+    /// Waits (up to `timeout`) for another instance's fill of `key` to appear in Redis; `None`
+    /// when its lease ends without one (a response not stored) or the time is up.
+    async fn wait_for_fleet(
+        &self,
+        key: &str,
+        headers: &HeaderMap,
+        timeout: Duration,
+    ) -> Option<Arc<Entry>> {
+        let tier = self.cache.redis()?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+            if let Some(e) = self.cache.redis_get(key).await {
+                let now = policy::unix_ms(SystemTime::now());
+                let selects = policy::vary_values(&e.meta.vary, headers) == e.meta.vary_values;
+                if selects && matches!(e.freshness(now), Freshness::Fresh(_)) {
+                    if self.tiers.memory {
+                        self.cache.put(e.clone());
+                    }
+                    return Some(e);
+                }
+            }
+            if !tier.is_leased(key).await.unwrap_or(false) {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Stores `e` in the route's tiers.
+    fn save(&self, e: Arc<Entry>) {
+        save(&self.cache, self.tiers, e);
     }
 
     /// Starts the one background refresh of a stale entry.
@@ -335,7 +419,12 @@ impl CachePlugin {
         *request.headers_mut() = headers;
         let upstream = r.upstream.clone();
         let mut detached = cx.detached();
-        let (cache, rules, stale) = (self.cache.clone(), self.rules.clone(), e.clone());
+        let (cache, rules, stale, tiers) = (
+            self.cache.clone(),
+            self.rules.clone(),
+            e.clone(),
+            self.tiers,
+        );
         let (max, req_headers) = (self.max_object_size, req.headers.clone());
         let revalidated = self.counters.revalidated.clone();
         tokio::spawn(async move {
@@ -367,7 +456,7 @@ impl CachePlugin {
                         &life,
                         now,
                     );
-                    cache.put(Arc::new(e));
+                    save(&cache, tiers, Arc::new(e));
                 }
                 return;
             }
@@ -402,8 +491,18 @@ impl CachePlugin {
                 &life,
                 now,
             );
-            cache.put(Arc::new(e));
+            save(&cache, tiers, Arc::new(e));
         });
+    }
+}
+
+/// Stores `e` in `tiers`.
+fn save(cache: &Cache, tiers: Tiers, e: Arc<Entry>) {
+    if tiers.redis {
+        cache.redis_put(&e);
+    }
+    if tiers.memory {
+        cache.put(e);
     }
 }
 
@@ -543,7 +642,7 @@ impl Plugin for CachePlugin {
         let refused = directives.request_no_cache(&req.headers);
         let now_time = SystemTime::now();
         let now = policy::unix_ms(now_time);
-        let (found, any) = self.lookup(&key, &req.headers);
+        let (found, any) = self.lookup(&key, &req.headers).await;
         let mut fwd = match (&found, any) {
             (Some(_), _) => "stale",
             (None, true) => "vary-miss",
@@ -639,6 +738,42 @@ impl Plugin for CachePlugin {
                 }
             }
         }
+        // Across instances (Redis tier): one fills, the others wait for its stored answer.
+        let mut lease = None;
+        if let (Some(l), Some(timeout), Some(tier)) = (
+            &mut leader,
+            self.lock,
+            self.cache.redis().filter(|_| self.tiers.redis),
+        ) {
+            match tier.lease(&key, timeout).await {
+                Ok(Some(got)) => lease = Some(got),
+                Ok(None) => {
+                    if let Some(e) = self.wait_for_fleet(&key, &req.headers, timeout).await {
+                        l.head(e.status, e.headers.clone(), e.meta.vary_values.clone());
+                        l.data(&e.body);
+                        if let Some(l) = leader.take() {
+                            l.done();
+                        }
+                        self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                        let parts = vec![
+                            format!("fwd={fwd}"),
+                            "collapsed".into(),
+                            format!("ttl={}", e.ttl(now)),
+                        ];
+                        let answer = self.answer(
+                            &e,
+                            &req.headers,
+                            head_request,
+                            parts,
+                            policy::unix_ms(SystemTime::now()),
+                        );
+                        Cell::put(cx, State::Served);
+                        return Ok(Flow::Respond(answer));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
         self.counters.miss.fetch_add(1, Ordering::Relaxed);
         let mut client_conditional = None;
         let revalidating = stale.as_ref().is_some_and(|e| has_validator(e));
@@ -664,6 +799,7 @@ impl Plugin for CachePlugin {
                 revalidating,
                 fwd,
                 leader,
+                lease,
                 sent_at: now_time,
                 upstream_uri: req
                     .uri
@@ -741,6 +877,7 @@ impl Plugin for CachePlugin {
             Some(State::Replace(b)) => BodyAction::Replace(Body::full(b)),
             Some(State::Storing(s)) => BodyAction::Stream(Box::new(Tee {
                 storing: Some(s),
+                tiers: self.tiers,
                 chunks: Vec::new(),
                 size: 0,
                 max: self.max_object_size,
@@ -822,7 +959,7 @@ impl CachePlugin {
                         &life,
                         now_time,
                     ));
-                    self.cache.put(e.clone());
+                    self.save(e.clone());
                     e
                 }
                 Err(_) => {
@@ -916,6 +1053,12 @@ impl CachePlugin {
                 if let Some(l) = f.leader.take() {
                     l.not_shared();
                 }
+                if let Some(lease) = f.lease.take() {
+                    // Other instances stop waiting for a fill that will not come.
+                    tokio::spawn(async move {
+                        let _ = lease.release().await;
+                    });
+                }
                 resp.headers.insert(
                     CACHE_STATUS.clone(),
                     self.status_value(
@@ -971,11 +1114,13 @@ impl CachePlugin {
             headers: stored_headers,
             life,
             leader: f.leader.take(),
+            lease: f.lease.take(),
         };
         if resp.status == StatusCode::NO_CONTENT {
             // No body phase runs on a 204: store it now.
             let mut tee = Tee {
                 storing: Some(Box::new(storing)),
+                tiers: self.tiers,
                 chunks: Vec::new(),
                 size: 0,
                 max: self.max_object_size,
@@ -994,6 +1139,7 @@ impl CachePlugin {
 /// it when it ends whole within the cap. Dropped before its end, nothing is stored.
 struct Tee {
     storing: Option<Box<Storing>>,
+    tiers: Tiers,
     chunks: Vec<Bytes>,
     size: u64,
     max: u64,
@@ -1011,6 +1157,7 @@ impl Tee {
             headers,
             life,
             leader,
+            lease,
         } = *s;
         let body = match self.chunks.len() {
             0 => Bytes::new(),
@@ -1026,7 +1173,12 @@ impl Tee {
         self.chunks.clear();
         let len = body.len() as u64;
         let e = Entry::new(meta, status, headers, body, &life, SystemTime::now());
-        self.cache.put(Arc::new(e));
+        save(&self.cache, self.tiers, Arc::new(e));
+        if let Some(lease) = lease {
+            tokio::spawn(async move {
+                let _ = lease.release().await;
+            });
+        }
         self.stored.fetch_add(1, Ordering::Relaxed);
         self.stored_bytes.fetch_add(len, Ordering::Relaxed);
         if let Some(l) = leader {
@@ -1058,12 +1210,13 @@ impl BodyFilter for Tee {
     }
 }
 
-/// Purges on this instance (the admin API's `POST /cache/purge`).
-pub fn purge(cache: &Cache, what: &Purge, soft: bool) -> u64 {
+/// Purges here, in the Redis tier and on every other instance (the admin API's
+/// `POST /cache/purge`); how many stored responses this instance had.
+pub async fn purge(cache: &Cache, what: &Purge, soft: bool) -> u64 {
     let what = match what {
         Purge::Url(u) => Purge::Url(strip_scheme(u).to_string()),
         Purge::Prefix(p) => Purge::Prefix(strip_scheme(p).to_string()),
         other => other.clone(),
     };
-    cache.purge(&what, soft)
+    cache.purge_everywhere(&what, soft).await
 }
