@@ -728,3 +728,36 @@ async fn with_redis_down_the_memory_tier_keeps_serving_and_misses_go_upstream() 
     );
     assert_eq!(o.count(miss), 1);
 }
+
+#[tokio::test]
+async fn the_access_log_has_the_cache_status() {
+    let o = origin().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let gw = common::gateway_in(
+        dir,
+        &config(&format!(
+            "observability:\n  access_log: {{ output: access.log }}\nupstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{}}\n",
+            o.up.url()
+        )),
+    )
+    .await;
+    get(&gw, FRESH, &[]).await;
+    get(&gw, FRESH, &[]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        statuses = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["cache_status"].as_str().map(str::to_string))
+            .collect();
+        if statuses.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(statuses[0].contains("fwd=uri-miss"), "{statuses:?}");
+    assert!(statuses[1].contains("hit"), "{statuses:?}");
+}

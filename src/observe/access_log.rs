@@ -281,6 +281,10 @@ impl Renderer {
         } else {
             b",\"consumer_anonymous\":false"
         });
+        if let Some(cs) = ex.cache_status.as_ref().and_then(|v| v.to_str().ok()) {
+            buf.extend_from_slice(b",\"cache_status\":");
+            push_str(buf, Some(cs));
+        }
         buf.extend_from_slice(b",\"upstream\":");
         push_str(buf, ex.upstream.as_deref());
         buf.extend_from_slice(b",\"upstream_target\":");
@@ -367,6 +371,7 @@ mod tests {
             client_ip: Some([10, 0, 0, 1].into()),
             consumer: None,
             consumer_anonymous: false,
+            cache_status: None,
             upstream: None,
             call: CallReport {
                 duration: Some(Duration::from_micros(1_902)),

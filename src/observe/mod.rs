@@ -90,6 +90,8 @@ pub struct Exchange {
     /// True when `consumer` is an auth plugin's `anonymous` consumer: the caller was not
     /// identified.
     pub consumer_anonymous: bool,
+    /// The response's `Cache-Status` on a route that caches (for the access log).
+    pub cache_status: Option<HeaderValue>,
     /// The route's upstream.
     pub upstream: Option<Arc<str>>,
     /// What the upstream call did, trace context included.
@@ -232,6 +234,7 @@ impl Observer {
             client_ip: Some(peer.to_canonical()),
             consumer: None,
             consumer_anonymous: false,
+            cache_status: None,
             upstream: None,
             call: CallReport {
                 trace,

@@ -16,6 +16,9 @@ use super::{
 };
 use crate::body::{Body, BodyError};
 use crate::error::{ErrorSource, GatewayError};
+
+/// RFC 9211's response field, as the `cache` plugin sets it.
+static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 use crate::observe::Exchange;
 use crate::plugin::{Ctx, Flow, PhaseError, RequestHead, Summary};
 use crate::route::RequestKey;
@@ -146,6 +149,10 @@ impl<'c> Session<'c> {
                 Response::from_parts(parts, body)
             }
         };
+        if let Some(ex) = &mut self.ex {
+            // A caching route's answer says what the cache did: the access log keeps it.
+            ex.cache_status = resp.headers().get(&CACHE_STATUS).cloned();
+        }
         self.on_end(route, cx, resp)
     }
 
