@@ -108,6 +108,23 @@ def gzip_check(port, path, expected_file):
     print("%d bytes gzip for %d bytes" % (len(body), len(want)))
 
 
+def cache_check(port, path, expected_file):
+    """GET `path` twice: both whole, the second a hit (Cache-Status for Frontdesk, X-Cache for nginx)."""
+    import http.client
+    expected = open(expected_file, "rb").read()
+    for i in range(2):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", path)
+        r = c.getresponse()
+        body = r.read()
+        if r.status != 200 or body != expected:
+            sys.exit(f"GET {path}: status {r.status}, {len(body)} bytes, expected {len(expected)}")
+        hit = "hit" in (r.getheader("cache-status") or "") or r.getheader("x-cache") == "HIT"
+        c.close()
+    if not hit:
+        sys.exit(f"GET {path} a second time was not a cache hit")
+
+
 def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -307,6 +324,8 @@ if __name__ == "__main__":
         json_doc(int(sys.argv[2]))
     elif cmd == "gzip-check":
         gzip_check(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif cmd == "cache-check":
+        cache_check(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif cmd == "jwt-setup":
         jwt_setup(*sys.argv[2:8])
     elif cmd == "serve":

@@ -21,6 +21,9 @@
 #                 gzip: HTTP/1.1 keep-alive (wrk, Accept-Encoding: gzip), a 10 KiB JSON
 #                 response compressed by the proxy (Frontdesk's `compression`, nginx's gzip
 #                 module, both at gzip level 5)
+#                 cache1k, cache100k (not in the default): HTTP/1.1 keep-alive (wrk), cache
+#                 hits on a 1 KiB and a 100 KiB response the upstream marks `max-age=3600`
+#                 (Frontdesk's `cache` plugin, memory tier; nginx's `proxy_cache`)
 #   H2_STREAMS    h2load concurrent streams per connection (default 1)
 #
 # Scratch files (configs, logs, raw wrk output) go to bench/out/.
@@ -85,7 +88,7 @@ preflight() {
 
     local sc
     for sc in $SCENARIOS; do
-        case $sc in http | https | h2c | h2 | gzip) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
+        case $sc in http | https | h2c | h2 | gzip | cache1k | cache100k) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
     done
     fresh_out
 }
@@ -101,17 +104,28 @@ make_cert() {
         -keyout "$KEY" -out "$CERT" >"$OUT/openssl.log" 2>&1 || die "openssl failed, see $OUT/openssl.log"
 }
 
-# The gzip row's 10 KiB JSON, served by the upstream nginx from $OUT/static (see nginx-upstream.conf).
+# The gzip row's 10 KiB JSON, and the cache rows' 1 KiB and 100 KiB files, served by the upstream
+# nginx from $OUT/static (see nginx-upstream.conf).
 make_json() {
-    mkdir -p "$OUT/static"
+    mkdir -p "$OUT/static/cached"
     python3 "$BENCH/benchutil.py" json "$JSON_SIZE" >"$OUT/static${JSON_PATH}"
+    head -c 1024 /dev/urandom >"$OUT/static/cached/1k.bin"
+    head -c 102400 /dev/urandom >"$OUT/static/cached/100k.bin"
 }
 
 # Scenario properties.
 is_tls() { [[ $1 == https || $1 == h2 ]]; }
 scheme() { if is_tls "$1"; then echo https; else echo http; fi; }
 # The path the load asks for.
-load_path() { if [[ $1 == gzip ]]; then echo "$JSON_PATH"; else echo /; fi; }
+load_path() {
+    case $1 in
+        gzip) echo "$JSON_PATH" ;;
+        cache1k) echo /cached/1k.bin ;;
+        cache100k) echo /cached/100k.bin ;;
+        *) echo / ;;
+    esac
+}
+is_cache() { [[ $1 == cache1k || $1 == cache100k ]]; }
 
 # fill TEMPLATE DEST KEY=VALUE...: replace @KEY@ placeholders.
 fill() {
@@ -141,6 +155,9 @@ start_frontdesk() {
         printf '%s\n' "plugins:" "  compression: { encodings: [gzip], level: { gzip: 5 }, min_size: 1KiB }" \
             >>"$OUT/frontdesk.yaml"
     fi
+    if is_cache "$scenario"; then
+        printf '%s\n' "plugins:" "  cache: {}" >>"$OUT/frontdesk.yaml"
+    fi
     taskset -c "$PROXY_CPU" "$FRONTDESK_BIN" run -c "$OUT/frontdesk.yaml" >>"$OUT/frontdesk.log" 2>&1 &
     PROXY_MAIN_PID=$!
     STARTED_PIDS+=("$PROXY_MAIN_PID")
@@ -150,14 +167,18 @@ start_frontdesk() {
 }
 
 start_nginx() {
-    local port=$1 scenario=$2 flags= gzip=
+    local port=$1 scenario=$2 flags= gzip= cache=
     case $scenario in h2c) flags=http2 ;; https | h2) flags="ssl http2" ;; esac
+    if is_cache "$scenario"; then
+        # The cache on tmpfs-like speed: the files stay in the page cache; the key zone in memory.
+        cache="proxy_cache bench; proxy_cache_valid 200 1h; proxy_cache_lock on; add_header X-Cache \$upstream_cache_status;"
+    fi
     if [[ $scenario == gzip ]]; then
         gzip="gzip on; gzip_comp_level 5; gzip_min_length 1024; gzip_types application/json; gzip_vary on; gzip_proxied any;"
     fi
     fill "$BENCH/nginx-proxy.conf" "$OUT/nginx-proxy.conf" \
         OUT="$OUT" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" NOFILE="$NOFILE" \
-        LISTEN_FLAGS="$flags" GZIP="$gzip" CERT="$CERT" KEY="$KEY" \
+        LISTEN_FLAGS="$flags" GZIP="$gzip" CACHE="$cache" CERT="$CERT" KEY="$KEY" \
         WORKER_CONNECTIONS=$((IDLE_CONNS + 2 * CONNECTIONS + 1024)) \
         UPSTREAM_KEEPALIVE=$((CONNECTIONS + 64))
     mkdir -p "$OUT/nginx-proxy-tmp"
@@ -184,7 +205,7 @@ run_load() { # run_load SCENARIO PORT DURATION OUTFILE
             taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
                 -H "Accept-Encoding: gzip" "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
             ;;
-        http | https)
+        http | https | cache1k | cache100k)
             taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
                 "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
             ;;
@@ -200,7 +221,7 @@ run_load() { # run_load SCENARIO PORT DURATION OUTFILE
 parse_load() {
     local f=$2
     case $1 in
-        http | https | gzip)
+        http | https | gzip | cache1k | cache100k)
             L_REQS=$(awk '/ requests in / {print $1}' "$f")
             L_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$f")
             L_P50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
@@ -268,6 +289,12 @@ bench_proxy() {
             # Compressed, and decodes to the upstream's file.
             python3 "$BENCH/benchutil.py" gzip-check "$port" "$JSON_PATH" "$OUT/static${JSON_PATH}" ||
                 die "$key: GET $JSON_PATH through the proxy was not the gzip of the upstream's file"
+            ;;
+        cache1k | cache100k)
+            # The whole file, then a hit (Frontdesk: Cache-Status; nginx: X-Cache).
+            python3 "$BENCH/benchutil.py" cache-check "$port" "$(load_path "$scenario")" \
+                "$OUT/static$(load_path "$scenario")" ||
+                die "$key: GET $(load_path "$scenario") through the proxy was not a cache hit of the upstream's file"
             ;;
         h2c | h2)
             # nginx's h2c listener speaks only HTTP/2, so check with h2load itself.

@@ -21,8 +21,8 @@ use crate::observe::Observer;
 use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, RouteTarget, Scope};
 use crate::plugins;
 use crate::route::{
-    normalize_host, stripped_path, ExplainRequest, Explanation, MatchedRoute, RequestSummary,
-    RouteTable,
+    normalize_host, stripped_path, ExplainRequest, Explanation, MatchedRoute, PluginNote,
+    RequestSummary, RouteTable,
 };
 use crate::tls::server::ServerTls;
 use crate::upstream::Upstream;
@@ -447,12 +447,23 @@ impl Snapshot {
                 let strip = if route.strip_prefix { hit.strip_len } else { 0 };
                 stripped_path(&req.path, strip, req.query.as_deref())
             });
+            let notes = req
+                .head()
+                .map(|head| route.plugins.explain(&head, hit.name))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(plugin, note)| PluginNote {
+                    plugin: plugin.to_string(),
+                    note,
+                })
+                .collect();
             MatchedRoute {
                 route: hit.name.to_string(),
                 rule: hit.rule.to_string(),
                 plugins: route.plugins.kinds().map(str::to_string).collect(),
                 upstream: route.target.upstream().map(|u| u.name.to_string()),
                 upstream_path,
+                notes,
             }
         });
         Explanation {

@@ -26,6 +26,8 @@ struct Origin {
     counts: Arc<Mutex<HashMap<String, usize>>>,
     down: Arc<AtomicBool>,
     last_headers: Arc<Mutex<Vec<http::HeaderMap>>>,
+    /// Lets a `hold=1` body finish.
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl Origin {
@@ -51,9 +53,15 @@ async fn origin() -> Origin {
     let counts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let down = Arc::new(AtomicBool::new(false));
     let last_headers: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
-    let (c, d, l) = (counts.clone(), down.clone(), last_headers.clone());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (c, d, l, rel) = (
+        counts.clone(),
+        down.clone(),
+        last_headers.clone(),
+        release.clone(),
+    );
     let up = upstream(move |req: Request<Incoming>| {
-        let (c, d, l) = (c.clone(), d.clone(), l.clone());
+        let (c, d, l, rel) = (c.clone(), d.clone(), l.clone(), rel.clone());
         async move {
             let pq = req
                 .uri()
@@ -79,6 +87,7 @@ async fn origin() -> Origin {
             let mut etag = None;
             let mut big = None;
             let mut abort = false;
+            let mut hold = false;
             let mut wait = 0;
             for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
                 match &*k {
@@ -91,6 +100,7 @@ async fn origin() -> Origin {
                     "etag" => etag = Some(format!("\"{v}\"")),
                     "big" => big = Some(v.parse::<usize>().expect("test value")),
                     "abort" => abort = true,
+                    "hold" => hold = true,
                     "wait" => wait = v.parse().expect("test value"),
                     _ => {}
                 }
@@ -107,6 +117,25 @@ async fn origin() -> Origin {
                 {
                     return b.status(304).body(full("")).expect("test value");
                 }
+            }
+            if hold {
+                // "first" now; "second" and the end once the test releases it.
+                let (tx, rx) = tokio::sync::mpsc::channel::<
+                    Result<hyper::body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+                >(4);
+                tokio::spawn(async move {
+                    let _ = tx
+                        .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first"))))
+                        .await;
+                    rel.notified().await;
+                    let _ = tx
+                        .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"second"))))
+                        .await;
+                });
+                let stream = http_body_util::StreamBody::new(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                );
+                return b.status(status).body(stream.boxed()).expect("test value");
             }
             if abort {
                 let (tx, rx) = tokio::sync::mpsc::channel::<
@@ -139,6 +168,7 @@ async fn origin() -> Origin {
         counts,
         down,
         last_headers,
+        release,
     }
 }
 
@@ -665,11 +695,10 @@ async fn the_redis_tier_is_shared_coalesces_across_instances_and_purges_everywhe
         from_b = get(&b, p, &[]).await;
     }
     let count_after_fill = o.count(p);
-    assert!(
-        from_b.cache_status().contains("hit"),
-        "{}",
-        from_b.cache_status()
-    );
+    // From Redis: a hit, or (when B came while A's fill lease was still held) the fill B waited for.
+    let cs = from_b.cache_status();
+    assert!(cs.contains("hit") || cs.contains("collapsed"), "{cs}");
+    assert_eq!(count_after_fill, 1, "B did not go upstream");
 
     // 200 concurrent misses spread over both instances: one upstream request.
     let c = "/fleet?h=cache-control:max-age%3D600&wait=400";
@@ -760,4 +789,166 @@ async fn the_access_log_has_the_cache_status() {
     assert_eq!(statuses.len(), 2, "{statuses:?}");
     assert!(statuses[0].contains("fwd=uri-miss"), "{statuses:?}");
     assert!(statuses[1].contains("hit"), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn explain_says_whether_a_request_is_cacheable_and_what_is_stored() {
+    let o = origin().await;
+    let gw = gateway(&config(&format!(
+        "upstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{}}\nadmin: {{ address: \"127.0.0.1:0\", token: t0k3n-for-tests }}\n",
+        o.up.url()
+    )))
+    .await;
+    let admin = gw.gw.admin_addr().expect("admin");
+    let explain = |q: String| {
+        let url = format!("http://{admin}/explain?{q}");
+        async move {
+            let v: serde_json::Value = common::client()
+                .get(url)
+                .bearer_auth("t0k3n-for-tests")
+                .send()
+                .await
+                .expect("explain")
+                .json()
+                .await
+                .expect("json");
+            v["matched"]["notes"][0]["note"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    let path = format!("/x%3Fh%3Dcache-control:max-age%253D60&host={}", gw.addr);
+    let before = explain(format!("path={path}")).await;
+    assert!(
+        before.contains("cacheable: key") && before.contains("nothing stored"),
+        "{before}"
+    );
+    get(&gw, "/x?h=cache-control:max-age%3D60", &[]).await;
+    let after = explain(format!("path={path}")).await;
+    assert!(after.contains("stored, fresh for"), "{after}");
+    let post = explain(format!("method=POST&path={path}")).await;
+    assert!(post.contains("not cacheable (POST)"), "{post}");
+    let auth = explain(format!(
+        "path={path}&header=authorization:Bearer%20x&header=cache-control:no-store"
+    ))
+    .await;
+    assert!(
+        auth.contains("no-store") && auth.contains("Authorization"),
+        "{auth}"
+    );
+    // Offline, the CLI says the same of the config (nothing is stored there).
+    let out = std::process::Command::new(common::bin())
+        .args(["explain", "-c"])
+        .arg(gw.path())
+        .args(["GET", "/x"])
+        .env("FRONTDESK_LOG", "warn")
+        .output()
+        .expect("explain runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cache: cacheable: key \"c|GET|"), "{text}");
+}
+
+#[tokio::test]
+async fn coalesced_requests_get_the_body_as_it_arrives() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    let p = "/hold?h=cache-control:max-age%3D600&hold=1";
+    let client = common::client();
+    let mut leader = client.get(gw.url(p)).send().await.expect("leader's head");
+    assert_eq!(
+        leader.chunk().await.expect("chunk").as_deref(),
+        Some(&b"first"[..])
+    );
+    // The waiter joins while the upstream still holds the rest of the body back.
+    let mut waiter = client.get(gw.url(p)).send().await.expect("waiter's head");
+    assert!(waiter.headers()["cache-status"]
+        .to_str()
+        .expect("ascii")
+        .contains("collapsed"));
+    assert_eq!(
+        waiter.chunk().await.expect("chunk").as_deref(),
+        Some(&b"first"[..]),
+        "before the end"
+    );
+    o.release.notify_waiters();
+    assert_eq!(leader.text().await.expect("rest"), "second");
+    assert_eq!(waiter.text().await.expect("rest"), "second");
+    assert_eq!(o.count(p), 1);
+    // Stored once complete.
+    assert_eq!(get(&gw, p, &[]).await.body, "firstsecond");
+    assert_eq!(o.count(p), 1);
+}
+
+#[tokio::test]
+async fn stale_if_error_covers_an_open_circuit_breaker() {
+    let o = origin().await;
+    let gw = gateway(&config(&format!(
+        "upstreams:\n  origin:\n    targets: [{{ url: \"{}\" }}]\n    retries: {{ attempts: 0 }}\n    circuit_breaker: {{ failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 60s }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{}}\n",
+        o.up.url()
+    )))
+    .await;
+    let p = "/br?h=cache-control:max-age%3D1,stale-if-error%3D600&h=age:5";
+    assert_eq!(get(&gw, p, &[]).await.body, "body-1");
+    o.down.store(true, Ordering::SeqCst);
+    for i in 0..6 {
+        get(&gw, &format!("/fail{i}"), &[]).await;
+    }
+    let before = o.count(p);
+    let r = get(&gw, p, &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "body-1"));
+    assert!(
+        r.cache_status().contains("fwd-status=503") && r.cache_status().contains("stale-if-error"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(
+        o.count(p),
+        before,
+        "the open breaker kept the request from the upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_304_refreshes_the_stored_headers_and_freshness() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    // Stale at once; its revalidation answers 304 with a fresh max-age and a new header.
+    let p = "/fr?h=cache-control:max-age%3D5&h=age:10&h=x-version:2&etag=v1";
+    get(&gw, p, &[]).await;
+    let revalidated = get(&gw, p, &[]).await;
+    assert!(
+        revalidated.cache_status().contains("fwd-status=304"),
+        "{}",
+        revalidated.cache_status()
+    );
+    // The 304 carried `Age: 10` again, so the refreshed response is stale again: still revalidated,
+    // still served from the stored body.
+    assert_eq!(revalidated.body, "body-1");
+    assert_eq!(revalidated.headers["x-version"], "2");
+    // A 304 with a longer max-age makes it fresh: the next request is a hit.
+    let q = "/fr2?h=cache-control:max-age%3D600&etag=v1";
+    get(&gw, q, &[]).await;
+    let hit = get(&gw, q, &[]).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+}
+
+#[tokio::test]
+async fn an_authorized_request_is_stored_per_consumer_when_the_key_has_it() {
+    let o = origin().await;
+    let gw = gateway(&config(&format!(
+        "consumers:\n  - {{ name: alice, api_keys: [\"alice-key-0123456789\"] }}\n  - {{ name: bob, api_keys: [\"bob-key-0123456789\"] }}\nupstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      key_auth: {{ header: authorization }}\n      cache: {{ key: [consumer, path, query] }}\n",
+        o.up.url()
+    )))
+    .await;
+    let p = "/me?h=cache-control:max-age%3D600";
+    let alice = [("authorization", "alice-key-0123456789")];
+    let bob = [("authorization", "bob-key-0123456789")];
+    assert_eq!(get(&gw, p, &alice).await.body, "body-1");
+    assert_eq!(get(&gw, p, &bob).await.body, "body-2", "not alice's");
+    assert_eq!(get(&gw, p, &alice).await.body, "body-1");
+    assert_eq!(get(&gw, p, &bob).await.body, "body-2");
+    assert_eq!(o.count(p), 2);
+    // Without credentials, the auth plugin refuses before the cache is consulted.
+    assert_eq!(get(&gw, p, &[]).await.status, 401);
 }

@@ -306,6 +306,14 @@ pub trait Plugin: Send + Sync + 'static {
         None
     }
 
+    /// What this plugin would do with a request, for `explain` (`frontdesk explain`, the admin
+    /// API's `/explain`): a short sentence, or `None` when it has nothing to say. Runs on a
+    /// request built from the explain query on route `route`; no caller is identified, nothing is
+    /// sent anywhere. Must not block.
+    fn explain(&self, _req: &RequestHead, _route: &str) -> Option<String> {
+        None
+    }
+
     /// The logging phase: runs once when the exchange is over (the response body sent, the
     /// client gone, or an error answered), in plugin order, with what happened. Runs inside the
     /// body's completion: it must not block; spawn a task for any I/O.

@@ -309,6 +309,14 @@ impl PluginChain {
         self.responders.iter().any(|p| p.phases().recover)
     }
 
+    /// What each plugin would do with `req` on `route` ([`Plugin::explain`]), in run order.
+    pub fn explain(&self, req: &RequestHead, route: &str) -> Vec<(&'static str, String)> {
+        self.plugins
+            .iter()
+            .filter_map(|p| p.explain(req, route).map(|note| (p.kind(), note)))
+            .collect()
+    }
+
     /// The logging phase, in run order.
     pub fn log(&self, summary: &Summary, cx: &Ctx) {
         for p in self.loggers.iter() {

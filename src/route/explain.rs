@@ -109,6 +109,19 @@ pub struct MatchedRoute {
     pub upstream: Option<String>,
     /// The path and query the upstream receives (after `strip_prefix`).
     pub upstream_path: Option<String>,
+    /// What plugins would do with the request, where they can say (the cache: whether it is
+    /// cacheable, its key, whether a response is stored).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<PluginNote>,
+}
+
+/// One plugin's word on an explained request.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginNote {
+    /// The plugin's kind.
+    pub plugin: String,
+    /// What it would do.
+    pub note: String,
 }
 
 impl std::fmt::Display for Explanation {
@@ -139,6 +152,9 @@ impl std::fmt::Display for Explanation {
                     (Some(u), Some(p)) => writeln!(f, "upstream: {u} {p}")?,
                     _ => writeln!(f, "upstream: (none; a plugin answers)")?,
                 }
+                for n in &m.notes {
+                    writeln!(f, "{}: {}", n.plugin, n.note)?;
+                }
             }
             None => writeln!(f, "matched: no route (the gateway answers 404)")?,
         }
@@ -156,6 +172,27 @@ impl std::fmt::Display for Explanation {
 }
 
 impl ExplainRequest {
+    /// The request as plugins would see it (for their `explain`); `None` if its parts do not
+    /// make a request.
+    pub fn head(&self) -> Option<http::request::Parts> {
+        let target = match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        };
+        let mut req = http::Request::builder()
+            .method(self.method.clone())
+            .uri(target)
+            .body(())
+            .ok()?;
+        *req.headers_mut() = self.headers.clone();
+        if let Some(h) = &self.host {
+            if let Ok(v) = http::HeaderValue::from_str(h) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        Some(req.into_parts().0)
+    }
+
     /// A request from its parts; `path` may carry `?query`, each header is `name: value`.
     pub fn new(
         method: &str,

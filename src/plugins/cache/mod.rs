@@ -613,6 +613,66 @@ impl Plugin for CachePlugin {
         }
     }
 
+    fn explain(&self, req: &RequestHead, route: &str) -> Option<String> {
+        if matches!(
+            req.method,
+            Method::POST | Method::PUT | Method::DELETE | Method::PATCH
+        ) {
+            return Some(format!(
+                "not cacheable ({}); a 2xx or 3xx answer invalidates what is stored for {}",
+                req.method,
+                key::url(req)
+            ));
+        }
+        if !(req.method == Method::GET || (req.method == Method::HEAD && self.head)) {
+            return Some(format!("bypassed: {} is not cached", req.method));
+        }
+        let mut cx = Ctx::for_test();
+        cx.route = Arc::from(route);
+        let key = key::key(route, &self.key, req, &cx);
+        let d = Directives::parse(&req.headers);
+        let mut out = format!("cacheable: key {key:?}");
+        if self.rules.key_has_consumer {
+            out.push_str(" (the consumer part is the caller's, empty here)");
+        }
+        if d.no_store {
+            out.push_str("; the request says no-store: its answer is not stored");
+        }
+        if d.request_no_cache(&req.headers) {
+            out.push_str(
+                "; the request says no-cache: not answered from the cache without revalidation",
+            );
+        }
+        if req.headers.contains_key(header::AUTHORIZATION) && !self.rules.key_has_consumer {
+            out.push_str(
+                "; it has Authorization: stored only if the response says public, s-maxage or \
+                 must-revalidate",
+            );
+        }
+        let now = policy::unix_ms(SystemTime::now());
+        match self.cache.get(&key) {
+            None => out.push_str("; nothing stored in memory now"),
+            Some(vars) => {
+                let selected = vars.iter().find(|e| {
+                    policy::vary_values(&e.meta.vary, &req.headers) == e.meta.vary_values
+                });
+                match selected {
+                    None => out.push_str(&format!(
+                        "; {} variant(s) stored, none for this request's Vary values",
+                        vars.len()
+                    )),
+                    Some(e) => out.push_str(&match e.freshness(now) {
+                        Freshness::Fresh(left) => {
+                            format!("; stored, fresh for {}s", left.as_secs())
+                        }
+                        Freshness::Stale(by) => format!("; stored, stale by {}s", by.as_secs()),
+                    }),
+                }
+            }
+        }
+        Some(out)
+    }
+
     async fn request_filter(
         &self,
         req: &mut RequestHead,
