@@ -187,11 +187,20 @@ start_nginx() {
     PROXY_MAIN_PID=$!
     STARTED_PIDS+=("$PROXY_MAIN_PID")
     wait_port "$port" "$PROXY_MAIN_PID" || die "nginx proxy did not start, see $OUT/nginx-proxy.error.log and nginx-proxy.stderr"
-    local workers
-    read -ra workers <<<"$(children_of "$PROXY_MAIN_PID" | tr '\n' ' ')"
-    ((${#workers[@]} == 1)) || die "expected one nginx worker, found: ${workers[*]}"
-    STARTED_PIDS+=("${workers[0]}")
-    CPU_PIDS=("$PROXY_MAIN_PID" "${workers[0]}")
+    local children workers=() managers=() c cmd
+    read -ra children <<<"$(children_of "$PROXY_MAIN_PID" | tr '\n' ' ')"
+    # With proxy_cache, nginx also runs a cache manager (counted: it works for the cache) and,
+    # briefly, a cache loader (not counted: it exits on its own, and has nothing to load here).
+    for c in "${children[@]}"; do
+        cmd=$(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null || true)
+        case $cmd in
+            *"worker process"*) workers+=("$c") ;;
+            *"cache manager"*) managers+=("$c") ;;
+        esac
+    done
+    ((${#workers[@]} == 1)) || die "expected one nginx worker, found: ${workers[*]} (children: ${children[*]})"
+    STARTED_PIDS+=("${children[@]}")
+    CPU_PIDS=("$PROXY_MAIN_PID" "${workers[0]}" "${managers[@]}")
     MEM_PID=${workers[0]}
 }
 
@@ -369,6 +378,7 @@ describe() {
         h2c) echo "HTTP/2 prior knowledge, h2load -m$H2_STREAMS" ;;
         h2) echo "HTTP/2 over TLS (ALPN h2), h2load -m$H2_STREAMS" ;;
         gzip) echo "HTTP/1.1 keep-alive, wrk, Accept-Encoding: gzip; a $JSON_SIZE-byte JSON response compressed by the proxy at gzip level 5" ;;
+        cache1k | cache100k) echo "HTTP/1.1 keep-alive, wrk; cache hits on $(load_path "$1") (max-age=3600): Frontdesk's cache plugin (memory tier) vs nginx proxy_cache" ;;
     esac
 }
 

@@ -90,8 +90,9 @@ pub struct Exchange {
     /// True when `consumer` is an auth plugin's `anonymous` consumer: the caller was not
     /// identified.
     pub consumer_anonymous: bool,
-    /// The response's `Cache-Status` on a route that caches (for the access log).
-    pub cache_status: Option<HeaderValue>,
+    /// The response's `Cache-Status` on a route that caches (for the access log). Boxed: the
+    /// record moves with every request, routes without a cache included.
+    pub cache_status: Option<Box<HeaderValue>>,
     /// The route's upstream.
     pub upstream: Option<Arc<str>>,
     /// What the upstream call did, trace context included.

@@ -151,7 +151,7 @@ impl<'c> Session<'c> {
         };
         if let Some(ex) = &mut self.ex {
             // A caching route's answer says what the cache did: the access log keeps it.
-            ex.cache_status = resp.headers().get(&CACHE_STATUS).cloned();
+            ex.cache_status = resp.headers().get(&CACHE_STATUS).cloned().map(Box::new);
         }
         self.on_end(route, cx, resp)
     }
