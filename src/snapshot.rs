@@ -513,6 +513,16 @@ impl Gauges for Snapshot {
             .as_ref()
             .map_or(0, |r| r.errors.load(std::sync::atomic::Ordering::Relaxed))
     }
+
+    fn cache(&self) -> Option<crate::observe::metrics::CacheGauges> {
+        let c = self.cache.as_ref()?;
+        Some(crate::observe::metrics::CacheGauges {
+            entries: c.entries(),
+            bytes: c.weighed_bytes(),
+            evictions: c.evictions.load(std::sync::atomic::Ordering::Relaxed),
+            redis_errors: c.redis().map(|r| r.errors()),
+        })
+    }
 }
 
 /// The head limits a connection enforces (from its listener's config).

@@ -172,13 +172,23 @@ async fn origin() -> Origin {
     }
 }
 
-/// A gateway with route `c` (prefix `/`) caching with `plugin` (YAML flow mapping body).
-async fn cached(o: &Origin, plugin: &str) -> TestGateway {
-    gateway(&config(&format!(
-        "upstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{ {plugin} }}\n",
+/// A config with `top` (top-level sections), upstream `origin` and route `c` (prefix `/`) caching
+/// with `plugin` (a YAML flow mapping's body), and an admin listener when `admin`.
+fn cached_config(o: &Origin, top: &str, plugin: &str, admin: bool) -> String {
+    let admin = if admin {
+        "admin: { address: \"127.0.0.1:0\", token: t0k3n-for-tests }\n"
+    } else {
+        ""
+    };
+    config(&format!(
+        "{top}upstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{ {plugin} }}\n{admin}",
         o.up.url()
-    )))
-    .await
+    ))
+}
+
+/// A gateway on [`cached_config`] without `top` and admin.
+async fn cached(o: &Origin, plugin: &str) -> TestGateway {
+    gateway(&cached_config(o, "", plugin, false)).await
 }
 
 struct Got {
@@ -221,6 +231,20 @@ async fn send(gw: &TestGateway, method: &str, path: &str, headers: &[(&str, &str
         headers,
         body,
     }
+}
+
+/// GETs `path` until `done` holds for the answer (a Redis write or a purge message is on its way:
+/// they happen in the background), at most 100 tries 20 ms apart; returns the last answer.
+async fn get_until(gw: &TestGateway, path: &str, done: impl Fn(&Got) -> bool) -> Got {
+    let mut r = get(gw, path, &[]).await;
+    for _ in 0..100 {
+        if done(&r) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        r = get(gw, path, &[]).await;
+    }
+    r
 }
 
 const FRESH: &str = "/f?h=cache-control:max-age%3D60";
@@ -564,10 +588,12 @@ async fn only_if_cached_and_bypass() {
 #[tokio::test]
 async fn purges_by_key_url_prefix_and_tag_and_soft() {
     let o = origin().await;
-    let gw = gateway(&config(&format!(
-        "upstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{ tag_header: Surrogate-Key, expose_key: true, stale_while_revalidate: 10m }}\nadmin: {{ address: \"127.0.0.1:0\", token: t0k3n-for-tests }}\n",
-        o.up.url()
-    )))
+    let gw = gateway(&cached_config(
+        &o,
+        "",
+        "tag_header: Surrogate-Key, expose_key: true, stale_while_revalidate: 10m",
+        true,
+    ))
     .await;
     let admin = gw.gw.admin_addr().expect("admin");
     let purge = |body: &'static str| {
@@ -685,15 +711,7 @@ async fn the_redis_tier_is_shared_coalesces_across_instances_and_purges_everywhe
     // Filled through A, served by B from Redis.
     let p = "/shared?h=cache-control:max-age%3D600&h=surrogate-key:grp";
     assert_eq!(get(&a, p, &[]).await.body, "body-1");
-    let mut from_b = get(&b, p, &[]).await;
-    for _ in 0..100 {
-        if from_b.body == "body-1" {
-            break;
-        }
-        // The Redis write is in the background: B may have gone upstream first.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        from_b = get(&b, p, &[]).await;
-    }
+    let from_b = get_until(&b, p, |r| r.body == "body-1").await;
     let count_after_fill = o.count(p);
     // From Redis: a hit, or (when B came while A's fill lease was still held) the fill B waited for.
     let cs = from_b.cache_status();
@@ -724,14 +742,7 @@ async fn the_redis_tier_is_shared_coalesces_across_instances_and_purges_everywhe
     // A purge by tag on A removes the entry on B too (pub/sub) and in Redis.
     let r = purge_on(&a, r#"{"tag":"grp"}"#.into()).await;
     assert_eq!(r["purged"].as_u64(), Some(1));
-    let mut after = get(&b, p, &[]).await;
-    for _ in 0..100 {
-        if after.body != "body-1" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        after = get(&b, p, &[]).await;
-    }
+    let after = get_until(&b, p, |r| r.body != "body-1").await;
     assert_ne!(after.body, "body-1", "purged on B as well");
     assert!(o.count(p) > count_after_fill);
 }
@@ -794,11 +805,7 @@ async fn the_access_log_has_the_cache_status() {
 #[tokio::test]
 async fn explain_says_whether_a_request_is_cacheable_and_what_is_stored() {
     let o = origin().await;
-    let gw = gateway(&config(&format!(
-        "upstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{}}\nadmin: {{ address: \"127.0.0.1:0\", token: t0k3n-for-tests }}\n",
-        o.up.url()
-    )))
-    .await;
+    let gw = gateway(&cached_config(&o, "", "", true)).await;
     let admin = gw.gw.admin_addr().expect("admin");
     let explain = |q: String| {
         let url = format!("http://{admin}/explain?{q}");
@@ -951,4 +958,151 @@ async fn an_authorized_request_is_stored_per_consumer_when_the_key_has_it() {
     assert_eq!(o.count(p), 2);
     // Without credentials, the auth plugin refuses before the cache is consulted.
     assert_eq!(get(&gw, p, &[]).await.status, 401);
+}
+
+#[tokio::test]
+async fn the_memory_tier_keeps_to_its_budget_and_metrics_show_it() {
+    let o = origin().await;
+    let gw = gateway(&cached_config(
+        &o,
+        "cache: { memory: { max_size: 64KiB } }\n",
+        "",
+        true,
+    ))
+    .await;
+    for i in 0..40 {
+        let p = format!("/m{i}?h=cache-control:max-age%3D600&big=8000");
+        assert_eq!(get(&gw, &p, &[]).await.body.len(), 8000);
+    }
+    let admin = gw.gw.admin_addr().expect("admin");
+    let text = common::client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert!(value("frontdesk_cache_bytes{tier=\"memory\"}") <= 64.0 * 1024.0);
+    assert!(value("frontdesk_cache_evictions_total{tier=\"memory\"}") > 0.0);
+    let entries = value("frontdesk_cache_entries{tier=\"memory\"}");
+    assert!((1.0..40.0).contains(&entries), "{entries}");
+    assert!(
+        value("frontdesk_cache_requests_total{route=\"c\",tier=\"memory\",result=\"stored\"}")
+            >= 40.0
+    );
+}
+
+#[tokio::test]
+async fn request_directives_max_age_min_fresh_max_stale_and_location_invalidation() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    // Stored with Age 30 of max-age 100 (70 s left); stale by ~25 s; stale and must-revalidate.
+    let p = "/d?h=cache-control:max-age%3D100&h=age:30";
+    let s = "/ds?h=cache-control:max-age%3D5&h=age:30";
+    let m = "/dm?h=cache-control:max-age%3D5,must-revalidate&h=age:30";
+    for path in [p, s, m] {
+        get(&gw, path, &[]).await;
+    }
+    // (path, the request's Cache-Control, what Cache-Status must contain)
+    let cases = [
+        (p, "max-age=20", "fwd="),
+        (p, "max-age=60", "hit"),
+        (p, "min-fresh=90", "fwd="),
+        (p, "min-fresh=10", "hit"),
+        (s, "max-stale=60", "hit"),
+        (s, "max-stale=5", "fwd="),
+        (m, "max-stale", "fwd="),
+    ];
+    for (path, cc, want) in cases {
+        let got = get(&gw, path, &[("cache-control", cc)])
+            .await
+            .cache_status();
+        assert!(got.contains(want), "{path} with {cc}: {got}");
+    }
+    // A POST whose answer names another URL of the same host in Location invalidates it too.
+    let target = "/loc?h=cache-control:max-age%3D600";
+    get(&gw, target, &[]).await;
+    assert!(get(&gw, target, &[]).await.cache_status().contains("hit"));
+    let loc = format!(
+        "/other?h=location:http://{}/loc%3Fh%3Dcache-control:max-age%253D600",
+        gw.addr
+    );
+    assert_eq!(send(&gw, "POST", &loc, &[]).await.status, 200);
+    assert!(
+        get(&gw, target, &[])
+            .await
+            .cache_status()
+            .contains("fwd=uri-miss"),
+        "invalidated through Location"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_keeps_the_key_shape_keeps_the_entries() {
+    let o = origin().await;
+    let yaml = |plugin: &str| {
+        config(&format!(
+            "upstreams:\n  origin: {{ targets: [{{ url: \"{}\" }}] }}\nroutes:\n  - name: c\n    match: {{ paths: [\"/\"] }}\n    upstream: origin\n    plugins:\n      cache: {{ {plugin} }}\n",
+            o.up.url()
+        ))
+    };
+    let gw = gateway(&yaml("max_ttl: 1h")).await;
+    get(&gw, FRESH, &[]).await;
+    gw.rewrite(&yaml("max_ttl: 2h, stale_if_error: 1m")).await;
+    gw.gw.reload().await.expect("reload");
+    assert!(
+        get(&gw, FRESH, &[]).await.cache_status().contains("hit"),
+        "kept"
+    );
+    gw.rewrite(&yaml("max_ttl: 2h, key: [path, query]")).await;
+    gw.gw.reload().await.expect("reload");
+    assert!(
+        get(&gw, FRESH, &[])
+            .await
+            .cache_status()
+            .contains("fwd=uri-miss"),
+        "another key shape"
+    );
+    assert_eq!(o.count(FRESH), 2);
+}
+
+#[tokio::test]
+async fn purges_by_key_and_prefix_on_one_instance_reach_the_other() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let o = origin().await;
+    let (a, b) = fleet(&o, &redis.url(), ", expose_key: true").await;
+    let k = "/pk?h=cache-control:max-age%3D600";
+    let pre = "/pp/x?h=cache-control:max-age%3D600";
+    for p in [k, pre] {
+        assert_eq!(get(&a, p, &[]).await.body, "body-1");
+        // B has it too (from Redis, into its memory), once A's background write landed.
+        let r = get_until(&b, p, |r| r.cache_status().contains("hit")).await;
+        assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    }
+    let hit = get(&b, k, &[]).await;
+    let key = hit
+        .cache_status()
+        .split("key=\"")
+        .nth(1)
+        .expect("key shown")
+        .trim_end_matches('"')
+        .to_string();
+    let r = purge_on(&a, serde_json::json!({ "key": key }).to_string()).await;
+    assert_eq!(r["purged"].as_u64(), Some(1));
+    let r = purge_on(&a, r#"{"prefix":"127.0.0.1:"}"#.into()).await;
+    assert!(r["purged"].as_u64() >= Some(1), "{r}");
+    for p in [k, pre] {
+        let after = get_until(&b, p, |r| r.body != "body-1").await;
+        assert_eq!(after.body, "body-2", "{p} purged on B too");
+    }
 }

@@ -348,8 +348,9 @@ impl Cache {
         })
     }
 
-    /// Stored responses in memory (approximate: moka counts lazily).
+    /// Keys stored in memory (moka counts lazily: its pending work is done first).
     pub fn entries(&self) -> u64 {
+        self.memory.run_pending_tasks();
         self.memory.entry_count()
     }
 

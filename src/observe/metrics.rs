@@ -395,6 +395,23 @@ pub trait Gauges: Send + Sync + std::fmt::Debug + 'static {
     fn upstreams(&self) -> Vec<UpstreamGauges<'_>>;
     /// Limit decisions whose shared store failed or was slower than its timeout.
     fn store_errors(&self) -> u64;
+    /// The response cache's stores, when a route caches.
+    fn cache(&self) -> Option<CacheGauges> {
+        None
+    }
+}
+
+/// The response cache's gauges.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CacheGauges {
+    /// Keys stored in the memory tier (each with its variants).
+    pub entries: u64,
+    /// Bytes the memory tier holds, as weighed for its budget.
+    pub bytes: u64,
+    /// Keys the memory tier evicted to stay within its budget, since start.
+    pub evictions: u64,
+    /// Redis tier failures (timeouts, errors), since start; `None` without the tier.
+    pub redis_errors: Option<u64>,
 }
 
 /// One upstream's gauges.
@@ -588,6 +605,35 @@ impl Collector for Scrape {
                 })
                 .collect();
             counter_family(&mut enc, family.name(), family.help(), series)?;
+        }
+        if let Some(c) = self.gauges.cache() {
+            let memory = || vec![("tier", "memory".to_string())];
+            gauge_family(
+                &mut enc,
+                "frontdesk_cache_entries",
+                "Keys stored in the response cache's tier.",
+                [(memory(), i64::try_from(c.entries).unwrap_or(i64::MAX))],
+            )?;
+            gauge_family(
+                &mut enc,
+                "frontdesk_cache_bytes",
+                "Bytes the response cache's tier holds.",
+                [(memory(), i64::try_from(c.bytes).unwrap_or(i64::MAX))],
+            )?;
+            counter_family(
+                &mut enc,
+                "frontdesk_cache_evictions",
+                "Keys the response cache's tier evicted to stay within its budget.",
+                [(memory(), c.evictions)],
+            )?;
+            if let Some(e) = c.redis_errors {
+                counter_family(
+                    &mut enc,
+                    "frontdesk_cache_store_errors",
+                    "Response cache reads and writes the Redis tier failed or timed out.",
+                    [(vec![("tier", "redis".to_string())], e)],
+                )?;
+            }
         }
         let store_errors = self.gauges.store_errors();
         counter_family(

@@ -127,33 +127,37 @@ impl<'c> Session<'c> {
         }
         let resp = match result {
             Ok(r) => r,
-            Err(e) if e.origin == ErrorSource::Upstream && route.plugins.recovers() => {
-                // A plugin may answer for a failed upstream (a stale stored response).
-                match route.plugins.recover(e.status, &mut cx).await {
-                    Some(answer) => self
-                        .respond(route, answer, None, head_request, Some(&mut cx))
-                        .await
-                        .unwrap_or_else(|e| self.error_response(&e)),
-                    None => {
-                        let (mut parts, body) = self.error_response(&e).into_parts();
-                        let _ = route.plugins.response_filter(&mut parts, &mut cx).await;
-                        Response::from_parts(parts, body)
-                    }
-                }
-            }
-            Err(e) => {
-                // The response phase also sees gateway errors on a matched route (CORS, security
-                // headers). A plugin failing here leaves the original error in place.
-                let (mut parts, body) = self.error_response(&e).into_parts();
-                let _ = route.plugins.response_filter(&mut parts, &mut cx).await;
-                Response::from_parts(parts, body)
-            }
+            // Boxed: its states would otherwise enlarge every request's future.
+            Err(e) => Box::pin(self.failed(route, e, head_request, &mut cx)).await,
         };
         if let Some(ex) = &mut self.ex {
             // A caching route's answer says what the cache did: the access log keeps it.
             ex.cache_status = resp.headers().get(&CACHE_STATUS).cloned().map(Box::new);
         }
         self.on_end(route, cx, resp)
+    }
+
+    /// The answer to a request that failed on a matched route: a plugin's (`recover`) for a
+    /// failed upstream, else the error, which the response phase also sees (CORS, security
+    /// headers; a plugin failing there leaves the original error in place).
+    async fn failed(
+        &mut self,
+        route: &Route,
+        e: GatewayError,
+        head_request: bool,
+        cx: &mut Ctx,
+    ) -> Response<ResponseBody> {
+        if e.origin == ErrorSource::Upstream && route.plugins.recovers() {
+            if let Some(answer) = route.plugins.recover(e.status, cx).await {
+                return self
+                    .respond(route, answer, None, head_request, Some(cx))
+                    .await
+                    .unwrap_or_else(|e| self.error_response(&e));
+            }
+        }
+        let (mut parts, body) = self.error_response(&e).into_parts();
+        let _ = route.plugins.response_filter(&mut parts, cx).await;
+        Response::from_parts(parts, body)
     }
 
     /// Ends the session's head: the request id goes back to the client, and the record (if any)
