@@ -229,9 +229,9 @@ impl Snapshot {
             || cfg.routes.iter().any(|r| r.plugins.cache.is_some());
         let cache = caching.then(|| {
             let stores = cfg.cache.clone().unwrap_or_else(default_stores);
-            let same_store = |c: &Cache| match (c.redis(), &redis) {
+            let same_store = |c: &Cache| match (c.redis_config(), &redis) {
                 (None, _) => stores.redis.is_none() || redis.is_none(),
-                (Some(t), Some(r)) => t.store_is(r),
+                (Some(had), Some(r)) => had == r.config(),
                 (Some(_), None) => false,
             };
             match prev

@@ -44,6 +44,8 @@ pub struct Cache {
     pub evictions: Arc<AtomicU64>,
     /// The shared tier, when `cache.redis` and `redis:` are configured.
     redis: Option<redis::RedisTier>,
+    /// The `redis:` settings the tier was made for (a reload with others makes a new cache).
+    redis_config: Option<frontdesk_config::RedisConfig>,
     /// This process's id in purge messages (its own are not applied twice).
     instance: u64,
     /// The purge subscription (aborted when the cache goes).
@@ -95,7 +97,26 @@ impl Cache {
     pub fn start(cfg: &CacheStoresConfig, store: Option<Arc<RedisStore>>) -> Arc<Cache> {
         Arc::new_cyclic(|me: &std::sync::Weak<Cache>| {
             let mut c = Cache::new(cfg);
-            if let (Some(t), Some(store)) = (&cfg.redis, store) {
+            // The tier's own connection: cache values (up to `max_object_size`) must not queue
+            // ahead of the limiters' small, 20 ms-bounded calls on theirs.
+            let own = |shared: Arc<RedisStore>, t: &frontdesk_config::RedisTierConfig| {
+                let mut rc = shared.config().clone();
+                rc.timeout = t.timeout;
+                match RedisStore::start(&rc) {
+                    Ok(s) => Arc::new(s),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cache: the redis tier shares the limiters' connection");
+                        shared
+                    }
+                }
+            };
+            if let (Some(t), Some(shared)) = (&cfg.redis, store) {
+                c.redis_config = Some(shared.config().clone());
+                let store = if tokio::runtime::Handle::try_current().is_ok() {
+                    own(shared, t)
+                } else {
+                    shared
+                };
                 let tier = redis::RedisTier::new(
                     store,
                     redis::TierSettings {
@@ -118,9 +139,14 @@ impl Cache {
         })
     }
 
-    /// The store this cache's Redis tier uses, if any (a reload with another keeps no cache).
+    /// The Redis tier, if any.
     pub fn redis(&self) -> Option<&redis::RedisTier> {
         self.redis.as_ref()
+    }
+
+    /// The `redis:` settings the Redis tier was made for, if it has one.
+    pub fn redis_config(&self) -> Option<&frontdesk_config::RedisConfig> {
+        self.redis_config.as_ref()
     }
 
     fn apply_message(&self, msg: &[u8]) {
@@ -238,6 +264,7 @@ impl Cache {
             refreshing: Mutex::default(),
             evictions,
             redis: None,
+            redis_config: None,
             instance: fastrand::u64(..),
             subscriber: None,
         }

@@ -268,11 +268,6 @@ impl RedisTier {
         }
     }
 
-    /// True when this tier uses `store`'s connection.
-    pub fn store_is(&self, store: &Arc<RedisStore>) -> bool {
-        Arc::ptr_eq(&self.inner.store, store)
-    }
-
     /// The settings this tier was made with.
     pub fn settings(&self) -> &TierSettings {
         &self.inner.settings

@@ -131,8 +131,16 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password a URL may carry.
+        let urls: Vec<String> = self
+            .cfg
+            .url
+            .iter()
+            .chain(&self.cfg.cluster)
+            .map(|u| frontdesk_config::redact_url(u))
+            .collect();
         f.debug_struct("RedisStore")
-            .field("cfg", &self.cfg)
+            .field("urls", &urls)
             .field("connected", &self.conn.load().is_some())
             .finish_non_exhaustive()
     }
@@ -305,5 +313,23 @@ impl RedisStore {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn debug_never_shows_the_password() {
+        let cfg = RedisConfig {
+            url: Some("redis://app:hunter2@127.0.0.1:1/0".into()),
+            cluster: Vec::new(),
+            timeout: frontdesk_config::Dur(Duration::from_millis(20)),
+        };
+        let store = RedisStore::start(&cfg).expect("store");
+        let shown = format!("{store:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("127.0.0.1:1"), "{shown}");
     }
 }

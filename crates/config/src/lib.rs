@@ -49,7 +49,7 @@ pub use model::{
     UpstreamTlsConfig,
 };
 pub use net::{parse_net, parse_nets};
-pub use redact::REDACTED;
+pub use redact::{redact_url, REDACTED};
 pub use units::{ByteSize, Dur};
 pub use validate::{DURATIONS, POSITIVE};
 

@@ -185,7 +185,7 @@ fn is_credential_header(name: &str) -> bool {
 
 /// `scheme://user:secret@host/...` → `scheme://user:<redacted>@host/...`; a user part without a
 /// `:` is redacted whole (Redis reads some such forms as a password).
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
