@@ -97,6 +97,9 @@ pub struct Ctx {
     pub consumer: Option<Arc<Consumer>>,
     /// True when the caller went on as an auth plugin's `anonymous` consumer.
     pub anonymous: bool,
+    /// The route template's path parameters (`{user}` in `/screens/home/{user}`), by name, as
+    /// the client sent them (not percent-decoded); empty for other path rules.
+    pub path_params: Vec<(Arc<str>, String)>,
     /// The client certificate the downstream connection presented and the listener verified
     /// against `tls.client_auth.ca` (mutual TLS); `None` when there is none. The same for every
     /// request on the connection; safe to use as the caller's identity.
@@ -126,6 +129,7 @@ impl Ctx {
             client_ip: self.client_ip,
             consumer: self.consumer.clone(),
             anonymous: self.anonymous,
+            path_params: self.path_params.clone(),
             client_cert: self.client_cert.clone(),
             ext: http::Extensions::new(),
             response_headers: Vec::new(),
@@ -143,6 +147,7 @@ impl Ctx {
             client_ip: IpAddr::from([127, 0, 0, 1]),
             consumer: None,
             anonymous: false,
+            path_params: Vec::new(),
             client_cert: None,
             ext: http::Extensions::new(),
             response_headers: Vec::new(),

@@ -45,6 +45,8 @@ pub(super) struct Session<'c> {
 struct Matched<'s> {
     route: &'s Route,
     strip_len: usize,
+    /// The template's path parameters, for routes with plugins (empty otherwise).
+    params: Vec<(Arc<str>, String)>,
     /// The request's host, as forwarded (`Host`, or the target's authority).
     host: Option<HeaderValue>,
 }
@@ -105,13 +107,14 @@ impl<'c> Session<'c> {
                 Err(e) => self.error_response(&e),
             };
         }
-        let matched = match self.route(snap, &req) {
+        let mut matched = match self.route(snap, &req) {
             Ok(m) => m,
             Err(e) => return self.error_response(&e),
         };
         let route = matched.route;
         // A route without plugins needs no context: nothing would read it.
-        let mut cx = (!route.plugins.is_empty()).then(|| self.context(route, &req));
+        let mut cx = (!route.plugins.is_empty())
+            .then(|| self.context(route, &req, std::mem::take(&mut matched.params)));
         if self.ex.is_some() && cx.is_none() {
             self.note_client_ip(&req);
         }
@@ -251,9 +254,16 @@ impl<'c> Session<'c> {
             ex.route = Some(m.route.series.clone());
             ex.upstream = m.route.target.upstream().map(|u| u.name.clone());
         }
+        // Only plugins read them: a plugin-free route does not pay for them.
+        let params = if m.route.plugins.is_empty() {
+            Vec::new()
+        } else {
+            m.path_params(req.uri().path())
+        };
         Ok(Matched {
             route: m.route,
             strip_len: m.strip_len,
+            params,
             host,
         })
     }
@@ -272,7 +282,12 @@ impl<'c> Session<'c> {
     }
 
     /// The plugins' context for a request that matched `route`.
-    fn context(&mut self, route: &Route, req: &Request<Body>) -> Ctx {
+    fn context(
+        &mut self,
+        route: &Route,
+        req: &Request<Body>,
+        path_params: Vec<(Arc<str>, String)>,
+    ) -> Ctx {
         let conn = self.conn;
         let client_ip = forward::client_ip(
             conn.peer.ip(),
@@ -292,6 +307,7 @@ impl<'c> Session<'c> {
             client_cert: conn.client_cert.clone(),
             consumer: None,
             anonymous: false,
+            path_params,
             ext: http::Extensions::new(),
             response_headers: Vec::new(),
             trace: self.ex.as_ref().and_then(|ex| ex.call.trace.clone()),

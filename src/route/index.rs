@@ -170,7 +170,7 @@ impl Trie<TemplateNode> {
         for seg in segments {
             let next = match seg {
                 Segment::Literal(l) => self.nodes[node].literal.get(l.as_str()).copied(),
-                Segment::Param => self.nodes[node].param,
+                Segment::Param(_) => self.nodes[node].param,
             };
             node = match next {
                 Some(child) => child,
@@ -181,7 +181,7 @@ impl Trie<TemplateNode> {
                         Segment::Literal(l) => {
                             self.nodes[node].literal.insert(l.as_str().into(), child);
                         }
-                        Segment::Param => self.nodes[node].param = Some(child),
+                        Segment::Param(_) => self.nodes[node].param = Some(child),
                     }
                     child
                 }

@@ -75,6 +75,19 @@ pub struct RouteMatch<'a, R> {
     pub route: &'a R,
     /// Byte length of the path prefix that `strip_prefix` removes.
     pub strip_len: usize,
+    /// The path rule that matched.
+    rule: &'a PathRule,
+}
+
+impl<R> RouteMatch<'_, R> {
+    /// The path parameters of `path` (the matched request's) by name, when the rule that
+    /// matched is a template (`/users/{id}`); empty otherwise.
+    pub fn path_params(&self, path: &str) -> Vec<(std::sync::Arc<str>, String)> {
+        match self.rule {
+            PathRule::Template(t) => t.params(path),
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -361,6 +374,7 @@ impl<R> RouteTable<R> {
         Some(RouteMatch {
             route: &cond.payload,
             strip_len,
+            rule: &entry.rule,
         })
     }
 

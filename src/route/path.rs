@@ -20,6 +20,8 @@ pub(crate) enum PathRule {
 pub(crate) struct Template {
     segments: Vec<Segment>,
     catch_all: bool,
+    /// The catch-all's name (`rest` in `{*rest}`).
+    catch_all_name: String,
 }
 
 /// One `/`-separated piece of a template.
@@ -28,7 +30,7 @@ pub(crate) enum Segment {
     /// Text the path segment must equal.
     Literal(String),
     /// `{name}`: any non-empty segment.
-    Param,
+    Param(String),
 }
 
 /// Where a matched path splits when `strip_prefix` is on: the upstream sees `path[split..]`.
@@ -99,11 +101,13 @@ impl Template {
     pub(crate) fn parse(s: &str) -> Template {
         let mut segments = Vec::new();
         let mut catch_all = false;
+        let mut catch_all_name = String::new();
         for seg in s.split('/').skip(1) {
             if seg.starts_with("{*") && seg.ends_with('}') {
                 catch_all = true;
+                catch_all_name = seg[2..seg.len() - 1].to_string();
             } else if seg.starts_with('{') && seg.ends_with('}') {
-                segments.push(Segment::Param);
+                segments.push(Segment::Param(seg[1..seg.len() - 1].to_string()));
             } else {
                 segments.push(Segment::Literal(seg.to_string()));
             }
@@ -111,7 +115,29 @@ impl Template {
         Template {
             segments,
             catch_all,
+            catch_all_name,
         }
+    }
+
+    /// The values of the placeholders in `path` (which the template matched), by name: each
+    /// `{name}`'s segment, and the catch-all's rest of the path (without its leading `/`).
+    pub(crate) fn params(&self, path: &str) -> Vec<(std::sync::Arc<str>, String)> {
+        let mut out = Vec::new();
+        let mut rest = path.strip_prefix('/').unwrap_or(path);
+        for seg in &self.segments {
+            let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            if let Segment::Param(name) = seg {
+                out.push((std::sync::Arc::from(name.as_str()), head.to_string()));
+            }
+            rest = tail;
+        }
+        if self.catch_all {
+            out.push((
+                std::sync::Arc::from(self.catch_all_name.as_str()),
+                rest.to_string(),
+            ));
+        }
+        out
     }
 
     /// The segments before any catch-all.
@@ -134,7 +160,7 @@ impl Template {
             };
             match seg {
                 Segment::Literal(l) if l == head => {}
-                Segment::Param if !head.is_empty() => {}
+                Segment::Param(_) if !head.is_empty() => {}
                 _ => return None,
             }
             let last = i + 1 == self.segments.len();
@@ -162,7 +188,7 @@ impl Template {
                     out.push('/');
                     out.push_str(l);
                 }
-                Segment::Param => break,
+                Segment::Param(_) => break,
             }
         }
         if out.is_empty() {
@@ -177,7 +203,7 @@ impl Template {
             .iter()
             .map(|seg| match seg {
                 Segment::Literal(l) => format!("/{l}"),
-                Segment::Param => "/{}".to_string(),
+                Segment::Param(_) => "/{}".to_string(),
             })
             .collect();
         if self.catch_all {
@@ -190,6 +216,21 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_params_by_name() {
+        let t = Template::parse("/screens/{screen}/{user}/{*rest}");
+        let got: Vec<(String, String)> = t
+            .params("/screens/home/42/a/b")
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(
+            got,
+            [("screen", "home"), ("user", "42"), ("rest", "a/b")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+    }
 
     #[test]
     fn prefix_is_segment_aware() {
