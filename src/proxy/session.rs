@@ -45,8 +45,8 @@ pub(super) struct Session<'c> {
 struct Matched<'s> {
     route: &'s Route,
     strip_len: usize,
-    /// The template's path parameters, for routes with plugins (empty otherwise).
-    params: Vec<(Arc<str>, String)>,
+    /// The path rule that matched: its parameters are computed for routes with plugins.
+    rule: crate::route::MatchedRule<'s>,
     /// The request's host, as forwarded (`Host`, or the target's authority).
     host: Option<HeaderValue>,
 }
@@ -107,14 +107,17 @@ impl<'c> Session<'c> {
                 Err(e) => self.error_response(&e),
             };
         }
-        let mut matched = match self.route(snap, &req) {
+        let matched = match self.route(snap, &req) {
             Ok(m) => m,
             Err(e) => return self.error_response(&e),
         };
         let route = matched.route;
         // A route without plugins needs no context: nothing would read it.
-        let mut cx = (!route.plugins.is_empty())
-            .then(|| self.context(route, &req, std::mem::take(&mut matched.params)));
+        // Only plugins read the path parameters: a plugin-free route does not pay for them.
+        let mut cx = (!route.plugins.is_empty()).then(|| {
+            let params = matched.rule.path_params(req.uri().path());
+            self.context(route, &req, params)
+        });
         if self.ex.is_some() && cx.is_none() {
             self.note_client_ip(&req);
         }
@@ -254,16 +257,10 @@ impl<'c> Session<'c> {
             ex.route = Some(m.route.series.clone());
             ex.upstream = m.route.target.upstream().map(|u| u.name.clone());
         }
-        // Only plugins read them: a plugin-free route does not pay for them.
-        let params = if m.route.plugins.is_empty() {
-            Vec::new()
-        } else {
-            m.path_params(req.uri().path())
-        };
         Ok(Matched {
             route: m.route,
             strip_len: m.strip_len,
-            params,
+            rule: m.rule(),
             host,
         })
     }

@@ -79,11 +79,22 @@ pub struct RouteMatch<'a, R> {
     rule: &'a PathRule,
 }
 
-impl<R> RouteMatch<'_, R> {
-    /// The path parameters of `path` (the matched request's) by name, when the rule that
-    /// matched is a template (`/users/{id}`); empty otherwise.
+impl<'a, R> RouteMatch<'a, R> {
+    /// The path rule that matched (for its path parameters, computed only when asked for).
+    pub fn rule(&self) -> MatchedRule<'a> {
+        MatchedRule(self.rule)
+    }
+}
+
+/// The path rule a request matched.
+#[derive(Clone, Copy, Debug)]
+pub struct MatchedRule<'a>(&'a PathRule);
+
+impl MatchedRule<'_> {
+    /// The path parameters of `path` (the matched request's) by name, when the rule is a
+    /// template (`/users/{id}`); empty otherwise.
     pub fn path_params(&self, path: &str) -> Vec<(std::sync::Arc<str>, String)> {
-        match self.rule {
+        match self.0 {
             PathRule::Template(t) => t.params(path),
             _ => Vec::new(),
         }
