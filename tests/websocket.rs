@@ -439,3 +439,41 @@ async fn a_tunnel_whose_client_reads_nothing_is_closed_after_send_timeout_with_e
         drop(s);
     }
 }
+
+#[tokio::test]
+async fn websockets_through_a_caching_route_are_not_coalesced_or_stored() {
+    let up = ws_echo("e").await;
+    let yaml = ws_config(&up.url()).replace(
+        "    upstream: ws\n",
+        "    upstream: ws\n    plugins:\n      cache: { lock: { timeout: 60s } }\n",
+    );
+    let gw = common::gateway(&yaml).await;
+    // Two handshakes at once on the same key: the second must not wait for the first's "answer".
+    let (mut a, mut b) = tokio::join!(connect(gw.addr, "/ws"), connect(gw.addr, "/ws"));
+    for (ws, text) in [(&mut a, "one"), (&mut b, "two")] {
+        ws.send(Message::text(text)).await.expect("send");
+        let reply = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("reply in time")
+            .expect("a message")
+            .expect("ok");
+        assert_eq!(
+            reply.into_text().expect("text").as_str(),
+            format!("e:{text}")
+        );
+    }
+    assert_eq!(up.connections(), 2);
+    // The cache says it leaves handshakes alone.
+    let out = std::process::Command::new(common::bin())
+        .args(["explain", "-c"])
+        .arg(gw.path())
+        .args(["GET", "/ws", "-H", "upgrade: websocket"])
+        .env("FRONTDESK_LOG", "warn")
+        .output()
+        .expect("explain runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cache: bypassed: a protocol upgrade"),
+        "{text}"
+    );
+}

@@ -627,6 +627,9 @@ impl Plugin for CachePlugin {
         if !(req.method == Method::GET || (req.method == Method::HEAD && self.head)) {
             return Some(format!("bypassed: {} is not cached", req.method));
         }
+        if req.headers.contains_key(header::UPGRADE) {
+            return Some("bypassed: a protocol upgrade is not cached".into());
+        }
         let mut cx = Ctx::for_test();
         cx.route = Arc::from(route);
         let key = key::key(route, &self.key, req, &cx);
@@ -695,6 +698,12 @@ impl Plugin for CachePlugin {
         if !(req.method == Method::GET || (head_request && self.head)) {
             self.counters.bypass.fetch_add(1, Ordering::Relaxed);
             Cell::put(cx, State::Bypass("method"));
+            return Ok(Flow::Continue);
+        }
+        if req.headers.contains_key(header::UPGRADE) {
+            // A WebSocket (or other) handshake is a GET, but its answer is a connection.
+            self.counters.bypass.fetch_add(1, Ordering::Relaxed);
+            Cell::put(cx, State::Bypass("upgrade"));
             return Ok(Flow::Continue);
         }
         let key: Arc<str> = Arc::from(key::key(&cx.route, &self.key, req, cx));
