@@ -1106,3 +1106,34 @@ async fn purges_by_key_and_prefix_on_one_instance_reach_the_other() {
         assert_eq!(after.body, "body-2", "{p} purged on B too");
     }
 }
+
+#[tokio::test]
+async fn http2_clients_get_hits_and_coalesced_answers_too() {
+    let o = origin().await;
+    let gw = cached(&o, "").await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    let p = "/h2?h=cache-control:max-age%3D600&wait=200";
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (c, url) = (h2.clone(), gw.url(p));
+        tasks.push(tokio::spawn(async move {
+            let r = c.get(url).send().await.expect("response");
+            assert_eq!(r.version(), http::Version::HTTP_2);
+            r.text().await.expect("body")
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), "body-1");
+    }
+    let hit = h2.get(gw.url(p)).send().await.expect("response");
+    let cs = hit.headers()["cache-status"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(cs.contains("hit"), "{cs}");
+    assert_eq!(o.count(p), 1);
+}
