@@ -55,6 +55,9 @@ pub enum Command {
         /// Print the same JSON as the admin API's `GET /explain`.
         #[arg(long)]
         json: bool,
+        /// The listener the request arrives on (client profiles may select by listener).
+        #[arg(long)]
+        listener: Option<String>,
     },
     /// Print the config's JSON Schema (draft-07).
     Schema,

@@ -35,7 +35,8 @@ fn main() -> ExitCode {
             url,
             headers,
             json,
-        } => match explain(&config, &method, &url, &headers, json) {
+            listener,
+        } => match explain(&config, &method, &url, &headers, json, listener) {
             // Like grep: 1 when nothing matched, so scripts can tell.
             Ok(false) => return ExitCode::FAILURE,
             Ok(true) => Ok(()),
@@ -104,9 +105,11 @@ fn explain(
     url: &str,
     headers: &[String],
     json: bool,
+    listener: Option<String>,
 ) -> anyhow::Result<bool> {
     use std::io::Write as _;
-    let req = frontdesk::route::ExplainRequest::from_url(method, url, headers)?;
+    let mut req = frontdesk::route::ExplainRequest::from_url(method, url, headers)?;
+    req.listener = listener;
     let text = frontdesk::runtime::reload::read_config(path)
         .map_err(|d| anyhow::anyhow!("{}", d.message))?;
     let invalid = |d: Vec<Diagnostic>| {

@@ -22,7 +22,7 @@ use crate::plugin::{BuildEnv, ChainBuilder, PluginChain, RouteTarget, Scope};
 use crate::plugins;
 use crate::route::{
     normalize_host, stripped_path, ExplainRequest, Explanation, MatchedRoute, PluginNote,
-    RequestSummary, RouteTable,
+    ProfileChoice, RequestSummary, RouteTable,
 };
 use crate::tls::server::ServerTls;
 use crate::upstream::Upstream;
@@ -45,6 +45,99 @@ pub struct Route {
     pub plugins: PluginChain,
     /// Its request-duration series (kept across reloads by name).
     pub series: Arc<crate::observe::metrics::RouteSeries>,
+}
+
+/// A client profile: what selects it and its routes.
+#[derive(Debug)]
+pub struct Profile {
+    /// Its name (the `profile` label).
+    pub name: Arc<str>,
+    /// What selects it.
+    pub select: ProfileMatch,
+    /// Its routes.
+    pub routes: RouteTable<Route>,
+}
+
+/// A profile's `select`, compiled.
+#[derive(Debug, Default)]
+pub struct ProfileMatch {
+    listeners: Vec<String>,
+    /// Exact hosts, lower-cased; and `*.suffix` wildcards as `.suffix`.
+    hosts: Vec<String>,
+    consumer_groups: Vec<String>,
+    jwt_claims: Vec<(String, String)>,
+}
+
+impl ProfileMatch {
+    fn compile(cfg: &frontdesk_config::ProfileSelect) -> Self {
+        ProfileMatch {
+            listeners: cfg.listeners.clone(),
+            hosts: cfg
+                .hosts
+                .iter()
+                .map(|h| {
+                    let h = h.to_ascii_lowercase();
+                    h.strip_prefix('*').map_or(h.clone(), str::to_string)
+                })
+                .collect(),
+            consumer_groups: cfg.consumer_groups.clone(),
+            jwt_claims: cfg
+                .jwt_claims
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// True when it selects on who the caller is (consumer group, JWT claim).
+    pub fn by_identity(&self) -> bool {
+        !self.consumer_groups.is_empty() || !self.jwt_claims.is_empty()
+    }
+
+    /// Why a request selects this profile, or `None`. `host` is normalized (lower-case, no
+    /// port); `consumer` and `claims` are the caller as the identity stage found it.
+    pub fn selects(
+        &self,
+        listener: &str,
+        host: Option<&str>,
+        consumer: Option<&crate::consumer::Consumer>,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Option<String> {
+        if self.listeners.iter().any(|l| l == listener) {
+            return Some(format!("listener {listener}"));
+        }
+        if let Some(h) = host {
+            for want in &self.hosts {
+                let hit = match want.strip_prefix('.') {
+                    Some(suffix) => h.len() > suffix.len() + 1 && h.ends_with(want.as_str()),
+                    None => h == want,
+                };
+                if hit {
+                    return Some(format!("host {h}"));
+                }
+            }
+        }
+        if let Some(c) = consumer {
+            if let Some(g) = self.consumer_groups.iter().find(|g| c.in_group(g)) {
+                return Some(format!("consumer {} in group {g}", c.name));
+            }
+        }
+        if let (Some(claims), false) = (claims, self.jwt_claims.is_empty()) {
+            let all = self.jwt_claims.iter().all(|(k, v)| {
+                claims.get(k).is_some_and(|c| match c {
+                    serde_json::Value::String(s) => s == v,
+                    serde_json::Value::Number(n) => v.parse::<f64>().ok() == n.as_f64(),
+                    serde_json::Value::Bool(b) => v == if *b { "true" } else { "false" },
+                    _ => false,
+                })
+            });
+            if all {
+                let names: Vec<&str> = self.jwt_claims.iter().map(|(k, _)| k.as_str()).collect();
+                return Some(format!("JWT claims {}", names.join(", ")));
+            }
+        }
+        None
+    }
 }
 
 /// Where a route's requests go once its plugins let them through.
@@ -108,8 +201,13 @@ impl ListenerSpec {
 pub struct Snapshot {
     /// Increments with every successful reload.
     pub generation: u64,
-    /// The route table.
+    /// The route table (of requests no profile selects).
     pub routes: RouteTable<Route>,
+    /// Client profiles in config order, each with its own route table.
+    pub profiles: Vec<Profile>,
+    /// The plugins that run before routing when a profile selects callers by identity: the
+    /// global authentication plugins and those ordered before them.
+    pub identity_stage: Option<PluginChain>,
     /// Upstreams by name.
     pub upstreams: Arc<HashMap<String, Arc<Upstream>>>,
     /// Listeners by declaration order.
@@ -226,7 +324,10 @@ impl Snapshot {
         // only when something caches).
         let caching = cfg.cache.is_some()
             || cfg.plugins.cache.is_some()
-            || cfg.routes.iter().any(|r| r.plugins.cache.is_some());
+            || cfg.routes.iter().any(|r| r.plugins.cache.is_some())
+            || cfg.profiles.iter().any(|p| {
+                p.plugins.cache.is_some() || p.routes.iter().any(|r| r.plugins.cache.is_some())
+            });
         let cache = caching.then(|| {
             let stores = cfg.cache.clone().unwrap_or_else(default_stores);
             let same_store = |c: &Cache| match (c.redis_config(), &redis) {
@@ -262,49 +363,100 @@ impl Snapshot {
         );
         errs.append(&mut global.errors);
 
+        // Profiles that select callers by identity need them identified before routing: the
+        // global authentication plugins (and those ordered before them) then run as a stage of
+        // their own, and the routes' chains go without them.
+        let identity = cfg.profiles.iter().any(|p| p.select.needs_identity());
+        let identity_stage = identity.then(|| {
+            let mut stage = plugins::finish(global.identity_stage());
+            stage.count_refusals(&Arc::from(""), &metrics);
+            stage
+        });
+        if identity {
+            global.remove_auth();
+        }
+
         // The table reads each route's config by reference: a route's config is a kilobyte, which
         // a copy per route would add to the peak of a large table's build.
-        let mut routes = Vec::with_capacity(cfg.routes.len());
-        for (i, r) in cfg.routes.iter().enumerate() {
-            let name: Arc<str> = Arc::from(r.name.as_str());
-            let mut chain = ChainBuilder::new(BuildEnv {
-                route: Some(name.clone()),
-                route_target: r.upstream.as_ref().map(|u| RouteTarget {
-                    upstream: u.clone(),
+        let mut compile_routes = |list: &'_ [frontdesk_config::RouteConfig],
+                                  at: FieldPath,
+                                  defaults: &ChainBuilder,
+                                  profile: Option<&Arc<str>>,
+                                  errs: &mut Vec<Diagnostic>|
+         -> Option<RouteTable<Route>> {
+            let mut routes = Vec::with_capacity(list.len());
+            for (i, r) in list.iter().enumerate() {
+                let name: Arc<str> = Arc::from(r.name.as_str());
+                let mut chain = ChainBuilder::new(BuildEnv {
+                    route: Some(name.clone()),
+                    route_target: r.upstream.as_ref().map(|u| RouteTarget {
+                        upstream: u.clone(),
+                        preserve_host: r.preserve_host,
+                    }),
+                    ..env.clone()
+                });
+                chain.extend_from(defaults);
+                plugins::register_all(
+                    &mut chain,
+                    &r.plugins,
+                    Scope::Route,
+                    &at.index(i).key("plugins"),
+                );
+                errs.append(&mut chain.errors);
+                let mut plugins = plugins::finish(chain);
+                plugins.count_refusals(&name, &metrics);
+                let route = Route {
+                    series: metrics.route_in(&name, profile),
+                    name,
+                    target: match r.upstream.as_ref().and_then(|u| upstreams.get(u)) {
+                        Some(u) => Target::Upstream(u.clone()),
+                        None => Target::Respond,
+                    },
+                    strip_prefix: r.strip_prefix,
                     preserve_host: r.preserve_host,
-                }),
-                ..env.clone()
-            });
-            chain.extend_from(&global);
-            plugins::register_all(
-                &mut chain,
-                &r.plugins,
-                Scope::Route,
-                &root.key("routes").index(i).key("plugins"),
-            );
-            errs.append(&mut chain.errors);
-            let mut plugins = plugins::finish(chain);
-            plugins.count_refusals(&name, &metrics);
-            let route = Route {
-                series: metrics.route(&name),
-                name,
-                target: match r.upstream.as_ref().and_then(|u| upstreams.get(u)) {
-                    Some(u) => Target::Upstream(u.clone()),
-                    None => Target::Respond,
-                },
-                strip_prefix: r.strip_prefix,
-                preserve_host: r.preserve_host,
-                plugins,
-            };
-            routes.push((r, route));
-        }
-        let table = match RouteTable::build(routes, &mut warnings) {
-            Ok(t) => Some(t),
-            Err(mut e) => {
-                errs.append(&mut e);
-                None
+                    plugins,
+                };
+                routes.push((r, route));
+            }
+            match RouteTable::build(routes, &mut warnings) {
+                Ok(t) => Some(t),
+                Err(mut e) => {
+                    errs.append(&mut e);
+                    None
+                }
             }
         };
+        let table = compile_routes(&cfg.routes, root.key("routes"), &global, None, &mut errs);
+        let mut profiles = Vec::with_capacity(cfg.profiles.len());
+        for (i, p) in cfg.profiles.iter().enumerate() {
+            let at = root.key("profiles").index(i);
+            let name: Arc<str> = Arc::from(p.name.as_str());
+            let mut defaults = ChainBuilder::new(env.clone());
+            defaults.extend_from(&global);
+            plugins::register_all(
+                &mut defaults,
+                &p.plugins,
+                Scope::Profile,
+                &at.key("plugins"),
+            );
+            errs.append(&mut defaults.errors);
+            if identity {
+                defaults.remove_auth();
+            }
+            if let Some(routes) = compile_routes(
+                &p.routes,
+                at.key("routes"),
+                &defaults,
+                Some(&name),
+                &mut errs,
+            ) {
+                profiles.push(Profile {
+                    name,
+                    select: ProfileMatch::compile(&p.select),
+                    routes,
+                });
+            }
+        }
 
         let mut listeners = Vec::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
@@ -394,6 +546,8 @@ impl Snapshot {
                 Snapshot {
                     generation: prev.map_or(1, |p| p.generation + 1),
                     routes,
+                    profiles,
+                    identity_stage,
                     upstreams,
                     listeners,
                     via,
@@ -440,7 +594,8 @@ impl Snapshot {
     /// the request goes (`GET /explain`, `frontdesk explain`).
     pub fn explain(&self, req: &ExplainRequest) -> Explanation {
         let key = req.key();
-        let found = self.routes.explain(&key);
+        let (table, profile) = self.explain_profile(req);
+        let found = table.explain(&key);
         let matched = found.matched.map(|hit| {
             let route = hit.route;
             let upstream_path = route.target.upstream().map(|_| {
@@ -467,6 +622,7 @@ impl Snapshot {
             }
         });
         Explanation {
+            profile,
             request: RequestSummary {
                 method: req.method.to_string(),
                 host: req.host.as_deref().map(|h| normalize_host(h).into_owned()),
@@ -476,6 +632,44 @@ impl Snapshot {
             matched,
             considered: found.rejected,
         }
+    }
+
+    /// The profile `explain` searches, by listener and host (it verifies no credentials, so a
+    /// profile that selects by identity is only named as not evaluated).
+    fn explain_profile(&self, req: &ExplainRequest) -> (&RouteTable<Route>, Option<ProfileChoice>) {
+        if self.profiles.is_empty() {
+            return (&self.routes, None);
+        }
+        let host = req.host.as_deref().map(normalize_host);
+        let listener = req.listener.as_deref().unwrap_or("");
+        let mut unchecked = Vec::new();
+        for p in &self.profiles {
+            if let Some(why) = p.select.selects(listener, host.as_deref(), None, None) {
+                let mut reason = why;
+                if !unchecked.is_empty() {
+                    reason.push_str(&format!(
+                        "; not evaluated before it, as they select by identity: {}",
+                        unchecked.join(", ")
+                    ));
+                }
+                let choice = ProfileChoice {
+                    name: Some(p.name.to_string()),
+                    reason,
+                };
+                return (&p.routes, Some(choice));
+            }
+            if p.select.by_identity() {
+                unchecked.push(p.name.to_string());
+            }
+        }
+        let mut reason = "no profile selects it by listener or host".to_string();
+        if !unchecked.is_empty() {
+            reason.push_str(&format!(
+                "; not evaluated, as they select by identity: {}",
+                unchecked.join(", ")
+            ));
+        }
+        (&self.routes, Some(ProfileChoice { name: None, reason }))
     }
 
     /// A listener's settings by name.

@@ -845,14 +845,7 @@ async fn explain_says_whether_a_request_is_cacheable_and_what_is_stored() {
         "{auth}"
     );
     // Offline, the CLI says the same of the config (nothing is stored there).
-    let out = std::process::Command::new(common::bin())
-        .args(["explain", "-c"])
-        .arg(gw.path())
-        .args(["GET", "/x"])
-        .env("FRONTDESK_LOG", "warn")
-        .output()
-        .expect("explain runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::explain_cli(&gw.path(), &["GET", "/x"]);
     assert!(text.contains("cache: cacheable: key \"c|GET|"), "{text}");
 }
 
@@ -974,15 +967,7 @@ async fn the_memory_tier_keeps_to_its_budget_and_metrics_show_it() {
         let p = format!("/m{i}?h=cache-control:max-age%3D600&big=8000");
         assert_eq!(get(&gw, &p, &[]).await.body.len(), 8000);
     }
-    let admin = gw.gw.admin_addr().expect("admin");
-    let text = common::client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = common::metrics_text(&gw).await;
     let value = |name: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(name))

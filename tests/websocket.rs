@@ -464,14 +464,7 @@ async fn websockets_through_a_caching_route_are_not_coalesced_or_stored() {
     }
     assert_eq!(up.connections(), 2);
     // The cache says it leaves handshakes alone.
-    let out = std::process::Command::new(common::bin())
-        .args(["explain", "-c"])
-        .arg(gw.path())
-        .args(["GET", "/ws", "-H", "upgrade: websocket"])
-        .env("FRONTDESK_LOG", "warn")
-        .output()
-        .expect("explain runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::explain_cli(&gw.path(), &["GET", "/ws", "-H", "upgrade: websocket"]);
     assert!(
         text.contains("cache: bypassed: a protocol upgrade"),
         "{text}"

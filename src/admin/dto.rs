@@ -181,24 +181,39 @@ pub struct RouteView {
     pub strip_prefix: bool,
     /// Plugin kinds in run order, global ones included.
     pub plugins: Vec<String>,
+    /// The client profile the route belongs to; absent for top-level routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
-/// Every route, in match order.
+/// Every route, in match order: the top-level ones, then each profile's.
 pub fn routes(snap: &Snapshot) -> Vec<RouteView> {
-    snap.routes
-        .ranked()
-        .into_iter()
-        .filter_map(|(i, route)| {
-            let cfg = snap.config.routes.get(i)?;
-            Some(RouteView {
-                name: route.name.to_string(),
-                matcher: cfg.matcher.clone(),
-                upstream: route.target.upstream().map(|u| u.name.to_string()),
-                strip_prefix: route.strip_prefix,
-                plugins: route.plugins.kinds().map(str::to_string).collect(),
+    let view = |table: &crate::route::RouteTable<crate::snapshot::Route>,
+                cfgs: &[frontdesk_config::RouteConfig],
+                profile: Option<&str>| {
+        table
+            .ranked()
+            .into_iter()
+            .filter_map(|(i, route)| {
+                let cfg = cfgs.get(i)?;
+                Some(RouteView {
+                    name: route.name.to_string(),
+                    matcher: cfg.matcher.clone(),
+                    upstream: route.target.upstream().map(|u| u.name.to_string()),
+                    strip_prefix: route.strip_prefix,
+                    plugins: route.plugins.kinds().map(str::to_string).collect(),
+                    profile: profile.map(str::to_string),
+                })
             })
-        })
-        .collect()
+            .collect::<Vec<_>>()
+    };
+    let mut all = view(&snap.routes, &snap.config.routes, None);
+    for p in &snap.profiles {
+        if let Some(cfg) = snap.config.profiles.iter().find(|c| *c.name == *p.name) {
+            all.extend(view(&p.routes, &cfg.routes, Some(&p.name)));
+        }
+    }
+    all
 }
 
 /// One upstream of `GET /upstreams`.

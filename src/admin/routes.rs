@@ -252,13 +252,14 @@ async fn upstreams(
     Ok(Json(dto::upstreams(&snap)))
 }
 
-/// `?method=GET&host=h&path=/p?q=1&header=name:value` (header repeats).
+/// `?method=GET&host=h&path=/p?q=1&header=name:value&listener=name` (header repeats).
 async fn explain(
     State(s): State<AdminState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<crate::route::Explanation>, AdminError> {
     let snap = s.gateway().ok_or(AdminError::Gone)?.snapshot();
     let (mut method, mut host, mut path) = ("GET".to_string(), None, "/".to_string());
+    let mut listener = None;
     let mut headers = Vec::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*k {
@@ -266,10 +267,12 @@ async fn explain(
             "host" => host = Some(v.into_owned()),
             "path" => path = v.into_owned(),
             "header" => headers.push(v.into_owned()),
+            "listener" => listener = Some(v.into_owned()),
             _ => {}
         }
     }
-    let req = ExplainRequest::new(&method, host.as_deref(), &path, &headers)?;
+    let mut req = ExplainRequest::new(&method, host.as_deref(), &path, &headers)?;
+    req.listener = listener;
     Ok(Json(snap.explain(&req)))
 }
 

@@ -168,23 +168,27 @@ impl Cache {
     }
 
     /// Writes `entry` to the Redis tier in the background (when it fits), with its URL, its
-    /// path prefixes and its purge tags as tags.
-    pub fn redis_put(&self, entry: &Arc<Entry>) {
+    /// path prefixes and its purge tags as tags; then gives up `lease` (the fill's), so that
+    /// instances waiting on the lease find the entry once the lease is gone.
+    pub fn redis_put(&self, entry: &Arc<Entry>, lease: Option<redis::Lease>) {
         let Some(tier) = self.redis.clone() else {
             return;
         };
         let value = entry.encode();
-        if value.len() as u64 > tier.settings().max_object_size {
-            return;
-        }
+        let fits = value.len() as u64 <= tier.settings().max_object_size;
         let now = unix_ms(SystemTime::now());
         let ttl = entry.keep_for(now);
         let key = entry.meta.key.clone();
         let mut tags: Vec<String> = tag_names(entry).collect();
         tags.extend(prefix_tags(&entry.meta.url));
         tokio::spawn(async move {
-            if let Err(e) = tier.put(&key, value, ttl, &tags).await {
-                tracing::debug!(error = %e, "cache: redis write dropped");
+            if fits {
+                if let Err(e) = tier.put(&key, value, ttl, &tags).await {
+                    tracing::debug!(error = %e, "cache: redis write dropped");
+                }
+            }
+            if let Some(lease) = lease {
+                let _ = lease.release().await;
             }
         });
     }

@@ -239,6 +239,10 @@ impl Renderer {
         push_str(buf, Some(&ex.listener));
         buf.extend_from_slice(b",\"route\":");
         push_str(buf, ex.route_name().map(|r| &**r));
+        if let Some(p) = ex.route.as_ref().and_then(|r| r.profile.as_deref()) {
+            buf.extend_from_slice(b",\"profile\":");
+            push_str(buf, Some(p));
+        }
         buf.extend_from_slice(b",\"method\":");
         push_str(buf, Some(ex.method.as_str()));
         buf.extend_from_slice(b",\"path\":");

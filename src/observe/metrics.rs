@@ -126,16 +126,20 @@ pub enum Family {
     Cache,
     /// `frontdesk_cache_stored_bytes_total{route,tier,result}`: body bytes stored.
     CacheStoredBytes,
+    /// `frontdesk_profile_requests_total{profile,route,status_class}`: requests on the routes
+    /// of client profiles.
+    ProfileRequests,
 }
 
 impl Family {
-    const ALL: [Family; 6] = [
+    const ALL: [Family; 7] = [
         Family::AuthFailures,
         Family::RatelimitDecisions,
         Family::ConsumerRequests,
         Family::AnonymousRequests,
         Family::Cache,
         Family::CacheStoredBytes,
+        Family::ProfileRequests,
     ];
 
     fn name(self) -> &'static str {
@@ -146,6 +150,7 @@ impl Family {
             Family::AnonymousRequests => "frontdesk_anonymous_requests",
             Family::Cache => "frontdesk_cache_requests",
             Family::CacheStoredBytes => "frontdesk_cache_stored_bytes",
+            Family::ProfileRequests => "frontdesk_profile_requests",
         }
     }
 
@@ -159,6 +164,7 @@ impl Family {
             }
             Family::Cache => "Response cache look-ups and stores, by result.",
             Family::CacheStoredBytes => "Response body bytes stored by the cache.",
+            Family::ProfileRequests => "Requests on the routes of client profiles.",
         }
     }
 
@@ -170,6 +176,7 @@ impl Family {
                 ["consumer", "route", "status_class"]
             }
             Family::Cache | Family::CacheStoredBytes => ["route", "tier", "result"],
+            Family::ProfileRequests => ["profile", "route", "status_class"],
         }
     }
 }
@@ -210,6 +217,8 @@ type Hasher = foldhash::fast::RandomState;
 pub struct RouteSeries {
     /// The route's name (empty for requests that matched no route).
     pub name: Arc<str>,
+    /// The client profile the route belongs to (`profiles[]`), if any.
+    pub profile: Option<Arc<str>>,
     by: papaya::HashMap<(&'static str, u16), Histogram, Hasher>,
 }
 
@@ -217,9 +226,10 @@ impl RouteSeries {
     /// A series whose map reclaims memory through `collector`, shared by every route: a map
     /// with its own collector costs kilobytes up front, which with 10,000 routes is most of a
     /// snapshot's memory.
-    fn new(name: Arc<str>, collector: &Arc<seize::Collector>) -> Self {
+    fn new(name: Arc<str>, profile: Option<Arc<str>>, collector: &Arc<seize::Collector>) -> Self {
         RouteSeries {
             name,
+            profile,
             by: papaya::HashMap::builder()
                 .hasher(Hasher::default())
                 .shared_collector(collector.clone())
@@ -262,7 +272,7 @@ impl Default for Metrics {
         let collector = Arc::new(seize::Collector::new());
         Metrics {
             server: papaya::HashMap::default(),
-            unmatched: Arc::new(RouteSeries::new(Arc::from(""), &collector)),
+            unmatched: Arc::new(RouteSeries::new(Arc::from(""), None, &collector)),
             collector,
             active: AtomicI64::default(),
             counters: papaya::HashMap::default(),
@@ -295,12 +305,25 @@ impl Metrics {
 
     /// The duration series of route `name` (created on first use, kept across reloads).
     pub fn route(&self, name: &Arc<str>) -> Arc<RouteSeries> {
-        self.server
-            .pin()
-            .get_or_insert_with(name.clone(), || {
-                Arc::new(RouteSeries::new(name.clone(), &self.collector))
-            })
-            .clone()
+        self.route_in(name, None)
+    }
+
+    /// The series of route `name` of client profile `profile` (created on first use, kept
+    /// across reloads; a route that moved to another profile starts a new series).
+    pub fn route_in(&self, name: &Arc<str>, profile: Option<&Arc<str>>) -> Arc<RouteSeries> {
+        let map = self.server.pin();
+        if let Some(s) = map.get(name) {
+            if s.profile.as_deref() == profile.map(|p| &**p) {
+                return s.clone();
+            }
+        }
+        let fresh = Arc::new(RouteSeries::new(
+            name.clone(),
+            profile.cloned(),
+            &self.collector,
+        ));
+        map.insert(name.clone(), fresh.clone());
+        fresh
     }
 
     /// The series of requests that matched no route.

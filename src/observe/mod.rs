@@ -269,15 +269,26 @@ impl Observer {
         if self.metrics_on {
             let series = ex.route.as_ref().unwrap_or(self.metrics.unmatched());
             series.observe(metrics::method_label(&ex.method), ex.status, duration);
+            let class = || match ex.status {
+                100..=199 => 0,
+                200..=299 => 1,
+                300..=399 => 2,
+                400..=499 => 3,
+                _ => 4,
+            };
+            if let Some(p) = &series.profile {
+                self.metrics.inc(
+                    Family::ProfileRequests,
+                    [
+                        p.clone(),
+                        series.name.clone(),
+                        STATUS_CLASSES[class()].clone(),
+                    ],
+                );
+            }
             if self.consumer_label {
                 if let Some(c) = &ex.consumer {
-                    let class = match ex.status {
-                        100..=199 => 0,
-                        200..=299 => 1,
-                        300..=399 => 2,
-                        400..=499 => 3,
-                        _ => 4,
-                    };
+                    let class = class();
                     let family = if ex.consumer_anonymous {
                         Family::AnonymousRequests
                     } else {

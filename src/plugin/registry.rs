@@ -87,6 +87,8 @@ pub trait PluginFactory {
 pub enum Scope {
     /// Top-level `plugins:`.
     Global,
+    /// A client profile's `plugins:` (`profiles[].plugins`): its routes' defaults.
+    Profile,
     /// A route's `plugins:`.
     Route,
 }
@@ -144,6 +146,33 @@ impl ChainBuilder {
     /// Adds already-built plugins (the global ones, shared by every route).
     pub fn extend_from(&mut self, other: &ChainBuilder) {
         self.items.extend(other.items.iter().cloned());
+    }
+
+    /// The plugins that must run before routing when profiles select callers by identity: the
+    /// authentication plugins and those ordered before them (`ip_filter`, `cors`). Copies.
+    pub fn identity_stage(&self) -> ChainBuilder {
+        let last_auth = self
+            .items
+            .iter()
+            .filter(|i| i.2)
+            .map(|i| i.0)
+            .max()
+            .unwrap_or(0);
+        ChainBuilder {
+            items: self
+                .items
+                .iter()
+                .filter(|i| i.0 <= last_auth)
+                .cloned()
+                .collect(),
+            env: self.env.clone(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Removes the authentication plugins (they ran before routing: [`Self::identity_stage`]).
+    pub fn remove_auth(&mut self) {
+        self.items.retain(|i| !i.2);
     }
 
     /// The kinds of the authentication plugins added so far (the factories' `AUTH`), in

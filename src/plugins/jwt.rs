@@ -62,7 +62,7 @@ pub struct Jwt {
 
 /// A token that passed every check, and when it stops being valid.
 struct Verified {
-    claims: Map<String, Value>,
+    claims: Arc<Map<String, Value>>,
     /// `exp`, in seconds since the epoch.
     exp: u64,
 }
@@ -213,7 +213,10 @@ impl Plugin for Jwt {
                     .get("exp")
                     .and_then(Value::as_f64)
                     .map_or(0, |e| e as u64);
-                let v = Arc::new(Verified { claims, exp });
+                let v = Arc::new(Verified {
+                    claims: Arc::new(claims),
+                    exp,
+                });
                 self.verified.insert(digest, v.clone());
                 v
             }
@@ -238,6 +241,9 @@ impl Plugin for Jwt {
             req.headers.remove(AUTHORIZATION);
         }
         super::auth::identify(cx, consumer);
+        // For what selects on claims after authentication (client profiles).
+        cx.ext
+            .insert(super::auth::VerifiedClaims(verified.claims.clone()));
         Ok(Flow::Continue)
     }
 }

@@ -107,17 +107,40 @@ impl<'c> Session<'c> {
                 Err(e) => self.error_response(&e),
             };
         }
-        let matched = match self.route(snap, &req) {
+        // Profiles that select by identity: the caller is identified before routing. Boxed:
+        // only such configs pay for its state.
+        let mut identified = None;
+        if let Some(stage) = &snap.identity_stage {
+            match Box::pin(self.identify(stage, req)).await {
+                Ok((r, cx)) => {
+                    req = r;
+                    identified = Some(cx);
+                }
+                Err(answer) => return answer,
+            }
+        }
+        let table = match snap.profiles.is_empty() {
+            true => &snap.routes,
+            false => self.profile_table(snap, &req, identified.as_ref()),
+        };
+        let matched = match self.route(table, &req) {
             Ok(m) => m,
             Err(e) => return self.error_response(&e),
         };
         let route = matched.route;
         // A route without plugins needs no context: nothing would read it.
         // Only plugins read the path parameters: a plugin-free route does not pay for them.
-        let mut cx = (!route.plugins.is_empty()).then(|| {
-            let params = matched.rule.path_params(req.uri().path());
-            self.context(route, &req, params)
-        });
+        let mut cx = match identified {
+            Some(mut cx) => {
+                cx.route = route.name.clone();
+                cx.path_params = matched.rule.path_params(req.uri().path());
+                Some(cx)
+            }
+            None => (!route.plugins.is_empty()).then(|| {
+                let params = matched.rule.path_params(req.uri().path());
+                self.context(route, &req, params)
+            }),
+        };
         if self.ex.is_some() && cx.is_none() {
             self.note_client_ip(&req);
         }
@@ -230,9 +253,59 @@ impl<'c> Session<'c> {
     }
 
     /// Finds the request's route.
-    fn route<'s>(
+    /// Runs the identity stage (the global authentication plugins, before routing): the request
+    /// with what they set on it and the context that knows the caller, or the answer when they
+    /// refused or answered it (their response phase applied).
+    async fn identify(
+        &mut self,
+        stage: &crate::plugin::PluginChain,
+        req: Request<Body>,
+    ) -> Result<(Request<Body>, Ctx), Response<ResponseBody>> {
+        let (mut head, body) = req.into_parts();
+        forward::strip_hop_by_hop(&mut head.headers);
+        let probe = Request::from_parts(head, ());
+        let mut cx = self.context_named(Arc::from(""), stage.logs(), &probe, Vec::new());
+        let (mut head, ()) = probe.into_parts();
+        let answer = match stage.request_filter(&mut head, &mut cx).await {
+            Ok(Flow::Continue) => return Ok((Request::from_parts(head, body), cx)),
+            Ok(Flow::Respond(r)) => r.map(ResponseBody::new),
+            Err(e) => self.error_response(&plugin_error(e)),
+        };
+        let (mut parts, body) = answer.into_parts();
+        let _ = stage.response_filter(&mut parts, &mut cx).await;
+        Err(Response::from_parts(parts, body))
+    }
+
+    /// The route table of the first profile that selects `req`, or the top-level one.
+    fn profile_table<'s>(
         &mut self,
         snap: &'s Snapshot,
+        req: &Request<Body>,
+        identified: Option<&Ctx>,
+    ) -> &'s crate::route::RouteTable<Route> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .map(crate::route::normalize_host);
+        let consumer = identified.and_then(|cx| cx.consumer.as_deref());
+        let claims = identified
+            .and_then(|cx| cx.ext.get::<crate::plugins::auth::VerifiedClaims>())
+            .map(|c| &*c.0);
+        snap.profiles
+            .iter()
+            .find(|p| {
+                p.select
+                    .selects(&self.conn.listener.name, host.as_deref(), consumer, claims)
+                    .is_some()
+            })
+            .map_or(&snap.routes, |p| &p.routes)
+    }
+
+    fn route<'s>(
+        &mut self,
+        table: &'s crate::route::RouteTable<Route>,
         req: &Request<Body>,
     ) -> Result<Matched<'s>, GatewayError> {
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
@@ -247,7 +320,7 @@ impl<'c> Session<'c> {
             method: req.method(),
             headers: req.headers(),
         };
-        let Some(m) = snap.routes.find(&key) else {
+        let Some(m) = table.find(&key) else {
             return Err(GatewayError::downstream(
                 StatusCode::NOT_FOUND,
                 "no route matches this request",
@@ -285,6 +358,17 @@ impl<'c> Session<'c> {
         req: &Request<Body>,
         path_params: Vec<(Arc<str>, String)>,
     ) -> Ctx {
+        self.context_named(route.name.clone(), route.plugins.logs(), req, path_params)
+    }
+
+    /// A context for route `name` (empty before routing); `logs`: a plugin has a logging phase.
+    fn context_named<B>(
+        &mut self,
+        name: Arc<str>,
+        logs: bool,
+        req: &Request<B>,
+        path_params: Vec<(Arc<str>, String)>,
+    ) -> Ctx {
         let conn = self.conn;
         let client_ip = forward::client_ip(
             conn.peer.ip(),
@@ -293,12 +377,12 @@ impl<'c> Session<'c> {
         );
         if let Some(ex) = &mut self.ex {
             ex.client_ip = Some(client_ip);
-        } else if route.plugins.logs() {
+        } else if logs {
             self.started = Some(Instant::now());
         }
         Ctx {
             request_id: self.request_id.clone(),
-            route: route.name.clone(),
+            route: name,
             client: conn.peer,
             client_ip,
             client_cert: conn.client_cert.clone(),

@@ -23,6 +23,8 @@ pub struct ExplainRequest {
     pub query: Option<String>,
     /// Request headers.
     pub headers: HeaderMap,
+    /// The listener it arrives on (profiles may select by listener); `None`: not known.
+    pub listener: Option<String>,
 }
 
 /// Why a request to explain could not be built.
@@ -77,6 +79,9 @@ pub struct Hit<'a, R> {
 pub struct Explanation {
     /// The request as the router saw it.
     pub request: RequestSummary,
+    /// The client profile whose routes were searched, and why; absent without profiles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileChoice>,
     /// The route taken; `null` when none matches (the proxy answers 404).
     pub matched: Option<MatchedRoute>,
     /// Routes passed over before the match (or all of them), in the order considered.
@@ -115,6 +120,15 @@ pub struct MatchedRoute {
     pub notes: Vec<PluginNote>,
 }
 
+/// Which client profile a request takes.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProfileChoice {
+    /// The profile; `null` for the top-level routes.
+    pub name: Option<String>,
+    /// Why (the condition that selected it, or why none did).
+    pub reason: String,
+}
+
 /// One plugin's word on an explained request.
 #[derive(Clone, Debug, Serialize)]
 pub struct PluginNote {
@@ -139,6 +153,12 @@ impl std::fmt::Display for Explanation {
             None => "no host".to_string(),
         };
         writeln!(f, "request: {} {}{query} ({host})", r.method, r.path)?;
+        if let Some(p) = &self.profile {
+            match &p.name {
+                Some(n) => writeln!(f, "profile: {n} ({})", p.reason)?,
+                None => writeln!(f, "profile: none, the top-level routes ({})", p.reason)?,
+            }
+        }
         match &self.matched {
             Some(m) => {
                 writeln!(f, "matched: route {:?} ({})", m.route, m.rule)?;
@@ -229,6 +249,7 @@ impl ExplainRequest {
             .filter(|h| !h.is_empty())
             .map(str::to_string);
         Ok(ExplainRequest {
+            listener: None,
             method,
             host,
             path: path.to_string(),

@@ -18,7 +18,7 @@ use regex::Regex;
 
 pub use explain::{
     stripped_path, ExplainError, ExplainRequest, Explanation, Hit, MatchedRoute, PluginNote,
-    Rejection, RequestSummary, TableExplanation,
+    ProfileChoice, Rejection, RequestSummary, TableExplanation,
 };
 use index::{GroupIndex, Merged};
 use path::{PathRule, Template};

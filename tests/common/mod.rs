@@ -488,3 +488,28 @@ pub async fn raw_upstream(reply: &'static [u8]) -> SocketAddr {
     });
     addr
 }
+
+/// Runs `frontdesk explain -c CONFIG ARGS…` and returns what it printed.
+pub fn explain_cli(config: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin())
+        .args(["explain", "-c"])
+        .arg(config)
+        .args(args)
+        .env("FRONTDESK_LOG", "warn")
+        .output()
+        .expect("explain runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The admin listener's `/metrics` text of a gateway started with an `admin:` section.
+pub async fn metrics_text(gw: &TestGateway) -> String {
+    let admin = gw.gw.admin_addr().expect("admin listener");
+    client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}

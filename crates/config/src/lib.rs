@@ -48,6 +48,7 @@ pub use model::{
     ServerConfig, TargetConfig, TimeoutsConfig, TlsVersion, UpstreamConfig, UpstreamProtocol,
     UpstreamTlsConfig,
 };
+pub use model::{ProfileConfig, ProfileSelect};
 pub use net::{parse_net, parse_nets};
 pub use redact::{redact_url, REDACTED};
 pub use units::{ByteSize, Dur};
@@ -486,6 +487,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
             listeners: Vec::new(),
             upstreams: Default::default(),
             routes: Vec::new(),
+            profiles: Vec::new(),
             consumers: Vec::new(),
             redis: None,
             cache: None,
@@ -499,12 +501,13 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
         };
         return (cfg, pos, false);
     };
-    const KNOWN: [&str; 11] = [
+    const KNOWN: [&str; 12] = [
         "version",
         "server",
         "listeners",
         "upstreams",
         "routes",
+        "profiles",
         "consumers",
         "redis",
         "cache",
@@ -559,6 +562,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
     let (route_pos, routes) = list(take(&mut top, "routes"), &root.key("routes"), diags);
     let (consumer_pos, consumers) =
         list(take(&mut top, "consumers"), &root.key("consumers"), diags);
+    let (_, profiles) = list(take(&mut top, "profiles"), &root.key("profiles"), diags);
     let redis_value = take(&mut top, "redis");
     let redis_given = redis_value.is_some();
     let redis = redis_value.and_then(|v| part(v, &root.key("redis"), diags));
@@ -587,6 +591,7 @@ fn typed(doc: Value, diags: &mut Vec<Diagnostic>) -> (Config, validate::Position
         listeners,
         upstreams: upstreams.into_iter().collect(),
         routes,
+        profiles,
         consumers,
         redis,
         cache,

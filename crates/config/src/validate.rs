@@ -343,37 +343,125 @@ pub(crate) fn validate(cfg: &Config, pos: &Positions, out: &mut Vec<Diagnostic>)
         let at = root
             .key("routes")
             .index(pos.routes.get(i).copied().unwrap_or(i));
-        if r.name.is_empty() {
+        check_routed(cfg, pos, r, &at, &mut route_names, out);
+    }
+    check_profiles(cfg, pos, &mut route_names, out);
+}
+
+/// One route, top-level or a profile's: its name unique among all, then [`check_route`] and the
+/// checks that depend on the rest of the config.
+fn check_routed<'c>(
+    cfg: &'c Config,
+    pos: &Positions,
+    r: &'c RouteConfig,
+    at: &FieldPath,
+    route_names: &mut HashSet<&'c str>,
+    out: &mut Vec<Diagnostic>,
+) {
+    if r.name.is_empty() {
+        out.push(Diagnostic::error(
+            at.key("name").to_string(),
+            "must not be empty",
+        ));
+    } else if !route_names.insert(r.name.as_str()) {
+        out.push(Diagnostic::error(
+            at.key("name").to_string(),
+            format!("duplicate route name {:?}", r.name),
+        ));
+    }
+    check_route(
+        r,
+        at,
+        &cfg.upstreams,
+        &pos.broken,
+        cfg.plugins.respond.is_some(),
+        !cfg.plugins.custom.is_empty(),
+        out,
+    );
+    if cfg.plugins.cors.is_some() && r.plugins.cors.is_some() {
+        // The global `cors` answers preflights first, so a route's own would only half apply.
+        out.push(Diagnostic::error(
+            at.key("plugins").key("cors").to_string(),
+            "`cors` is already configured globally; set it on the routes or globally, not both",
+        ));
+    }
+    if !pos.broken.redis {
+        check_limit_stores(cfg, &r.plugins, &at.key("plugins"), out);
+    }
+    check_cache_stores(cfg, &r.plugins, &at.key("plugins"), out);
+}
+
+/// `profiles`: names unique, something to select on, listeners that exist, identity conditions
+/// with the global authentication that identifies callers, and each profile's plugins and routes.
+fn check_profiles<'c>(
+    cfg: &'c Config,
+    pos: &Positions,
+    route_names: &mut HashSet<&'c str>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let mut names = HashSet::new();
+    let global_auth = cfg.plugins.key_auth.is_some()
+        || cfg.plugins.jwt.is_some()
+        || cfg.plugins.basic_auth.is_some()
+        || cfg.plugins.client_cert.is_some();
+    for (i, p) in cfg.profiles.iter().enumerate() {
+        let at = FieldPath::root().key("profiles").index(i);
+        if !valid_name(&p.name) {
             out.push(Diagnostic::error(
                 at.key("name").to_string(),
-                "must not be empty",
+                "use letters, digits, `-`, `_` and `.`",
             ));
-        } else if !route_names.insert(r.name.as_str()) {
+        } else if !names.insert(p.name.as_str()) {
             out.push(Diagnostic::error(
                 at.key("name").to_string(),
-                format!("duplicate route name {:?}", r.name),
+                format!("duplicate profile name {:?}", p.name),
             ));
         }
-        check_route(
-            r,
-            &at,
-            &cfg.upstreams,
-            &pos.broken,
-            cfg.plugins.respond.is_some(),
-            !cfg.plugins.custom.is_empty(),
-            out,
-        );
-        if cfg.plugins.cors.is_some() && r.plugins.cors.is_some() {
-            // The global `cors` answers preflights first, so a route's own would only half apply.
+        let sel = &p.select;
+        let sat = at.key("select");
+        if sel.is_empty() {
             out.push(Diagnostic::error(
-                at.key("plugins").key("cors").to_string(),
-                "`cors` is already configured globally; set it on the routes or globally, not both",
+                sat.to_string(),
+                "select on at least one of listeners, hosts, consumer_groups, jwt_claims",
             ));
         }
+        for (j, l) in sel.listeners.iter().enumerate() {
+            if !pos.broken.listeners && !cfg.listeners.iter().any(|x| &x.name == l) {
+                out.push(Diagnostic::error(
+                    sat.key("listeners").index(j).to_string(),
+                    format!("unknown listener {l:?}"),
+                ));
+            }
+        }
+        for (j, h) in sel.hosts.iter().enumerate() {
+            if let Err(msg) = check_host(h) {
+                out.push(Diagnostic::error(
+                    sat.key("hosts").index(j).to_string(),
+                    msg,
+                ));
+            }
+        }
+        if !sel.consumer_groups.is_empty() && !global_auth {
+            out.push(Diagnostic::error(
+                sat.key("consumer_groups").to_string(),
+                "selecting by consumer group needs a global authentication plugin \
+                 (key_auth, jwt, basic_auth or client_cert under the top-level `plugins`)",
+            ));
+        }
+        if !sel.jwt_claims.is_empty() && cfg.plugins.jwt.is_none() {
+            out.push(Diagnostic::error(
+                sat.key("jwt_claims").to_string(),
+                "selecting by JWT claim needs the global `jwt` plugin",
+            ));
+        }
+        check_plugins(&p.plugins, &at.key("plugins"), out);
         if !pos.broken.redis {
-            check_limit_stores(cfg, &r.plugins, &at.key("plugins"), out);
+            check_limit_stores(cfg, &p.plugins, &at.key("plugins"), out);
         }
-        check_cache_stores(cfg, &r.plugins, &at.key("plugins"), out);
+        check_cache_stores(cfg, &p.plugins, &at.key("plugins"), out);
+        for (j, r) in p.routes.iter().enumerate() {
+            check_routed(cfg, pos, r, &at.key("routes").index(j), route_names, out);
+        }
     }
 }
 

@@ -362,22 +362,26 @@ impl CachePlugin {
         timeout: Duration,
     ) -> Option<Arc<Entry>> {
         let tier = self.cache.redis()?;
+        let usable = |e: Arc<Entry>| {
+            let now = policy::unix_ms(SystemTime::now());
+            let selects = policy::vary_values(&e.meta.vary, headers) == e.meta.vary_values;
+            let fresh = matches!(e.freshness(now), Freshness::Fresh(_));
+            (selects && fresh).then_some(e)
+        };
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
-            if let Some(e) = self.cache.redis_get(key).await {
-                let now = policy::unix_ms(SystemTime::now());
-                let selects = policy::vary_values(&e.meta.vary, headers) == e.meta.vary_values;
-                if selects && matches!(e.freshness(now), Freshness::Fresh(_)) {
-                    if self.tiers.memory {
-                        self.cache.put(e.clone());
-                    }
-                    return Some(e);
+            let leased = tier.is_leased(key).await.unwrap_or(false);
+            // Looked at after the lease: the fill writes its entry before it lets the lease go.
+            if let Some(e) = self.cache.redis_get(key).await.and_then(usable) {
+                if self.tiers.memory {
+                    self.cache.put(e.clone());
                 }
+                return Some(e);
             }
-            if !tier.is_leased(key).await.unwrap_or(false) {
+            if !leased {
                 return None;
             }
         }
@@ -498,8 +502,18 @@ impl CachePlugin {
 
 /// Stores `e` in `tiers`.
 fn save(cache: &Cache, tiers: Tiers, e: Arc<Entry>) {
+    save_leased(cache, tiers, e, None);
+}
+
+/// Stores `e` in `tiers`, then gives up the fill's `lease` (after the Redis write: an instance
+/// waiting on the lease must find the entry when it sees the lease gone).
+fn save_leased(cache: &Cache, tiers: Tiers, e: Arc<Entry>, lease: Option<Lease>) {
     if tiers.redis {
-        cache.redis_put(&e);
+        cache.redis_put(&e, lease);
+    } else if let Some(lease) = lease {
+        tokio::spawn(async move {
+            let _ = lease.release().await;
+        });
     }
     if tiers.memory {
         cache.put(e);
@@ -1242,12 +1256,7 @@ impl Tee {
         self.chunks.clear();
         let len = body.len() as u64;
         let e = Entry::new(meta, status, headers, body, &life, SystemTime::now());
-        save(&self.cache, self.tiers, Arc::new(e));
-        if let Some(lease) = lease {
-            tokio::spawn(async move {
-                let _ = lease.release().await;
-            });
-        }
+        save_leased(&self.cache, self.tiers, Arc::new(e), lease);
         self.stored.fetch_add(1, Ordering::Relaxed);
         self.stored_bytes.fetch_add(len, Ordering::Relaxed);
         if let Some(l) = leader {

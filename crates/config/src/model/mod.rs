@@ -8,6 +8,7 @@ mod listener;
 mod listener_tls;
 mod observe;
 pub mod plugin;
+mod profile;
 mod route;
 mod upstream;
 
@@ -26,6 +27,7 @@ pub use observe::{
     TracingConfig,
 };
 pub use plugin::PluginsConfig;
+pub use profile::{ProfileConfig, ProfileSelect};
 pub use route::{MatchConfig, PathMatch, RouteConfig};
 pub use upstream::{
     ActiveHealthConfig, CircuitBreakerConfig, HealthCheckConfig, LoadBalancing,
@@ -53,6 +55,10 @@ pub struct Config {
     /// Rules that map requests to upstreams, in declaration order.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Client profiles: route sets and default plugins per client type, each selected by
+    /// listener, host, consumer group or JWT claim; unselected requests take `routes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<ProfileConfig>,
     /// Shared limiter state; without it every limit is local to the instance.
     #[serde(default)]
     pub redis: Option<RedisConfig>,
