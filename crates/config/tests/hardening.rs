@@ -384,6 +384,11 @@ fn every_duration_field_has_a_range_and_every_range_is_documented() {
     for path in &found {
         // Route plugins share the global plugins' ranges; older spellings and group overrides
         // share the ranges of the fields they stand for.
+        // A profile's plugins and routes share the top-level ranges too.
+        let path = path
+            .strip_prefix("profiles[].routes[].")
+            .or_else(|| path.strip_prefix("profiles[]."))
+            .unwrap_or(path);
         let normal = match path.strip_prefix("routes[].").unwrap_or(path) {
             "upstreams.*.connect_timeout" => "upstreams.*.timeouts.connect",
             "upstreams.*.timeout" => "upstreams.*.timeouts.response",
