@@ -384,7 +384,11 @@ fn every_duration_field_has_a_range_and_every_range_is_documented() {
     for path in &found {
         // Route plugins share the global plugins' ranges; older spellings and group overrides
         // share the ranges of the fields they stand for.
-        let normal = match path.strip_prefix("routes[].").unwrap_or(path) {
+        let normal = match path
+            .strip_prefix("routes[].")
+            .filter(|p| p.starts_with("plugins."))
+            .unwrap_or(path)
+        {
             "upstreams.*.connect_timeout" => "upstreams.*.timeouts.connect",
             "upstreams.*.timeout" => "upstreams.*.timeouts.response",
             "upstreams.*.pool_idle_timeout" => "upstreams.*.timeouts.idle",
@@ -398,7 +402,9 @@ fn every_duration_field_has_a_range_and_every_range_is_documented() {
     }
     let doc = include_str!("../../../docs/configuration.md");
     for (field, _, most) in DURATIONS {
-        let shown = field.replace("upstreams.*.", "upstreams.<name>.");
+        let shown = field
+            .replace("upstreams.*.", "upstreams.<name>.")
+            .replace("calls.*.", "calls.<name>.");
         let secs = most.as_secs();
         let most = if secs % 3600 == 0 {
             format!("{}h", secs / 3600)
