@@ -972,3 +972,136 @@ async fn the_route_cache_stores_the_aggregated_answer() {
         "the second answer came from the cache"
     );
 }
+
+/// A minimal OTLP/gRPC trace receiver (the collector's `TraceService`, served by tonic) that
+/// keeps every span it is sent.
+mod otlp {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::trace::v1::Span;
+
+    #[derive(Clone, Default)]
+    pub struct Spans(pub Arc<Mutex<Vec<Span>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Spans {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut all = self.0.lock().unwrap();
+            for rs in req.into_inner().resource_spans {
+                for ss in rs.scope_spans {
+                    all.extend(ss.spans);
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// Starts the receiver on port 0: its endpoint and what it keeps.
+    pub async fn receiver() -> (String, Spans) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans = Spans::default();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(spans.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (format!("http://{addr}"), spans)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test]
+async fn each_call_is_one_span_with_its_attempts_under_it() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let (endpoint, spans) = otlp::receiver().await;
+    let list = recorder(|_: &Seen| Reply::json(json!({ "ids": [1, 2] }))).await;
+    let item = recorder(|_: &Seen| Reply::json(json!({}))).await;
+    let gw = gateway(&with(
+        &[("list", list.url()), ("item", item.url())],
+        &format!(
+            r#"observability:
+  tracing: {{ otlp_endpoint: "{endpoint}", sample_ratio: 1.0 }}
+routes:
+  - name: traced
+    match: {{ paths: ["/t"] }}
+    aggregate:
+      calls:
+        list: {{ upstream: list, path: "/l", required: true }}
+        items: {{ upstream: item, path: "/i/{{id}}", for_each: "list.body.ids[*]", as: id }}
+"#
+        ),
+    ))
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = client()
+        .get(gw.url("/t"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await;
+    // One server span, two call spans, three attempts.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = loop {
+        let got: Vec<_> = spans
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| hex(&s.trace_id) == trace)
+            .cloned()
+            .collect();
+        if got.len() >= 6 || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got.len(), 6, "{got:#?}");
+    let server = got
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    let call = |name: &str| {
+        got.iter()
+            .find(|s| s.kind == SpanKind::Internal as i32 && s.name == name)
+            .unwrap_or_else(|| panic!("no span {name}: {got:#?}"))
+    };
+    let (list_span, items_span) = (call("aggregate list"), call("aggregate items"));
+    for c in [list_span, items_span] {
+        assert_eq!(c.parent_span_id, server.span_id);
+    }
+    let attempts: Vec<_> = got
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    assert_eq!(attempts.len(), 3);
+    let under = |parent: &[u8]| {
+        attempts
+            .iter()
+            .filter(|a| a.parent_span_id == parent)
+            .count()
+    };
+    assert_eq!(under(&list_span.span_id), 1);
+    assert_eq!(under(&items_span.span_id), 2);
+    // Each upstream request was sent under its attempt's span.
+    let sent = &list.seen()[0].headers["traceparent"];
+    let attempt = attempts
+        .iter()
+        .find(|a| a.parent_span_id == list_span.span_id)
+        .unwrap();
+    assert_eq!(sent, &format!("00-{trace}-{}-01", hex(&attempt.span_id)));
+}
