@@ -156,7 +156,7 @@ async fn get(url: String) -> (u16, reqwest::header::HeaderMap, Value) {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let text = resp.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, headers, v)
 }
 
@@ -565,7 +565,7 @@ async fn each_call_has_the_upstreams_retries_and_breaker() {
     let flaky_count = Arc::new(AtomicUsize::new(0));
     let fc = flaky_count.clone();
     let flaky = recorder(move |_: &Seen| {
-        if fc.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if fc.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
             Reply::json(json!({"try": "again"})).status(503)
         } else {
             Reply::json(json!({"ok": true}))

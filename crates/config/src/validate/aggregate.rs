@@ -124,14 +124,13 @@ pub(super) fn check_aggregate<T>(
                 }
             }
         }
-        Some(MergeConfig::Jq(e)) => {
-            if e.trim().is_empty() {
-                out.push(Diagnostic::error(
-                    at.key("merge").to_string(),
-                    "an empty jq expression",
-                ));
-            }
+        Some(MergeConfig::Jq(e)) if e.trim().is_empty() => {
+            out.push(Diagnostic::error(
+                at.key("merge").to_string(),
+                "an empty jq expression",
+            ));
         }
+        Some(MergeConfig::Jq(_)) => {}
     }
 
     if let Some(h) = &agg.headers {
