@@ -24,6 +24,10 @@
 #                 cache1k, cache100k (not in the default): HTTP/1.1 keep-alive (wrk), cache
 #                 hits on a 1 KiB and a 100 KiB response the upstream marks `max-age=3600`
 #                 (Frontdesk's `cache` plugin, memory tier; nginx's `proxy_cache`)
+#                 agg3, json1 (not in the default): HTTP/1.1 keep-alive (wrk). json1: the plain
+#                 proxy of one call to a small JSON answer (both proxies). agg3: Frontdesk only
+#                 (nginx has no aggregation), an `aggregate` route of three parallel calls to
+#                 the same answer, merged into one JSON answer; compare with json1's Frontdesk row
 #   H2_STREAMS    h2load concurrent streams per connection (default 1)
 #
 # Scratch files (configs, logs, raw wrk output) go to bench/out/.
@@ -88,7 +92,7 @@ preflight() {
 
     local sc
     for sc in $SCENARIOS; do
-        case $sc in http | https | h2c | h2 | gzip | cache1k | cache100k) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
+        case $sc in http | https | h2c | h2 | gzip | cache1k | cache100k | agg3 | json1) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
     done
     fresh_out
 }
@@ -122,10 +126,14 @@ load_path() {
         gzip) echo "$JSON_PATH" ;;
         cache1k) echo /cached/1k.bin ;;
         cache100k) echo /cached/100k.bin ;;
+        agg3) echo /agg3 ;;
+        json1) echo /small.json ;;
         *) echo / ;;
     esac
 }
 is_cache() { [[ $1 == cache1k || $1 == cache100k ]]; }
+# Rows only Frontdesk can run.
+frontdesk_only() { [[ $1 == agg3 ]]; }
 
 # fill TEMPLATE DEST KEY=VALUE...: replace @KEY@ placeholders.
 fill() {
@@ -147,6 +155,9 @@ start_frontdesk() {
     if is_tls "$scenario"; then
         fill "$BENCH/frontdesk-tls.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" OUT="$OUT" \
             CERT="$CERT" KEY="$KEY"
+    elif [[ $scenario == agg3 || $scenario == json1 ]]; then
+        # The same config for both rows: they differ only in the path asked for.
+        fill "$BENCH/frontdesk-aggregate.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" OUT="$OUT"
     else
         fill "$BENCH/frontdesk.yaml" "$OUT/frontdesk.yaml" PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" OUT="$OUT"
     fi
@@ -214,7 +225,7 @@ run_load() { # run_load SCENARIO PORT DURATION OUTFILE
             taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
                 -H "Accept-Encoding: gzip" "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
             ;;
-        http | https | cache1k | cache100k)
+        http | https | cache1k | cache100k | agg3 | json1)
             taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
                 "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
             ;;
@@ -230,7 +241,7 @@ run_load() { # run_load SCENARIO PORT DURATION OUTFILE
 parse_load() {
     local f=$2
     case $1 in
-        http | https | gzip | cache1k | cache100k)
+        http | https | gzip | cache1k | cache100k | agg3 | json1)
             L_REQS=$(awk '/ requests in / {print $1}' "$f")
             L_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$f")
             L_P50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
@@ -299,6 +310,17 @@ bench_proxy() {
             python3 "$BENCH/benchutil.py" gzip-check "$port" "$JSON_PATH" "$OUT/static${JSON_PATH}" ||
                 die "$key: GET $JSON_PATH through the proxy was not the gzip of the upstream's file"
             ;;
+        agg3 | json1)
+            local answer
+            answer=$(python3 "$BENCH/benchutil.py" status "$port" "$(load_path "$scenario")") ||
+                die "$key: GET $(load_path "$scenario") through the proxy failed"
+            if [[ $scenario == agg3 ]]; then
+                [[ $answer == 200*'"a":{'*'"b":{'*'"c":{'* && $(grep -o '"id":42' <<<"$answer" | wc -l) == 3 ]] ||
+                    die "$key: the aggregate did not merge three answers: $answer"
+            else
+                [[ $answer == 200*'"ok":true'* ]] || die "$key: unexpected answer through the proxy: $answer"
+            fi
+            ;;
         cache1k | cache100k)
             # The whole file, then a hit (Frontdesk: Cache-Status; nginx: X-Cache).
             python3 "$BENCH/benchutil.py" cache-check "$port" "$(load_path "$scenario")" \
@@ -363,6 +385,10 @@ start_upstream
 
 for scenario in $SCENARIOS; do
     for proxy in $PROXIES; do
+        if [[ $proxy != frontdesk ]] && frontdesk_only "$scenario"; then
+            log "$scenario: $proxy has no such feature; row skipped"
+            continue
+        fi
         case $proxy in
             frontdesk) bench_proxy frontdesk "$FRONTDESK_PORT" "$scenario" ;;
             nginx) bench_proxy nginx "$NGINX_PORT" "$scenario" ;;
@@ -379,6 +405,8 @@ describe() {
         h2) echo "HTTP/2 over TLS (ALPN h2), h2load -m$H2_STREAMS" ;;
         gzip) echo "HTTP/1.1 keep-alive, wrk, Accept-Encoding: gzip; a $JSON_SIZE-byte JSON response compressed by the proxy at gzip level 5" ;;
         cache1k | cache100k) echo "HTTP/1.1 keep-alive, wrk; cache hits on $(load_path "$1") (max-age=3600): Frontdesk's cache plugin (memory tier) vs nginx proxy_cache" ;;
+        json1) echo "HTTP/1.1 keep-alive, wrk; the plain proxy of one call to a 34-byte JSON answer" ;;
+        agg3) echo "HTTP/1.1 keep-alive, wrk; Frontdesk only: an aggregate of three parallel calls to the json1 answer, merged (compare with json1/frontdesk)" ;;
     esac
 }
 
@@ -394,6 +422,7 @@ describe() {
     for scenario in $SCENARIOS; do
         for proxy in $PROXIES; do
             key=$scenario/$proxy
+            [[ -n ${R_RPS[$key]:-} ]] || continue
             printf '%-6s %-10s %10.0f %8.3f %8s %11.3f %6d %13.1f %14s %7d\n' "$scenario" "$proxy" \
                 "${R_RPS[$key]}" "${R_P50[$key]}" \
                 "$(awk -v v="${R_P99[$key]}" 'BEGIN {if (v < 0) print "-"; else printf "%.3f", v}')" \
@@ -407,6 +436,7 @@ describe() {
     for scenario in $SCENARIOS; do
         for proxy in $PROXIES; do
             key=$scenario/$proxy
+            [[ -n ${R_CPUPCT[$key]:-} ]] || continue
             if ((R_CPUPCT[$key] < 90)); then
                 echo "note: $key used only ${R_CPUPCT[$key]}% of its core, so req/s was limited elsewhere" \
                     "(load core or other processes); req/s and latency are not comparable, rerun on an idle machine"
@@ -414,6 +444,17 @@ describe() {
         done
     done
     for scenario in $SCENARIOS; do
+        if frontdesk_only "$scenario"; then
+            # Compared with Frontdesk's own plain proxy of one call (the json1 row), when it ran.
+            if [[ -n ${R_RPS[$scenario/frontdesk]:-} && -n ${R_RPS[json1/frontdesk]:-} ]]; then
+                awk -v l="frontdesk $scenario/json1:" -v fr="${R_RPS[$scenario/frontdesk]}" -v nr="${R_RPS[json1/frontdesk]}" \
+                    -v fc="${R_CPUREQ[$scenario/frontdesk]}" -v nc="${R_CPUREQ[json1/frontdesk]}" \
+                    'BEGIN {printf "%s rps %.2f, cpu per request %.2f\n", l, fr / nr, (nc > 0 ? fc / nc : 0)}'
+            else
+                echo "frontdesk $scenario/json1: n/a (run SCENARIOS=\"json1 $scenario\" with frontdesk)"
+            fi
+            continue
+        fi
         # The plain HTTP row keeps its historical form, "frontdesk/nginx: ...".
         label="frontdesk/nginx $scenario:"
         if [[ $scenario == http ]]; then label="frontdesk/nginx:"; fi

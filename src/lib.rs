@@ -5,6 +5,7 @@
 //! [`consumer`] → [`observe`] → [`error`] → the config crate.
 
 pub mod admin;
+pub mod aggregate;
 pub mod body;
 pub mod cache;
 pub mod consumer;

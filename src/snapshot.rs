@@ -9,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+
+use crate::aggregate::Aggregate;
 use frontdesk_config::model::Http1Codec;
 use frontdesk_config::{parse_nets, Config, Diagnostic, FieldPath};
 use http::HeaderValue;
@@ -148,7 +150,8 @@ pub enum Target {
     /// Answered by the route's own plugins (`respond`, or a plugin's answer); there is no
     /// upstream. A request no plugin answers gets `500`.
     Respond,
-    // The composition issue adds `Aggregate` here: several upstream calls, one answer.
+    /// Several upstream calls, one answer (`aggregate`).
+    Aggregate(Arc<Aggregate>),
 }
 
 impl Target {
@@ -156,7 +159,7 @@ impl Target {
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         match self {
             Target::Upstream(u) => Some(u),
-            Target::Respond => None,
+            Target::Respond | Target::Aggregate(_) => None,
         }
     }
 }
@@ -405,13 +408,31 @@ impl Snapshot {
                 errs.append(&mut chain.errors);
                 let mut plugins = plugins::finish(chain);
                 plugins.count_refusals(&name, &metrics);
+                let target = match (
+                    &r.aggregate,
+                    r.upstream.as_ref().and_then(|u| upstreams.get(u)),
+                ) {
+                    (Some(agg), _) => match Aggregate::build(&name, agg, &upstreams, &metrics) {
+                        Ok(a) => Target::Aggregate(Arc::new(a)),
+                        Err(e) => {
+                            let at = at.index(i).key("aggregate");
+                            // An upstream that failed to build was reported at its own field.
+                            if !e.field.ends_with(".upstream") {
+                                errs.push(Diagnostic::error(
+                                    format!("{at}.{}", e.field),
+                                    e.message,
+                                ));
+                            }
+                            Target::Respond
+                        }
+                    },
+                    (None, Some(u)) => Target::Upstream(u.clone()),
+                    (None, None) => Target::Respond,
+                };
                 let route = Route {
                     series: metrics.route_in(&name, profile),
                     name,
-                    target: match r.upstream.as_ref().and_then(|u| upstreams.get(u)) {
-                        Some(u) => Target::Upstream(u.clone()),
-                        None => Target::Respond,
-                    },
+                    target,
                     strip_prefix: r.strip_prefix,
                     preserve_host: r.preserve_host,
                     plugins,
@@ -612,6 +633,18 @@ impl Snapshot {
                     note,
                 })
                 .collect();
+            let aggregate = match &route.target {
+                // The path parameters come from the matching itself (`find` and `explain`
+                // always pick the same route).
+                Target::Aggregate(a) => {
+                    let params = table
+                        .find(&key)
+                        .map(|m| m.rule().path_params(&req.path))
+                        .unwrap_or_default();
+                    a.explain(&params)
+                }
+                _ => Vec::new(),
+            };
             MatchedRoute {
                 route: hit.name.to_string(),
                 rule: hit.rule.to_string(),
@@ -619,6 +652,7 @@ impl Snapshot {
                 upstream: route.target.upstream().map(|u| u.name.to_string()),
                 upstream_path,
                 notes,
+                aggregate,
             }
         });
         Explanation {

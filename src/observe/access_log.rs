@@ -382,6 +382,7 @@ mod tests {
                 ..CallReport::default()
             },
             side_calls: Vec::new(),
+            call_spans: Vec::new(),
             error: Some(crate::error::ErrorKind::NoRoute),
             status: 404,
             bytes_in: None,

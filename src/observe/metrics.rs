@@ -129,10 +129,13 @@ pub enum Family {
     /// `frontdesk_profile_requests_total{profile,route,status_class}`: requests on the routes
     /// of client profiles.
     ProfileRequests,
+    /// `frontdesk_aggregate_calls_total{route,call,result}`: the calls of aggregate routes by
+    /// result (ok, failed, timeout, skipped).
+    AggregateCalls,
 }
 
 impl Family {
-    const ALL: [Family; 7] = [
+    const ALL: [Family; 8] = [
         Family::AuthFailures,
         Family::RatelimitDecisions,
         Family::ConsumerRequests,
@@ -140,6 +143,7 @@ impl Family {
         Family::Cache,
         Family::CacheStoredBytes,
         Family::ProfileRequests,
+        Family::AggregateCalls,
     ];
 
     fn name(self) -> &'static str {
@@ -151,6 +155,7 @@ impl Family {
             Family::Cache => "frontdesk_cache_requests",
             Family::CacheStoredBytes => "frontdesk_cache_stored_bytes",
             Family::ProfileRequests => "frontdesk_profile_requests",
+            Family::AggregateCalls => "frontdesk_aggregate_calls",
         }
     }
 
@@ -165,6 +170,7 @@ impl Family {
             Family::Cache => "Response cache look-ups and stores, by result.",
             Family::CacheStoredBytes => "Response body bytes stored by the cache.",
             Family::ProfileRequests => "Requests on the routes of client profiles.",
+            Family::AggregateCalls => "Calls of aggregate routes, by result.",
         }
     }
 
@@ -177,6 +183,7 @@ impl Family {
             }
             Family::Cache | Family::CacheStoredBytes => ["route", "tier", "result"],
             Family::ProfileRequests => ["profile", "route", "status_class"],
+            Family::AggregateCalls => ["route", "call", "result"],
         }
     }
 }
@@ -261,6 +268,8 @@ pub struct Metrics {
     counters: papaya::HashMap<(Family, Labels3), Arc<AtomicU64>, Hasher>,
     upstreams: papaya::HashMap<Arc<str>, Arc<UpstreamSeries>, Hasher>,
     listeners: papaya::HashMap<Arc<str>, Arc<ListenerSeries>, Hasher>,
+    /// The durations of aggregate routes' calls, by route and call.
+    aggregate_calls: papaya::HashMap<(Arc<str>, Arc<str>), Arc<Histogram>, Hasher>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_ok_unix: AtomicU64,
@@ -278,6 +287,7 @@ impl Default for Metrics {
             counters: papaya::HashMap::default(),
             upstreams: papaya::HashMap::default(),
             listeners: papaya::HashMap::default(),
+            aggregate_calls: papaya::HashMap::default(),
             reloads_ok: AtomicU64::default(),
             reloads_failed: AtomicU64::default(),
             last_reload_ok_unix: AtomicU64::default(),
@@ -367,6 +377,16 @@ impl Metrics {
         self.listeners
             .pin()
             .get_or_insert_with(name.clone(), Arc::default)
+            .clone()
+    }
+
+    /// The duration histogram of call `call` of aggregate route `route` (created on first use,
+    /// kept across reloads): from the call's start to its answer's end, for every element of a
+    /// `for_each` call together.
+    pub fn aggregate_call(&self, route: &Arc<str>, call: &Arc<str>) -> Arc<Histogram> {
+        self.aggregate_calls
+            .pin()
+            .get_or_insert_with((route.clone(), call.clone()), Arc::default)
             .clone()
     }
 
@@ -549,6 +569,19 @@ impl Collector for Scrape {
                     ];
                     t.latency.encode(d.encode_family(&labels)?)?;
                 }
+            }
+        }
+        {
+            let calls = m.aggregate_calls.pin();
+            let mut d = enc.encode_descriptor(
+                "frontdesk_aggregate_call_duration",
+                "Duration of the calls of aggregate routes, from the call's start to its answer's end.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for ((route, call), h) in calls.iter() {
+                let labels = [("route", route.to_string()), ("call", call.to_string())];
+                h.encode(d.encode_family(&labels)?)?;
             }
         }
         let ups = m.upstreams.pin();

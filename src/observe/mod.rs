@@ -58,6 +58,33 @@ pub struct CallReport {
     pub attempts: Vec<Attempt>,
     /// The request method, for a plugin's call (`None`: the exchange's own method).
     pub method: Option<http::Method>,
+    /// The span the attempts are children of: an aggregate call's ([`CallSpan`]); `None`: the
+    /// exchange's server span.
+    pub parent: Option<[u8; 8]>,
+}
+
+/// One call of an aggregate route, kept for its trace span (an internal span under the
+/// exchange's, with the call's upstream attempts under it).
+#[derive(Debug, Clone)]
+pub struct CallSpan {
+    /// The call's name in the config.
+    pub call: Arc<str>,
+    /// The upstream it calls.
+    pub upstream: Arc<str>,
+    /// Its span id (the parent of its attempts' spans).
+    pub span_id: [u8; 8],
+    /// When it started.
+    pub start: SystemTime,
+    /// How long until its answer was read (every element's, for a `for_each` call).
+    pub duration: Duration,
+    /// The answer's status (the first failed element's for a `for_each` call), when one came.
+    pub status: Option<u16>,
+    /// `ok`, `failed`, `timeout` or `skipped`.
+    pub result: &'static str,
+    /// Why it failed, when it did.
+    pub reason: Option<String>,
+    /// The elements of a `for_each` call.
+    pub elements: Option<usize>,
 }
 
 /// The record of one observed request.
@@ -100,6 +127,9 @@ pub struct Exchange {
     /// The upstream calls plugins made for this exchange (through an upstream handle), each
     /// traced under the exchange's span like the proxied call.
     pub side_calls: Vec<CallReport>,
+    /// The calls of an aggregate route (sampled traces only), each a span with its attempts
+    /// (in `side_calls`) under it.
+    pub call_spans: Vec<CallSpan>,
     /// The failure, when the gateway answered for the upstream.
     pub error: Option<ErrorKind>,
     /// The response status.
@@ -242,6 +272,7 @@ impl Observer {
                 ..CallReport::default()
             },
             side_calls: Vec::new(),
+            call_spans: Vec::new(),
             error: None,
             status: 0,
             bytes_in: None,

@@ -31,7 +31,7 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 
-use super::{Attempt, CallReport, Exchange};
+use super::{Attempt, CallReport, CallSpan, Exchange};
 
 /// How long a batch waits for more spans before it is sent, unless `OTEL_BSP_SCHEDULE_DELAY`
 /// says otherwise. Shorter than the SDK's 5 s so traces show up while someone is looking; an
@@ -127,9 +127,14 @@ impl Exporter {
             .map(|c| (Semconv::method(c.method.as_ref().unwrap_or(&ex.method)), c))
             .collect();
         let calls = std::iter::once((&method, &ex.call)).chain(side.iter().map(|(m, c)| (m, *c)));
-        let attempts =
-            calls.flat_map(|(m, c)| c.attempts.iter().enumerate().map(move |(i, a)| (m, i, a)));
-        for (method, i, a) in attempts {
+        let attempts = calls.flat_map(|(m, c)| {
+            let parent = c.parent.map_or(server_id, SpanId::from_bytes);
+            c.attempts
+                .iter()
+                .enumerate()
+                .map(move |(i, a)| (m, parent, i, a))
+        });
+        for (method, parent, i, a) in attempts {
             self.processor.on_end(SpanData {
                 span_context: SpanContext::new(
                     trace_id,
@@ -138,7 +143,7 @@ impl Exporter {
                     false,
                     state.clone(),
                 ),
-                parent_span_id: server_id,
+                parent_span_id: parent,
                 parent_span_is_remote: false,
                 span_kind: SpanKind::Client,
                 name: method.span_name(None),
@@ -149,6 +154,34 @@ impl Exporter {
                 events: SpanEvents::default(),
                 links: SpanLinks::default(),
                 status: attempt_status(a),
+                instrumentation_scope: self.scope.clone(),
+            });
+        }
+        // An aggregate route's calls: one internal span each, its attempts under it.
+        for c in &ex.call_spans {
+            self.processor.on_end(SpanData {
+                span_context: SpanContext::new(
+                    trace_id,
+                    SpanId::from_bytes(c.span_id),
+                    TraceFlags::SAMPLED,
+                    false,
+                    state.clone(),
+                ),
+                parent_span_id: server_id,
+                parent_span_is_remote: false,
+                span_kind: SpanKind::Internal,
+                name: Cow::Owned(format!("aggregate {}", c.call)),
+                start_time: c.start,
+                end_time: c.start + c.duration,
+                attributes: call_attributes(c, ex),
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: if c.result == "ok" {
+                    Status::Unset
+                } else {
+                    Status::error(c.reason.clone().unwrap_or_default())
+                },
                 instrumentation_scope: self.scope.clone(),
             });
         }
@@ -494,6 +527,30 @@ fn server_attributes(method: &Semconv, ex: &Exchange) -> Vec<KeyValue> {
     }
     if let Some(u) = &ex.upstream {
         attrs.push(KeyValue::new("frontdesk.upstream", u.clone()));
+    }
+    attrs
+}
+
+/// An aggregate call's span attributes.
+fn call_attributes(c: &CallSpan, ex: &Exchange) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(8);
+    attrs.push(KeyValue::new("frontdesk.aggregate.call", c.call.clone()));
+    attrs.push(KeyValue::new("frontdesk.upstream", c.upstream.clone()));
+    attrs.push(KeyValue::new("frontdesk.aggregate.result", c.result));
+    if let Some(r) = ex.route_name() {
+        attrs.push(KeyValue::new("http.route", r.clone()));
+    }
+    if let Some(s) = c.status {
+        attrs.push(KeyValue::new("http.response.status_code", i64::from(s)));
+    }
+    if let Some(n) = c.elements {
+        attrs.push(KeyValue::new(
+            "frontdesk.aggregate.elements",
+            i64::try_from(n).unwrap_or(i64::MAX),
+        ));
+    }
+    if c.result != "ok" {
+        attrs.push(KeyValue::new("error.type", c.result));
     }
     attrs
 }

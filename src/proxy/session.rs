@@ -14,6 +14,7 @@ use super::{
     classify, client_body_error, error_response, fields, forward, plugin_error, redirect, upgrade,
     upstream_uri, ConnInfo,
 };
+use crate::aggregate::{Aggregate, AggregateRequest};
 use crate::body::{Body, BodyError};
 use crate::error::{ErrorSource, GatewayError};
 
@@ -429,10 +430,69 @@ impl<'c> Session<'c> {
                 self.forward(snap, &m, upstream, head, body, upgrade, bodiless, cx)
                     .await
             }
+            Target::Aggregate(agg) => {
+                // Boxed: only aggregate routes pay for its state in their futures.
+                Box::pin(self.aggregate(&m, agg, head, body, bodiless, cx)).await
+            }
             Target::Respond => Err(GatewayError::internal(
                 "the route has no upstream and no plugin answered",
             )),
         }
+    }
+
+    /// Answers with an aggregate's calls, then runs the response phases on its answer. Each
+    /// call is reported like a plugin's side call (and traced under its own span).
+    async fn aggregate(
+        &mut self,
+        m: &Matched<'_>,
+        agg: &Arc<Aggregate>,
+        mut head: RequestHead,
+        body: Body,
+        head_request: bool,
+        cx: &mut Option<Ctx>,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let (body, _sent) = self
+            .request_body(m.route, &mut head, body, cx.as_mut())
+            .await?;
+        let conn = self.conn;
+        let (client_ip, params) = match cx.as_ref() {
+            Some(cx) => (cx.client_ip, cx.path_params.clone()),
+            None => (
+                forward::client_ip(
+                    conn.peer.ip(),
+                    &head.headers,
+                    &conn.listener.trusted_proxies,
+                ),
+                m.rule.path_params(head.uri.path()),
+            ),
+        };
+        let answered = agg
+            .answer(AggregateRequest {
+                request_id: self.request_id.clone(),
+                path: head.uri.path().to_string(),
+                query: head.uri.query().map(str::to_string),
+                method: head.method,
+                headers: head.headers,
+                params,
+                client_ip,
+                trace: self.ex.as_ref().and_then(|ex| ex.call.trace.clone()),
+                observed: self.ex.is_some(),
+                body,
+            })
+            .await?;
+        if let Some(ex) = &mut self.ex {
+            ex.call_spans = answered.spans;
+            if answered.error.is_some() {
+                ex.error = answered.error;
+            }
+            match cx.as_mut() {
+                // The session moves the context's calls into the record once the route is done.
+                Some(cx) => cx.calls.extend(answered.reports),
+                None => ex.side_calls.extend(answered.reports),
+            }
+        }
+        self.respond(m.route, answered.response, None, head_request, cx.as_mut())
+            .await
     }
 
     /// Forwards the request to `upstream`, then runs the response phases on its answer.

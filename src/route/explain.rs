@@ -118,6 +118,34 @@ pub struct MatchedRoute {
     /// cacheable, its key, whether a response is stored).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<PluginNote>,
+    /// The calls of an aggregate route (which has no `upstream`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aggregate: Vec<AggregateCall>,
+}
+
+/// One call of an aggregate route, as `explain` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AggregateCall {
+    /// The call's name.
+    pub name: String,
+    /// The upstream it calls.
+    pub upstream: String,
+    /// Its method.
+    pub method: String,
+    /// Its path and query, with the request's path parameters filled in when it names no
+    /// other value (otherwise as written).
+    pub path: String,
+    /// Whether its failure fails the answer.
+    pub required: bool,
+    /// The calls it waits for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// What it fans out over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    /// Element calls in flight at once, for a fan-out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<usize>,
 }
 
 /// Which client profile a request takes.
@@ -170,7 +198,30 @@ impl std::fmt::Display for Explanation {
                 writeln!(f, "plugins: {plugins}")?;
                 match (&m.upstream, &m.upstream_path) {
                     (Some(u), Some(p)) => writeln!(f, "upstream: {u} {p}")?,
+                    _ if !m.aggregate.is_empty() => writeln!(
+                        f,
+                        "upstream: (none; an aggregate of {} calls)",
+                        m.aggregate.len()
+                    )?,
                     _ => writeln!(f, "upstream: (none; a plugin answers)")?,
+                }
+                for c in &m.aggregate {
+                    write!(
+                        f,
+                        "  call {}: {} {} {}",
+                        c.name, c.method, c.upstream, c.path
+                    )?;
+                    if let Some(fe) = &c.for_each {
+                        write!(
+                            f,
+                            " for each {fe} (at most {} at once)",
+                            c.max_parallel.unwrap_or(1)
+                        )?;
+                    }
+                    if !c.after.is_empty() {
+                        write!(f, " after {}", c.after.join(", "))?;
+                    }
+                    writeln!(f, " ({})", if c.required { "required" } else { "optional" })?;
                 }
                 for n in &m.notes {
                     writeln!(f, "{}: {}", n.plugin, n.note)?;

@@ -17,8 +17,8 @@ use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 pub use explain::{
-    stripped_path, ExplainError, ExplainRequest, Explanation, Hit, MatchedRoute, PluginNote,
-    ProfileChoice, Rejection, RequestSummary, TableExplanation,
+    stripped_path, AggregateCall, ExplainError, ExplainRequest, Explanation, Hit, MatchedRoute,
+    PluginNote, ProfileChoice, Rejection, RequestSummary, TableExplanation,
 };
 use index::{GroupIndex, Merged};
 use path::{PathRule, Template};

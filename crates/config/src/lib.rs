@@ -48,6 +48,7 @@ pub use model::{
     ServerConfig, TargetConfig, TimeoutsConfig, TlsVersion, UpstreamConfig, UpstreamProtocol,
     UpstreamTlsConfig,
 };
+pub use model::{AggregateCallConfig, AggregateConfig, AggregateHeadersConfig, MergeConfig};
 pub use model::{ProfileConfig, ProfileSelect};
 pub use net::{parse_net, parse_nets};
 pub use redact::{redact_url, REDACTED};

@@ -16,6 +16,9 @@ use crate::model::{
 };
 use crate::{Diagnostic, Dur, FieldPath, FileCheck, FileUse, LimitStore};
 
+mod aggregate;
+use aggregate::check_aggregate;
+
 /// Original list positions of the parsed listeners and routes (elements that failed to parse are
 /// absent from the config but must not shift the paths of those after them), and what failed.
 pub(crate) struct Positions {
@@ -105,6 +108,8 @@ pub const DURATIONS: &[(&str, Duration, Duration)] = &[
         HOUR,
     ),
     ("upstreams.*.circuit_breaker.open_for", POSITIVE, HOUR),
+    ("routes[].aggregate.timeout", POSITIVE, HOUR),
+    ("routes[].aggregate.calls.*.timeout", POSITIVE, HOUR),
     ("redis.timeout", Duration::ZERO, Duration::from_secs(10)),
     ("plugins.cors.max_age", Duration::ZERO, DAY),
     ("plugins.jwt.leeway", Duration::ZERO, HOUR),
@@ -478,6 +483,15 @@ fn check_route<T>(
     // A custom plugin (registered by an embedding binary) may answer too: the gateway cannot
     // tell, so a route with one needs no upstream (unanswered requests get `500`).
     let may_answer = answers || global_custom || !r.plugins.custom.is_empty();
+    if let Some(agg) = &r.aggregate {
+        if r.upstream.is_some() {
+            out.push(Diagnostic::error(
+                at.key("aggregate").to_string(),
+                "a route either forwards to an `upstream` or answers with an `aggregate`, not both",
+            ));
+        }
+        check_aggregate(agg, r, &at.key("aggregate"), upstreams, broken, out);
+    }
     match &r.upstream {
         // Already reported where it failed to parse.
         Some(u) if broken.upstream(u) => {}
@@ -489,9 +503,9 @@ fn check_route<T>(
             at.key("upstream").to_string(),
             "the route's `respond` plugin answers every request, so this upstream is never used",
         )),
-        None if !may_answer => out.push(Diagnostic::error(
+        None if !may_answer && r.aggregate.is_none() => out.push(Diagnostic::error(
             at.key("upstream").to_string(),
-            "a route needs an upstream, or a plugin that answers (such as `respond`)",
+            "a route needs an upstream, an aggregate, or a plugin that answers (such as `respond`)",
         )),
         _ => {}
     }

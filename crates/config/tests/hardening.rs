@@ -385,11 +385,16 @@ fn every_duration_field_has_a_range_and_every_range_is_documented() {
         // Route plugins share the global plugins' ranges; older spellings and group overrides
         // share the ranges of the fields they stand for.
         // A profile's plugins and routes share the top-level ranges too.
-        let path = path
-            .strip_prefix("profiles[].routes[].")
-            .or_else(|| path.strip_prefix("profiles[]."))
-            .unwrap_or(path);
-        let normal = match path.strip_prefix("routes[].").unwrap_or(path) {
+        let unprofiled = match path.strip_prefix("profiles[].routes[].") {
+            Some(rest) => format!("routes[].{rest}"),
+            None => path.strip_prefix("profiles[].").unwrap_or(path).to_string(),
+        };
+        let path = unprofiled.as_str();
+        let normal = match path
+            .strip_prefix("routes[].")
+            .filter(|p| p.starts_with("plugins."))
+            .unwrap_or(path)
+        {
             "upstreams.*.connect_timeout" => "upstreams.*.timeouts.connect",
             "upstreams.*.timeout" => "upstreams.*.timeouts.response",
             "upstreams.*.pool_idle_timeout" => "upstreams.*.timeouts.idle",
@@ -403,7 +408,9 @@ fn every_duration_field_has_a_range_and_every_range_is_documented() {
     }
     let doc = include_str!("../../../docs/configuration.md");
     for (field, _, most) in DURATIONS {
-        let shown = field.replace("upstreams.*.", "upstreams.<name>.");
+        let shown = field
+            .replace("upstreams.*.", "upstreams.<name>.")
+            .replace("calls.*.", "calls.<name>.");
         let secs = most.as_secs();
         let most = if secs % 3600 == 0 {
             format!("{}h", secs / 3600)

@@ -3,6 +3,7 @@
 //! These types are the public contract (versioned by `version: 1`). The gateway compiles them into
 //! runtime types; nothing here does I/O.
 
+pub mod aggregate;
 mod consumer;
 mod listener;
 mod listener_tls;
@@ -17,6 +18,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use aggregate::{AggregateCallConfig, AggregateConfig, AggregateHeadersConfig, MergeConfig};
 pub use consumer::{ApiKeyConfig, BasicAuthCredential, ClientCertIdentity, ConsumerConfig};
 pub use listener::{LimitsConfig, ListenerConfig};
 pub use listener_tls::{

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
+use super::aggregate::AggregateConfig;
 use super::lenient;
 use super::plugin::PluginsConfig;
 
@@ -18,9 +19,14 @@ pub struct RouteConfig {
     /// What a request must look like to take this route.
     #[serde(rename = "match")]
     pub matcher: MatchConfig,
-    /// The upstream to forward to; may be absent when a plugin (such as `respond`) answers.
+    /// The upstream to forward to; may be absent when a plugin (such as `respond`) answers, or
+    /// when the route aggregates.
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Answer with several upstream calls merged into one JSON answer, instead of forwarding
+    /// to one upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggregateConfig>,
     /// Remove the matched prefix before forwarding (`/users/42` reaches the upstream as `/42`).
     #[serde(default)]
     pub strip_prefix: bool,

@@ -1,0 +1,165 @@
+//! jq merges, through the jaq crates: compiled once when the snapshot is built (a syntax error
+//! is a config error at `routes[i].aggregate.merge`), run on a blocking thread per answer.
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
+use jaq_json::Val;
+
+/// A compiled jq expression.
+pub struct Jq {
+    filter: jaq_core::Filter<data::JustLut<Val>>,
+}
+
+impl std::fmt::Debug for Jq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Jq")
+    }
+}
+
+/// The largest number of values an expression may give before it is stopped: a merge gives one.
+const MAX_OUTPUTS: usize = 2;
+
+impl Jq {
+    /// Compiles `code`, which may use `$request`. The error says where and what is wrong.
+    pub fn compile(code: &str) -> Result<Jq, String> {
+        let program = File { code, path: () };
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let funs = jaq_core::funs()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs());
+        let loader = Loader::new(defs);
+        let arena = Arena::default();
+        let modules = loader.load(&arena, program).map_err(|errs| {
+            let mut out = Vec::new();
+            for (_, e) in errs {
+                match e {
+                    jaq_core::load::Error::Io(v) => {
+                        out.extend(v.into_iter().map(|(_, m)| m));
+                    }
+                    jaq_core::load::Error::Lex(v) => {
+                        out.extend(v.into_iter().map(|(expect, at)| {
+                            let what = match expect {
+                                jaq_core::load::lex::Expect::Digit => "a digit".to_string(),
+                                jaq_core::load::lex::Expect::Ident => "an identifier".to_string(),
+                                jaq_core::load::lex::Expect::Delim(d) => {
+                                    format!("the closing of {d:?}")
+                                }
+                                jaq_core::load::lex::Expect::Escape => {
+                                    "a string escape sequence".to_string()
+                                }
+                                jaq_core::load::lex::Expect::Unicode => {
+                                    "a 4-digit hexadecimal code point".to_string()
+                                }
+                                _ => "a token".to_string(),
+                            };
+                            format!("expected {what} at offset {}", offset(code, at))
+                        }));
+                    }
+                    jaq_core::load::Error::Parse(v) => {
+                        out.extend(v.into_iter().map(|(expect, at)| {
+                            format!(
+                                "expected {} at offset {}",
+                                expect.as_str(),
+                                offset(code, at)
+                            )
+                        }));
+                    }
+                }
+            }
+            format!("invalid jq expression: {}", out.join("; "))
+        })?;
+        let filter = Compiler::default()
+            .with_funs(funs)
+            .with_global_vars(["$request"])
+            .compile(modules)
+            .map_err(|errs| {
+                let names: Vec<String> = errs
+                    .into_iter()
+                    .flat_map(|(_, v)| v)
+                    .map(|(name, what)| match what {
+                        jaq_core::compile::Undefined::Filter(arity) => {
+                            format!("undefined filter {name}/{arity}")
+                        }
+                        other => format!("undefined {} {name}", other.as_str()),
+                    })
+                    .collect();
+                format!("invalid jq expression: {}", names.join("; "))
+            })?;
+        Ok(Jq { filter })
+    }
+
+    /// Runs the expression on `input` (JSON text) with `$request` (JSON text) and returns its one
+    /// output as JSON text. No output, several, or an error: the error says which.
+    pub fn run(&self, input: &[u8], request: &[u8]) -> Result<String, String> {
+        let input = jaq_json::read::parse_single(input).map_err(|e| format!("bad input: {e}"))?;
+        let request =
+            jaq_json::read::parse_single(request).map_err(|e| format!("bad request: {e}"))?;
+        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([request]));
+        let mut outputs = Vec::new();
+        for out in self
+            .filter
+            .id
+            .run((ctx, input))
+            .map(unwrap_valr)
+            .take(MAX_OUTPUTS)
+        {
+            match out {
+                Ok(v) => outputs.push(v),
+                Err(e) => return Err(format!("the expression failed: {e}")),
+            }
+        }
+        match outputs.as_slice() {
+            [one] => Ok(one.to_string()),
+            [] => Err("the expression gave no value".to_string()),
+            _ => Err("the expression gave several values, not one".to_string()),
+        }
+    }
+}
+
+/// Where `at` (a slice of `code`) starts in `code`, in bytes; 0 when it is not a slice of it.
+fn offset(code: &str, at: &str) -> usize {
+    (at.as_ptr() as usize)
+        .checked_sub(code.as_ptr() as usize)
+        .filter(|o| *o <= code.len())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merge_expression_runs_with_its_request() {
+        let jq = Jq::compile("{name: .a.name, n: (.b | length), user: $request.params.user}")
+            .expect("compiles");
+        let out = jq
+            .run(
+                br#"{"a": {"name": "x"}, "b": [1, 2, 3]}"#,
+                br#"{"params": {"user": "u1"}}"#,
+            )
+            .expect("runs");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v, serde_json::json!({"name": "x", "n": 3, "user": "u1"}));
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_filters_are_refused() {
+        let e = Jq::compile("{a: .b").expect_err("unclosed");
+        assert!(e.starts_with("invalid jq expression"), "{e}");
+        let e = Jq::compile("nosuchfilter(1)").expect_err("unknown");
+        assert!(e.contains("undefined filter nosuchfilter/1"), "{e}");
+    }
+
+    #[test]
+    fn one_value_is_required() {
+        let jq = Jq::compile(".a, .b").expect("compiles");
+        assert!(jq.run(br#"{"a":1,"b":2}"#, b"{}").is_err());
+        let jq = Jq::compile("empty").expect("compiles");
+        assert!(jq.run(b"{}", b"{}").is_err());
+        let jq = Jq::compile(".a + 1").expect("compiles");
+        let e = jq.run(br#"{"a":"x"}"#, b"{}").expect_err("type error");
+        assert!(e.contains("failed"), "{e}");
+    }
+}
