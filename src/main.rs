@@ -41,6 +41,28 @@ fn main() -> ExitCode {
             Ok(true) => Ok(()),
             Err(e) => Err(e),
         },
+        Command::Transform {
+            config,
+            route,
+            request,
+            response: _,
+            headers,
+            method,
+            path,
+            params,
+            status,
+            head,
+        } => {
+            let ex = frontdesk::plugins::transform::offline::Exchange {
+                request,
+                method,
+                path,
+                headers,
+                params,
+                status,
+            };
+            return frontdesk::plugins::transform::offline::main(&config, &route, &ex, head);
+        }
         Command::Schema => {
             // A closed pipe (`frontdesk schema | head`) is not an error worth a panic.
             use std::io::Write as _;
