@@ -86,10 +86,9 @@ fn start() -> Option<SoapService> {
 
 /// The recipe's config block from docs/transforms.md, pointed at `soap` and a free port.
 fn recipe(soap: &SoapService) -> String {
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/transforms.md"),
-    )
-    .expect("docs/transforms.md");
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/transforms.md"))
+            .expect("docs/transforms.md");
     let start = doc
         .find("```yaml\n# The SOAP recipe")
         .expect("the recipe block")
@@ -98,7 +97,10 @@ fn recipe(soap: &SoapService) -> String {
     let block = &doc[start..start + len];
     assert!(block.contains("http://127.0.0.1:8081") && block.contains("127.0.0.1:8080"));
     block
-        .replace("http://127.0.0.1:8081", &format!("http://127.0.0.1:{}", soap.port))
+        .replace(
+            "http://127.0.0.1:8081",
+            &format!("http://127.0.0.1:{}", soap.port),
+        )
         .replace("127.0.0.1:8080", "127.0.0.1:0")
 }
 

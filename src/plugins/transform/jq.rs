@@ -61,7 +61,7 @@ impl Budget {
     fn tick(&self) -> bool {
         let n = self.ticks.get().wrapping_add(1);
         self.ticks.set(n);
-        if n % 256 == 0 {
+        if n.is_multiple_of(256) {
             self.check();
         }
         !self.expired.get()

@@ -92,6 +92,8 @@ pub(crate) fn set(v: &mut Val, p: &[Tok], value: &Val) -> Result<(), OpError> {
         match first {
             // Nothing to set in.
             Tok::Star => return Ok(()),
+            // `-`: the end of an array, so a new one.
+            Tok::Key(k) if k == "-" => *v = Val::Arr(Rc::new(Vec::new())),
             Tok::Key(_) => *v = Val::obj(Map::default()),
         }
     }
