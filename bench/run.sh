@@ -24,6 +24,11 @@
 #                 cache1k, cache100k (not in the default): HTTP/1.1 keep-alive (wrk), cache
 #                 hits on a 1 KiB and a 100 KiB response the upstream marks `max-age=3600`
 #                 (Frontdesk's `cache` plugin, memory tier; nginx's `proxy_cache`)
+#                 json, xform, xformjq (not in the default): HTTP/1.1 keep-alive (wrk), the
+#                 10 KiB JSON of the gzip row: json proxies it as it is (both proxies); xform
+#                 (declarative steps) and xformjq (the same reshaping in jq) transform it with
+#                 Frontdesk's `transform` plugin (Frontdesk only: nginx has no body transform;
+#                 compare with the json row)
 #   H2_STREAMS    h2load concurrent streams per connection (default 1)
 #
 # Scratch files (configs, logs, raw wrk output) go to bench/out/.
@@ -88,7 +93,7 @@ preflight() {
 
     local sc
     for sc in $SCENARIOS; do
-        case $sc in http | https | h2c | h2 | gzip | cache1k | cache100k) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
+        case $sc in http | https | h2c | h2 | gzip | cache1k | cache100k | json | xform | xformjq) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
     done
     fresh_out
 }
@@ -119,13 +124,15 @@ scheme() { if is_tls "$1"; then echo https; else echo http; fi; }
 # The path the load asks for.
 load_path() {
     case $1 in
-        gzip) echo "$JSON_PATH" ;;
+        gzip | json | xform | xformjq) echo "$JSON_PATH" ;;
         cache1k) echo /cached/1k.bin ;;
         cache100k) echo /cached/100k.bin ;;
         *) echo / ;;
     esac
 }
 is_cache() { [[ $1 == cache1k || $1 == cache100k ]]; }
+# Rows of Frontdesk's transform plugin: nginx has no counterpart, so it sits them out.
+is_transform() { [[ $1 == xform || $1 == xformjq ]]; }
 
 # fill TEMPLATE DEST KEY=VALUE...: replace @KEY@ placeholders.
 fill() {
@@ -157,6 +164,18 @@ start_frontdesk() {
     fi
     if is_cache "$scenario"; then
         printf '%s\n' "plugins:" "  cache: {}" >>"$OUT/frontdesk.yaml"
+    fi
+    # The same reshaping of every record both ways: drop `score`, `name` becomes `title`, add
+    # `source` (benchutil.py transform-check checks the answer).
+    if [[ $scenario == xform ]]; then
+        printf '%s\n' "plugins:" "  transform:" "    response:" "      steps:" \
+            "        - remove: [/*/score]" "        - rename: { /*/name: /*/title }" \
+            "        - set: { /*/source: bench }" >>"$OUT/frontdesk.yaml"
+    fi
+    if [[ $scenario == xformjq ]]; then
+        printf '%s\n' "plugins:" "  transform:" "    response:" \
+            "      jq: 'map(del(.score) | .title = .name | del(.name) | .source = \"bench\")'" \
+            >>"$OUT/frontdesk.yaml"
     fi
     taskset -c "$PROXY_CPU" "$FRONTDESK_BIN" run -c "$OUT/frontdesk.yaml" >>"$OUT/frontdesk.log" 2>&1 &
     PROXY_MAIN_PID=$!
@@ -214,7 +233,7 @@ run_load() { # run_load SCENARIO PORT DURATION OUTFILE
             taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
                 -H "Accept-Encoding: gzip" "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
             ;;
-        http | https | cache1k | cache100k)
+        http | https | cache1k | cache100k | json | xform | xformjq)
             taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
                 "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
             ;;
@@ -230,7 +249,7 @@ run_load() { # run_load SCENARIO PORT DURATION OUTFILE
 parse_load() {
     local f=$2
     case $1 in
-        http | https | gzip | cache1k | cache100k)
+        http | https | gzip | cache1k | cache100k | json | xform | xformjq)
             L_REQS=$(awk '/ requests in / {print $1}' "$f")
             L_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$f")
             L_P50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
@@ -299,6 +318,12 @@ bench_proxy() {
             python3 "$BENCH/benchutil.py" gzip-check "$port" "$JSON_PATH" "$OUT/static${JSON_PATH}" ||
                 die "$key: GET $JSON_PATH through the proxy was not the gzip of the upstream's file"
             ;;
+        json | xform | xformjq)
+            # The file as it is (json), or every record reshaped (xform, xformjq).
+            python3 "$BENCH/benchutil.py" transform-check "$port" "$JSON_PATH" "$OUT/static${JSON_PATH}" \
+                "$(if is_transform "$scenario"; then echo reshaped; else echo same; fi)" ||
+                die "$key: GET $JSON_PATH through the proxy was not the expected answer"
+            ;;
         cache1k | cache100k)
             # The whole file, then a hit (Frontdesk: Cache-Status; nginx: X-Cache).
             python3 "$BENCH/benchutil.py" cache-check "$port" "$(load_path "$scenario")" \
@@ -363,6 +388,10 @@ start_upstream
 
 for scenario in $SCENARIOS; do
     for proxy in $PROXIES; do
+        if is_transform "$scenario" && [[ $proxy == nginx ]]; then
+            log "=== $scenario: nginx sits out (it has no body transform; compare with the json row) ==="
+            continue
+        fi
         case $proxy in
             frontdesk) bench_proxy frontdesk "$FRONTDESK_PORT" "$scenario" ;;
             nginx) bench_proxy nginx "$NGINX_PORT" "$scenario" ;;
@@ -379,6 +408,9 @@ describe() {
         h2) echo "HTTP/2 over TLS (ALPN h2), h2load -m$H2_STREAMS" ;;
         gzip) echo "HTTP/1.1 keep-alive, wrk, Accept-Encoding: gzip; a $JSON_SIZE-byte JSON response compressed by the proxy at gzip level 5" ;;
         cache1k | cache100k) echo "HTTP/1.1 keep-alive, wrk; cache hits on $(load_path "$1") (max-age=3600): Frontdesk's cache plugin (memory tier) vs nginx proxy_cache" ;;
+        json) echo "HTTP/1.1 keep-alive, wrk; the $JSON_SIZE-byte JSON proxied as it is" ;;
+        xform) echo "HTTP/1.1 keep-alive, wrk; the $JSON_SIZE-byte JSON reshaped by Frontdesk's transform plugin, declarative steps (remove, rename, set over /*/...)" ;;
+        xformjq) echo "HTTP/1.1 keep-alive, wrk; the $JSON_SIZE-byte JSON reshaped by Frontdesk's transform plugin, the same in jq" ;;
     esac
 }
 
@@ -394,6 +426,7 @@ describe() {
     for scenario in $SCENARIOS; do
         for proxy in $PROXIES; do
             key=$scenario/$proxy
+            [[ -n ${R_RPS[$key]:-} ]] || continue
             printf '%-6s %-10s %10.0f %8.3f %8s %11.3f %6d %13.1f %14s %7d\n' "$scenario" "$proxy" \
                 "${R_RPS[$key]}" "${R_P50[$key]}" \
                 "$(awk -v v="${R_P99[$key]}" 'BEGIN {if (v < 0) print "-"; else printf "%.3f", v}')" \
@@ -407,6 +440,7 @@ describe() {
     for scenario in $SCENARIOS; do
         for proxy in $PROXIES; do
             key=$scenario/$proxy
+            [[ -n ${R_CPUPCT[$key]:-} ]] || continue
             if ((R_CPUPCT[$key] < 90)); then
                 echo "note: $key used only ${R_CPUPCT[$key]}% of its core, so req/s was limited elsewhere" \
                     "(load core or other processes); req/s and latency are not comparable, rerun on an idle machine"
@@ -414,6 +448,18 @@ describe() {
         done
     done
     for scenario in $SCENARIOS; do
+        if is_transform "$scenario"; then
+            # A transform against the plain proxy of the same call, both Frontdesk's.
+            label="frontdesk $scenario/json:"
+            if [[ -n ${R_RPS[$scenario/frontdesk]:-} && -n ${R_RPS[json/frontdesk]:-} ]]; then
+                awk -v l="$label" -v fr="${R_RPS[$scenario/frontdesk]}" -v nr="${R_RPS[json/frontdesk]}" \
+                    -v fc="${R_CPUREQ[$scenario/frontdesk]}" -v nc="${R_CPUREQ[json/frontdesk]}" \
+                    'BEGIN {printf "%s rps %.2f, cpu per request %.2f\n", l, fr / nr, (nc > 0 ? fc / nc : 0)}'
+            else
+                echo "$label n/a (run SCENARIOS=\"json $scenario\" with PROXIES including frontdesk)"
+            fi
+            continue
+        fi
         # The plain HTTP row keeps its historical form, "frontdesk/nginx: ...".
         label="frontdesk/nginx $scenario:"
         if [[ $scenario == http ]]; then label="frontdesk/nginx:"; fi
