@@ -716,6 +716,35 @@ fn with_path_and_query(path: &str, query: Option<&str>) -> Result<Uri, String> {
     Uri::try_from(pq).map_err(|_| "the new request target is not a valid URI".to_string())
 }
 
+/// Keeps in `Accept-Encoding` only the codings a transform decodes (`gzip`, `br`, `zstd`,
+/// `identity`, with their weights); without any left, the header goes and the upstream answers
+/// uncoded. The client's own negotiation with `compression` happened before (kind order 450).
+fn decodable_codings(h: &mut HeaderMap) {
+    if !h.contains_key(header::ACCEPT_ENCODING) {
+        return;
+    }
+    let kept: Vec<String> = h
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|c| {
+            let token = c.split(';').next().unwrap_or("").trim();
+            ["gzip", "x-gzip", "br", "zstd", "identity"]
+                .iter()
+                .any(|t| token.eq_ignore_ascii_case(t))
+        })
+        .map(str::to_string)
+        .collect();
+    h.remove(header::ACCEPT_ENCODING);
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+        if !kept.is_empty() {
+            h.insert(header::ACCEPT_ENCODING, v);
+        }
+    }
+}
+
 /// `$request` as the request phase saw it, for the body phases.
 #[derive(Clone)]
 struct RequestInfo(Val);
@@ -882,6 +911,10 @@ impl Plugin for Transform {
         req: &mut RequestHead,
         cx: &mut Ctx,
     ) -> Result<Flow, PluginError> {
+        // The upstream may compress its answer only in a coding the response side can decode.
+        if self.response.is_some() {
+            decodable_codings(&mut req.headers);
+        }
         // The client's request as sent (the body phases see the upstream's URI and headers).
         if self.needs_request && cx.ext.get::<RequestInfo>().is_none() {
             let consumer = cx
@@ -1004,6 +1037,114 @@ impl Plugin for Transform {
             // Decoded, it is over the cap: as for a body over it as sent.
             Err(Failure::OverCap) if self.over_cap == OverCap::Pass => Ok(()),
             Err(f) => Err(f.into_error(false, &cx.route, self.max_body)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(yaml: &str) -> Transform {
+        let text = format!("version: 1\nplugins:\n  transform:\n{yaml}");
+        let cfg = frontdesk_config::load_str(&text, &|_| None)
+            .expect("valid")
+            .config
+            .plugins
+            .transform
+            .expect("transform");
+        Transform::new(&cfg).expect("builds")
+    }
+
+    #[tokio::test]
+    async fn the_request_phase_reshapes_the_body_and_the_head() {
+        let t = plugin(
+            "    request:\n      method: PUT\n      steps:\n        - to_header: { /id: x-id }\n        - to_path: '/items/{{ /id }}'\n        - jq: '{item: ., by: $request.method}'\n",
+        );
+        let (mut head, ()) = http::Request::builder()
+            .method("POST")
+            .uri("/x?keep=1")
+            .header("content-encoding", "identity")
+            .header("accept-encoding", "gzip, deflate;q=0.5, br")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let mut cx = Ctx::for_test();
+        assert!(matches!(
+            t.request_filter(&mut head, &mut cx).await.expect("ok"),
+            Flow::Continue
+        ));
+        // No response side: the upstream may answer in any coding.
+        assert_eq!(head.headers["accept-encoding"], "gzip, deflate;q=0.5, br");
+        assert!(matches!(
+            t.request_body(&mut head, &mut cx),
+            BodyAction::Buffer(BufferCap { max: 1048576, .. })
+        ));
+        let mut body = Buffered {
+            data: Bytes::from_static(br#"{"id":"a b"}"#),
+            trailers: None,
+        };
+        t.request_body_buffered(&mut head, &mut body, &mut cx)
+            .await
+            .expect("transformed");
+        assert_eq!(body.data, r#"{"item":{"id":"a b"},"by":"POST"}"#);
+        assert_eq!(head.method, Method::PUT);
+        assert_eq!(head.uri, "/items/a%20b?keep=1");
+        assert_eq!(head.headers["x-id"], "a b");
+        assert_eq!(head.headers["content-type"], "application/json");
+        assert!(!head.headers.contains_key("content-encoding"));
+
+        let mut bad = Buffered {
+            data: Bytes::from_static(b"not json"),
+            trailers: None,
+        };
+        let e = t
+            .request_body_buffered(&mut head, &mut bad, &mut cx)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("invalid JSON"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn the_response_phase_asks_only_for_codings_it_decodes() {
+        let t = plugin("    response: { jq: '.' }\n");
+        let (mut head, ()) = http::Request::builder()
+            .header("accept-encoding", "deflate, gzip;q=0.8, compress")
+            .body(())
+            .expect("request")
+            .into_parts();
+        t.request_filter(&mut head, &mut Ctx::for_test())
+            .await
+            .expect("ok");
+        assert_eq!(head.headers["accept-encoding"], "gzip;q=0.8");
+        let (mut head, ()) = http::Request::builder()
+            .header("accept-encoding", "deflate")
+            .body(())
+            .expect("request")
+            .into_parts();
+        t.request_filter(&mut head, &mut Ctx::for_test())
+            .await
+            .expect("ok");
+        assert!(!head.headers.contains_key("accept-encoding"));
+    }
+
+    #[tokio::test]
+    async fn a_response_is_passed_by_status_and_a_206_is_never_read() {
+        let t = plugin("    response: { statuses: [200], jq: '.' }\n");
+        let mut cx = Ctx::for_test();
+        for (status, buffered) in [(200, true), (404, false), (206, false)] {
+            let (mut head, ()) = http::Response::builder()
+                .status(status)
+                .body(())
+                .expect("response")
+                .into_parts();
+            let action = t.response_body(&mut head, &mut cx);
+            assert_eq!(
+                matches!(action, BodyAction::Buffer(_)),
+                buffered,
+                "{status}"
+            );
         }
     }
 }
