@@ -48,8 +48,10 @@ pub struct Transform {
     jq_timeout: Duration,
     request: Option<Side>,
     response: Option<Side>,
-    /// Some expression reads `$request`: the request phase records it.
+    /// Some expression names `$request`: the request phase records it.
     needs_request: bool,
+    /// Some expression names `$response`: the response phase builds it.
+    needs_response: bool,
 }
 
 impl std::fmt::Debug for Transform {
@@ -133,17 +135,17 @@ impl Transform {
         if cfg.max_body.0 == 0 || cfg.max_output.0 == 0 {
             return Err("max_body and max_output must be greater than zero".into());
         }
-        let mut needs_request = false;
+        let mut vars = Uses::default();
         let request = cfg
             .request
             .as_ref()
-            .map(|s| compile_side(s, true, &mut needs_request))
+            .map(|s| compile_side(s, true, &mut vars))
             .transpose()
             .map_err(|e| format!("request.{e}"))?;
         let response = cfg
             .response
             .as_ref()
-            .map(|s| compile_side(s, false, &mut needs_request))
+            .map(|s| compile_side(s, false, &mut vars))
             .transpose()
             .map_err(|e| format!("response.{e}"))?;
         Ok(Transform {
@@ -156,18 +158,28 @@ impl Transform {
             jq_timeout: cfg.jq_timeout(),
             request,
             response,
-            needs_request,
+            needs_request: vars.request,
+            needs_response: vars.response,
         })
     }
 }
 
-fn compile_side(s: &TransformSide, request: bool, uses_jq: &mut bool) -> Result<Side, String> {
+/// Which context variables the expressions name: an expression that names neither costs no
+/// context per request. (Found in the text: a string that merely contains `$request` only
+/// makes the context be built for nothing.)
+#[derive(Default)]
+struct Uses {
+    request: bool,
+    response: bool,
+}
+
+fn compile_side(s: &TransformSide, request: bool, uses: &mut Uses) -> Result<Side, String> {
     let vars = if request {
         jq::REQUEST_VARS
     } else {
         jq::RESPONSE_VARS
     };
-    let mut c = Compiler { vars, uses_jq };
+    let mut c = Compiler { vars, uses };
     let mut ops = Vec::new();
     if let Some(code) = &s.jq {
         ops.push(Op::Jq(Box::new(
@@ -218,13 +230,14 @@ fn compile_side(s: &TransformSide, request: bool, uses_jq: &mut bool) -> Result<
 /// Compiles the parts of one side.
 struct Compiler<'a> {
     vars: &'static [&'static str],
-    uses_jq: &'a mut bool,
+    uses: &'a mut Uses,
 }
 
 impl Compiler<'_> {
     fn jq(&mut self, code: &str) -> Result<jq::Filter, String> {
         let f = jq::compile(code, self.vars)?;
-        *self.uses_jq = true;
+        self.uses.request |= code.contains("$request");
+        self.uses.response |= code.contains("$response");
         Ok(f)
     }
 
@@ -1016,7 +1029,7 @@ impl Plugin for Transform {
             .ext
             .get::<RequestInfo>()
             .map_or(Val::Null, |r| r.0.clone());
-        let response = if self.needs_request {
+        let response = if self.needs_response {
             response_info(resp.status, &resp.headers)
         } else {
             Val::Null
