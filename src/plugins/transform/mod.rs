@@ -946,6 +946,39 @@ impl Plugin for Transform {
         Ok(Flow::Continue)
     }
 
+    fn explain(&self, _req: &RequestHead, _route: &str) -> Option<String> {
+        let describe = |s: &Side| {
+            let input = match s.input {
+                InputFormat::Json => "json",
+                InputFormat::Xml => "xml",
+                InputFormat::Form => "form",
+            };
+            let output = match s.output {
+                Output::Json => "json",
+                Output::Xml => "xml",
+                Output::Template(_) => "template",
+            };
+            let steps = match s.ops.len() {
+                1 => "1 step".to_string(),
+                n => format!("{n} steps"),
+            };
+            format!("{input} → {output}, {steps}")
+        };
+        let mut parts = Vec::new();
+        if let Some(s) = &self.request {
+            let method = s
+                .method
+                .as_ref()
+                .map(|m| format!(", sent as {m}"))
+                .unwrap_or_default();
+            parts.push(format!("the request body ({}{method})", describe(s)));
+        }
+        if let Some(s) = &self.response {
+            parts.push(format!("the response body ({})", describe(s)));
+        }
+        Some(format!("transforms {}", parts.join(" and ")))
+    }
+
     fn request_body(&self, _req: &mut RequestHead, _cx: &mut Ctx) -> BodyAction {
         if self.request.is_none() {
             return BodyAction::Pass;

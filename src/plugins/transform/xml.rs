@@ -11,8 +11,11 @@
 //! - text is trimmed, CDATA is text, comments and processing instructions are dropped, and
 //!   every value is a string (XML has no numbers).
 //!
-//! Reading uses quick-xml's pull parser; only the five predefined entities and character
-//! references are expanded (a DTD's own entities are refused, so no entity expansion attack).
+//! Reading uses quick-xml's pull parser, writing its event writer (which escapes); the mapping
+//! between the two is written here by hand, since quick-xml's serde support maps XML to typed
+//! structs, not to a generic value with attributes, text and repeated elements. Only the five
+//! predefined entities and character references are expanded (a DTD's own entities are
+//! refused, so no entity expansion attack).
 
 use std::borrow::Cow;
 
