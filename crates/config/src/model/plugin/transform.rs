@@ -167,8 +167,8 @@ pub struct FailStep {
     /// request, `502` on the response.
     #[serde(default)]
     pub status: Option<StatusSource>,
-    /// The problem body's `detail`: an expression (its text), or a fixed text when it is not
-    /// one; default "the body was refused by a transform".
+    /// The problem body's `detail`: an expression, whose value's text it is (a fixed text is a
+    /// jq string: `'"no such user"'`); default "the body was refused by a transform".
     #[serde(default)]
     pub detail: Option<String>,
 }
