@@ -7,6 +7,9 @@
   benchutil.py get PORT [SCHEME]       GET SCHEME://127.0.0.1:PORT/ (http or https,
                                        certificate not verified), print body
   benchutil.py json SIZE               print a JSON array of SIZE bytes
+  benchutil.py transform-check PORT PATH FILE same|reshaped
+                                       GET PATH: FILE as it is, or its records reshaped
+                                       as run.sh's xform rows do
   benchutil.py gzip-check PORT PATH FILE
                                        GET http://127.0.0.1:PORT/PATH with
                                        Accept-Encoding: gzip; fail unless the answer is
@@ -123,6 +126,29 @@ def cache_check(port, path, expected_file):
         c.close()
     if not hit:
         sys.exit(f"GET {path} a second time was not a cache hit")
+
+
+def transform_check(port, path, expected_file, mode):
+    """GET `path`: the upstream's JSON file as it is (`same`), or every record reshaped as the
+    xform rows of run.sh do it (`reshaped`: no `score`, `name` as `title`, `source: bench`)."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    expected = open(expected_file, "rb").read()
+    if r.status != 200:
+        sys.exit(f"GET {path}: status {r.status}")
+    if mode == "same":
+        if body != expected:
+            sys.exit(f"GET {path}: {len(body)} bytes, not the upstream's {len(expected)}")
+        return
+    want = [{"id": x["id"], "active": x["active"], "tags": x["tags"], "title": x["name"],
+             "source": "bench"} for x in json.loads(expected)]
+    got = json.loads(body)
+    if got != want:
+        sys.exit(f"GET {path}: the records are not reshaped as expected")
+    print("%d records reshaped, %d bytes for %d" % (len(got), len(body), len(expected)))
 
 
 def b64url(data):
@@ -324,6 +350,8 @@ if __name__ == "__main__":
         json_doc(int(sys.argv[2]))
     elif cmd == "gzip-check":
         gzip_check(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif cmd == "transform-check":
+        transform_check(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
     elif cmd == "cache-check":
         cache_check(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif cmd == "jwt-setup":

@@ -28,6 +28,11 @@
 #                 proxy of one call to a small JSON answer (both proxies). agg3: Frontdesk only
 #                 (nginx has no aggregation), an `aggregate` route of three parallel calls to
 #                 the same answer, merged into one JSON answer; compare with json1's Frontdesk row
+#                 json, xform, xformjq (not in the default): HTTP/1.1 keep-alive (wrk), the
+#                 10 KiB JSON of the gzip row: json proxies it as it is (both proxies); xform
+#                 (declarative steps) and xformjq (the same reshaping in jq) transform it with
+#                 Frontdesk's `transform` plugin (Frontdesk only: nginx has no body transform;
+#                 compare with the json row)
 #   H2_STREAMS    h2load concurrent streams per connection (default 1)
 #
 # Scratch files (configs, logs, raw wrk output) go to bench/out/.
@@ -92,7 +97,7 @@ preflight() {
 
     local sc
     for sc in $SCENARIOS; do
-        case $sc in http | https | h2c | h2 | gzip | cache1k | cache100k | agg3 | json1) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
+        case $sc in http | https | h2c | h2 | gzip | cache1k | cache100k | agg3 | json1 | json | xform | xformjq) ;; *) die "unknown scenario in SCENARIOS: $sc" ;; esac
     done
     fresh_out
 }
@@ -123,7 +128,7 @@ scheme() { if is_tls "$1"; then echo https; else echo http; fi; }
 # The path the load asks for.
 load_path() {
     case $1 in
-        gzip) echo "$JSON_PATH" ;;
+        gzip | json | xform | xformjq) echo "$JSON_PATH" ;;
         cache1k) echo /cached/1k.bin ;;
         cache100k) echo /cached/100k.bin ;;
         agg3) echo /agg3 ;;
@@ -132,8 +137,11 @@ load_path() {
     esac
 }
 is_cache() { [[ $1 == cache1k || $1 == cache100k ]]; }
-# Rows only Frontdesk can run.
-frontdesk_only() { [[ $1 == agg3 ]]; }
+# Rows only Frontdesk can run (nginx has no aggregation and no body transform), and the row
+# each is compared with: Frontdesk's own plain proxy of the same call.
+frontdesk_only() { [[ $1 == agg3 || $1 == xform || $1 == xformjq ]]; }
+is_transform() { [[ $1 == xform || $1 == xformjq ]]; }
+base_of() { if [[ $1 == agg3 ]]; then echo json1; else echo json; fi; }
 
 # fill TEMPLATE DEST KEY=VALUE...: replace @KEY@ placeholders.
 fill() {
@@ -168,6 +176,18 @@ start_frontdesk() {
     fi
     if is_cache "$scenario"; then
         printf '%s\n' "plugins:" "  cache: {}" >>"$OUT/frontdesk.yaml"
+    fi
+    # The same reshaping of every record both ways: drop `score`, `name` becomes `title`, add
+    # `source` (benchutil.py transform-check checks the answer).
+    if [[ $scenario == xform ]]; then
+        printf '%s\n' "plugins:" "  transform:" "    response:" "      steps:" \
+            "        - remove: [/*/score]" "        - rename: { /*/name: /*/title }" \
+            "        - set: { /*/source: bench }" >>"$OUT/frontdesk.yaml"
+    fi
+    if [[ $scenario == xformjq ]]; then
+        printf '%s\n' "plugins:" "  transform:" "    response:" \
+            "      jq: 'map(del(.score) | .title = .name | del(.name) | .source = \"bench\")'" \
+            >>"$OUT/frontdesk.yaml"
     fi
     taskset -c "$PROXY_CPU" "$FRONTDESK_BIN" run -c "$OUT/frontdesk.yaml" >>"$OUT/frontdesk.log" 2>&1 &
     PROXY_MAIN_PID=$!
@@ -225,7 +245,7 @@ run_load() { # run_load SCENARIO PORT DURATION OUTFILE
             taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
                 -H "Accept-Encoding: gzip" "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
             ;;
-        http | https | cache1k | cache100k | agg3 | json1)
+        http | https | cache1k | cache100k | agg3 | json1 | json | xform | xformjq)
             taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$3" --latency \
                 "$url" >"$4" 2>&1 || die "wrk failed: $(cat "$4")"
             ;;
@@ -241,7 +261,7 @@ run_load() { # run_load SCENARIO PORT DURATION OUTFILE
 parse_load() {
     local f=$2
     case $1 in
-        http | https | gzip | cache1k | cache100k | agg3 | json1)
+        http | https | gzip | cache1k | cache100k | agg3 | json1 | json | xform | xformjq)
             L_REQS=$(awk '/ requests in / {print $1}' "$f")
             L_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$f")
             L_P50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
@@ -320,6 +340,12 @@ bench_proxy() {
             else
                 [[ $answer == 200*'"ok":true'* ]] || die "$key: unexpected answer through the proxy: $answer"
             fi
+            ;;
+        json | xform | xformjq)
+            # The file as it is (json), or every record reshaped (xform, xformjq).
+            python3 "$BENCH/benchutil.py" transform-check "$port" "$JSON_PATH" "$OUT/static${JSON_PATH}" \
+                "$(if is_transform "$scenario"; then echo reshaped; else echo same; fi)" ||
+                die "$key: GET $JSON_PATH through the proxy was not the expected answer"
             ;;
         cache1k | cache100k)
             # The whole file, then a hit (Frontdesk: Cache-Status; nginx: X-Cache).
@@ -407,6 +433,9 @@ describe() {
         cache1k | cache100k) echo "HTTP/1.1 keep-alive, wrk; cache hits on $(load_path "$1") (max-age=3600): Frontdesk's cache plugin (memory tier) vs nginx proxy_cache" ;;
         json1) echo "HTTP/1.1 keep-alive, wrk; the plain proxy of one call to a 34-byte JSON answer" ;;
         agg3) echo "HTTP/1.1 keep-alive, wrk; Frontdesk only: an aggregate of three parallel calls to the json1 answer, merged (compare with json1/frontdesk)" ;;
+        json) echo "HTTP/1.1 keep-alive, wrk; the $JSON_SIZE-byte JSON proxied as it is" ;;
+        xform) echo "HTTP/1.1 keep-alive, wrk; the $JSON_SIZE-byte JSON reshaped by Frontdesk's transform plugin, declarative steps (remove, rename, set over /*/...)" ;;
+        xformjq) echo "HTTP/1.1 keep-alive, wrk; the $JSON_SIZE-byte JSON reshaped by Frontdesk's transform plugin, the same in jq" ;;
     esac
 }
 
@@ -445,13 +474,15 @@ describe() {
     done
     for scenario in $SCENARIOS; do
         if frontdesk_only "$scenario"; then
-            # Compared with Frontdesk's own plain proxy of one call (the json1 row), when it ran.
-            if [[ -n ${R_RPS[$scenario/frontdesk]:-} && -n ${R_RPS[json1/frontdesk]:-} ]]; then
-                awk -v l="frontdesk $scenario/json1:" -v fr="${R_RPS[$scenario/frontdesk]}" -v nr="${R_RPS[json1/frontdesk]}" \
-                    -v fc="${R_CPUREQ[$scenario/frontdesk]}" -v nc="${R_CPUREQ[json1/frontdesk]}" \
+            # Compared with Frontdesk's own plain proxy of the same call, when that row ran.
+            base=$(base_of "$scenario")
+            label="frontdesk $scenario/$base:"
+            if [[ -n ${R_RPS[$scenario/frontdesk]:-} && -n ${R_RPS[$base/frontdesk]:-} ]]; then
+                awk -v l="$label" -v fr="${R_RPS[$scenario/frontdesk]}" -v nr="${R_RPS[$base/frontdesk]}" \
+                    -v fc="${R_CPUREQ[$scenario/frontdesk]}" -v nc="${R_CPUREQ[$base/frontdesk]}" \
                     'BEGIN {printf "%s rps %.2f, cpu per request %.2f\n", l, fr / nr, (nc > 0 ? fc / nc : 0)}'
             else
-                echo "frontdesk $scenario/json1: n/a (run SCENARIOS=\"json1 $scenario\" with frontdesk)"
+                echo "$label n/a (run SCENARIOS=\"$base $scenario\" with PROXIES including frontdesk)"
             fi
             continue
         fi

@@ -1,4 +1,4 @@
-//! The command line: `run`, `reload`, `validate`, `explain`, `schema`, `demo`.
+//! The command line: `run`, `reload`, `validate`, `explain`, `transform`, `schema`, `demo`.
 
 use std::path::PathBuf;
 
@@ -58,6 +58,45 @@ pub enum Command {
         /// The listener the request arrives on (client profiles may select by listener).
         #[arg(long)]
         listener: Option<String>,
+    },
+    /// Run a route's `transform` offline on a body read from standard input and print the
+    /// result (docs/transforms.md). Exits 1 with the error when the body does not fit.
+    Transform {
+        /// Config file.
+        #[arg(short, long, default_value = "frontdesk.yaml")]
+        config: PathBuf,
+        /// The route whose transform runs (its own, else the global one).
+        #[arg(long)]
+        route: String,
+        /// Transform a request body (what the upstream would get).
+        #[arg(
+            long,
+            conflicts_with = "response",
+            required_unless_present = "response"
+        )]
+        request: bool,
+        /// Transform a response body (what the client would get).
+        #[arg(long)]
+        response: bool,
+        /// A header, `name: value` (the request's with --request, the response's with
+        /// --response); repeat for more.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The request's method, for `$request.method`.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// The request's path and query, for `$request` and the query and path steps.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// A path parameter, `name=value` (`$request.params`, `from_param`); repeat for more.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// The response's status, for `$response.status` and `statuses`.
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+        /// Print the resulting head (method and target, or status; headers) before the body.
+        #[arg(long)]
+        head: bool,
     },
     /// Print the config's JSON Schema (draft-07).
     Schema,

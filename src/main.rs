@@ -42,6 +42,41 @@ fn main() -> ExitCode {
             Ok(true) => Ok(()),
             Err(e) => Err(e),
         },
+        Command::Transform {
+            config,
+            route,
+            request,
+            response: _,
+            headers,
+            method,
+            path,
+            params,
+            status,
+            head,
+        } => {
+            let ex = frontdesk::plugins::transform::offline::Exchange {
+                request,
+                method,
+                path,
+                headers,
+                params,
+                status,
+            };
+            // The config is loaded here, at the binary's edge, as `validate` and `explain` do.
+            let loaded = frontdesk::runtime::reload::read_config(&config).and_then(|text| {
+                frontdesk::runtime::reload::load_text(&config, &text).map_err(|d| {
+                    let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+                    Diagnostic::error("", format!("invalid config:\n{}", lines.join("\n")))
+                })
+            });
+            return match loaded {
+                Ok(l) => frontdesk::plugins::transform::offline::main(&l.config, &route, &ex, head),
+                Err(d) => {
+                    eprintln!("error: {}", d.message);
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Schema => {
             // A closed pipe (`frontdesk schema | head`) is not an error worth a panic.
             use std::io::Write as _;

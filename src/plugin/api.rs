@@ -80,6 +80,11 @@ impl PluginError {
     }
 }
 
+/// The claims of the token that identified the caller, kept in [`Ctx::ext`] by the plugin that
+/// verified it (`jwt`): what selects on claims after authentication (client profiles) reads.
+#[derive(Clone, Debug)]
+pub struct VerifiedClaims(pub Arc<serde_json::Map<String, serde_json::Value>>);
+
 /// Per-request state shared by every phase of every plugin.
 #[derive(Debug)]
 pub struct Ctx {

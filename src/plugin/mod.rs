@@ -16,6 +16,7 @@ mod upstream_handle;
 
 pub use api::{
     Ctx, Flow, Phases, Plugin, PluginError, PluginResponse, RequestHead, ResponseHead, Summary,
+    VerifiedClaims,
 };
 pub use body::{BodyAction, BodyFilter, BufferCap, Buffered, FrameSink, OverCap};
 pub use chain::{

@@ -29,9 +29,7 @@ pub struct AuthState {
     pub anonymous: Option<Arc<Consumer>>,
 }
 
-/// The claims of the JWT that identified the caller (set by `jwt`, in `Ctx::ext`).
-#[derive(Clone, Debug)]
-pub struct VerifiedClaims(pub Arc<serde_json::Map<String, serde_json::Value>>);
+pub use crate::plugin::VerifiedClaims;
 
 /// The request's auth state.
 pub fn state(cx: &mut Ctx) -> &mut AuthState {

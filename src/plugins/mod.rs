@@ -21,6 +21,7 @@ pub mod quota;
 pub mod rate_limit;
 pub mod request_size;
 pub mod respond;
+pub mod transform;
 
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at:
     b.add::<request_size::RequestSize>(cfg.request_size.as_ref(), scope, at);
     b.add::<compression::Compression>(cfg.compression.as_ref(), scope, at);
     b.add::<headers::Headers>(cfg.headers.as_ref(), scope, at);
+    b.add::<transform::Transform>(cfg.transform.as_ref(), scope, at);
     b.add::<cache::CachePlugin>(cfg.cache.as_ref(), scope, at);
     b.add::<respond::Respond>(cfg.respond.as_ref(), scope, at);
     // Kinds registered by a binary embedding Frontdesk (`plugin::register_custom`).

@@ -292,7 +292,7 @@ impl<'c> Session<'c> {
             .map(crate::route::normalize_host);
         let consumer = identified.and_then(|cx| cx.consumer.as_deref());
         let claims = identified
-            .and_then(|cx| cx.ext.get::<crate::plugins::auth::VerifiedClaims>())
+            .and_then(|cx| cx.ext.get::<crate::plugin::VerifiedClaims>())
             .map(|c| &*c.0);
         snap.profiles
             .iter()

@@ -9,7 +9,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::model::plugin::{CompressionConfig, CorsConfig, COMPRESSION_LEVELS};
+use crate::model::plugin::{
+    CompressionConfig, CorsConfig, InputFormat, OutputFormat, StatusSource, TransformConfig,
+    TransformSide, TransformStep, COMPRESSION_LEVELS,
+};
 use crate::model::{
     ApiKeyConfig, Config, LoadBalancing, PathMatch, PluginsConfig, RouteConfig, UpstreamConfig,
     UpstreamProtocol,
@@ -113,6 +116,11 @@ pub const DURATIONS: &[(&str, Duration, Duration)] = &[
     ("redis.timeout", Duration::ZERO, Duration::from_secs(10)),
     ("plugins.cors.max_age", Duration::ZERO, DAY),
     ("plugins.jwt.leeway", Duration::ZERO, HOUR),
+    (
+        "plugins.transform.jq_timeout",
+        POSITIVE,
+        Duration::from_secs(10),
+    ),
     ("plugins.cache.default_ttl", Duration::ZERO, YEAR),
     ("plugins.cache.max_ttl", POSITIVE, YEAR),
     ("plugins.cache.stale_while_revalidate", Duration::ZERO, YEAR),
@@ -666,6 +674,330 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
     if let Some(c) = &p.cache {
         check_cache(c, &at.key("cache"), out);
     }
+    if let Some(t) = &p.transform {
+        check_transform(t, &at.key("transform"), out);
+    }
+}
+
+/// `transform`: positive caps, a jq time bound in range, and for each side: `jq` or `steps`,
+/// a template exactly with `output: template`, the request-only and response-only fields and
+/// steps on their side, valid JSON Pointers, header names and media types, and every jq
+/// expression compiled (a syntax error or an unknown filter is reported at its field).
+fn check_transform(t: &TransformConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    for (field, size) in [("max_body", t.max_body), ("max_output", t.max_output)] {
+        if size.0 == 0 {
+            out.push(Diagnostic::error(
+                at.key(field).to_string(),
+                "must be greater than zero",
+            ));
+        }
+    }
+    check_duration(
+        "plugins.transform.jq_timeout",
+        t.jq_timeout.get(),
+        &at.key("jq_timeout"),
+        out,
+    );
+    if t.request.is_none() && t.response.is_none() {
+        out.push(Diagnostic::error(
+            at.to_string(),
+            "set `request`, `response` or both",
+        ));
+    }
+    if let Some(side) = &t.request {
+        check_transform_side(side, true, &at.key("request"), out);
+    }
+    if let Some(side) = &t.response {
+        check_transform_side(side, false, &at.key("response"), out);
+    }
+}
+
+fn check_transform_side(
+    s: &TransformSide,
+    request: bool,
+    at: &FieldPath,
+    out: &mut Vec<Diagnostic>,
+) {
+    let vars: &[&'static str] = if request {
+        &["$request"]
+    } else {
+        &["$request", "$response"]
+    };
+    let err = |out: &mut Vec<Diagnostic>, path: FieldPath, msg: String| {
+        out.push(Diagnostic::error(path.to_string(), msg));
+    };
+    if let Some(jq) = &s.jq {
+        if !s.steps.is_empty() {
+            err(
+                out,
+                at.key("jq"),
+                "use `jq` or `steps`, not both (a step may be `jq`)".into(),
+            );
+        }
+        if let Err(msg) = check_jq(jq, vars) {
+            err(out, at.key("jq"), msg);
+        }
+    }
+    match (s.output, &s.template) {
+        (OutputFormat::Template, None) => err(
+            out,
+            at.key("template"),
+            "`output: template` needs a `template`".into(),
+        ),
+        (OutputFormat::Template, Some(t)) => check_template_text(t, vars, &at.key("template"), out),
+        (_, Some(_)) => err(
+            out,
+            at.key("template"),
+            "a template is used only with `output: template`".into(),
+        ),
+        (_, None) => {}
+    }
+    if let Some(ct) = &s.content_type {
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        let ok = essence.split_once('/').is_some_and(|(a, b)| {
+            !a.is_empty() && !b.is_empty() && a.bytes().all(is_tchar) && b.bytes().all(is_tchar)
+        }) && !ct.bytes().any(|b| b < 0x20 || b == 0x7f);
+        if !ok {
+            err(
+                out,
+                at.key("content_type"),
+                format!("{ct:?} is not a media type such as `application/json`"),
+            );
+        }
+    }
+    if s.strip_namespaces && s.input != InputFormat::Xml {
+        out.push(Diagnostic::warning(
+            at.key("strip_namespaces").to_string(),
+            "only XML input has namespaces (`input: xml`)",
+        ));
+    }
+    if let Some(m) = &s.method {
+        if !request {
+            err(
+                out,
+                at.key("method"),
+                "a response has no method: set it on `request`".into(),
+            );
+        } else if m.is_empty() || !m.bytes().all(is_tchar) {
+            err(out, at.key("method"), format!("invalid method {m:?}"));
+        }
+    }
+    if request && !s.statuses.is_empty() {
+        err(
+            out,
+            at.key("statuses"),
+            "a request has no status: set it on `response`".into(),
+        );
+    }
+    for (i, code) in s.statuses.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            err(
+                out,
+                at.key("statuses").index(i),
+                "must be between 100 and 599".into(),
+            );
+        }
+    }
+    for (i, step) in s.steps.iter().enumerate() {
+        check_transform_step(step, request, vars, &at.key("steps").index(i), out);
+    }
+}
+
+/// A JSON Pointer of a step; `wildcards`: `*` tokens are allowed.
+fn check_pointer(p: &str, wildcards: bool, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    match crate::pointer_tokens(p) {
+        Err(msg) => out.push(Diagnostic::error(at.to_string(), msg)),
+        Ok(tokens) if !wildcards && tokens.iter().any(|t| t == "*") => out.push(Diagnostic::error(
+            at.to_string(),
+            format!("{p:?}: `*` cannot be used here"),
+        )),
+        Ok(_) => {}
+    }
+}
+
+/// An expression: a JSON Pointer (without wildcards) or a jq expression.
+fn check_expr(e: &str, vars: &[&'static str], at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    if crate::is_pointer(e) {
+        check_pointer(e, false, at, out);
+    } else if let Err(msg) = check_jq(e, vars) {
+        out.push(Diagnostic::error(at.to_string(), msg));
+    }
+}
+
+fn check_template_text(t: &str, vars: &[&'static str], at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    match crate::template_parts(t) {
+        Err(msg) => out.push(Diagnostic::error(at.to_string(), msg)),
+        Ok(parts) => {
+            for p in parts {
+                if let crate::TemplatePart::Expr(e) = p {
+                    check_expr(e, vars, at, out);
+                }
+            }
+        }
+    }
+}
+
+fn check_transform_step(
+    step: &TransformStep,
+    request: bool,
+    vars: &[&'static str],
+    at: &FieldPath,
+    out: &mut Vec<Diagnostic>,
+) {
+    let request_only = |name: &str, out: &mut Vec<Diagnostic>| {
+        if !request {
+            out.push(Diagnostic::error(
+                at.key(name).to_string(),
+                format!("`{name}` is a request step"),
+            ));
+        }
+    };
+    match step {
+        TransformStep::Set(m) => {
+            for k in m.keys() {
+                check_pointer(k, true, &at.key("set").key(k), out);
+                if k.is_empty() {
+                    out.push(Diagnostic::error(
+                        at.key("set").key(k).to_string(),
+                        "set a field, not the whole body (use `jq` for that)",
+                    ));
+                }
+            }
+        }
+        TransformStep::Remove(l) | TransformStep::Deny(l) | TransformStep::Allow(l) => {
+            let name = match step {
+                TransformStep::Remove(_) => "remove",
+                TransformStep::Deny(_) => "deny",
+                _ => "allow",
+            };
+            for (i, p) in l.iter().enumerate() {
+                let pa = at.key(name).index(i);
+                check_pointer(p, true, &pa, out);
+                if p.is_empty() {
+                    out.push(Diagnostic::error(
+                        pa.to_string(),
+                        "name a field, not the whole body",
+                    ));
+                }
+            }
+        }
+        TransformStep::Rename(m) | TransformStep::Copy(m) => {
+            let name = if matches!(step, TransformStep::Rename(_)) {
+                "rename"
+            } else {
+                "copy"
+            };
+            for (from, to) in m {
+                let pa = at.key(name).key(from);
+                check_pointer(from, true, &pa, out);
+                check_pointer(to, true, &pa, out);
+                let stars = |p: &str| p.split('/').filter(|t| *t == "*").count();
+                if stars(from) != stars(to) {
+                    out.push(Diagnostic::error(
+                        pa.to_string(),
+                        "both paths need the same number of `*`",
+                    ));
+                }
+                if from.is_empty() || to.is_empty() {
+                    out.push(Diagnostic::error(
+                        pa.to_string(),
+                        "name a field, not the whole body",
+                    ));
+                }
+            }
+        }
+        TransformStep::Wrap(p) | TransformStep::Unwrap(p) => {
+            let name = if matches!(step, TransformStep::Wrap(_)) {
+                "wrap"
+            } else {
+                "unwrap"
+            };
+            check_pointer(p, false, &at.key(name), out);
+            if p.is_empty() {
+                out.push(Diagnostic::error(
+                    at.key(name).to_string(),
+                    "name a field such as `/data`",
+                ));
+            }
+        }
+        TransformStep::ToHeader(m) => {
+            for (expr, header) in m {
+                let pa = at.key("to_header").key(expr);
+                check_expr(expr, vars, &pa, out);
+                check_header(header, "", &pa, out);
+            }
+        }
+        TransformStep::ToQuery(m) => {
+            request_only("to_query", out);
+            for (expr, name) in m {
+                let pa = at.key("to_query").key(expr);
+                check_expr(expr, vars, &pa, out);
+                if name.is_empty() {
+                    out.push(Diagnostic::error(
+                        pa.to_string(),
+                        "name the query parameter",
+                    ));
+                }
+            }
+        }
+        TransformStep::ToPath(t) => {
+            request_only("to_path", out);
+            if !t.starts_with('/') {
+                out.push(Diagnostic::error(
+                    at.key("to_path").to_string(),
+                    "a path must start with `/`",
+                ));
+            }
+            check_template_text(t, vars, &at.key("to_path"), out);
+        }
+        TransformStep::FromHeader(m) => {
+            for (header, to) in m {
+                let pa = at.key("from_header").key(header);
+                check_header(header, "", &pa, out);
+                check_pointer(to, false, &pa, out);
+            }
+        }
+        TransformStep::FromQuery(m) | TransformStep::FromParam(m) => {
+            let name = if matches!(step, TransformStep::FromQuery(_)) {
+                "from_query"
+            } else {
+                "from_param"
+            };
+            request_only(name, out);
+            for (from, to) in m {
+                check_pointer(to, false, &at.key(name).key(from), out);
+            }
+        }
+        TransformStep::Jq(code) => {
+            if let Err(msg) = check_jq(code, vars) {
+                out.push(Diagnostic::error(at.key("jq").to_string(), msg));
+            }
+        }
+        TransformStep::Fail(f) => {
+            let fa = at.key("fail");
+            check_expr(&f.when, vars, &fa.key("when"), out);
+            match &f.status {
+                Some(StatusSource::Code(c)) if !(400..=599).contains(c) => out.push(
+                    Diagnostic::error(fa.key("status").to_string(), "must be between 400 and 599"),
+                ),
+                Some(StatusSource::Expr(e)) => check_expr(e, vars, &fa.key("status"), out),
+                _ => {}
+            }
+            if let Some(d) = &f.detail {
+                check_expr(d, vars, &fa.key("detail"), out);
+            }
+        }
+    }
+}
+
+/// Compiles a jq expression as the `transform` plugin does (its loop check is a no-op here).
+fn check_jq(code: &str, vars: &[&'static str]) -> Result<(), String> {
+    type D = jaq_core::data::JustLut<jaq_json::Val>;
+    let tick: jaq_core::native::Fun<D> =
+        jaq_core::native::run((crate::JQ_TICK, jaq_core::native::v(0), |cv| {
+            jaq_core::box_iter::box_once(Ok(cv.1))
+        }));
+    crate::compile_jq::<D>(code, vars, std::iter::once(tick)).map(|_| ())
 }
 
 /// The parts a cache key may name (`header:NAME` and `cookie:NAME` besides).

@@ -9,6 +9,7 @@ mod compression;
 mod headers;
 mod limits;
 mod respond;
+mod transform;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,11 @@ pub use limits::{
     QuotaConfig, QuotaWindow, RateLimitConfig,
 };
 pub use respond::RespondConfig;
+pub use transform::{
+    compile_jq, is_pointer, pointer_tokens, template_parts, FailStep, InputFormat, OutputFormat,
+    OverCapPolicy, StatusSource, Step as TransformStep, TemplatePart, TransformConfig,
+    TransformSide, JQ_PRELUDE, JQ_TICK,
+};
 
 /// Plugins by kind. A kind appears at most once per scope; unknown kinds are errors.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -80,6 +86,10 @@ pub struct PluginsConfig {
     /// Cache responses (RFC 9111) in the stores of the top-level `cache:`.
     #[serde(default)]
     pub cache: Option<CacheConfig>,
+    /// Reshape request and response bodies: declarative steps or jq; JSON, XML, forms and
+    /// templates (docs/transforms.md).
+    #[serde(default)]
+    pub transform: Option<TransformConfig>,
     /// Plugins built into a binary that embeds Frontdesk as a library, by kind, each with its
     /// own config (docs/plugins.md, "Custom plugins"). The stock binary has none: a kind here is
     /// an error unless the binary registered it. Shown redacted by the admin API (every string).
