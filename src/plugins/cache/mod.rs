@@ -201,7 +201,7 @@ enum State {
     /// The response is being stored as its body streams.
     Storing(Box<Storing>),
     /// A stored body replaces the upstream's (after a `304`, or stale on an error).
-    Replace(Bytes),
+    Replace(Body),
 }
 
 /// A request on its way upstream, with what the response phase needs.
@@ -249,6 +249,25 @@ impl CachePlugin {
             s.push('"');
         }
         HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("frontdesk"))
+    }
+
+    /// An answer the cache makes itself (not from a stored response), with its `Cache-Status`.
+    fn own_answer(
+        &self,
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: Body,
+        status_parts: &[String],
+        key: &str,
+    ) -> PluginResponse {
+        headers.insert(
+            CACHE_STATUS.clone(),
+            self.status_value(status_parts, Some(key)),
+        );
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
     }
 
     /// The stored response as the answer to `req`: `Age`, `Cache-Status`, a `304` to a matching
@@ -520,6 +539,19 @@ fn save_leased(cache: &Cache, tiers: Tiers, e: Arc<Entry>, lease: Option<Lease>)
     }
 }
 
+/// Makes `resp` the head of `answer` (a stored response answering in place of the upstream's);
+/// its body follows in the body phase, unless the answer has none (`304`, `HEAD`).
+fn replaced_by(
+    resp: &mut ResponseHead,
+    answer: PluginResponse,
+    head_request: bool,
+) -> Option<State> {
+    let (parts, body) = answer.into_parts();
+    resp.status = parts.status;
+    resp.headers = parts.headers;
+    (resp.status != StatusCode::NOT_MODIFIED && !head_request).then_some(State::Replace(body))
+}
+
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -782,14 +814,13 @@ impl Plugin for CachePlugin {
             fwd = "request";
         }
         if directives.only_if_cached {
-            let mut resp = http::Response::new(Body::empty());
-            *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-            resp.headers_mut().insert(
-                CACHE_STATUS.clone(),
-                self.status_value(
-                    &[format!("fwd={fwd}"), "detail=only-if-cached".into()],
-                    Some(&key),
-                ),
+            let parts = [format!("fwd={fwd}"), "detail=only-if-cached".into()];
+            let resp = self.own_answer(
+                StatusCode::GATEWAY_TIMEOUT,
+                HeaderMap::new(),
+                Body::empty(),
+                &parts,
+                &key,
             );
             Cell::put(cx, State::Served);
             return Ok(Flow::Respond(resp));
@@ -804,16 +835,9 @@ impl Plugin for CachePlugin {
                         let names = policy::vary_names(&headers).unwrap_or_default();
                         if policy::vary_values(&names, &req.headers) == vary_values {
                             self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
-                            let mut resp = http::Response::new(Body::new(flight.body()));
-                            *resp.status_mut() = status;
-                            *resp.headers_mut() = headers;
-                            resp.headers_mut().insert(
-                                CACHE_STATUS.clone(),
-                                self.status_value(
-                                    &[format!("fwd={fwd}"), "collapsed".into()],
-                                    Some(&key),
-                                ),
-                            );
+                            let parts = [format!("fwd={fwd}"), "collapsed".into()];
+                            let body = Body::new(flight.body());
+                            let resp = self.own_answer(status, headers, body, &parts, &key);
                             Cell::put(cx, State::Served);
                             return Ok(Flow::Respond(resp));
                         }
@@ -957,7 +981,7 @@ impl Plugin for CachePlugin {
 
     fn response_body(&self, _resp: &mut ResponseHead, cx: &mut Ctx) -> BodyAction {
         match Cell::take(cx) {
-            Some(State::Replace(b)) => BodyAction::Replace(Body::full(b)),
+            Some(State::Replace(b)) => BodyAction::Replace(b),
             Some(State::Storing(s)) => BodyAction::Stream(Box::new(Tee {
                 storing: Some(s),
                 tiers: self.tiers,
@@ -1067,13 +1091,7 @@ impl CachePlugin {
             ];
             let conditional = f.client_conditional.unwrap_or_default();
             let answer = self.answer(&refreshed, &conditional, f.head_request, parts, now);
-            let (parts, _) = answer.into_parts();
-            resp.status = parts.status;
-            resp.headers = parts.headers;
-            if resp.status == StatusCode::NOT_MODIFIED || f.head_request {
-                return None;
-            }
-            return Some(State::Replace(refreshed.body.clone()));
+            return replaced_by(resp, answer, f.head_request);
         }
         // The upstream failed with a 5xx: a stale response within `stale-if-error` instead.
         if let (500 | 502 | 503 | 504, Some(e)) = (resp.status.as_u16(), &f.stale) {
@@ -1088,13 +1106,7 @@ impl CachePlugin {
                     ];
                     let conditional = f.client_conditional.clone().unwrap_or_default();
                     let answer = self.answer(e, &conditional, f.head_request, parts, now);
-                    let (parts, _) = answer.into_parts();
-                    resp.status = parts.status;
-                    resp.headers = parts.headers;
-                    if resp.status == StatusCode::NOT_MODIFIED || f.head_request {
-                        return None;
-                    }
-                    return Some(State::Replace(e.body.clone()));
+                    return replaced_by(resp, answer, f.head_request);
                 }
             }
         }
