@@ -413,7 +413,16 @@ impl Snapshot {
                     r.upstream.as_ref().and_then(|u| upstreams.get(u)),
                 ) {
                     (Some(agg), _) => match Aggregate::build(&name, agg, &upstreams, &metrics) {
-                        Ok(a) => Target::Aggregate(Arc::new(a)),
+                        // Its `GET` calls use the route's cache, when the route caches.
+                        Ok(a) => Target::Aggregate(Arc::new(
+                            match (
+                                &cache,
+                                r.plugins.cache.as_ref().or(cfg.plugins.cache.as_ref()),
+                            ) {
+                                (Some(c), Some(cc)) => a.with_cache(c.clone(), cc),
+                                _ => a,
+                            },
+                        )),
                         Err(e) => {
                             let at = at.index(i).key("aggregate");
                             // An upstream that failed to build was reported at its own field.

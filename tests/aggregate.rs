@@ -973,6 +973,56 @@ async fn the_route_cache_stores_the_aggregated_answer() {
     );
 }
 
+#[tokio::test]
+async fn get_calls_use_the_route_cache_when_the_answer_itself_is_not_stored() {
+    // `profile` may be stored (max-age); `live` may not (no-store). The aggregated answer takes no
+    // cache headers, so it is not stored itself: every client request is aggregated again, and only
+    // the storable call comes from the cache.
+    let profile = recorder(|_: &Seen| {
+        Reply::json(json!({"name": "Ann"})).header("cache-control", "max-age=60")
+    })
+    .await;
+    let live = recorder(|s: &Seen| {
+        Reply::json(json!({"n": s.uri.len()})).header("cache-control", "no-store")
+    })
+    .await;
+    let gw = gateway(&with(
+        &[("users", profile.url()), ("live", live.url())],
+        r#"routes:
+  - name: per-call
+    match: { paths: [{ template: "/screen/{user}" }] }
+    plugins: { cache: {} }
+    aggregate:
+      calls:
+        profile: { upstream: users, path: "/users/{user}", required: true }
+        live: { upstream: live, path: "/live/{user}", required: true }
+"#,
+    ))
+    .await;
+    for _ in 0..3 {
+        let (status, headers, v) = get(gw.url("/screen/7")).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["profile"]["name"], "Ann");
+        assert!(
+            !headers["cache-status"].to_str().unwrap().contains("hit"),
+            "the aggregated answer is not stored: {headers:?}"
+        );
+    }
+    assert_eq!(
+        profile.seen().len(),
+        1,
+        "the storable call was answered from the cache"
+    );
+    assert_eq!(
+        live.seen().len(),
+        3,
+        "the no-store call went upstream every time"
+    );
+    // Another user is another key.
+    get(gw.url("/screen/8")).await;
+    assert_eq!(profile.seen().len(), 2);
+}
+
 /// A minimal OTLP/gRPC trace receiver (the collector's `TraceService`, served by tonic) that
 /// keeps every span it is sent.
 mod otlp {

@@ -62,6 +62,15 @@ pub struct Aggregate {
     max_fan_out: usize,
     /// Some template reads the client's body (`request.body`).
     needs_body: bool,
+    /// The route's response cache, which `GET` calls consult and fill (when the route caches).
+    cache: Option<CallCache>,
+}
+
+/// What a call needs of the route's cache: the stores and the RFC 9111 rules of its config.
+#[derive(Debug)]
+struct CallCache {
+    cache: Arc<crate::cache::Cache>,
+    rules: crate::cache::policy::Rules,
 }
 
 #[derive(Debug)]
@@ -457,6 +466,7 @@ impl Aggregate {
             max_answer: cfg.max_answer.0,
             max_fan_out: cfg.max_fan_out,
             needs_body,
+            cache: None,
         })
     }
 
@@ -911,6 +921,84 @@ impl Aggregate {
         })
     }
 
+    /// Lets `GET` calls use the route's response cache (`cfg` is the route's `cache` plugin's):
+    /// a fresh stored answer is used without a request; a storable answer is stored.
+    pub fn with_cache(
+        mut self,
+        cache: Arc<crate::cache::Cache>,
+        cfg: &frontdesk_config::CacheConfig,
+    ) -> Self {
+        self.cache = Some(CallCache {
+            cache,
+            rules: crate::cache::policy::Rules {
+                default_ttl: cfg.default_ttl.0,
+                max_ttl: cfg.max_ttl.0,
+                statuses: cfg.statuses.clone(),
+                store_set_cookie: cfg.store_set_cookie,
+                key_has_consumer: false,
+                stale_while_revalidate: cfg.stale_while_revalidate.0,
+                stale_if_error: cfg.stale_if_error.0,
+            },
+        });
+        self
+    }
+
+    /// A fresh stored answer of call `c` for `req`, from the route's cache.
+    fn cached(&self, key: &str, req: &Request<Body>) -> Option<Arc<crate::cache::Entry>> {
+        let cc = self.cache.as_ref()?;
+        let now = crate::cache::policy::unix_ms(std::time::SystemTime::now());
+        let vars = cc.cache.get(key)?;
+        let e = vars.iter().find(|e| {
+            crate::cache::policy::vary_values(&e.meta.vary, req.headers()) == e.meta.vary_values
+        })?;
+        matches!(e.freshness(now), crate::cache::Freshness::Fresh(_) if !e.meta.no_cache)
+            .then(|| e.clone())
+    }
+
+    /// Stores call `c`'s answer in the route's cache when the rules allow it.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        key: &str,
+        req_headers: &HeaderMap,
+        status: StatusCode,
+        headers: &HeaderMap,
+        data: &Bytes,
+        sent_at: std::time::SystemTime,
+    ) {
+        let Some(cc) = &self.cache else { return };
+        let now = std::time::SystemTime::now();
+        let Ok(life) = crate::cache::policy::storable(
+            &Method::GET,
+            req_headers,
+            status,
+            headers,
+            &cc.rules,
+            sent_at,
+            now,
+        ) else {
+            return;
+        };
+        let vary = crate::cache::policy::vary_names(headers).unwrap_or_default();
+        let meta = crate::cache::Meta {
+            key: key.to_string(),
+            url: String::new(),
+            stored_at: 0,
+            initial_age: 0,
+            fresh_until: 0,
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+            must_revalidate: false,
+            no_cache: false,
+            vary_values: crate::cache::policy::vary_values(&vary, req_headers),
+            vary,
+            tags: Vec::new(),
+            upstream_uri: String::new(),
+        };
+        let e = crate::cache::Entry::new(meta, status, headers.clone(), data.clone(), &life, now);
+        cc.cache.put(Arc::new(e));
+    }
+
     /// One upstream request of call `c`, its answer read and parsed.
     async fn one(
         &self,
@@ -921,6 +1009,28 @@ impl Aggregate {
         reports: &mut Vec<CallReport>,
     ) -> Result<Answer, Failure> {
         let req = self.request(c, values, inputs)?;
+        // The route's cache, for `GET` calls: keyed by route, call, upstream and target.
+        let cache_key = (self.cache.is_some() && c.method == Method::GET).then(|| {
+            format!(
+                "{}|call:{}|{}|{}",
+                self.route,
+                c.name,
+                c.upstream.name,
+                req.uri().path_and_query().map_or("/", |p| p.as_str())
+            )
+        });
+        if let Some(e) = cache_key.as_deref().and_then(|k| self.cached(k, &req)) {
+            inputs
+                .spent
+                .fetch_add(e.body.len() as u64, Ordering::Relaxed);
+            return Ok(Answer {
+                status: e.status.as_u16(),
+                headers: e.headers.clone(),
+                body: json_body(&e.body)?,
+            });
+        }
+        let req_headers = cache_key.as_ref().map(|_| req.headers().clone());
+        let sent_at = std::time::SystemTime::now();
         let mut opts = CallOptions {
             hash: c
                 .upstream
@@ -991,20 +1101,18 @@ impl Aggregate {
                 return Err(Failure::bad("the answer's body failed while it was read"))
             }
         };
+        if let (Some(key), Some(rh)) = (&cache_key, &req_headers) {
+            self.store(key, rh, status, &parts.headers, &data, sent_at);
+        }
         let len = data.len() as u64;
         let spent = inputs.spent.fetch_add(len, Ordering::Relaxed) + len;
         if spent > self.max_answer {
             return Err(Failure::bad(too_large(0)));
         }
-        let body = if data.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            serde_json::from_slice(&data).map_err(|_| Failure::bad("the answer is not JSON"))?
-        };
         Ok(Answer {
             status: status.as_u16(),
             headers: parts.headers,
-            body,
+            body: json_body(&data)?,
         })
     }
 
@@ -1078,6 +1186,14 @@ impl Aggregate {
 }
 
 /// A failed upstream call, as a call's failure: the status the gateway would answer for it.
+/// A call's answer as JSON (an empty body is `null`).
+fn json_body(data: &[u8]) -> Result<Value, Failure> {
+    if data.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(data).map_err(|_| Failure::bad("the answer is not JSON"))
+}
+
 fn call_failure(e: &CallError) -> Failure {
     match e {
         CallError::Connect(_) => Failure::new(
