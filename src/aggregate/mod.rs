@@ -980,21 +980,14 @@ impl Aggregate {
             return;
         };
         let vary = crate::cache::policy::vary_names(headers).unwrap_or_default();
-        let meta = crate::cache::Meta {
-            key: key.to_string(),
-            url: String::new(),
-            stored_at: 0,
-            initial_age: 0,
-            fresh_until: 0,
-            stale_while_revalidate: 0,
-            stale_if_error: 0,
-            must_revalidate: false,
-            no_cache: false,
-            vary_values: crate::cache::policy::vary_values(&vary, req_headers),
-            vary,
-            tags: Vec::new(),
-            upstream_uri: String::new(),
-        };
+        let meta = crate::cache::Meta::new(
+            key.to_string(),
+            String::new(),
+            vary.clone(),
+            crate::cache::policy::vary_values(&vary, req_headers),
+            Vec::new(),
+            String::new(),
+        );
         let e = crate::cache::Entry::new(meta, status, headers.clone(), data.clone(), &life, now);
         cc.cache.put(Arc::new(e));
     }

@@ -40,6 +40,34 @@ pub struct Meta {
     pub upstream_uri: String,
 }
 
+impl Meta {
+    /// The meta of a response about to be stored ([`Entry::new`] fills in the times).
+    pub fn new(
+        key: String,
+        url: String,
+        vary: Vec<String>,
+        vary_values: Vec<Option<Vec<u8>>>,
+        tags: Vec<String>,
+        upstream_uri: String,
+    ) -> Meta {
+        Meta {
+            key,
+            url,
+            stored_at: 0,
+            initial_age: 0,
+            fresh_until: 0,
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+            must_revalidate: false,
+            no_cache: false,
+            vary,
+            vary_values,
+            tags,
+            upstream_uri,
+        }
+    }
+}
+
 /// A stored response.
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -227,21 +255,14 @@ mod tests {
             must_revalidate: false,
             no_cache: false,
         };
-        let meta = Meta {
-            key: "r|GET|h|/p|".into(),
-            url: "h/p".into(),
-            stored_at: 0,
-            initial_age: 0,
-            fresh_until: 0,
-            stale_while_revalidate: 0,
-            stale_if_error: 0,
-            must_revalidate: false,
-            no_cache: false,
-            vary: vec!["accept".into()],
-            vary_values: vec![Some(b"text/html".to_vec())],
-            tags: vec!["t1".into()],
-            upstream_uri: "/p".into(),
-        };
+        let meta = Meta::new(
+            "r|GET|h|/p|".into(),
+            "h/p".into(),
+            vec!["accept".into()],
+            vec![Some(b"text/html".to_vec())],
+            vec!["t1".into()],
+            "/p".into(),
+        );
         Entry::new(
             meta,
             StatusCode::OK,

@@ -1166,21 +1166,14 @@ impl CachePlugin {
         };
         let vary = policy::vary_names(&resp.headers).unwrap_or_default();
         let vary_values = policy::vary_values(&vary, &f.req_headers);
-        let meta = Meta {
-            key: f.key.to_string(),
-            url: f.url.clone(),
-            stored_at: 0,
-            initial_age: 0,
-            fresh_until: 0,
-            stale_while_revalidate: 0,
-            stale_if_error: 0,
-            must_revalidate: false,
-            no_cache: false,
+        let meta = Meta::new(
+            f.key.to_string(),
+            f.url.clone(),
             vary,
-            vary_values: vary_values.clone(),
+            vary_values.clone(),
             tags,
-            upstream_uri: f.upstream_uri.clone(),
-        };
+            f.upstream_uri.clone(),
+        );
         // The proxy removed the connection's fields from the upstream's response already.
         let stored_headers = resp.headers.clone();
         if let Some(l) = &f.leader {
