@@ -832,3 +832,26 @@ routes:
     assert!(!ok);
     assert!(err.contains("no route is named \"nope\""), "{err}");
 }
+
+#[test]
+fn a_recursive_jq_definition_is_refused_at_load_with_its_field_path() {
+    let yaml = r#"version: 1
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+upstreams: { api: { targets: [{ url: "http://127.0.0.1:9" }] } }
+routes:
+  - name: r
+    match: { paths: ["/"] }
+    upstream: api
+    plugins:
+      transform:
+        response: { jq: 'def spin: [spin]; spin' }
+"#;
+    let errs = frontdesk_config::load_str(yaml, &|_| None).expect_err("refused");
+    assert!(
+        errs.iter().any(
+            |d| d.path.starts_with("routes[0].plugins.transform.response")
+                && d.message.contains("`spin` calls itself")
+        ),
+        "{errs:?}"
+    );
+}

@@ -22,6 +22,12 @@ const MAX_OUTPUTS: usize = 2;
 impl Jq {
     /// Compiles `code`, which may use `$request`. The error says where and what is wrong.
     pub fn compile(code: &str) -> Result<Jq, String> {
+        if let Some(name) = frontdesk_config::recursive_definition(code) {
+            return Err(format!(
+                "`{name}` calls itself: recursive definitions are refused, as no deadline can \
+                 stop them"
+            ));
+        }
         let program = File { code, path: () };
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())

@@ -21,9 +21,9 @@ use serde_json::{Map, Value};
 
 pub use edit::edit_text;
 pub use model::plugin::{
-    compile_jq, is_pointer, pointer_tokens, template_parts, FailStep, InputFormat, OutputFormat,
-    OverCapPolicy, StatusSource, TemplatePart, TransformConfig, TransformSide, TransformStep,
-    JQ_PRELUDE, JQ_TICK,
+    compile_jq, is_pointer, pointer_tokens, recursive_definition, template_parts, FailStep,
+    InputFormat, OutputFormat, OverCapPolicy, StatusSource, TemplatePart, TransformConfig,
+    TransformSide, TransformStep, JQ_PRELUDE, JQ_TICK,
 };
 pub use model::plugin::{
     default_content_types, CompressionConfig, CompressionLevels, ContentCoding,

@@ -5,7 +5,7 @@
 //! the native `_fd_tick` on every turn, `range` is replaced by a native that ticks on every
 //! element, and the runner checks between outputs. A tick past the deadline raises an error
 //! (and marks the run as timed out, so a `try` in the expression cannot hide it). A loop
-//! written as a recursive `def` of one's own is not checked.
+//! written as a recursive `def` of one's own is refused at load (`frontdesk_config::recursive_definition`).
 
 use std::cell::Cell;
 use std::time::Instant;

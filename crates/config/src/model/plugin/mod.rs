@@ -32,9 +32,9 @@ pub use limits::{
 };
 pub use respond::RespondConfig;
 pub use transform::{
-    compile_jq, is_pointer, pointer_tokens, template_parts, FailStep, InputFormat, OutputFormat,
-    OverCapPolicy, StatusSource, Step as TransformStep, TemplatePart, TransformConfig,
-    TransformSide, JQ_PRELUDE, JQ_TICK,
+    compile_jq, is_pointer, pointer_tokens, recursive_definition, template_parts, FailStep,
+    InputFormat, OutputFormat, OverCapPolicy, StatusSource, Step as TransformStep, TemplatePart,
+    TransformConfig, TransformSide, JQ_PRELUDE, JQ_TICK,
 };
 
 /// Plugins by kind. A kind appears at most once per scope; unknown kinds are errors.

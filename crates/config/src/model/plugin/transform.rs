@@ -227,6 +227,13 @@ where
     D: for<'a> jaq_core::DataT<V<'a> = jaq_json::Val>,
 {
     use jaq_core::load::{Arena, File, Loader};
+    if let Some(name) = recursive_definition(code) {
+        return Err(format!(
+            "invalid jq: `{name}` calls itself (at column {}): recursive definitions are refused, \
+             as no time bound can stop them; use `recurse`, `repeat`, `while`, `until` or `range`",
+            column(code, name)
+        ));
+    }
     let prelude = jaq_core::load::parse(JQ_PRELUDE, |p| p.defs())
         .ok_or_else(|| "the jq prelude does not parse".to_string())?;
     let defs = jaq_core::defs()
@@ -259,6 +266,124 @@ where
             }
             format!("invalid jq: {}", out.join("; "))
         })
+}
+
+/// The first definition of `code` that calls itself, directly or through other definitions of
+/// `code`: jaq cannot interrupt an expression, and the time bound is checked only inside the
+/// built-in loops, so such a definition could run forever or overflow the stack. `None` when
+/// there is none (or `code` does not parse: the compiler reports that).
+pub fn recursive_definition(code: &str) -> Option<&str> {
+    use jaq_core::load::lex::StrPart;
+    use jaq_core::load::parse::{BinaryOp, Pattern, Term};
+    use jaq_core::path::Part;
+
+    type Defs<'s> = Vec<(&'s str, Vec<&'s str>)>;
+    fn pattern<'s>(p: &Pattern<&'s str>, calls: &mut Vec<&'s str>, defs: &mut Defs<'s>) {
+        match p {
+            Pattern::Var(_) => {}
+            Pattern::Arr(ps) => ps.iter().for_each(|p| pattern(p, calls, defs)),
+            Pattern::Obj(kvs) => {
+                for (k, v) in kvs {
+                    term(k, calls, defs);
+                    pattern(v, calls, defs);
+                }
+            }
+        }
+    }
+    fn term<'s>(t: &Term<&'s str>, calls: &mut Vec<&'s str>, defs: &mut Defs<'s>) {
+        match t {
+            Term::Id | Term::Recurse | Term::Num(_) | Term::Var(_) | Term::Break(_) => {}
+            Term::Str(_, parts) => {
+                for part in parts {
+                    if let StrPart::Term(t) = part {
+                        term(t, calls, defs);
+                    }
+                }
+            }
+            Term::Arr(a) => a.iter().for_each(|t| term(t, calls, defs)),
+            Term::Obj(kvs) => {
+                for (k, v) in kvs {
+                    term(k, calls, defs);
+                    v.iter().for_each(|t| term(t, calls, defs));
+                }
+            }
+            Term::Neg(t) | Term::Label(_, t) => term(t, calls, defs),
+            Term::BinOp(l, op, r) => {
+                term(l, calls, defs);
+                if let BinaryOp::Pipe(Some(p)) = op {
+                    pattern(p, calls, defs);
+                }
+                term(r, calls, defs);
+            }
+            Term::Fold(_, xs, p, args) => {
+                term(xs, calls, defs);
+                pattern(p, calls, defs);
+                args.iter().for_each(|t| term(t, calls, defs));
+            }
+            Term::TryCatch(t, c) => {
+                term(t, calls, defs);
+                c.iter().for_each(|t| term(t, calls, defs));
+            }
+            Term::IfThenElse(branches, otherwise) => {
+                for (c, t) in branches {
+                    term(c, calls, defs);
+                    term(t, calls, defs);
+                }
+                otherwise.iter().for_each(|t| term(t, calls, defs));
+            }
+            Term::Def(ds, rest) => {
+                for d in ds {
+                    let mut own = Vec::new();
+                    term(&d.body, &mut own, defs);
+                    defs.push((d.name, own));
+                }
+                term(rest, calls, defs);
+            }
+            Term::Call(name, args) => {
+                calls.push(name);
+                args.iter().for_each(|t| term(t, calls, defs));
+            }
+            Term::Path(t, path) => {
+                term(t, calls, defs);
+                for (part, _) in &path.0 {
+                    match part {
+                        Part::Index(i) => term(i, calls, defs),
+                        Part::Range(a, b) => {
+                            a.iter().chain(b.iter()).for_each(|t| term(t, calls, defs));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let t = jaq_core::load::parse(code, |p| p.term())?;
+    let mut defs = Defs::new();
+    term(&t, &mut Vec::new(), &mut defs);
+    // A definition reaches itself through the calls of the definitions (names compared
+    // conservatively: a call to any user definition of that name counts).
+    for (name, _) in &defs {
+        let mut seen: Vec<&str> = Vec::new();
+        let mut todo: Vec<&str> = defs
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, c)| c.iter().copied())
+            .collect();
+        while let Some(c) = todo.pop() {
+            if c == *name {
+                return Some(name);
+            }
+            if seen.contains(&c) {
+                continue;
+            }
+            seen.push(c);
+            todo.extend(
+                defs.iter()
+                    .filter(|(n, _)| *n == c)
+                    .flat_map(|(_, cs)| cs.iter().copied()),
+            );
+        }
+    }
+    None
 }
 
 /// The 1-based column of `part`, a slice of `code`, in `code` (its line's column for
@@ -374,4 +499,33 @@ pub fn pointer_tokens(p: &str) -> Result<Vec<String>, String> {
 /// True when `e` is a JSON Pointer rather than a jq expression: it starts with `/`.
 pub fn is_pointer(e: &str) -> bool {
     e.starts_with('/')
+}
+
+#[cfg(test)]
+mod recursion_tests {
+    use super::recursive_definition;
+
+    #[test]
+    fn recursive_definitions_are_found_and_others_pass() {
+        for code in [
+            "def f: f; f",
+            "def f: [f]; f",
+            "def f: g; def g: f; f",
+            "def f(x): if . > 0 then . - 1 | f(x) else x end; f(0)",
+            "def outer: def inner: outer; inner; outer",
+            "map(def f: 1 + f; f)",
+        ] {
+            assert!(recursive_definition(code).is_some(), "{code}");
+        }
+        for code in [
+            ".a",
+            "def f: . + 1; f | f",
+            "def g: 1; def f: g + g; [f, f]",
+            "[recurse(.[]?)] | length",
+            "def f(x): x; f(f(.))",
+            "not valid jq (",
+        ] {
+            assert_eq!(recursive_definition(code), None, "{code}");
+        }
+    }
 }
