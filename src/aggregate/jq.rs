@@ -1,13 +1,16 @@
 //! jq merges, through the jaq crates: compiled once when the snapshot is built (a syntax error
-//! is a config error at `routes[i].aggregate.merge`), run on a blocking thread per answer.
+//! is a config error at `routes[i].aggregate.merge`), run on a blocking thread per answer under
+//! the time bound of the `transform` plugin's jq (`plugins::transform::jq`: its built-in loops
+//! tick, and the run stops at the aggregate's deadline).
 
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
-use jaq_json::Val;
+use jaq_core::Compiler;
+
+use crate::plugins::transform::jq as bounded;
 
 /// A compiled jq expression.
 pub struct Jq {
-    filter: jaq_core::Filter<data::JustLut<Val>>,
+    filter: bounded::Filter,
 }
 
 impl std::fmt::Debug for Jq {
@@ -29,10 +32,15 @@ impl Jq {
             ));
         }
         let program = File { code, path: () };
+        // The prelude redefines the built-in loops so that they tick (the time bound).
+        let prelude = jaq_core::load::parse(frontdesk_config::JQ_PRELUDE, |p| p.defs())
+            .ok_or_else(|| "the jq prelude does not parse".to_string())?;
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
-            .chain(jaq_json::defs());
-        let funs = jaq_core::funs()
+            .chain(jaq_json::defs())
+            .chain(prelude);
+        let funs = bounded::natives()
+            .chain(jaq_core::funs())
             .chain(jaq_std::funs())
             .chain(jaq_json::funs());
         let loader = Loader::new(defs);
@@ -96,26 +104,25 @@ impl Jq {
         Ok(Jq { filter })
     }
 
-    /// Runs the expression on `input` (JSON text) with `$request` (JSON text) and returns its one
-    /// output as JSON text. No output, several, or an error: the error says which.
-    pub fn run(&self, input: &[u8], request: &[u8]) -> Result<String, String> {
+    /// Runs the expression on `input` (JSON text) with `$request` (JSON text) until `deadline`
+    /// and returns its one output as JSON text. No output, several, an error or the deadline:
+    /// the error says which.
+    pub fn run(
+        &self,
+        input: &[u8],
+        request: &[u8],
+        deadline: std::time::Instant,
+    ) -> Result<String, String> {
         let input = jaq_json::read::parse_single(input).map_err(|e| format!("bad input: {e}"))?;
         let request =
             jaq_json::read::parse_single(request).map_err(|e| format!("bad request: {e}"))?;
-        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([request]));
-        let mut outputs = Vec::new();
-        for out in self
-            .filter
-            .id
-            .run((ctx, input))
-            .map(unwrap_valr)
-            .take(MAX_OUTPUTS)
-        {
-            match out {
-                Ok(v) => outputs.push(v),
-                Err(e) => return Err(format!("the expression failed: {e}")),
-            }
-        }
+        let budget = bounded::Budget::new(deadline);
+        let outputs = bounded::outputs(&self.filter, input, &[request], &budget, MAX_OUTPUTS)
+            .map_err(|e| match e {
+                bounded::JqError::Timeout => "the expression passed the deadline".to_string(),
+                bounded::JqError::Raised(m) => format!("the expression failed: {m}"),
+                bounded::JqError::Empty => "the expression gave no value".to_string(),
+            })?;
         match outputs.as_slice() {
             [one] => Ok(one.to_string()),
             [] => Err("the expression gave no value".to_string()),
@@ -136,6 +143,23 @@ fn offset(code: &str, at: &str) -> usize {
 mod tests {
     use super::*;
 
+    fn later() -> std::time::Instant {
+        std::time::Instant::now() + std::time::Duration::from_secs(5)
+    }
+
+    #[test]
+    fn a_loop_stops_at_the_deadline() {
+        let jq = Jq::compile("[range(1e12)] | length").expect("compiles");
+        let e = jq
+            .run(
+                b"{}",
+                b"{}",
+                std::time::Instant::now() + std::time::Duration::from_millis(50),
+            )
+            .expect_err("stopped");
+        assert!(e.contains("deadline"), "{e}");
+    }
+
     #[test]
     fn a_merge_expression_runs_with_its_request() {
         let jq = Jq::compile("{name: .a.name, n: (.b | length), user: $request.params.user}")
@@ -144,6 +168,7 @@ mod tests {
             .run(
                 br#"{"a": {"name": "x"}, "b": [1, 2, 3]}"#,
                 br#"{"params": {"user": "u1"}}"#,
+                later(),
             )
             .expect("runs");
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -161,11 +186,13 @@ mod tests {
     #[test]
     fn one_value_is_required() {
         let jq = Jq::compile(".a, .b").expect("compiles");
-        assert!(jq.run(br#"{"a":1,"b":2}"#, b"{}").is_err());
+        assert!(jq.run(br#"{"a":1,"b":2}"#, b"{}", later()).is_err());
         let jq = Jq::compile("empty").expect("compiles");
-        assert!(jq.run(b"{}", b"{}").is_err());
+        assert!(jq.run(b"{}", b"{}", later()).is_err());
         let jq = Jq::compile(".a + 1").expect("compiles");
-        let e = jq.run(br#"{"a":"x"}"#, b"{}").expect_err("type error");
+        let e = jq
+            .run(br#"{"a":"x"}"#, b"{}", later())
+            .expect_err("type error");
         assert!(e.contains("failed"), "{e}");
     }
 }

@@ -58,10 +58,11 @@ impl Aggregate {
                 })
                 .to_string();
                 let jq = jq.clone();
-                // jaq has no way to stop a running expression: it runs on a blocking thread,
-                // and the answer does not wait past the deadline for it.
+                // jaq cannot be interrupted: it runs on a blocking thread, its built-in loops
+                // stop at the deadline (the bounded runner), and the answer does not wait past it.
+                let until = deadline.into_std();
                 let run = tokio::task::spawn_blocking(move || {
-                    jq.run(input.as_bytes(), request.as_bytes())
+                    jq.run(input.as_bytes(), request.as_bytes(), until)
                 });
                 let out =
                     match tokio::time::timeout_at(deadline, run).await {

@@ -1,4 +1,5 @@
-//! jq through jaq: expressions compiled once per config generation, run with a time bound.
+//! jq through jaq: expressions compiled once per config generation, run with a time bound (the
+//! `transform` plugin's, and aggregate merges').
 //!
 //! jaq has no interruption of its own, so the bound is cooperative: the built-in loops
 //! (`repeat`, `recurse`, `while`, `until`, redefined in `frontdesk_config::JQ_PRELUDE`) call
@@ -118,7 +119,9 @@ fn range(mut cv: Cv<'_, Jq>) -> ValXs<'_, Val> {
     }))
 }
 
-fn natives() -> impl Iterator<Item = Fun<Jq>> {
+/// The natives the time bound needs (the tick of the built-in loops, a ticking `range`): they go
+/// first, before jaq's own.
+pub(crate) fn natives() -> impl Iterator<Item = Fun<Jq>> {
     let tick: RunPtr<Jq> = tick;
     let range: RunPtr<Jq> = range;
     [
@@ -153,6 +156,18 @@ pub(crate) enum JqError {
 /// Runs `f` on `input` with the global variables `vars` (in the order they were compiled
 /// with) and returns its first output.
 pub(crate) fn first(f: &Filter, input: Val, vars: &[Val], budget: &Budget) -> Result<Val, JqError> {
+    let mut out = outputs(f, input, vars, budget, 1)?;
+    out.pop().ok_or(JqError::Empty)
+}
+
+/// Runs `f` as [`first`] does and returns up to `max` of its outputs (none is no error here).
+pub(crate) fn outputs(
+    f: &Filter,
+    input: Val,
+    vars: &[Val],
+    budget: &Budget,
+    max: usize,
+) -> Result<Vec<Val>, JqError> {
     if !budget.check() {
         return Err(JqError::Timeout);
     }
@@ -161,19 +176,26 @@ pub(crate) fn first(f: &Filter, input: Val, vars: &[Val], budget: &Budget) -> Re
         budget,
     };
     let ctx = jaq_core::Ctx::<Jq>::new(data, Vars::new(vars.iter().cloned()));
-    let out = f.id.run((ctx, input)).next();
+    let mut out = Vec::new();
+    for o in f.id.run((ctx, input)).take(max) {
+        match o {
+            Ok(v) => out.push(v),
+            Err(exn) => {
+                if budget.expired.get() {
+                    return Err(JqError::Timeout);
+                }
+                return Err(match exn.get_err() {
+                    Ok(e) => JqError::Raised(e.to_string()),
+                    // `halt` (or a stray control exception) ends the expression, never the process.
+                    Err(_) => JqError::Raised("the expression halted".into()),
+                });
+            }
+        }
+    }
     if budget.expired.get() || !budget.check() {
         return Err(JqError::Timeout);
     }
-    match out {
-        None => Err(JqError::Empty),
-        Some(Ok(v)) => Ok(v),
-        Some(Err(exn)) => Err(match exn.get_err() {
-            Ok(e) => JqError::Raised(e.to_string()),
-            // `halt` (or a stray control exception) ends the expression, never the process.
-            Err(_) => JqError::Raised("the expression halted".into()),
-        }),
-    }
+    Ok(out)
 }
 
 #[cfg(test)]
