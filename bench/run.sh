@@ -472,29 +472,27 @@ describe() {
             fi
         done
     done
+    # ratio LABEL KEY BASE_KEY NOTE: req/s and CPU per request of KEY against BASE_KEY, or n/a.
+    ratio() {
+        if [[ -n ${R_RPS[$2]:-} && -n ${R_RPS[$3]:-} ]]; then
+            awk -v l="$1" -v fr="${R_RPS[$2]}" -v nr="${R_RPS[$3]}" \
+                -v fc="${R_CPUREQ[$2]}" -v nc="${R_CPUREQ[$3]}" \
+                'BEGIN {printf "%s rps %.2f, cpu per request %.2f\n", l, fr / nr, (nc > 0 ? fc / nc : 0)}'
+        else
+            echo "$1 n/a ($4)"
+        fi
+    }
     for scenario in $SCENARIOS; do
         if frontdesk_only "$scenario"; then
             # Compared with Frontdesk's own plain proxy of the same call, when that row ran.
             base=$(base_of "$scenario")
-            label="frontdesk $scenario/$base:"
-            if [[ -n ${R_RPS[$scenario/frontdesk]:-} && -n ${R_RPS[$base/frontdesk]:-} ]]; then
-                awk -v l="$label" -v fr="${R_RPS[$scenario/frontdesk]}" -v nr="${R_RPS[$base/frontdesk]}" \
-                    -v fc="${R_CPUREQ[$scenario/frontdesk]}" -v nc="${R_CPUREQ[$base/frontdesk]}" \
-                    'BEGIN {printf "%s rps %.2f, cpu per request %.2f\n", l, fr / nr, (nc > 0 ? fc / nc : 0)}'
-            else
-                echo "$label n/a (run SCENARIOS=\"$base $scenario\" with PROXIES including frontdesk)"
-            fi
+            ratio "frontdesk $scenario/$base:" "$scenario/frontdesk" "$base/frontdesk" \
+                "run SCENARIOS=\"$base $scenario\" with PROXIES including frontdesk"
             continue
         fi
         # The plain HTTP row keeps its historical form, "frontdesk/nginx: ...".
         label="frontdesk/nginx $scenario:"
         if [[ $scenario == http ]]; then label="frontdesk/nginx:"; fi
-        if [[ -n ${R_RPS[$scenario/frontdesk]:-} && -n ${R_RPS[$scenario/nginx]:-} ]]; then
-            awk -v l="$label" -v fr="${R_RPS[$scenario/frontdesk]}" -v nr="${R_RPS[$scenario/nginx]}" \
-                -v fc="${R_CPUREQ[$scenario/frontdesk]}" -v nc="${R_CPUREQ[$scenario/nginx]}" \
-                'BEGIN {printf "%s rps %.2f, cpu per request %.2f\n", l, fr / nr, (nc > 0 ? fc / nc : 0)}'
-        else
-            echo "$label n/a (PROXIES=\"$PROXIES\" did not run both)"
-        fi
+        ratio "$label" "$scenario/frontdesk" "$scenario/nginx" "PROXIES=\"$PROXIES\" did not run both"
     done
 } | tee "$OUT/summary.txt"

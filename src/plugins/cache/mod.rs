@@ -407,6 +407,20 @@ impl CachePlugin {
         None
     }
 
+    /// The filter that stores a response as its body streams.
+    fn tee(&self, storing: Box<Storing>) -> Tee {
+        Tee {
+            storing: Some(storing),
+            tiers: self.tiers,
+            chunks: Vec::new(),
+            size: 0,
+            max: self.max_object_size,
+            cache: self.cache.clone(),
+            stored: self.counters.stored.clone(),
+            stored_bytes: self.counters.stored_bytes.clone(),
+        }
+    }
+
     /// Stores `e` in the route's tiers.
     fn save(&self, e: Arc<Entry>) {
         save(&self.cache, self.tiers, e);
@@ -982,16 +996,7 @@ impl Plugin for CachePlugin {
     fn response_body(&self, _resp: &mut ResponseHead, cx: &mut Ctx) -> BodyAction {
         match Cell::take(cx) {
             Some(State::Replace(b)) => BodyAction::Replace(b),
-            Some(State::Storing(s)) => BodyAction::Stream(Box::new(Tee {
-                storing: Some(s),
-                tiers: self.tiers,
-                chunks: Vec::new(),
-                size: 0,
-                max: self.max_object_size,
-                cache: self.cache.clone(),
-                stored: self.counters.stored.clone(),
-                stored_bytes: self.counters.stored_bytes.clone(),
-            })),
+            Some(State::Storing(s)) => BodyAction::Stream(Box::new(self.tee(s))),
             _ => BodyAction::Pass,
         }
     }
@@ -1206,17 +1211,7 @@ impl CachePlugin {
         };
         if resp.status == StatusCode::NO_CONTENT {
             // No body phase runs on a 204: store it now.
-            let mut tee = Tee {
-                storing: Some(Box::new(storing)),
-                tiers: self.tiers,
-                chunks: Vec::new(),
-                size: 0,
-                max: self.max_object_size,
-                cache: self.cache.clone(),
-                stored: self.counters.stored.clone(),
-                stored_bytes: self.counters.stored_bytes.clone(),
-            };
-            tee.store();
+            self.tee(Box::new(storing)).store();
             return None;
         }
         Some(State::Storing(Box::new(storing)))
