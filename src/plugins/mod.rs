@@ -12,6 +12,7 @@ pub mod client_cert;
 pub mod compression;
 pub mod concurrency;
 pub mod cors;
+pub mod grpc_transcode;
 pub mod headers;
 pub mod ip_filter;
 pub mod jwt;
@@ -46,6 +47,7 @@ pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at:
     b.add::<headers::Headers>(cfg.headers.as_ref(), scope, at);
     b.add::<transform::Transform>(cfg.transform.as_ref(), scope, at);
     b.add::<cache::CachePlugin>(cfg.cache.as_ref(), scope, at);
+    b.add::<grpc_transcode::GrpcTranscode>(cfg.grpc_transcode.as_ref(), scope, at);
     b.add::<respond::Respond>(cfg.respond.as_ref(), scope, at);
     // Kinds registered by a binary embedding Frontdesk (`plugin::register_custom`).
     b.add_custom(&cfg.custom, scope, at);

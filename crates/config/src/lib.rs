@@ -40,6 +40,7 @@ pub use model::plugin::{
     ConcurrencyConfig, LimitConfig, LimitHeaders, LimitOverride, LimitStore, OnStoreError,
     QuotaConfig, QuotaWindow, RateLimitConfig,
 };
+pub use model::plugin::{DescriptorSource, GrpcTranscodeConfig, HttpRuleConfig, StreamFormat};
 pub use model::RedisConfig;
 pub use model::{
     AccessLogConfig, AccessLogFormat, AdminConfig, MetricsConfig, ObservabilityConfig,

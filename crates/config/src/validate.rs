@@ -677,6 +677,68 @@ fn check_plugins(p: &PluginsConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
     if let Some(t) = &p.transform {
         check_transform(t, &at.key("transform"), out);
     }
+    if let Some(g) = &p.grpc_transcode {
+        check_grpc_transcode(g, &at.key("grpc_transcode"), out);
+    }
+}
+
+/// `grpc_transcode`: one source of descriptors, one binding per rule, a usable message cap.
+/// Path templates and selectors are checked against the descriptors when the plugin is built.
+fn check_grpc_transcode(g: &crate::GrpcTranscodeConfig, at: &FieldPath, out: &mut Vec<Diagnostic>) {
+    let d = &g.descriptors;
+    let da = at.key("descriptors");
+    match (&d.file, d.reflect) {
+        (Some(_), true) => out.push(Diagnostic::error(
+            da.to_string(),
+            "set either file or reflect: true, not both",
+        )),
+        (None, false) => out.push(Diagnostic::error(
+            da.to_string(),
+            "needs file (a FileDescriptorSet) or reflect: true",
+        )),
+        (Some(f), false) if f.trim().is_empty() => out.push(Diagnostic::error(
+            da.key("file").to_string(),
+            "must not be empty",
+        )),
+        _ => {}
+    }
+    if let Some(u) = &d.url {
+        if !d.reflect {
+            out.push(Diagnostic::error(
+                da.key("url").to_string(),
+                "is the reflection server: only with reflect: true",
+            ));
+        } else if !(u.starts_with("http://") || u.starts_with("https://")) {
+            out.push(Diagnostic::error(
+                da.key("url").to_string(),
+                "must be an http:// (h2c) or https:// URL",
+            ));
+        }
+    }
+    if d.timeout.get().is_zero() {
+        out.push(Diagnostic::error(
+            da.key("timeout").to_string(),
+            "must be positive",
+        ));
+    }
+    if g.max_message_size.0 == 0 {
+        out.push(Diagnostic::error(
+            at.key("max_message_size").to_string(),
+            "must be positive",
+        ));
+    }
+    for (i, r) in g.rules.iter().enumerate() {
+        let ra = at.key("rules").index(i);
+        if r.selector.trim().is_empty() {
+            out.push(Diagnostic::error(
+                ra.key("selector").to_string(),
+                "must name a method",
+            ));
+        }
+        if let Err(e) = r.binding() {
+            out.push(Diagnostic::error(ra.to_string(), e));
+        }
+    }
 }
 
 /// `transform`: positive caps, a jq time bound in range, and for each side: `jq` or `steps`,

@@ -125,6 +125,25 @@ impl Config {
                 fix(&mut log.output);
             }
         }
+        let plugin_files = |p: &mut PluginsConfig| {
+            if let Some(f) = p
+                .grpc_transcode
+                .as_mut()
+                .and_then(|g| g.descriptors.file.as_mut())
+            {
+                fix(f);
+            }
+        };
+        plugin_files(&mut self.plugins);
+        for r in &mut self.routes {
+            plugin_files(&mut r.plugins);
+        }
+        for pr in &mut self.profiles {
+            plugin_files(&mut pr.plugins);
+            for r in &mut pr.routes {
+                plugin_files(&mut r.plugins);
+            }
+        }
         for up in self.upstreams.values_mut() {
             if let Some(tls) = &mut up.tls {
                 for p in [&mut tls.ca, &mut tls.client_cert, &mut tls.client_key]
