@@ -11,6 +11,7 @@ pub mod cache;
 pub mod consumer;
 pub mod demo;
 pub mod error;
+pub mod grpc;
 pub mod http1;
 pub mod inplace;
 pub mod limit;
