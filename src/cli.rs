@@ -1,7 +1,10 @@
-//! The command line: `run`, `reload`, `validate`, `explain`, `transform`, `schema`, `demo`.
+//! The command line: `run`, `reload`, `validate`, `explain`, `transform`, `schema`, `demo`,
+//! `proto pull`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// Frontdesk, an API gateway.
@@ -106,4 +109,94 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+    /// Protobuf descriptors for gRPC translation.
+    Proto {
+        /// What to do.
+        #[command(subcommand)]
+        command: ProtoCommand,
+    },
+}
+
+/// `frontdesk proto` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ProtoCommand {
+    /// Fetch a gRPC server's descriptors through server reflection (v1, else v1alpha) and write
+    /// them as one encoded FileDescriptorSet (imports included, custom options such as
+    /// google.api.http kept). Prints the services and the file count to stderr.
+    Pull {
+        /// The server: `http://host:port` (h2c) or `https://host:port`.
+        #[arg(long = "reflect", value_name = "URL")]
+        url: String,
+        /// Where to write the FileDescriptorSet (replaced atomically).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// CA certificates (PEM) to trust for https, besides the system's.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        timeout: u64,
+    },
+}
+
+/// Runs a `frontdesk proto` subcommand.
+pub fn proto(command: ProtoCommand) -> anyhow::Result<()> {
+    match command {
+        ProtoCommand::Pull {
+            url,
+            output,
+            ca,
+            timeout,
+        } => proto_pull(&url, &output, ca.as_deref(), Duration::from_secs(timeout)),
+    }
+}
+
+fn proto_pull(
+    url: &str,
+    output: &Path,
+    ca: Option<&Path>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use frontdesk::grpc::reflect::{fetch, FetchOptions};
+    let ca_pem = ca
+        .map(|p| {
+            std::fs::read(p).with_context(|| format!("cannot read the CA file {}", p.display()))
+        })
+        .transpose()?;
+    let opts = FetchOptions {
+        timeout,
+        ca_pem,
+        ..FetchOptions::default()
+    };
+    let fetched = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(fetch(url, &opts))
+        .with_context(|| format!("reflection from {url}"))?;
+    write_atomic(output, &fetched.encoded)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    eprintln!(
+        "{} services, {} files (reflection {}) from {url} -> {}",
+        fetched.services.len(),
+        fetched.set.file.len(),
+        fetched.version,
+        output.display()
+    );
+    for s in &fetched.services {
+        eprintln!("  {s}");
+    }
+    Ok(())
+}
+
+/// Writes beside `path` and renames into place, so a reader never sees half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

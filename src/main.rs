@@ -86,6 +86,7 @@ fn main() -> ExitCode {
         Command::Run { config, pid_file } => run(&config, pid_file.as_deref()),
         Command::Reload { pid_file } => reload(&pid_file),
         Command::Demo { listen } => demo(&listen),
+        Command::Proto { command } => cli::proto(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@
 
 pub mod descriptors;
 pub mod frame;
+pub mod reflect;
 pub mod status;
 pub mod template;
 pub mod transcode;
