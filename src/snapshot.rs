@@ -356,6 +356,7 @@ impl Snapshot {
             scope: Scope::Global,
             metrics: metrics.clone(),
             route: None,
+            offline: !connect,
         };
         let mut global = ChainBuilder::new(env.clone());
         plugins::register_all(

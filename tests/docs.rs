@@ -138,9 +138,15 @@ fn at<'a>(mut v: &'a mut Value, path: &str) -> &'a mut Value {
     v
 }
 
-/// Writes a real certificate or key for every `.pem`, `.crt` or `.key` file the config names.
+/// Writes a real certificate or key for every `.pem`, `.crt` or `.key` file the config names,
+/// and the test gRPC service's descriptor set for every `.pb` file.
 fn write_pki(v: &Value, dir: &Path, key: &rcgen::KeyPair, cert: &rcgen::Certificate) {
     match v {
+        Value::String(s) if s.ends_with(".pb") => {
+            let p = dir.join(s.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, grpc_testsvc::DESCRIPTORS_ALL).expect("write descriptors");
+        }
         Value::String(s) if [".pem", ".crt", ".key"].iter().any(|e| s.ends_with(e)) => {
             let p = dir.join(s.trim_start_matches('/'));
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
@@ -162,7 +168,11 @@ fn write_pki(v: &Value, dir: &Path, key: &rcgen::KeyPair, cert: &rcgen::Certific
 /// generated there too.
 fn relocate(v: &mut Value) {
     match v {
-        Value::String(s) if [".pem", ".crt", ".key"].iter().any(|e| s.ends_with(e)) => {
+        Value::String(s)
+            if [".pem", ".crt", ".key", ".pb"]
+                .iter()
+                .any(|e| s.ends_with(e)) =>
+        {
             *s = s.trim_start_matches('/').to_string();
         }
         Value::Array(a) => a.iter_mut().for_each(relocate),

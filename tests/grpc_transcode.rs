@@ -72,7 +72,9 @@ async fn send(
 ) -> (u16, String, Value) {
     let mut rb = client().request(method, s.gw.url(path));
     if let Some(b) = body {
-        rb = rb.header("content-type", "application/json").body(b.to_string());
+        rb = rb
+            .header("content-type", "application/json")
+            .body(b.to_string());
     }
     let resp = rb.send().await.unwrap();
     let status = resp.status().as_u16();
@@ -97,7 +99,10 @@ async fn path_variables_bindings_bodies_queries_and_response_fields_map_to_messa
     assert_eq!(v["id"], "7");
     assert_eq!(v["shelf"], "s 1");
     assert_eq!(v["name"], "item-7");
-    assert_eq!(v["price"], json!({"currency": "EUR", "units": "700", "nanos": 5}));
+    assert_eq!(
+        v["price"],
+        json!({"currency": "EUR", "units": "700", "nanos": 5})
+    );
     assert_eq!(v["kind"], "KIND_BOOK");
     assert_eq!(v["created"], "2023-11-14T22:13:20Z");
     assert_eq!(v["stock"], json!({"x": 1}));
@@ -141,12 +146,21 @@ async fn path_variables_bindings_bodies_queries_and_response_fields_map_to_messa
     )
     .await;
     assert_eq!(st, 200, "{v}");
-    let ids: Vec<&str> = v.as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["3", "4", "5"]);
     assert_eq!(v[0]["name"], "q-3");
     // A JSON name works as a query key too.
     let (st, _, v) = get(&s, "/v1/search?query=z&filter.minUnits=500").await;
-    assert_eq!((st, v), (200, json!([])), "an empty list is still the answer");
+    assert_eq!(
+        (st, v),
+        (200, json!([])),
+        "an empty list is still the answer"
+    );
 
     // A `**` variable with a custom verb; bytes come back base64.
     let (st, _, v) = get(&s, "/v1/files/docs/a%20b/c.txt:read").await;
@@ -161,10 +175,25 @@ async fn bad_requests_get_4xx_problems_and_unknown_fields_are_refused_unless_ign
     let cases: Vec<(reqwest::Method, &str, Option<Value>, u16)> = vec![
         (reqwest::Method::GET, "/v1/search?nope=1", None, 400),
         (reqwest::Method::GET, "/v1/search?limit=many", None, 400),
-        (reqwest::Method::GET, "/v1/search?filter.kind=KIND_CAR", None, 400),
+        (
+            reqwest::Method::GET,
+            "/v1/search?filter.kind=KIND_CAR",
+            None,
+            400,
+        ),
         (reqwest::Method::GET, "/v1/shelves/s/items/seven", None, 400),
-        (reqwest::Method::POST, "/v1/echo", Some(json!({"nope": 1})), 400),
-        (reqwest::Method::POST, "/v1/echo", Some(json!(["not", "an", "object"])), 400),
+        (
+            reqwest::Method::POST,
+            "/v1/echo",
+            Some(json!({"nope": 1})),
+            400,
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/echo",
+            Some(json!(["not", "an", "object"])),
+            400,
+        ),
         (reqwest::Method::GET, "/v1/nothing/here", None, 404),
         (reqwest::Method::DELETE, "/v1/items/3", None, 405),
     ];
@@ -180,7 +209,11 @@ async fn bad_requests_get_4xx_problems_and_unknown_fields_are_refused_unless_ign
         calls_before,
         "refused requests never reach the service"
     );
-    let resp = client().delete(s.gw.url("/v1/items/3")).send().await.unwrap();
+    let resp = client()
+        .delete(s.gw.url("/v1/items/3"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["allow"], "GET, PATCH");
     // A body that is not JSON by its type.
     let resp = client()
@@ -202,7 +235,13 @@ async fn bad_requests_get_4xx_problems_and_unknown_fields_are_refused_unless_ign
     let (st, _, v) = get(&s, "/v1/search?nope=1&limit=1").await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v.as_array().unwrap().len(), 1);
-    let (st, _, _) = send(&s, reqwest::Method::POST, "/v1/echo", Some(json!({"nope": 1, "ratio": 0.5}))).await;
+    let (st, _, _) = send(
+        &s,
+        reqwest::Method::POST,
+        "/v1/echo",
+        Some(json!({"nope": 1, "ratio": 0.5})),
+    )
+    .await;
     assert_eq!(st, 200);
 }
 
@@ -242,7 +281,13 @@ async fn grpc_statuses_become_their_http_statuses_with_the_message_and_decoded_d
         assert_eq!(v["detail"], format!("failed ü {code}"));
     }
     // OK answers with the (empty) message.
-    let (st, _, v) = send(&s, reqwest::Method::POST, "/v1/fail", Some(json!({"code": 0}))).await;
+    let (st, _, v) = send(
+        &s,
+        reqwest::Method::POST,
+        "/v1/fail",
+        Some(json!({"code": 0})),
+    )
+    .await;
     assert_eq!((st, v), (200, json!({})));
 
     // `grpc-status-details-bin`: each detail decoded by its type, with `@type`.
@@ -291,7 +336,13 @@ async fn well_known_types_64_bit_integers_bytes_enums_and_any_round_trip() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v, msg);
     // Numbers for int64 are accepted on the way in; enums by number too.
-    let (st, _, v) = send(&s, reqwest::Method::POST, "/v1/echo", Some(json!({"big": 5, "kind": 2}))).await;
+    let (st, _, v) = send(
+        &s,
+        reqwest::Method::POST,
+        "/v1/echo",
+        Some(json!({"big": 5, "kind": 2})),
+    )
+    .await;
     assert_eq!((st, v), (200, json!({"big": "5", "kind": "KIND_TOOL"})));
     // An Any of a type the descriptors do not have is refused.
     let (st, _, _) = send(
@@ -312,7 +363,13 @@ async fn printing_options_emit_defaults_and_proto_names() {
         "        descriptors: { file: shop.pb }\n        emit_defaults: true\n        proto_names: true",
     )
     .await;
-    let (st, _, v) = send(&s, reqwest::Method::POST, "/v1/echo", Some(json!({"ratio": 0.5}))).await;
+    let (st, _, v) = send(
+        &s,
+        reqwest::Method::POST,
+        "/v1/echo",
+        Some(json!({"ratio": 0.5})),
+    )
+    .await;
     assert_eq!(st, 200);
     assert_eq!(v["big"], "0");
     assert_eq!(v["blob"], "");
@@ -341,7 +398,10 @@ async fn deadlines_come_from_grpc_timeout_or_the_upstream_timeout() {
     assert_eq!((st, v["sleptMs"].clone()), (200, json!(1)));
     let md = s.svc.last_metadata().unwrap();
     assert_eq!(md.get("grpc-timeout").unwrap().to_str().unwrap(), "2000m");
-    assert_eq!(md.get("content-type").unwrap().to_str().unwrap(), "application/grpc");
+    assert_eq!(
+        md.get("content-type").unwrap().to_str().unwrap(),
+        "application/grpc"
+    );
     assert_eq!(md.get("te").unwrap().to_str().unwrap(), "trailers");
 
     // The client's own grpc-timeout: the service gives up at it.
@@ -382,18 +442,33 @@ async fn server_streaming_arrives_message_by_message_as_ndjson_sse_or_an_array()
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
     let mut buf = String::new();
     read_until(&mut resp, &mut buf, "\n").await;
-    assert_eq!(buf.lines().count(), 1, "only the first message so far: {buf}");
+    assert_eq!(
+        buf.lines().count(),
+        1,
+        "only the first message so far: {buf}"
+    );
     let first: Value = serde_json::from_str(buf.lines().next().unwrap()).unwrap();
-    assert_eq!((first["id"].clone(), first["shelf"].clone()), (json!("1"), json!("a")));
+    assert_eq!(
+        (first["id"].clone(), first["shelf"].clone()),
+        (json!("1"), json!("a"))
+    );
     s.svc.release(1);
     read_until(&mut resp, &mut buf, "\"id\":\"2\"").await;
-    assert!(!buf.contains("\"id\":\"3\""), "the third is still held: {buf}");
+    assert!(
+        !buf.contains("\"id\":\"3\""),
+        "the third is still held: {buf}"
+    );
     s.svc.release(1);
     let rest = resp.text().await.unwrap();
     buf.push_str(&rest);
     let ids: Vec<String> = buf
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(ids, ["1", "2", "3"]);
 
@@ -440,7 +515,10 @@ async fn server_streaming_arrives_message_by_message_as_ndjson_sse_or_an_array()
         .text()
         .await
         .unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert_eq!(lines[2]["error"]["grpc_code"], "NOT_FOUND");
     assert_eq!(lines[2]["error"]["status"], 404);
@@ -463,20 +541,31 @@ async fn client_streaming_takes_newline_delimited_json_as_it_arrives() {
     let s = setup().await;
     // Lines split across chunks anywhere, blank lines skipped.
     let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
-        Ok(bytes::Bytes::from_static(b"{\"name\":\"a\",\"price\":{\"units\":\"1\"}}\n{\"na")),
-        Ok(bytes::Bytes::from_static(b"me\":\"b\",\"price\":{\"units\":\"2\"}}\n\n")),
-        Ok(bytes::Bytes::from_static(b"{\"name\":\"c\",\"price\":{\"units\":\"4\"}}")),
+        Ok(bytes::Bytes::from_static(
+            b"{\"name\":\"a\",\"price\":{\"units\":\"1\"}}\n{\"na",
+        )),
+        Ok(bytes::Bytes::from_static(
+            b"me\":\"b\",\"price\":{\"units\":\"2\"}}\n\n",
+        )),
+        Ok(bytes::Bytes::from_static(
+            b"{\"name\":\"c\",\"price\":{\"units\":\"4\"}}",
+        )),
     ];
     let resp = client()
         .post(s.gw.url("/v1/items:upload"))
         .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
-    assert_eq!(v, json!({"count": 3, "totalUnits": "7", "names": ["a", "b", "c"]}));
+    assert_eq!(
+        v,
+        json!({"count": 3, "totalUnits": "7", "names": ["a", "b", "c"]})
+    );
 
     // A bad line is the client's error.
     let resp = client()
@@ -500,8 +589,17 @@ async fn configured_rules_bind_methods_without_annotations() {
           - { selector: shop.v1.Legacy/Ping, get: "/legacy/ping/{msg}", response_body: msg }"#,
     )
     .await;
-    let (st, _, v) = send(&s, reqwest::Method::POST, "/legacy/ping", Some(json!({"msg": "hi", "times": 2}))).await;
-    assert_eq!((st, v), (200, json!({"msg": "hihi", "atUnix": "1700000000"})));
+    let (st, _, v) = send(
+        &s,
+        reqwest::Method::POST,
+        "/legacy/ping",
+        Some(json!({"msg": "hi", "times": 2})),
+    )
+    .await;
+    assert_eq!(
+        (st, v),
+        (200, json!({"msg": "hihi", "atUnix": "1700000000"}))
+    );
     let (st, _, v) = get(&s, "/legacy/ping/yo?times=3").await;
     assert_eq!((st, v), (200, json!("yoyoyo")));
     // `services:` leaves the annotated Shop out.
@@ -547,12 +645,20 @@ async fn a_changed_descriptor_file_is_picked_up_by_a_reload() {
     let s = setup().await;
     let (st, _, _) = get(&s, "/v1/hello/bob").await;
     assert_eq!(st, 404, "Extra is not in the first set");
-    std::fs::write(s.gw.dir.path().join("shop.pb"), grpc_testsvc::DESCRIPTORS_ALL).unwrap();
+    std::fs::write(
+        s.gw.dir.path().join("shop.pb"),
+        grpc_testsvc::DESCRIPTORS_ALL,
+    )
+    .unwrap();
     s.gw.gw.reload().await.unwrap();
     let (st, _, v) = get(&s, "/v1/hello/bob").await;
     assert_eq!((st, v), (200, json!({"greeting": "hello bob"})));
     // A broken file is refused by the reload and the running set stays.
-    std::fs::write(s.gw.dir.path().join("shop.pb"), b"\xff\xffnot a descriptor set").unwrap();
+    std::fs::write(
+        s.gw.dir.path().join("shop.pb"),
+        b"\xff\xffnot a descriptor set",
+    )
+    .unwrap();
     assert!(s.gw.gw.reload().await.is_err());
     let (st, _, _) = get(&s, "/v1/hello/ann").await;
     assert_eq!(st, 200);
@@ -588,4 +694,121 @@ async fn native_grpc_on_the_same_route_passes_untouched_and_http2_clients_transc
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["name"], "item-6");
+}
+
+async fn service_with(opts: grpc_testsvc::Options) -> grpc_testsvc::Handle {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    grpc_testsvc::serve_with(l, opts).await
+}
+
+#[tokio::test]
+async fn reflection_at_load_and_reload_keeps_the_last_good_set_when_a_fetch_fails() {
+    // The first service reflects Shop only (no Extra).
+    let first = service_with(grpc_testsvc::Options {
+        extra: false,
+        ..Default::default()
+    })
+    .await;
+    let plugin = "        descriptors: { reflect: true, timeout: 5s }";
+    let gw = gateway_in(tempfile::tempdir().unwrap(), &yaml(&first, "", plugin)).await;
+    let s = Setup { svc: first, gw };
+    let (st, _, v) = get(&s, "/v1/items/3").await;
+    assert_eq!((st, v["name"].clone()), (200, json!("item-3")));
+    assert_eq!(
+        (get(&s, "/v1/hello/x").await).0,
+        404,
+        "Extra was not reflected"
+    );
+    assert!(s.svc.calls("ServerReflectionInfo") >= 1);
+
+    // A new service with Extra: the reload fetches again and picks the change up.
+    let second = service().await;
+    s.gw.rewrite(&yaml(&second, "", plugin)).await;
+    let out = s.gw.gw.reload().await.unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let (st, _, v) = get(&s, "/v1/hello/x").await;
+    assert_eq!((st, v), (200, json!({"greeting": "hello x"})));
+
+    // A service without reflection: the reload goes through with a warning, and the set fetched
+    // before stays (the calls now go to the third service).
+    let third = service_with(grpc_testsvc::Options {
+        reflection: grpc_testsvc::Reflection::Off,
+        ..Default::default()
+    })
+    .await;
+    s.gw.rewrite(&yaml(&third, "", plugin)).await;
+    let out = s.gw.gw.reload().await.unwrap();
+    let warned: Vec<String> = out.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warned.iter().any(
+            |w| w.contains("routes[0].plugins.grpc_transcode.descriptors")
+                && w.contains(&third.url())
+                && w.contains("keeping the descriptors fetched before")
+        ),
+        "{warned:?}"
+    );
+    let (st, _, v) = get(&s, "/v1/hello/y").await;
+    assert_eq!((st, v), (200, json!({"greeting": "hello y"})));
+    assert_eq!(third.calls("Hello"), 1);
+    drop(second);
+}
+
+#[tokio::test]
+async fn a_first_load_without_reflection_is_refused_with_the_reason() {
+    let svc = service_with(grpc_testsvc::Options {
+        reflection: grpc_testsvc::Reflection::Off,
+        ..Default::default()
+    })
+    .await;
+    // An explicit url: its own source, never fetched before in this process.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("frontdesk.yaml");
+    let plugin = format!(
+        "        descriptors: {{ reflect: true, url: \"{}\", timeout: 5s }}",
+        svc.url()
+    );
+    std::fs::write(&path, yaml(&svc, "", &plugin)).unwrap();
+    let err = match frontdesk::Gateway::start(&path).await {
+        Ok(_) => panic!("started without descriptors"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("routes[0].plugins.grpc_transcode"), "{err}");
+    assert!(err.contains("reflection"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proto_pull_pins_reflected_descriptors_that_work_with_reflection_off() {
+    let reflecting = service().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pulled.pb");
+    let url = reflecting.url();
+    let out2 = out.clone();
+    let o = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_frontdesk"))
+            .args(["proto", "pull", "--reflect", &url, "-o"])
+            .arg(&out2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The pinned file, against a service that has no reflection at all.
+    let quiet = service_with(grpc_testsvc::Options {
+        reflection: grpc_testsvc::Reflection::Off,
+        ..Default::default()
+    })
+    .await;
+    let gw = gateway_in(
+        dir,
+        &yaml(&quiet, "", "        descriptors: { file: pulled.pb }"),
+    )
+    .await;
+    let s = Setup { svc: quiet, gw };
+    let (st, _, v) = get(&s, "/v1/shelves/s/items/2").await;
+    assert_eq!((st, v["price"]["units"].clone()), (200, json!("200")));
+    let (st, _, v) = get(&s, "/v1/hello/pin").await;
+    assert_eq!((st, v["greeting"].clone()), (200, json!("hello pin")));
+    assert_eq!(s.svc.calls("ServerReflectionInfo"), 0);
 }

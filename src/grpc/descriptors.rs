@@ -67,3 +67,97 @@ pub fn source(url: Option<&str>, upstream: Option<&str>) -> Option<String> {
         (None, None) => None,
     }
 }
+
+/// Fetches, by server reflection, the descriptors of every `grpc_transcode` in `cfg` that says
+/// `reflect: true`, once per source, and records them for the build that follows. Returns
+/// warnings: a failed fetch keeps the last set from that source (a source that never answered
+/// leaves the build to refuse the plugin, with the fetch's error).
+pub async fn prefetch(cfg: &frontdesk_config::Config) -> Vec<frontdesk_config::Diagnostic> {
+    use frontdesk_config::{Diagnostic, FieldPath, PluginsConfig};
+
+    // (where, source, url, CA file, timeout)
+    type Wanted = (String, String, String, Option<String>, std::time::Duration);
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut consider = |p: &PluginsConfig, at: FieldPath, upstream: Option<&str>| {
+        let Some(g) = p.grpc_transcode.as_ref().filter(|g| g.descriptors.reflect) else {
+            return;
+        };
+        let Some(source) = source(g.descriptors.url.as_deref(), upstream) else {
+            return;
+        };
+        if wanted.iter().any(|w| w.1 == source) {
+            return;
+        }
+        let up = upstream.and_then(|u| cfg.upstreams.get(u));
+        let url = match (&g.descriptors.url, up) {
+            (Some(u), _) => u.clone(),
+            (None, Some(up)) => match up.targets.first() {
+                Some(t) => t.url.clone(),
+                None => return,
+            },
+            (None, None) => return,
+        };
+        let ca = up.and_then(|u| u.tls.as_ref()).and_then(|t| t.ca.clone());
+        wanted.push((
+            at.key("grpc_transcode").key("descriptors").to_string(),
+            source,
+            url,
+            ca,
+            g.descriptors.timeout.get(),
+        ));
+    };
+    let root = FieldPath::root();
+    consider(&cfg.plugins, root.key("plugins"), None);
+    for (i, r) in cfg.routes.iter().enumerate() {
+        consider(
+            &r.plugins,
+            root.key("routes").index(i).key("plugins"),
+            r.upstream.as_deref(),
+        );
+    }
+    for (i, pr) in cfg.profiles.iter().enumerate() {
+        let at = root.key("profiles").index(i);
+        consider(&pr.plugins, at.key("plugins"), None);
+        for (j, r) in pr.routes.iter().enumerate() {
+            consider(
+                &r.plugins,
+                at.key("routes").index(j).key("plugins"),
+                r.upstream.as_deref(),
+            );
+        }
+    }
+    let mut warnings = Vec::new();
+    for (at, source, url, ca, timeout) in wanted {
+        let mut opts = super::reflect::FetchOptions {
+            timeout,
+            ..Default::default()
+        };
+        if let Some(ca) = ca {
+            match std::fs::read(&ca) {
+                Ok(pem) => opts.ca_pem = Some(pem),
+                Err(e) => {
+                    warnings.push(Diagnostic::warning(at, format!("reading the CA {ca}: {e}")));
+                    continue;
+                }
+            }
+        }
+        let outcome = match super::reflect::fetch(&url, &opts).await {
+            Ok(f) => decode(&f.encoded).map(|pool| {
+                tracing::info!(source = %source, url = %url, services = ?f.services, version = f.version, "descriptors fetched by reflection");
+                pool
+            }),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &outcome {
+            let had = reflected(&source).is_ok();
+            if had {
+                warnings.push(Diagnostic::warning(
+                    at,
+                    format!("reflection from {url} failed ({e}); keeping the descriptors fetched before"),
+                ));
+            }
+        }
+        record(&source, outcome);
+    }
+    warnings
+}

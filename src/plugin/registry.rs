@@ -31,6 +31,9 @@ pub struct BuildEnv {
     /// Where a route-scoped plugin's route sends requests (`None` for global plugins and
     /// routes without an upstream).
     pub route_target: Option<RouteTarget>,
+    /// True when the config is only being checked (`frontdesk validate`, `POST
+    /// /config/validate`): nothing was fetched for it, and nothing should be.
+    pub offline: bool,
 }
 
 /// A route's upstream, as a plugin that calls it on the route's behalf needs it.
@@ -63,6 +66,7 @@ impl Default for BuildEnv {
             upstreams: Arc::default(),
             cache: None,
             route_target: None,
+            offline: false,
         }
     }
 }

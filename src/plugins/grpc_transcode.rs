@@ -53,7 +53,12 @@ impl PluginFactory for GrpcTranscode {
             (None, true) => {
                 let source = descriptors::source(cfg.descriptors.url.as_deref(), upstream)
                     .ok_or("descriptors: reflect without url needs a route with an upstream")?;
-                descriptors::reflected(&source).map_err(|e| format!("descriptors: {e}"))?
+                match descriptors::reflected(&source) {
+                    Ok(pool) => pool,
+                    // A check fetches nothing: the bindings are checked when the config loads.
+                    Err(_) if env.offline => return Ok(Arc::new(Offline)),
+                    Err(e) => return Err(format!("descriptors: {e}")),
+                }
             }
             (None, false) => return Err("descriptors: needs file or reflect: true".into()),
         };
@@ -83,6 +88,16 @@ impl PluginFactory for GrpcTranscode {
             stream_format: cfg.stream_format,
             max_message,
         }))
+    }
+}
+
+/// What a config check builds for a transcoder whose descriptors come by reflection: never
+/// serves (checks build snapshots that never go live).
+struct Offline;
+
+impl Plugin for Offline {
+    fn kind(&self) -> &'static str {
+        "grpc_transcode"
     }
 }
 
@@ -123,7 +138,9 @@ fn is_grpc(h: &HeaderMap) -> bool {
         })
 }
 
-/// The request's JSON content type is acceptable (absent, JSON, NDJSON, or `+json`).
+/// The request's body may be JSON by its content type: anything but a type that names another
+/// format (XML, multipart, binary). `curl -d` sends `application/x-www-form-urlencoded`, so
+/// that one is read as JSON too.
 fn json_body(h: &HeaderMap) -> bool {
     let Some(ct) = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return true;
@@ -134,12 +151,11 @@ fn json_body(h: &HeaderMap) -> bool {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    t.is_empty()
-        || t == "application/json"
-        || t == "application/x-ndjson"
-        || t == "application/jsonl"
-        || t.ends_with("+json")
-        || t == "text/plain"
+    !(t.ends_with("/xml")
+        || t.ends_with("+xml")
+        || t.starts_with("multipart/")
+        || t == "application/octet-stream"
+        || t.contains("protobuf"))
 }
 
 fn refusal(e: TranscodeError) -> PluginError {

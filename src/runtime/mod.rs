@@ -78,6 +78,10 @@ impl Gateway {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
+        // Descriptors by gRPC server reflection are fetched before the (synchronous) build.
+        for w in crate::grpc::descriptors::prefetch(&loaded.config).await {
+            tracing::warn!("{w}");
+        }
         let (snap, warnings) = Snapshot::build(loaded.config, None).map_err(StartError::Config)?;
         for w in &warnings {
             tracing::warn!("{w}");

@@ -338,7 +338,9 @@ async fn apply_locked(
 ) -> Result<ReloadOutcome, ApplyError> {
     let loaded = load_text(&gw.config_path, &text)?;
     let current = gw.live.load_full();
+    let fetched = crate::grpc::descriptors::prefetch(&loaded.config).await;
     let (snap, mut warnings) = Snapshot::build(loaded.config, Some(&current))?;
+    warnings.extend(fetched);
     warnings.extend(loaded.warnings);
     warnings.extend(restart_warnings(&current.config, &snap.config));
 
