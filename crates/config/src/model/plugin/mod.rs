@@ -6,6 +6,7 @@ mod access;
 mod auth;
 mod cache;
 mod compression;
+mod grpc_web;
 mod headers;
 mod limits;
 mod respond;
@@ -25,6 +26,7 @@ pub use compression::{
     default_content_types, CompressionConfig, CompressionLevels, ContentCoding,
     RequestDecompression, LEVELS as COMPRESSION_LEVELS,
 };
+pub use grpc_web::GrpcWebConfig;
 pub use headers::{HeaderOps, HeadersConfig};
 pub use limits::{
     ConcurrencyConfig, LimitConfig, LimitHeaders, LimitOverride, LimitStore, OnStoreError,
@@ -90,6 +92,10 @@ pub struct PluginsConfig {
     /// templates (docs/transforms.md).
     #[serde(default)]
     pub transform: Option<TransformConfig>,
+    /// gRPC-Web clients (browsers) to a gRPC upstream: binary and base64 text requests become
+    /// gRPC, answers and their trailers come back as gRPC-Web (docs/grpc.md).
+    #[serde(default)]
+    pub grpc_web: Option<GrpcWebConfig>,
     /// Plugins built into a binary that embeds Frontdesk as a library, by kind, each with its
     /// own config (docs/plugins.md, "Custom plugins"). The stock binary has none: a kind here is
     /// an error unless the binary registered it. Shown redacted by the admin API (every string).
