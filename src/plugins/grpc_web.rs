@@ -337,7 +337,7 @@ impl Plugin for GrpcWeb {
         let converted = resp
             .headers
             .get(CONTENT_TYPE)
-            .and_then(|v| parse_content_type(v))
+            .and_then(parse_content_type)
             .is_some();
         // Not a gRPC answer (left as it was), or trailers-only: nothing to convert.
         if !converted || resp.headers.contains_key("grpc-status") {
@@ -363,6 +363,53 @@ mod tests {
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).expect("value")
+    }
+
+    fn load(protocol: &str, plugin: &str) -> frontdesk_config::Loaded {
+        let text = format!(
+            "version: 1\nupstreams:\n  g:\n    targets: [{{ url: \"http://127.0.0.1:9\" }}]\n    \
+             protocol: {protocol}\nroutes:\n  - name: r\n    match: {{ paths: [\"/\"] }}\n    \
+             upstream: g\n    plugins:\n      grpc_web: {plugin}\n"
+        );
+        frontdesk_config::load_str(&text, &|_| None).expect("valid")
+    }
+
+    #[test]
+    fn config_defaults_fields_and_the_http1_upstream_warning() {
+        let l = load("h2c", "{}");
+        let cfg = l.config.routes[0]
+            .plugins
+            .grpc_web
+            .clone()
+            .expect("configured");
+        assert_eq!(cfg, GrpcWebConfig::default());
+        assert!(cfg.text && cfg.expose_headers);
+        assert!(
+            !l.warnings
+                .iter()
+                .any(|w| w.to_string().contains("grpc_web")),
+            "{:?}",
+            l.warnings
+        );
+        let l = load("h2c", "{ text: false, expose_headers: false }");
+        let cfg = l.config.routes[0]
+            .plugins
+            .grpc_web
+            .clone()
+            .expect("configured");
+        assert!(!cfg.text && !cfg.expose_headers);
+        let l = load("http1", "{}");
+        let w: Vec<String> = l.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            w.iter()
+                .any(|w| w.contains("routes[0].plugins.grpc_web") && w.contains("HTTP/2")),
+            "{w:?}"
+        );
+        let text = "version: 1\nplugins:\n  grpc_web: { nope: 1 }\n";
+        assert!(
+            frontdesk_config::load_str(text, &|_| None).is_err(),
+            "unknown fields are errors"
+        );
     }
 
     #[test]
