@@ -142,9 +142,8 @@ pub async fn prefetch(cfg: &frontdesk_config::Config) -> Vec<frontdesk_config::D
             }
         }
         let outcome = match super::reflect::fetch(&url, &opts).await {
-            Ok(f) => decode(&f.encoded).map(|pool| {
+            Ok(f) => decode(&f.encoded).inspect(|_| {
                 tracing::info!(source = %source, url = %url, services = ?f.services, version = f.version, "descriptors fetched by reflection");
-                pool
             }),
             Err(e) => Err(e.to_string()),
         };

@@ -232,7 +232,7 @@ impl Transcoder {
         let query = query.filter(|q| !q.is_empty() && b.body != BodyField::All);
         let msg = if call.vars.is_empty() && query.is_none() && b.body == BodyField::All {
             // The common POST: straight from the bytes, no JSON tree in between.
-            self.from_json_bytes(input, body)?
+            self.message_of_json(input, body)?
         } else {
             let mut tree = Map::new();
             match &b.body {
@@ -272,11 +272,11 @@ impl Transcoder {
 
     /// One message of a client-streaming call, from one line of newline-delimited JSON.
     pub fn stream_message(&self, call: &Call, line: &[u8]) -> Result<Bytes, TranscodeError> {
-        let msg = self.from_json_bytes(call.binding.method.input(), line.trim_ascii())?;
+        let msg = self.message_of_json(call.binding.method.input(), line.trim_ascii())?;
         self.framed(&msg)
     }
 
-    fn from_json_bytes(
+    fn message_of_json(
         &self,
         desc: MessageDescriptor,
         body: &[u8],

@@ -1,8 +1,9 @@
 //! The plugins that ship with Frontdesk, one file per kind, and the one explicit list of them
 //! ([`limiting`] holds what the limit kinds share).
 //!
-//! Kind order on the request (lower first): access and authentication 100s, limits 200s-300s,
-//! transforms 500s, terminal answers 900s. See docs/plugins.md.
+//! Kind order on the request (lower first): gRPC-Web translation 90, access and authentication
+//! 100s, limits 200s-300s, transforms 500s, the cache 800, REST-to-gRPC transcoding 850, terminal
+//! answers 900s. See docs/plugins.md.
 
 pub mod acl;
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod compression;
 pub mod concurrency;
 pub mod cors;
 pub mod grpc_transcode;
+pub mod grpc_web;
 pub mod headers;
 pub mod ip_filter;
 pub mod jwt;
@@ -32,6 +34,7 @@ use crate::plugin::{ChainBuilder, PluginChain, Scope};
 
 /// Builds every configured plugin of one scope into `b`. Adding a kind means one line here.
 pub fn register_all(b: &mut ChainBuilder, cfg: &PluginsConfig, scope: Scope, at: &FieldPath) {
+    b.add::<grpc_web::GrpcWeb>(cfg.grpc_web.as_ref(), scope, at);
     b.add::<ip_filter::IpFilter>(cfg.ip_filter.as_ref(), scope, at);
     b.add::<cors::Cors>(cfg.cors.as_ref(), scope, at);
     b.add::<key_auth::KeyAuth>(cfg.key_auth.as_ref(), scope, at);

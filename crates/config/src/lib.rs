@@ -30,8 +30,9 @@ pub use model::plugin::{
     RequestDecompression, COMPRESSION_LEVELS,
 };
 pub use model::plugin::{
-    AclConfig, BasicAuthConfig, ClientCertConfig, CorsConfig, HeaderOps, HeadersConfig,
-    IpFilterConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig, RequestSizeConfig, RespondConfig,
+    AclConfig, BasicAuthConfig, ClientCertConfig, CorsConfig, GrpcWebConfig, HeaderOps,
+    HeadersConfig, IpFilterConfig, JwtConfig, JwtIssuerConfig, KeyAuthConfig, RequestSizeConfig,
+    RespondConfig,
 };
 pub use model::plugin::{
     CacheConfig, CacheLockConfig, CacheStoresConfig, CacheTier, MemoryTierConfig, RedisTierConfig,

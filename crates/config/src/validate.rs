@@ -398,6 +398,7 @@ fn check_routed<'c>(
             "`cors` is already configured globally; set it on the routes or globally, not both",
         ));
     }
+    check_grpc_web_upstream(cfg, r, at, out);
     if !pos.broken.redis {
         check_limit_stores(cfg, &r.plugins, &at.key("plugins"), out);
     }
@@ -595,6 +596,30 @@ fn check_redis(cfg: &Config, out: &mut Vec<Diagnostic>) {
                 "set `url` for one server or `cluster` for a Redis Cluster, not both",
             ));
         }
+    }
+}
+
+/// A route's own `grpc_web` sends gRPC, which needs an HTTP/2 upstream (`protocol: h2c` or
+/// `h2`): over HTTP/1.1 the upstream never sees the trailers it answers with. A warning, since
+/// the route may also serve plain HTTP (a global `grpc_web` is not checked: it applies to every
+/// route, and acts only on gRPC-Web requests).
+fn check_grpc_web_upstream(
+    cfg: &Config,
+    r: &RouteConfig,
+    at: &FieldPath,
+    out: &mut Vec<Diagnostic>,
+) {
+    if r.plugins.grpc_web.is_none() {
+        return;
+    }
+    let Some(up) = r.upstream.as_ref().and_then(|u| cfg.upstreams.get(u)) else {
+        return;
+    };
+    if up.protocol == UpstreamProtocol::Http1 {
+        out.push(Diagnostic::warning(
+            at.key("plugins").key("grpc_web").to_string(),
+            "gRPC needs an HTTP/2 upstream: set `protocol: h2c` or `h2` on the route's upstream",
+        ));
     }
 }
 

@@ -7,6 +7,7 @@ mod auth;
 mod cache;
 mod compression;
 mod grpc;
+mod grpc_web;
 mod headers;
 mod limits;
 mod respond;
@@ -27,6 +28,7 @@ pub use compression::{
     RequestDecompression, LEVELS as COMPRESSION_LEVELS,
 };
 pub use grpc::{DescriptorSource, GrpcTranscodeConfig, HttpRuleConfig, StreamFormat};
+pub use grpc_web::GrpcWebConfig;
 pub use headers::{HeaderOps, HeadersConfig};
 pub use limits::{
     ConcurrencyConfig, LimitConfig, LimitHeaders, LimitOverride, LimitStore, OnStoreError,
@@ -95,6 +97,10 @@ pub struct PluginsConfig {
     /// Expose gRPC methods as JSON over HTTP (docs/grpc.md).
     #[serde(default)]
     pub grpc_transcode: Option<GrpcTranscodeConfig>,
+    /// gRPC-Web clients (browsers) to a gRPC upstream: binary and base64 text requests become
+    /// gRPC, answers and their trailers come back as gRPC-Web (docs/grpc.md).
+    #[serde(default)]
+    pub grpc_web: Option<GrpcWebConfig>,
     /// Plugins built into a binary that embeds Frontdesk as a library, by kind, each with its
     /// own config (docs/plugins.md, "Custom plugins"). The stock binary has none: a kind here is
     /// an error unless the binary registered it. Shown redacted by the admin API (every string).
