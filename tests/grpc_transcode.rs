@@ -812,3 +812,31 @@ async fn proto_pull_pins_reflected_descriptors_that_work_with_reflection_off() {
     assert_eq!((st, v["greeting"].clone()), (200, json!("hello pin")));
     assert_eq!(s.svc.calls("ServerReflectionInfo"), 0);
 }
+
+#[tokio::test]
+async fn explain_names_the_grpc_method_a_request_becomes() {
+    let s = setup().await;
+    let text = common::explain_cli(&s.gw.path(), &["GET", "/v1/shelves/a/watch"]);
+    assert!(
+        text.contains("transcoded to gRPC /shop.v1.Shop/WatchItems (binding GET /v1/shelves/{shelf}/watch, server streaming)"),
+        "{text}"
+    );
+    let text = common::explain_cli(&s.gw.path(), &["DELETE", "/v1/items/1"]);
+    assert!(
+        text.contains("405: the path is bound to GET, PATCH only"),
+        "{text}"
+    );
+    let text = common::explain_cli(
+        &s.gw.path(),
+        &[
+            "POST",
+            "/shop.v1.Shop/GetItem",
+            "-H",
+            "content-type: application/grpc",
+        ],
+    );
+    assert!(
+        text.contains("gRPC request: passed through untouched"),
+        "{text}"
+    );
+}

@@ -121,6 +121,11 @@ pub const DURATIONS: &[(&str, Duration, Duration)] = &[
         POSITIVE,
         Duration::from_secs(10),
     ),
+    (
+        "plugins.grpc_transcode.descriptors.timeout",
+        POSITIVE,
+        Duration::from_secs(300),
+    ),
     ("plugins.cache.default_ttl", Duration::ZERO, YEAR),
     ("plugins.cache.max_ttl", POSITIVE, YEAR),
     ("plugins.cache.stale_while_revalidate", Duration::ZERO, YEAR),
