@@ -81,9 +81,11 @@ measure_row() {
         err=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
             /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")
     else
-        reqs=$(awk '/^requests:/ {print $6}' "$out")
+        # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+        # "status codes: N 2xx, N 3xx, N 4xx, N 5xx"
+        reqs=$(awk '/^requests:/ {print $8}' "$out")
         rps=$(awk '/^finished in/ {print $4}' "$out")
-        err=$(awk '/^requests:/ {print $10 + $12 + $14} /^status codes:/ {n = $4 + $6 + $8} END {print n + 0}' "$out")
+        err=$(awk '/^requests:/ {n += $10 + $12 + $14} /^status codes:/ {n += $5 + $7 + $9} END {print n + 0}' "$out")
     fi
     [[ -n $reqs && $reqs -gt 0 ]] || die "$row round $rnd: no requests completed, see $out"
     secs=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz}')
