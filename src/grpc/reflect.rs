@@ -681,23 +681,11 @@ impl Exchange {
 
 /// The error a `grpc-status` header or trailer carries, if it is not OK.
 fn status_error(headers: &http::HeaderMap, request: &str) -> Option<ReflectError> {
-    let code = headers.get("grpc-status")?;
-    let code: u32 = code.to_str().ok().and_then(|c| c.parse().ok()).unwrap_or(2);
-    if code == 0 {
-        return None;
-    }
-    let message = headers
-        .get("grpc-message")
-        .map(|m| {
-            percent_encoding::percent_decode(m.as_bytes())
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .unwrap_or_default();
+    let s = super::status::GrpcStatus::from_headers(headers).filter(|s| s.code != 0)?;
     Some(ReflectError::Status {
         request: request.to_string(),
-        code,
-        message,
+        code: s.code,
+        message: s.message,
     })
 }
 
