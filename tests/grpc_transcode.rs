@@ -840,3 +840,16 @@ async fn explain_names_the_grpc_method_a_request_becomes() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_service_is_a_problem_for_json_clients() {
+    let s = setup().await;
+    let Setup { svc, gw } = s;
+    svc.shutdown().await;
+    let resp = client().get(gw.url("/v1/items/1")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], 502);
+    assert!(v["detail"].as_str().unwrap().contains("upstream"), "{v}");
+}
