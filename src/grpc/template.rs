@@ -332,3 +332,26 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod never_panics {
+    use super::Template;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Hostile templates (config) and paths (requests): an error or a match, never a panic.
+        #[test]
+        fn parsing_and_matching_arbitrary_input(
+            t in "(/|\\{|\\}|\\*|=|:|\\.|%|[a-zé_0-9]){0,24}",
+            p in "(/|:|%|%2F|%zz|\\*|[a-zé0-9]){0,24}",
+        ) {
+            if let Ok(tpl) = Template::parse(&t) {
+                let _ = tpl.matches(&p);
+                let _ = tpl.specificity();
+            }
+            for fixed in ["/v1/{a}/x/{b.c=**}:go", "/v1/{name=s/*}/b", "/**", "/{x}"] {
+                let _ = Template::parse(fixed).map(|tpl| tpl.matches(&p));
+            }
+        }
+    }
+}

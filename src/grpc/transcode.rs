@@ -690,3 +690,91 @@ fn scalar_of_kind(kind: &Kind, raw: &str) -> Result<Json, String> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn transcoder() -> Transcoder {
+        let pool = DescriptorPool::decode(grpc_testsvc::DESCRIPTORS_ALL).expect("descriptors");
+        Transcoder::new(
+            pool,
+            &[],
+            &[],
+            Options {
+                ignore_unknown_fields: false,
+                emit_defaults: false,
+                proto_names: false,
+                max_message: 1 << 16,
+            },
+        )
+        .expect("bindings")
+    }
+
+    #[test]
+    fn the_most_specific_binding_wins_and_methods_are_told_apart() {
+        let tc = transcoder();
+        let Lookup::Found(c) = tc.lookup(&Method::POST, "/v1/items:upload") else {
+            panic!("upload is bound");
+        };
+        assert_eq!(c.binding.grpc_path, "/shop.v1.Shop/UploadItems");
+        let Lookup::MethodNotAllowed(m) = tc.lookup(&Method::PUT, "/v1/items/3") else {
+            panic!("405");
+        };
+        assert_eq!(m, [Method::GET, Method::PATCH]);
+        assert!(matches!(tc.lookup(&Method::GET, "/nope"), Lookup::NotFound));
+    }
+
+    #[test]
+    fn the_stream_writer_frames_each_format() {
+        let mut w = StreamWriter::new(StreamFormat::JsonArray);
+        let mut out = Vec::new();
+        out.extend_from_slice(&w.item(b"{\"a\":1}"));
+        out.extend_from_slice(&w.item(b"{\"a\":2}"));
+        out.extend_from_slice(&w.error(&serde_json::json!({"status": 500})));
+        out.extend_from_slice(&w.end());
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("one array");
+        assert_eq!(v[2]["error"]["status"], 500);
+        let mut w = StreamWriter::new(StreamFormat::Sse);
+        assert_eq!(&w.item(b"{}")[..], b"data: {}\n\n");
+        assert_eq!(
+            stream_format(
+                Some(&http::HeaderValue::from_static("text/html, */*")),
+                StreamFormat::Sse
+            ),
+            StreamFormat::Sse
+        );
+        assert_eq!(
+            stream_format(
+                Some(&http::HeaderValue::from_static("application/json;q=0.9")),
+                StreamFormat::Ndjson
+            ),
+            StreamFormat::JsonArray
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Hostile requests and upstream bytes: a refusal or a message, never a panic.
+        #[test]
+        fn arbitrary_requests_and_responses_never_panic(
+            path in "/v1/(items|shelves|search|files|echo|fail|slow|hello)(/[a-z0-9%:.]{0,6}){0,4}",
+            query in "([a-z_.A-Z]{1,12}=[a-zA-Z0-9%_-]{0,8}&?){0,5}",
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            json in "\\{(\"[a-zA-Z_]{1,8}\":(\"[a-z0-9]*\"|-?[0-9]{1,20}|true|null|\\[\\]|\\{\\}),?){0,4}\\}",
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let tc = transcoder();
+            for m in [Method::GET, Method::POST, Method::PATCH] {
+                if let Lookup::Found(call) = tc.lookup(&m, &path) {
+                    let _ = tc.request(&call, Some(&query), &body);
+                    let _ = tc.request(&call, Some(&query), json.as_bytes());
+                    let _ = tc.stream_message(&call, json.as_bytes());
+                    let _ = tc.response(&call, &bytes);
+                }
+            }
+        }
+    }
+}
