@@ -853,3 +853,36 @@ async fn an_unreachable_service_is_a_problem_for_json_clients() {
     assert_eq!(v["status"], 502);
     assert!(v["detail"].as_str().unwrap().contains("upstream"), "{v}");
 }
+
+#[tokio::test]
+async fn max_message_size_caps_bodies_both_ways() {
+    let s = setup_with(
+        grpc_testsvc::DESCRIPTORS_SHOP,
+        "",
+        "        descriptors: { file: shop.pb }\n        max_message_size: 64B",
+    )
+    .await;
+    // A small call whose answer fits.
+    let (st, _, v) = send(
+        &s,
+        reqwest::Method::POST,
+        "/v1/echo",
+        Some(json!({"ratio": 0.5})),
+    )
+    .await;
+    assert_eq!((st, v), (200, json!({"ratio": 0.5})));
+    // A JSON body over the cap: 413, and the service never sees it.
+    let before = s.svc.calls("Echo");
+    let (st, ct, _) = send(
+        &s,
+        reqwest::Method::POST,
+        "/v1/echo",
+        Some(json!({"note": "x".repeat(100)})),
+    )
+    .await;
+    assert_eq!((st, ct.as_str()), (413, "application/problem+json"));
+    assert_eq!(s.svc.calls("Echo"), before);
+    // An answer over the cap (GetItem's Item is over 64 bytes): 502.
+    let (st, _, _) = get(&s, "/v1/items/7").await;
+    assert_eq!(st, 502);
+}

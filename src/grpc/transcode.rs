@@ -631,21 +631,20 @@ fn scalar(f: &FieldDescriptor, raw: &str) -> Result<Json, FieldError> {
 }
 
 fn scalar_of_kind(kind: &Kind, raw: &str) -> Result<Json, String> {
-    let num = |r: Result<Json, String>| r;
     match kind {
         Kind::Bool => match raw {
             "true" | "1" => Ok(Json::Bool(true)),
             "false" | "0" => Ok(Json::Bool(false)),
             _ => Err(format!("{raw:?} is not a boolean")),
         },
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => num(raw
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => raw
             .parse::<i32>()
             .map(Json::from)
-            .map_err(|_| format!("{raw:?} is not a 32-bit integer"))),
-        Kind::Uint32 | Kind::Fixed32 => num(raw
+            .map_err(|_| format!("{raw:?} is not a 32-bit integer")),
+        Kind::Uint32 | Kind::Fixed32 => raw
             .parse::<u32>()
             .map(Json::from)
-            .map_err(|_| format!("{raw:?} is not an unsigned 32-bit integer"))),
+            .map_err(|_| format!("{raw:?} is not an unsigned 32-bit integer")),
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => raw
             .parse::<i64>()
             .map(|_| Json::String(raw.to_string()))

@@ -17,7 +17,7 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::body::{Body, BodyFrame};
-use crate::grpc::frame::{Decoder, FrameError};
+use crate::grpc::frame::Decoder;
 use crate::grpc::status::GrpcStatus;
 use crate::grpc::transcode::{self, Call, Lookup, StreamWriter, TranscodeError, Transcoder};
 use crate::grpc::{descriptors, status};
@@ -641,11 +641,5 @@ impl BodyFilter for StreamOut {
             out.push_data(self.out.end());
         }
         Ok(())
-    }
-}
-
-impl From<FrameError> for TranscodeError {
-    fn from(e: FrameError) -> Self {
-        TranscodeError::Response(e.to_string())
     }
 }
