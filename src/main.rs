@@ -116,6 +116,19 @@ fn validate(path: &Path) -> ExitCode {
             let upstreams = loaded.config.upstreams.len();
             let listeners = loaded.config.listeners.len();
             print(&loaded.warnings);
+            // Descriptors by gRPC server reflection are fetched as a load fetches them, so
+            // `validate` says whether the config would load.
+            let fetched = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(frontdesk::grpc::descriptors::prefetch(&loaded.config)),
+                Err(e) => {
+                    eprintln!("error: cannot start a runtime to fetch descriptors: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            print(&fetched);
             match Snapshot::build(loaded.config, None) {
                 Err(errs) => {
                     print(&errs);
@@ -126,7 +139,7 @@ fn validate(path: &Path) -> ExitCode {
                     println!(
                         "{}: ok ({listeners} listeners, {upstreams} upstreams, {routes} routes, {} warnings)",
                         path.display(),
-                        loaded.warnings.len() + warnings.len()
+                        loaded.warnings.len() + fetched.len() + warnings.len()
                     );
                     ExitCode::SUCCESS
                 }

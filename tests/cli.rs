@@ -207,10 +207,20 @@ fn validate_accepts_every_example() {
         files.len() >= 2,
         "expected at least contract.yaml and demo.yaml, found {files:?}"
     );
+    // examples/grpc.yaml fetches its descriptors by reflection, as a load would: a real service.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let svc = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        grpc_testsvc::serve(l).await
+    });
+    let shop = svc.url();
     let env = [
         ("USERS_1", "http://127.0.0.1:1"),
         ("USERS_2", "http://127.0.0.1:1"),
         ("ORDERS", "http://127.0.0.1:1"),
+        ("SHOP_GRPC", shop.as_str()),
     ];
     for file in &files {
         let p = file.to_str().expect("utf-8 path");
@@ -1117,4 +1127,25 @@ async fn demo_serves_status_users_and_a_problem_404() {
             "no access-log line for {path}: {tour}"
         );
     }
+}
+
+#[test]
+fn validate_fetches_reflected_descriptors_as_a_load_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("grpc.yaml");
+    let text = std::fs::read_to_string(examples_dir().join("grpc.yaml")).expect("example");
+    std::fs::write(&path, text).expect("write");
+    let p = path.to_str().expect("utf-8 path");
+    // Nothing listens there: the config would not load, and validate says why.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let out = run_cli(&["validate", "-c", p], &[("SHOP_GRPC", url.as_str())], &[]);
+    assert_ne!(out.code, Some(0), "{}", out.both());
+    assert!(
+        out.stderr.contains("routes[0].plugins.grpc_transcode")
+            && out.stderr.contains("reflection"),
+        "{}",
+        out.both()
+    );
 }

@@ -31,8 +31,8 @@ pub struct BuildEnv {
     /// Where a route-scoped plugin's route sends requests (`None` for global plugins and
     /// routes without an upstream).
     pub route_target: Option<RouteTarget>,
-    /// True when the config is only being checked (`frontdesk validate`, `POST
-    /// /config/validate`): nothing was fetched for it, and nothing should be.
+    /// True when the config is only being checked (`POST /config/validate`, the salvage check
+    /// of a refused file): nothing was fetched for it, and nothing should be.
     pub offline: bool,
 }
 
