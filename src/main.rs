@@ -116,15 +116,11 @@ fn validate(path: &Path) -> ExitCode {
             let upstreams = loaded.config.upstreams.len();
             let listeners = loaded.config.listeners.len();
             print(&loaded.warnings);
-            // Descriptors by gRPC server reflection are fetched as a load fetches them, so
-            // `validate` says whether the config would load.
-            let fetched = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(frontdesk::grpc::descriptors::prefetch(&loaded.config)),
+            // So that `validate` says whether the config would load.
+            let fetched = match fetch_descriptors(&loaded.config) {
+                Ok(w) => w,
                 Err(e) => {
-                    eprintln!("error: cannot start a runtime to fetch descriptors: {e}");
+                    eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }
             };
@@ -148,6 +144,17 @@ fn validate(path: &Path) -> ExitCode {
     }
 }
 
+/// Fetches the descriptors that `grpc_transcode` plugins take by gRPC server reflection, as a
+/// load does before its (synchronous) build, on a runtime of its own that ends with the fetch.
+/// Returns the fetch's warnings.
+fn fetch_descriptors(cfg: &frontdesk_config::Config) -> anyhow::Result<Vec<Diagnostic>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start a runtime to fetch descriptors: {e}"))?;
+    Ok(rt.block_on(frontdesk::grpc::descriptors::prefetch(cfg)))
+}
+
 fn explain(
     path: &Path,
     method: &str,
@@ -166,6 +173,7 @@ fn explain(
         anyhow::anyhow!("invalid config:\n{}", lines.join("\n"))
     };
     let loaded = frontdesk::runtime::reload::load_text(path, &text).map_err(invalid)?;
+    fetch_descriptors(&loaded.config)?;
     // No runtime: nothing is connected or started, only compiled.
     let (snap, _) = Snapshot::build(loaded.config, None).map_err(invalid)?;
     let explanation = snap.explain(&req);
