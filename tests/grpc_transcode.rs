@@ -43,21 +43,19 @@ routes:
     ))
 }
 
-async fn setup_with(descriptors: &[u8], upstream_extra: &str, plugin: &str) -> Setup {
+/// A service and a gateway transcoding to it with `DESCRIPTORS_SHOP` in `shop.pb`; `upstream_extra`
+/// is added to the upstream, `plugin_extra` (indented lines) to the plugin after `descriptors`.
+async fn setup_with(upstream_extra: &str, plugin_extra: &str) -> Setup {
     let svc = service().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("shop.pb"), descriptors).unwrap();
-    let gw = gateway_in(dir, &yaml(&svc, upstream_extra, plugin)).await;
+    std::fs::write(dir.path().join("shop.pb"), grpc_testsvc::DESCRIPTORS_SHOP).unwrap();
+    let plugin = format!("        descriptors: {{ file: shop.pb }}\n{plugin_extra}");
+    let gw = gateway_in(dir, &yaml(&svc, upstream_extra, &plugin)).await;
     Setup { svc, gw }
 }
 
 async fn setup() -> Setup {
-    setup_with(
-        grpc_testsvc::DESCRIPTORS_SHOP,
-        "",
-        "        descriptors: { file: shop.pb }",
-    )
-    .await
+    setup_with("", "").await
 }
 
 async fn get(s: &Setup, path: &str) -> (u16, String, Value) {
@@ -226,12 +224,7 @@ async fn bad_requests_get_4xx_problems_and_unknown_fields_are_refused_unless_ign
     assert_eq!(resp.status(), 415);
 
     // The same requests with `ignore_unknown_fields`.
-    let s = setup_with(
-        grpc_testsvc::DESCRIPTORS_SHOP,
-        "",
-        "        descriptors: { file: shop.pb }\n        ignore_unknown_fields: true",
-    )
-    .await;
+    let s = setup_with("", "        ignore_unknown_fields: true").await;
     let (st, _, v) = get(&s, "/v1/search?nope=1&limit=1").await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v.as_array().unwrap().len(), 1);
@@ -357,12 +350,7 @@ async fn well_known_types_64_bit_integers_bytes_enums_and_any_round_trip() {
 
 #[tokio::test]
 async fn printing_options_emit_defaults_and_proto_names() {
-    let s = setup_with(
-        grpc_testsvc::DESCRIPTORS_SHOP,
-        "",
-        "        descriptors: { file: shop.pb }\n        emit_defaults: true\n        proto_names: true",
-    )
-    .await;
+    let s = setup_with("", "        emit_defaults: true\n        proto_names: true").await;
     let (st, _, v) = send(
         &s,
         reqwest::Method::POST,
@@ -387,12 +375,7 @@ async fn printing_options_emit_defaults_and_proto_names() {
 
 #[tokio::test]
 async fn deadlines_come_from_grpc_timeout_or_the_upstream_timeout() {
-    let s = setup_with(
-        grpc_testsvc::DESCRIPTORS_SHOP,
-        "    timeout: 2s",
-        "        descriptors: { file: shop.pb }",
-    )
-    .await;
+    let s = setup_with("    timeout: 2s", "").await;
     // No grpc-timeout from the client: the upstream's response timeout is sent.
     let (st, _, v) = get(&s, "/v1/slow/1").await;
     assert_eq!((st, v["sleptMs"].clone()), (200, json!(1)));
@@ -580,10 +563,8 @@ async fn client_streaming_takes_newline_delimited_json_as_it_arrives() {
 #[tokio::test]
 async fn configured_rules_bind_methods_without_annotations() {
     let s = setup_with(
-        grpc_testsvc::DESCRIPTORS_SHOP,
         "",
-        r#"        descriptors: { file: shop.pb }
-        services: [shop.v1.Legacy]
+        r#"        services: [shop.v1.Legacy]
         rules:
           - { selector: shop.v1.Legacy.Ping, post: /legacy/ping, body: "*" }
           - { selector: shop.v1.Legacy/Ping, get: "/legacy/ping/{msg}", response_body: msg }"#,
@@ -856,12 +837,7 @@ async fn an_unreachable_service_is_a_problem_for_json_clients() {
 
 #[tokio::test]
 async fn max_message_size_caps_bodies_both_ways() {
-    let s = setup_with(
-        grpc_testsvc::DESCRIPTORS_SHOP,
-        "",
-        "        descriptors: { file: shop.pb }\n        max_message_size: 64B",
-    )
-    .await;
+    let s = setup_with("", "        max_message_size: 64B").await;
     // A small call whose answer fits.
     let (st, _, v) = send(
         &s,
