@@ -12,6 +12,8 @@
 #             e.g. OBSERVE='{ metrics: { enabled: false } }' or
 #             OBSERVE='{ access_log: { output: /tmp/access.log } }'
 #   H2=1      count h2c requests (HTTP/2 prior knowledge) instead of HTTP/1.1 ones
+#   PROXY=nginx  count nginx as the proxy instead (bench/nginx-proxy.conf, one process: no master,
+#             its access log on as in run.sh), the same load and upstream: the baseline
 #
 # Needs valgrind, nginx and h2load (apt-get install -y valgrind nginx-light nghttp2-client).
 set -euo pipefail
@@ -40,7 +42,18 @@ trap cleanup EXIT
 nginx -c "$OUT/upstream.conf" -p "$OUT" >/dev/null 2>&1 &
 PIDS+=($!)
 rm -f "$OUT"/cg.out.*
-valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out.%p" "$BIN" run -c "$OUT/frontdesk.yaml" >"$OUT/frontdesk.log" 2>&1 &
+if [ "${PROXY:-frontdesk}" = nginx ]; then
+    FLAGS=""
+    [ "${H2:-0}" = 1 ] && FLAGS=http2
+    sed -e "s|@OUT@|$OUT|g; s|@NOFILE@|4096|; s|@WORKER_CONNECTIONS@|1024|; s|@PORT@|$FD|; s|@UPSTREAM_PORT@|$UP|" \
+        -e "s|@UPSTREAM_KEEPALIVE@|64|; s|@LISTEN_FLAGS@|$FLAGS|; s|@GZIP@||; s|@CACHE@||" \
+        -e "/ssl_certificate/d; /proxy_cache_path/d" "$BENCH/nginx-proxy.conf" >"$OUT/nginx-proxy.conf"
+    mkdir -p "$OUT/nginx-proxy-tmp"
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out.%p" nginx -g "master_process off;" \
+        -p "$OUT" -e "$OUT/nginx-proxy.error.log" -c "$OUT/nginx-proxy.conf" >"$OUT/frontdesk.log" 2>&1 &
+else
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out.%p" "$BIN" run -c "$OUT/frontdesk.yaml" >"$OUT/frontdesk.log" 2>&1 &
+fi
 VPID=$!
 PIDS+=("$VPID")
 python3 "$BENCH/benchutil.py" wait "$FD" 60 "$VPID"

@@ -17,7 +17,7 @@ use http::{HeaderMap, Method};
 // The binary's allocator, so that RSS is what `frontdesk run` would show.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: frontdesk_alloc::MiMalloc = frontdesk_alloc::MiMalloc;
 
 /// The path rule of route `i`: prefix, exact and template in turn.
 fn rule(i: usize) -> String {

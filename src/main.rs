@@ -17,7 +17,7 @@ use cli::{Cli, Command};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: frontdesk_alloc::MiMalloc = frontdesk_alloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

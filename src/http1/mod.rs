@@ -215,6 +215,22 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| trim_ows(t).eq_ignore_ascii_case(token))
 }
 
+static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
+
+/// The hop-by-hop fields of RFC 9110 §7.6.1 and their legacy relatives, besides `Connection`
+/// and `TE` (whose value decides: `TE: trailers` is kept). `Trailer` is not one (RFC 9110
+/// §6.6.2): it names the trailers of the message end to end.
+pub fn is_hop_by_hop(k: &http::HeaderName) -> bool {
+    use http::header;
+    *k == header::TRANSFER_ENCODING
+        || *k == header::UPGRADE
+        || *k == header::PROXY_AUTHORIZATION
+        || *k == header::PROXY_AUTHENTICATE
+        || *k == KEEP_ALIVE
+        || *k == PROXY_CONNECTION
+}
+
 /// Trims optional whitespace (SP, HTAB: RFC 9110 §5.6.3) on both sides.
 pub fn trim_ows(b: &[u8]) -> &[u8] {
     let start = b

@@ -8,8 +8,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -53,6 +51,14 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
 
 /// Removes hop-by-hop headers: every name listed in `Connection`, then the standard ones.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most heads have nothing to remove (the native HTTP/1 codecs leave the connection's own
+    // fields out of the map): one cheap pass says so before anything is set up.
+    if !h
+        .keys()
+        .any(|k| *k == header::CONNECTION || is_hop_by_hop(k) || is_consumer_header(k))
+    {
+        return;
+    }
     // One pass over the (few) names finds what to remove; most messages carry at most
     // `Connection`, so this beats a hashed removal per hop-by-hop name.
     let mut found: [Option<HeaderName>; 9] = Default::default();
@@ -111,13 +117,7 @@ fn is_consumer_header(k: &HeaderName) -> bool {
 /// `Trailer` is not one (RFC 9110 §6.6.2): it names the trailers of the message end to end, and
 /// an HTTP/1.1 client gets only the trailers it names.
 fn is_hop_by_hop(k: &HeaderName) -> bool {
-    *k == header::TE
-        || *k == header::TRANSFER_ENCODING
-        || *k == header::UPGRADE
-        || *k == header::PROXY_AUTHORIZATION
-        || *k == header::PROXY_AUTHENTICATE
-        || *k == KEEP_ALIVE
-        || *k == PROXY_CONNECTION
+    *k == header::TE || crate::http1::is_hop_by_hop(k)
 }
 
 /// True for an HTTP/1.1 upgrade request (`Connection: upgrade` and an `Upgrade` header).

@@ -371,7 +371,7 @@ impl<R> RouteTable<R> {
                 reason,
             });
         }
-        let mut lists: Vec<&[usize]> = Vec::new();
+        let mut lists = super::index::Lists::new();
         if let Some(h) = host.as_deref() {
             if let Some(group) = self.exact_hosts.get(h) {
                 lists.push(&group.list);

@@ -92,19 +92,19 @@ impl GroupIndex {
 
     /// Pushes the lists of template and prefix rules that may match `path`: every one that
     /// does match is in one of them. Each list is in priority order; [`Merged`] walks them.
-    pub(crate) fn templates_and_prefixes<'s>(&'s self, path: &str, out: &mut Vec<&'s [usize]>) {
+    pub(crate) fn templates_and_prefixes<'s>(&'s self, path: &str, out: &mut Lists<'s>) {
         self.templates.templates_for(path, out);
         self.prefixes(path, out);
     }
 
     /// Pushes the lists of prefix rules that may match `path` (also for shadowing checks).
-    pub(crate) fn prefixes<'s>(&'s self, path: &str, out: &mut Vec<&'s [usize]>) {
+    pub(crate) fn prefixes<'s>(&'s self, path: &str, out: &mut Lists<'s>) {
         self.prefixes.prefixes_for(path, out);
         out.push(&self.odd_prefixes);
     }
 
     /// Pushes the lists of template rules that may match `path` (for shadowing checks).
-    pub(crate) fn templates<'s>(&'s self, path: &str, out: &mut Vec<&'s [usize]>) {
+    pub(crate) fn templates<'s>(&'s self, path: &str, out: &mut Lists<'s>) {
         self.templates.templates_for(path, out);
     }
 
@@ -114,7 +114,7 @@ impl GroupIndex {
     }
 
     /// Pushes the prefix rules that may match every path (`/`), for shadowing checks of regexes.
-    pub(crate) fn match_all_prefixes<'s>(&'s self, out: &mut Vec<&'s [usize]>) {
+    pub(crate) fn match_all_prefixes<'s>(&'s self, out: &mut Lists<'s>) {
         out.push(&self.prefixes.nodes[0].here);
         out.push(&self.odd_prefixes);
     }
@@ -145,7 +145,7 @@ impl Trie<PrefixNode> {
     }
 
     /// `/a/b/c` reaches the root, `a`, `a/b` and `a/b/c`: the prefixes `prefix_match` accepts.
-    fn prefixes_for<'s>(&'s self, path: &str, out: &mut Vec<&'s [usize]>) {
+    fn prefixes_for<'s>(&'s self, path: &str, out: &mut Lists<'s>) {
         push(out, &self.nodes[0].here);
         let Some(rest) = path.strip_prefix('/') else {
             return;
@@ -192,7 +192,7 @@ impl Trie<TemplateNode> {
 
     /// Templates that match `path`: one path segment per template segment, a placeholder taking
     /// any non-empty segment, and a catch-all whatever follows.
-    fn templates_for<'s>(&'s self, path: &str, out: &mut Vec<&'s [usize]>) {
+    fn templates_for<'s>(&'s self, path: &str, out: &mut Lists<'s>) {
         // A template matches only paths that start with `/` (as `Template::matches` requires).
         if let Some(rest) = path.strip_prefix('/') {
             self.visit(0, Some(rest), out);
@@ -202,7 +202,7 @@ impl Trie<TemplateNode> {
     /// At `node`, with `rest` the path after the segments consumed so far (`None`: no segment
     /// left). Each node is visited at most once per path, so the cost is bounded by the path's
     /// segments times the branching the config itself wrote (a literal and a placeholder).
-    fn visit<'s>(&'s self, node: usize, rest: Option<&str>, out: &mut Vec<&'s [usize]>) {
+    fn visit<'s>(&'s self, node: usize, rest: Option<&str>, out: &mut Lists<'s>) {
         let n = &self.nodes[node];
         push(out, &n.catch_all);
         let Some(rest) = rest else {
@@ -223,22 +223,26 @@ impl Trie<TemplateNode> {
 }
 
 /// Adds a non-empty list.
-fn push<'s>(out: &mut Vec<&'s [usize]>, list: &'s [usize]) {
+fn push<'s>(out: &mut Lists<'s>, list: &'s [usize]) {
     if !list.is_empty() {
         out.push(list);
     }
 }
 
+/// Candidate lists of rule positions, one per path segment that has rules: a handful, kept on
+/// the stack (a heap vector here was one allocation per routed request).
+pub(crate) type Lists<'s> = smallvec::SmallVec<[&'s [usize]; 8]>;
+
 /// The positions of several ascending lists, in ascending order, each once. Lazy: matching
 /// usually stops at the first candidate, so the lists are merged only as far as needed, and a
 /// thousand routes sharing one prefix cost nothing until they are reached.
 pub(crate) struct Merged<'s> {
-    lists: Vec<&'s [usize]>,
+    lists: Lists<'s>,
     last: Option<usize>,
 }
 
 impl<'s> Merged<'s> {
-    pub(crate) fn new(lists: Vec<&'s [usize]>) -> Self {
+    pub(crate) fn new(lists: Lists<'s>) -> Self {
         Merged { lists, last: None }
     }
 }

@@ -355,7 +355,7 @@ impl<R> RouteTable<R> {
         {
             return Some(m);
         }
-        let mut lists = Vec::new();
+        let mut lists = index::Lists::new();
         ix.templates_and_prefixes(req.path, &mut lists);
         Merged::new(lists)
             .chain(ix.regexes().iter().copied())
@@ -412,7 +412,7 @@ impl<R> RouteTable<R> {
             let ix = &group.index;
             for (pos, &e) in group.list.iter().enumerate() {
                 let b = &self.entries[e];
-                let mut lists: Vec<&[usize]> = Vec::new();
+                let mut lists = index::Lists::new();
                 match &b.rule {
                     PathRule::Exact(p) => {
                         lists.push(ix.exact(p));

@@ -467,6 +467,8 @@ fn parse_head(
     fields.clear();
     let (mut content_length, mut chunked, mut te, mut close, mut keep) =
         (None::<u64>, false, false, false, false);
+    // `Connection` naming other fields: it stays in the map, so the proxy removes what it names.
+    let mut names_fields = false;
     for h in parsed.headers.iter() {
         let name =
             HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid response field name")?;
@@ -488,8 +490,15 @@ fn parse_head(
                 .next()
                 .is_some_and(|t| http1::trim_ows(t).eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
-            close |= http1::has_token(value, b"close");
-            keep |= http1::has_token(value, b"keep-alive");
+            for t in value.split(|&c| c == b',').map(http1::trim_ows) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    keep = true;
+                } else if !t.is_empty() {
+                    names_fields = true;
+                }
+            }
         }
         fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
@@ -501,6 +510,16 @@ fn parse_head(
     // Room for what the proxy adds to a response (`X-Request-Id`, `Via`, a plugin's fields).
     let mut headers = HeaderMap::with_capacity(fields.len() + 4);
     for (name, at, n) in fields.drain(..) {
+        // The connection's own fields never reach the map: the proxy would remove them from it
+        // (`proxy::forward::strip_hop_by_hop`, which still runs and removes whatever is left),
+        // and inserting then removing is most of a small head's cost. A `101` keeps them all
+        // (the handshake); a `Connection` that names other fields stays for the proxy to read;
+        // with `Transfer-Encoding`, `Content-Length` goes too (RFC 9112 §6.3: it is wrong).
+        let connection_field =
+            (name == header::CONNECTION && !names_fields) || http1::is_hop_by_hop(&name);
+        if (code != 101 && connection_field) || (te && name == header::CONTENT_LENGTH) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| "invalid response field value")?;
         headers.append(name, value);
@@ -533,9 +552,6 @@ fn parse_head(
     } else {
         http::Version::HTTP_11
     };
-    if te {
-        headers.remove(header::CONTENT_LENGTH);
-    }
     *resp.headers_mut() = headers;
     Ok(Some(Parsed::Head(Head {
         resp,
