@@ -1036,6 +1036,7 @@ impl Aggregate {
                 parent,
                 ..CallReport::default()
             }),
+            raw_fields: None,
         };
         let called = c.upstream.call(req, &mut opts).await;
         reports.extend(opts.report);

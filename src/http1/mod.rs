@@ -215,23 +215,94 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| trim_ows(t).eq_ignore_ascii_case(token))
 }
 
-static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
-
-/// The hop-by-hop fields of RFC 9110 §7.6.1 and their legacy relatives, besides `Connection`
-/// and `TE` (whose value decides: `TE: trailers` is kept). `Trailer` is not one (RFC 9110
-/// §6.6.2): it names the trailers of the message end to end.
-pub fn is_hop_by_hop(k: &http::HeaderName) -> bool {
-    use http::header;
-    *k == header::TRANSFER_ENCODING
-        || *k == header::UPGRADE
-        || *k == header::PROXY_AUTHORIZATION
-        || *k == header::PROXY_AUTHENTICATE
-        || *k == KEEP_ALIVE
-        || *k == PROXY_CONNECTION
+/// What a field name means to an HTTP/1 connection (names compared without case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    /// `Connection`: its options, and the names of other fields that are hop-by-hop.
+    Connection,
+    /// `Content-Length`.
+    ContentLength,
+    /// `Transfer-Encoding` (hop-by-hop).
+    TransferEncoding,
+    /// `TE` (hop-by-hop, but `TE: trailers` is kept: gRPC needs it end to end).
+    Te,
+    /// `Date`.
+    Date,
+    /// The other hop-by-hop fields of RFC 9110 §7.6.1 and their legacy relatives: `Keep-Alive`,
+    /// `Proxy-Connection`, `Upgrade`, `Proxy-Authenticate`, `Proxy-Authorization`. `Trailer`
+    /// is not one (RFC 9110 §6.6.2): it names the trailers of the message end to end.
+    HopByHop,
+    /// Any other field.
+    Other,
 }
 
-/// Trims optional whitespace (SP, HTAB: RFC 9110 §5.6.3) on both sides.
+/// The kind of field `name`; one comparison at most (by length first).
+pub fn field_kind(name: &[u8]) -> FieldKind {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        2 if is(b"te") => FieldKind::Te,
+        4 if is(b"date") => FieldKind::Date,
+        7 if is(b"upgrade") => FieldKind::HopByHop,
+        10 if is(b"connection") => FieldKind::Connection,
+        10 if is(b"keep-alive") => FieldKind::HopByHop,
+        14 if is(b"content-length") => FieldKind::ContentLength,
+        16 if is(b"proxy-connection") => FieldKind::HopByHop,
+        17 if is(b"transfer-encoding") => FieldKind::TransferEncoding,
+        18 if is(b"proxy-authenticate") => FieldKind::HopByHop,
+        19 if is(b"proxy-authorization") => FieldKind::HopByHop,
+        _ => FieldKind::Other,
+    }
+}
+
+/// The hop-by-hop fields besides `Connection` and `TE` (whose value decides): see
+/// [`FieldKind::HopByHop`]; `Transfer-Encoding` is one too.
+pub fn is_hop_by_hop(k: &http::HeaderName) -> bool {
+    matches!(
+        field_kind(k.as_str().as_bytes()),
+        FieldKind::HopByHop | FieldKind::TransferEncoding
+    )
+}
+
+/// A `Content-Length` value: digits only (RFC 9110 §8.6), no sign, no list.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let v = trim_ows(value);
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The options of a `Connection` value: `close`, `keep-alive`, and whether it names anything
+/// else (fields that are then hop-by-hop, or options such as `upgrade`).
+pub fn connection_options(value: &[u8]) -> (bool, bool, bool) {
+    let (mut close, mut keep, mut other) = (false, false, false);
+    for t in value.split(|&c| c == b',').map(trim_ows) {
+        if t.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+            keep = true;
+        } else if !t.is_empty() {
+            other = true;
+        }
+    }
+    (close, keep, other)
+}
+
+/// A response head's fields as the downstream HTTP/1 codec writes them: `name: value` lines
+/// (names lower-cased, each ending in CRLF), the connection's own fields left out. The native
+/// upstream client makes it, when asked, instead of a header map for heads that need nothing
+/// else; a response that carries one has only the gateway's own fields in its map.
+#[derive(Debug)]
+pub struct RawFields {
+    /// The lines, ready to write.
+    pub lines: Bytes,
+    /// The `Content-Length` among them.
+    pub content_length: Option<u64>,
+    /// A `Date` is among them.
+    pub has_date: bool,
+}
+
+/// Trims optional whitespace/// Trims optional whitespace (SP, HTAB: RFC 9110 §5.6.3) on both sides.
 pub fn trim_ows(b: &[u8]) -> &[u8] {
     let start = b
         .iter()

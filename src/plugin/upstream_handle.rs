@@ -65,6 +65,7 @@ impl UpstreamHandle {
                 method: Some(req.method().clone()),
                 ..CallReport::default()
             }),
+            raw_fields: None,
         };
         let called = self.upstream.call(req, &mut opts).await;
         if let Some(report) = opts.report {

@@ -80,6 +80,12 @@ impl ResponseBody {
         self
     }
 
+    /// The upstream response's fields as lines, for the native HTTP/1 server to write after the
+    /// map's (see [`crate::upstream::Lease::raw_fields`]).
+    pub fn raw_fields(&self) -> Option<&crate::http1::RawFields> {
+        self.lease.as_ref()?.raw_fields()
+    }
+
     /// Runs `f` once the body ends or is dropped.
     pub fn on_end(mut self, f: EndCallback) -> Self {
         if self.on_end.is_none() {

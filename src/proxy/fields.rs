@@ -79,6 +79,20 @@ pub fn check_host<B>(req: &mut Request<B>) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// True when `headers` carry no `Content-Length`, or ones that all say the same valid length
+/// (RFC 9110 §8.6; a list such as `5, 5` counts as one).
+pub fn one_content_length(headers: &HeaderMap) -> bool {
+    let mut seen = None;
+    headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .all(|v| match crate::http1::content_length(v) {
+            Some(n) => *seen.get_or_insert(n) == n,
+            None => false,
+        })
+}
+
 /// The HTTP/2 request rules h2 leaves to us: an error makes the request malformed, a stream
 /// error (RST_STREAM `PROTOCOL_ERROR`) that must not reach an upstream.
 pub fn check_h2(uri: &Uri, headers: &HeaderMap) -> Result<(), FieldError> {

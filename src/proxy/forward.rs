@@ -110,7 +110,15 @@ fn is_te_trailers(h: &HeaderMap) -> bool {
 
 /// Headers only the gateway may set: a client sending them could pose as a consumer.
 fn is_consumer_header(k: &HeaderName) -> bool {
-    k.as_str().starts_with("x-consumer-") || k == crate::plugin::X_ANONYMOUS_CONSUMER
+    is_consumer_name(k.as_str().as_bytes())
+}
+
+/// [`is_consumer_header`] on a name as it came (any case): the fields of an upstream's response
+/// that must go through [`strip_hop_by_hop`] on a header map (`upstream::h1::NeedsMap`).
+pub fn is_consumer_name(name: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"x-consumer-";
+    (name.len() > PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX))
+        || name.eq_ignore_ascii_case(crate::plugin::X_ANONYMOUS_CONSUMER.as_str().as_bytes())
 }
 
 /// The hop-by-hop fields of RFC 9110 §7.6.1 (besides `Connection`) and their legacy relatives.

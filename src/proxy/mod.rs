@@ -45,6 +45,9 @@ pub struct ConnInfo {
     /// without `client_auth`, or when the client sent none (`mode: optional`). See
     /// [`ClientCert`] for what it guarantees.
     pub client_cert: Option<Arc<ClientCert>>,
+    /// The downstream codec writes an upstream response's fields as lines
+    /// ([`crate::upstream::Lease::raw_fields`]): the native HTTP/1 server.
+    pub raw_heads: bool,
 }
 
 impl ConnInfo {
@@ -61,6 +64,7 @@ impl ConnInfo {
             listener,
             tunnels,
             client_cert,
+            raw_heads: false,
         }
     }
 }

@@ -539,11 +539,15 @@ impl<'c> Session<'c> {
             .request_body(m.route, &mut head, body, cx.as_mut())
             .await?;
 
+        // Without plugins nothing reads the response's fields before the client does: a native
+        // HTTP/1 client connection can write them as the upstream sent them, without a map.
+        let raw = conn.raw_heads && cx.is_none() && upgrade.is_none();
         let mut opts = CallOptions {
             hash: upstream.hash_of(&head.headers, head.uri.path(), conn.peer.ip()),
             preserve_host: m.route.preserve_host,
             body_sent,
             report: self.ex.as_mut().map(|ex| std::mem::take(&mut ex.call)),
+            raw_fields: raw.then_some(forward::is_consumer_name as fn(&[u8]) -> bool),
         };
         let called = upstream
             .call(Request::from_parts(head, body), &mut opts)
@@ -577,12 +581,26 @@ impl<'c> Session<'c> {
         // closing the client's connection. hyper still answers HTTP/1.0 clients in HTTP/1.0.
         *resp.version_mut() = Version::HTTP_11;
         let headers = resp.headers_mut();
-        if headers.contains_key(header::TRANSFER_ENCODING) {
-            // RFC 9112 §6.3: the transfer coding frames the body and `Content-Length` is wrong (a
-            // smuggling vector). hyper decoded the chunks; the length must not reach the client.
-            headers.remove(header::CONTENT_LENGTH);
+        // With the fields as lines, the connection's own were left out already and the map is
+        // empty.
+        if lease.raw_fields().is_none() {
+            if headers.contains_key(header::TRANSFER_ENCODING) {
+                // RFC 9112 §6.3: the transfer coding frames the body and `Content-Length` is
+                // wrong (a smuggling vector). hyper decoded the chunks; the length must not reach
+                // the client.
+                headers.remove(header::CONTENT_LENGTH);
+            } else if !fields::one_content_length(headers) {
+                // hyper's client reads a list of differing lengths (`1, 2`) as no length and
+                // passes the field on: a client or a cache behind us would frame the body by it.
+                // The native client refuses such a head; so does the gateway, whichever read it.
+                return Err(GatewayError::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream sent an invalid Content-Length",
+                    false,
+                ));
+            }
+            forward::strip_hop_by_hop(headers);
         }
-        forward::strip_hop_by_hop(headers);
         self.respond(m.route, resp, Some(lease), head_request, cx.as_mut())
             .await
     }

@@ -280,8 +280,11 @@ fn native_setup(
     client_cert: Option<Arc<ClientCert>>,
     park_after: Option<Duration>,
 ) -> h1::Setup {
+    let mut info = ConnInfo::new(peer, spec.clone(), tunnels, client_cert);
+    // The native codec writes an upstream's response lines as they are.
+    info.raw_heads = true;
     h1::Setup {
-        info: Arc::new(ConnInfo::new(peer, spec.clone(), tunnels, client_cert)),
+        info: Arc::new(info),
         live,
         park_after,
     }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{Body, BodyError, BoxError, ClientBodyError, UpgradedIo};
 use crate::http1::decode::{Decoded, Decoder};
-use crate::http1::{self, Outbox};
+use crate::http1::{self, FieldKind, Outbox, RawFields};
 
 /// Most header fields in a response head.
 const MAX_HEADERS: usize = 100;
@@ -272,12 +272,14 @@ enum TxError {
 
 /// Sends `req` on `conn` and reads the response head. The response body reads from the
 /// connection (and sends what is left of a request body the upstream answered early); at its
-/// clean end the connection goes to `back`.
+/// clean end the connection goes to `back`. With `raw`, the response's fields may come back as
+/// [`RawFields`] instead of in its header map (see [`NeedsMap`]).
 pub async fn send(
     mut conn: Box<H1>,
     req: Request<Body>,
     back: GiveBack,
-) -> Result<Response<Body>, Failure> {
+    raw: Option<NeedsMap>,
+) -> Result<(Response<Body>, Option<RawFields>), Failure> {
     let (parts, body) = req.into_parts();
     let head_request = parts.method == Method::HEAD;
     conn.out.buf.clear();
@@ -316,7 +318,7 @@ pub async fn send(
         if tx.written > 0 && !replayable {
             parts = None;
         }
-        match parse_head(&mut conn.rbuf, &mut conn.fields, head_request) {
+        match parse_head(&mut conn.rbuf, &mut conn.fields, head_request, raw) {
             Ok(Some(Parsed::Informational)) => continue,
             Ok(Some(Parsed::Head(h))) => return Poll::Ready(Ok(h)),
             Ok(None) => {}
@@ -348,6 +350,7 @@ pub async fn send(
         mut resp,
         decoder,
         keep_alive,
+        raw,
     } = head;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The connection is the tunnel's now, with any bytes read past the head.
@@ -356,14 +359,14 @@ pub async fn send(
         let _ = up_tx.send(Box::new(crate::body::Rewind::new(rbuf.freeze(), io)));
         resp.extensions_mut()
             .insert(crate::body::Upgrade::native(rx));
-        return Ok(resp);
+        return Ok((resp, raw));
     }
     let reusable = keep_alive && sent;
     if decoder.is_done() && tx.body.is_none() {
         if reusable && conn.rbuf.is_empty() {
             back.give(conn);
         }
-        return Ok(resp);
+        return Ok((resp, raw));
     }
     let body = RespBody {
         conn: Some(conn),
@@ -374,7 +377,7 @@ pub async fn send(
         back: Some(back),
         failed: false,
     };
-    Ok(resp.map(|_| Body::new(body)))
+    Ok((resp.map(|_| Body::new(body)), raw))
 }
 
 /// Writes the request line and fields; returns the body's framing.
@@ -431,19 +434,30 @@ struct Head {
     resp: Response<Body>,
     decoder: Decoder,
     keep_alive: bool,
+    /// The fields as lines, when asked for and the head needed no map.
+    raw: Option<RawFields>,
 }
 
+// The informational variant is empty: a returned value, moved once, not worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// A 1xx other than 101: skipped.
     Informational,
     Head(Head),
 }
 
-/// Parses a response head at the start of `buf`, consuming it when complete.
+/// Which response fields a caller must see in a header map: when one of a head's field names
+/// passes this test, the head is parsed into a map even though [`RawFields`] were asked for.
+pub type NeedsMap = fn(&[u8]) -> bool;
+
+/// Parses a response head at the start of `buf`, consuming it when complete. With `raw`, a
+/// head whose fields need nothing but the connection's own removed comes back as
+/// [`RawFields`] (no header map is built; see [`raw_fields`]).
 fn parse_head(
     buf: &mut BytesMut,
     fields: &mut Vec<(HeaderName, usize, usize)>,
     head_request: bool,
+    raw: Option<NeedsMap>,
 ) -> Result<Option<Parsed>, BoxError> {
     if buf.is_empty() {
         return Ok(None);
@@ -464,66 +478,62 @@ fn parse_head(
     let code = parsed.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
     let http10 = parsed.version == Some(0);
-    fields.clear();
-    let (mut content_length, mut chunked, mut te, mut close, mut keep) =
-        (None::<u64>, false, false, false, false);
-    // `Connection` naming other fields: it stays in the map, so the proxy removes what it names.
-    let mut names_fields = false;
-    for h in parsed.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid response field name")?;
-        let value = http1::trim_ows(h.value);
-        if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or("invalid Content-Length in the response")?;
-            if content_length.is_some_and(|c| c != n) {
-                return Err("conflicting Content-Length in the response".into());
-            }
-            content_length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            te = true;
-            chunked = value
-                .rsplit(|&c| c == b',')
-                .next()
-                .is_some_and(|t| http1::trim_ows(t).eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            for t in value.split(|&c| c == b',').map(http1::trim_ows) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    keep = true;
-                } else if !t.is_empty() {
-                    names_fields = true;
-                }
-            }
-        }
-        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
-    }
     if (100..200).contains(&code) && code != 101 {
         let _ = buf.split_to(len);
         return Ok(Some(Parsed::Informational));
     }
-    let head = buf.split_to(len).freeze();
-    // Room for what the proxy adds to a response (`X-Request-Id`, `Via`, a plugin's fields).
-    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
-    for (name, at, n) in fields.drain(..) {
-        // The connection's own fields never reach the map: the proxy would remove them from it
-        // (`proxy::forward::strip_hop_by_hop`, which still runs and removes whatever is left),
-        // and inserting then removing is most of a small head's cost. A `101` keeps them all
-        // (the handshake); a `Connection` that names other fields stays for the proxy to read;
-        // with `Transfer-Encoding`, `Content-Length` goes too (RFC 9112 §6.3: it is wrong).
-        let connection_field =
-            (name == header::CONNECTION && !names_fields) || http1::is_hop_by_hop(&name);
-        if (code != 101 && connection_field) || (te && name == header::CONTENT_LENGTH) {
-            continue;
+    let mut f = Framed::default();
+    let raw = match raw.filter(|_| code != 101) {
+        Some(needs_map) => raw_fields(parsed.headers, len, needs_map, &mut f)?,
+        None => None,
+    };
+    let mut headers = HeaderMap::new();
+    if raw.is_none() {
+        f = Framed::default();
+        fields.clear();
+        // `Connection` naming other fields: it stays in the map, so the proxy removes what it
+        // names.
+        let mut names_fields = false;
+        for h in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| "invalid response field name")?;
+            match http1::field_kind(name.as_str().as_bytes()) {
+                FieldKind::ContentLength => f.content_length(h.value)?,
+                FieldKind::TransferEncoding => f.transfer_encoding(h.value),
+                FieldKind::Connection => names_fields |= f.connection(h.value),
+                _ => {}
+            }
+            fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
-            .map_err(|_| "invalid response field value")?;
-        headers.append(name, value);
+        let head = buf.split_to(len).freeze();
+        // Room for what the proxy adds to a response (`X-Request-Id`, `Via`, a plugin's fields).
+        headers.reserve(fields.len() + 4);
+        for (name, at, n) in fields.drain(..) {
+            // The connection's own fields never reach the map: the proxy would remove them from
+            // it (`proxy::forward::strip_hop_by_hop`, which still runs and removes whatever is
+            // left), and inserting then removing is most of a small head's cost. A `101` keeps
+            // them all (the handshake); a `Connection` that names other fields stays for the
+            // proxy to read; with `Transfer-Encoding`, `Content-Length` goes too (RFC 9112 §6.3:
+            // it is wrong).
+            let connection_field =
+                (name == header::CONNECTION && !names_fields) || http1::is_hop_by_hop(&name);
+            if (code != 101 && connection_field) || (f.te && name == header::CONTENT_LENGTH) {
+                continue;
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+                .map_err(|_| "invalid response field value")?;
+            headers.append(name, value);
+        }
+    } else {
+        let _ = buf.split_to(len);
     }
+    let Framed {
+        content_length,
+        chunked,
+        te,
+        close,
+        keep,
+    } = f;
     let bodyless = head_request || code == 204 || code == 304 || code == 101;
     let decoder = if bodyless {
         Decoder::Length(0)
@@ -557,7 +567,94 @@ fn parse_head(
         resp,
         decoder,
         keep_alive,
+        raw,
     })))
+}
+
+/// What a response head's fields say about its framing and its connection.
+#[derive(Default)]
+struct Framed {
+    content_length: Option<u64>,
+    chunked: bool,
+    te: bool,
+    close: bool,
+    keep: bool,
+}
+
+impl Framed {
+    fn content_length(&mut self, value: &[u8]) -> Result<(), BoxError> {
+        let n = http1::content_length(value).ok_or("invalid Content-Length in the response")?;
+        if self.content_length.is_some_and(|c| c != n) {
+            return Err("conflicting Content-Length in the response".into());
+        }
+        self.content_length = Some(n);
+        Ok(())
+    }
+
+    fn transfer_encoding(&mut self, value: &[u8]) {
+        self.te = true;
+        self.chunked = value
+            .rsplit(|&c| c == b',')
+            .next()
+            .is_some_and(|t| http1::trim_ows(t).eq_ignore_ascii_case(b"chunked"));
+    }
+
+    /// True when the value names more than `close` and `keep-alive`.
+    fn connection(&mut self, value: &[u8]) -> bool {
+        let (close, keep, other) = http1::connection_options(value);
+        self.close |= close;
+        self.keep |= keep;
+        other
+    }
+}
+
+/// The fields of a head of `len` bytes as [`RawFields`], or `None` when the head needs a map:
+/// a field `needs_map` names, a `TE`, a `Connection` naming more than `close`/`keep-alive`,
+/// `Transfer-Encoding` beside `Content-Length`. Names are lower-cased as a header map would
+/// write them; values are written as they came (`httparse` allowed only what a `HeaderValue`
+/// allows: visible ASCII, SP, HTAB, obs-text).
+fn raw_fields(
+    headers: &[httparse::Header<'_>],
+    len: usize,
+    needs_map: NeedsMap,
+    f: &mut Framed,
+) -> Result<Option<RawFields>, BoxError> {
+    // Each line grows by two bytes at most (`name:value\n` becomes `name: value\r\n`).
+    let mut lines = BytesMut::with_capacity(len + 2 * headers.len());
+    let mut has_date = false;
+    for h in headers {
+        let name = h.name.as_bytes();
+        match http1::field_kind(name) {
+            FieldKind::Te => return Ok(None),
+            FieldKind::HopByHop => continue,
+            FieldKind::Connection => {
+                if f.connection(h.value) {
+                    return Ok(None);
+                }
+                continue;
+            }
+            FieldKind::TransferEncoding => {
+                f.transfer_encoding(h.value);
+                continue;
+            }
+            FieldKind::ContentLength => f.content_length(h.value)?,
+            FieldKind::Date => has_date = true,
+            FieldKind::Other if needs_map(name) => return Ok(None),
+            FieldKind::Other => {}
+        }
+        lines.extend(name.iter().map(u8::to_ascii_lowercase));
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(h.value);
+        lines.extend_from_slice(b"\r\n");
+    }
+    if f.te && f.content_length.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(RawFields {
+        lines: lines.freeze(),
+        content_length: f.content_length,
+        has_date,
+    }))
 }
 
 /// A response body read from its connection.

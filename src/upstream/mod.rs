@@ -190,6 +190,10 @@ pub struct CallOptions {
     /// Filled in with what the call did, when the request is observed. Its trace context (if
     /// any) names each attempt's span in the `traceparent` sent upstream.
     pub report: Option<CallReport>,
+    /// The caller can take the response's fields as lines ([`Lease::raw_fields`]) instead of a
+    /// header map, except for the field names this picks out. Native HTTP/1 connections only;
+    /// others always fill the map.
+    pub raw_fields: Option<h1::NeedsMap>,
 }
 
 /// Waits for the request body to be sent, and keeps the client's fault if it failed. Survives
@@ -244,9 +248,16 @@ pub struct Lease {
     pool: Option<PoolReturn>,
     _endpoint: Option<EndpointInflight>,
     _upstream: Option<InflightToken>,
+    raw: Option<crate::http1::RawFields>,
 }
 
 impl Lease {
+    /// The response's fields as lines, when [`CallOptions::raw_fields`] asked for them and the
+    /// connection gave them: the response's header map then holds none of the upstream's.
+    pub fn raw_fields(&self) -> Option<&crate::http1::RawFields> {
+        self.raw.as_ref()
+    }
+
     /// The response completed: the connection may carry another request.
     pub fn finish(mut self) {
         if let Some(p) = self.pool.take() {
@@ -581,7 +592,7 @@ impl Upstream {
             let took = t0.elapsed();
             if let (Some((span_id, true)), Some(start), Some(r)) = (span, wall, &mut opts.report) {
                 let (status, error) = match &result {
-                    Ok((resp, _)) => (Some(resp.status().as_u16()), None),
+                    Ok(sent) => (Some(sent.resp.status().as_u16()), None),
                     Err(f) => (None, Some(f.kind())),
                 };
                 r.attempts.push(Attempt {
@@ -594,7 +605,7 @@ impl Upstream {
                 });
             }
             let failed = match result {
-                Ok((resp, pool)) => {
+                Ok(pool::Sent { resp, pool, raw }) => {
                     ep.state.latency.observe(took);
                     let status = resp.status();
                     // Only listed statuses say the target is broken: any other answer, an
@@ -612,6 +623,7 @@ impl Upstream {
                                 pool,
                                 _endpoint: inflight,
                                 _upstream: None,
+                                raw,
                             },
                         ));
                     }
@@ -706,7 +718,7 @@ impl Upstream {
         ep: &Endpoint,
         mut req: Request<Body>,
         opts: &mut CallOptions,
-    ) -> Result<(Response<Body>, Option<PoolReturn>), Failed> {
+    ) -> Result<pool::Sent, Failed> {
         let h2 = self.connector.is_h2();
         self.prepare(ep, &mut req, opts.preserve_host, h2);
         let s = &self.pool_settings;
@@ -743,14 +755,14 @@ impl Upstream {
                 tokio::time::sleep(timeout).await;
             };
             let sent = tokio::select! {
-                r = conn.send(req, ep.pool_key, s.max_idle) => r,
+                r = conn.send(req, ep.pool_key, s.max_idle, opts.raw_fields) => r,
                 () = timer => {
                     // A body that failed (stalled, say) leaves the upstream waiting for it.
                     return Err(opts.body_sent.fault().map_or(Failed::Timeout, Failed::Client));
                 }
             };
             match sent {
-                Ok((resp, pool)) => return Ok((resp, pool)),
+                Ok(sent) => return Ok(sent),
                 Err(ConnFailure {
                     error,
                     unsent,

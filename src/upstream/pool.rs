@@ -59,6 +59,15 @@ pub struct ConnFailure {
     pub client: Option<ClientBodyError>,
 }
 
+/// A response as a connection hands it over.
+pub struct Sent {
+    pub resp: Response<Body>,
+    /// Where an HTTP/1 connection (hyper's) goes back when the response is done.
+    pub pool: Option<PoolReturn>,
+    /// The response's fields as lines, when asked for (native HTTP/1 connections only).
+    pub raw: Option<crate::http1::RawFields>,
+}
+
 impl Conn {
     /// Waits until the connection can take a request; an error means it closed.
     pub async fn ready(&mut self) -> Result<(), BoxError> {
@@ -78,7 +87,8 @@ impl Conn {
         req: Request<Body>,
         key: u64,
         max_idle: usize,
-    ) -> Result<(Response<Body>, Option<PoolReturn>), ConnFailure> {
+        raw: Option<h1::NeedsMap>,
+    ) -> Result<Sent, ConnFailure> {
         let (r, conn) = match self {
             Conn::H1(mut s) => {
                 let mut req = req;
@@ -90,9 +100,13 @@ impl Conn {
                 let back = h1::GiveBack { key, max_idle };
                 // Boxed: inline, its state would enlarge every request's future, which is moved
                 // (copied) several times on its way into the connection's task.
-                let sending = crate::inplace::pinned(|| h1::send(conn, req, back));
+                let sending = crate::inplace::pinned(|| h1::send(conn, req, back, raw));
                 return match sending.await {
-                    Ok(resp) => Ok((resp, None)),
+                    Ok((resp, raw)) => Ok(Sent {
+                        resp,
+                        pool: None,
+                        raw,
+                    }),
                     Err(h1::Failure::Reset(error, unsent)) => Err(ConnFailure {
                         error,
                         unsent: unsent.map(|r| *r),
@@ -112,7 +126,11 @@ impl Conn {
                 crate::body::Upgrade::convert(resp.extensions_mut());
                 let pool =
                     matches!(conn, Conn::H1(_)).then(|| PoolReturn::new(key, max_idle, conn));
-                Ok((resp.map(Body::from_upstream), pool))
+                Ok(Sent {
+                    resp: resp.map(Body::from_upstream),
+                    pool,
+                    raw: None,
+                })
             }
             Err(mut e) => {
                 let unsent = e.take_message();

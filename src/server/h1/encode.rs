@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use http::{header, HeaderMap, StatusCode};
 
+use crate::http1::RawFields;
+
 /// How the response body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Out {
@@ -32,21 +34,26 @@ pub struct ForRequest {
 /// Writes the status line and header fields; returns the body framing and whether the
 /// connection stays open after this response. `keep_alive` is what the request and the
 /// connection allow; a `Connection: close` from the response turns it off. `exact` is the
-/// body's exact length when known.
+/// body's exact length when known. `raw` are an upstream's fields as lines, written before the
+/// map's (which then holds only the gateway's own).
 pub fn head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    raw: Option<&RawFields>,
     exact: Option<u64>,
     req: ForRequest,
     mut keep_alive: bool,
 ) -> (Out, bool) {
     let code = status.as_u16();
     let bodyless = (100..200).contains(&code) || code == 204 || code == 304;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = match raw {
+        Some(r) => r.content_length,
+        None => headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+    };
     if headers
         .get_all(header::CONNECTION)
         .iter()
@@ -73,6 +80,22 @@ pub fn head(
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
     let mut has_connection = false;
+    if let Some(r) = raw {
+        if r.content_length.is_none() || !(code == 204 || (100..200).contains(&code)) {
+            out.extend_from_slice(&r.lines);
+        } else {
+            // A 204 frames no body: its `Content-Length` line goes (the map path's rule).
+            for line in r.lines.split_inclusive(|&b| b == b'\n') {
+                if !line
+                    .get(..15)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(b"content-length:"))
+                {
+                    out.extend_from_slice(line);
+                }
+            }
+        }
+        has_date = r.has_date;
+    }
     for (name, value) in headers {
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && (code == 204 || (100..200).contains(&code)))
@@ -177,8 +200,98 @@ mod tests {
         }
         let mut out = Vec::new();
         let status = StatusCode::from_u16(status).expect("status");
-        let (f, keep) = head(&mut out, status, &map, exact, req, true);
+        let (f, keep) = head(&mut out, status, &map, None, exact, req, true);
         (String::from_utf8(out).expect("utf8"), f, keep)
+    }
+
+    /// The same head written from lines (an upstream's fields, as the native client gives
+    /// them), with `own` in the map.
+    fn text_raw(
+        status: u16,
+        headers: &[(&str, &str)],
+        own: &[(&str, &str)],
+        exact: Option<u64>,
+        req: ForRequest,
+    ) -> (String, Out, bool) {
+        let mut lines = Vec::new();
+        for (k, v) in headers {
+            lines.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        let raw = RawFields {
+            lines: lines.into(),
+            content_length: headers
+                .iter()
+                .find(|(k, _)| *k == "content-length")
+                .and_then(|(_, v)| v.parse().ok()),
+            has_date: headers.iter().any(|(k, _)| *k == "date"),
+        };
+        let mut map = HeaderMap::new();
+        for (k, v) in own {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        let mut out = Vec::new();
+        let status = StatusCode::from_u16(status).expect("status");
+        let (f, keep) = head(&mut out, status, &map, Some(&raw), exact, req, true);
+        (String::from_utf8(out).expect("utf8"), f, keep)
+    }
+
+    /// An upstream's fields written as lines give the very head the map would.
+    #[test]
+    fn lines_write_what_the_map_writes() {
+        let dated = "Sun, 06 Dec 2026 18:00:00 GMT";
+        let head = ForRequest { head: true, ..GET };
+        type Case<'a> = (u16, &'a [(&'a str, &'a str)], Option<u64>, ForRequest);
+        let cases: &[Case<'_>] = &[
+            (
+                200,
+                &[("server", "x"), ("content-length", "5")],
+                Some(5),
+                GET,
+            ),
+            (200, &[("server", "x"), ("date", dated)], None, GET),
+            (204, &[("content-length", "9"), ("x-a", "1")], None, GET),
+            (
+                304,
+                &[("content-length", "9"), ("etag", "\"1\"")],
+                None,
+                GET,
+            ),
+            (
+                200,
+                &[("set-cookie", "a=1"), ("set-cookie", "b=2")],
+                Some(0),
+                GET,
+            ),
+            (200, &[("content-type", "text/plain")], Some(7), head),
+            (
+                200,
+                &[("x-a", "1")],
+                None,
+                ForRequest {
+                    http10: true,
+                    ..GET
+                },
+            ),
+        ];
+        for (status, fields, exact, req) in cases {
+            let own = [("x-request-id", "abc")];
+            let mut all = fields.to_vec();
+            all.extend(own);
+            let by_map = text(*status, &all, *exact, *req);
+            let by_lines = text_raw(*status, fields, &own, *exact, *req);
+            // Both heads made their own `Date` (if any) within the same second, or not.
+            let strip = |t: &str| {
+                t.lines()
+                    .filter(|l| !l.starts_with("date: ") || l.ends_with(dated))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert_eq!(strip(&by_map.0), strip(&by_lines.0), "{status} {fields:?}");
+            assert_eq!((by_map.1, by_map.2), (by_lines.1, by_lines.2));
+        }
     }
 
     const GET: ForRequest = ForRequest {

@@ -683,6 +683,7 @@ impl<T: Stream> Conn<T> {
             &mut self.out.buf,
             parts.status,
             &parts.headers,
+            body.raw_fields(),
             exact,
             answer,
             keep_alive,
