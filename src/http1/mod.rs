@@ -254,13 +254,21 @@ pub fn field_kind(name: &[u8]) -> FieldKind {
     }
 }
 
+static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
+
 /// The hop-by-hop fields besides `Connection` and `TE` (whose value decides): see
-/// [`FieldKind::HopByHop`]; `Transfer-Encoding` is one too.
+/// [`FieldKind::HopByHop`]; `Transfer-Encoding` is one too. The same list as [`field_kind`]'s,
+/// compared as header names (a test checks they agree): on a map, most of these are one
+/// comparison of standard-header tags, not of bytes.
 pub fn is_hop_by_hop(k: &http::HeaderName) -> bool {
-    matches!(
-        field_kind(k.as_str().as_bytes()),
-        FieldKind::HopByHop | FieldKind::TransferEncoding
-    )
+    use http::header;
+    *k == header::TRANSFER_ENCODING
+        || *k == header::UPGRADE
+        || *k == header::PROXY_AUTHORIZATION
+        || *k == header::PROXY_AUTHENTICATE
+        || *k == KEEP_ALIVE
+        || *k == PROXY_CONNECTION
 }
 
 /// A `Content-Length` value: digits only (RFC 9110 §8.6), no sign, no list.
@@ -317,6 +325,42 @@ pub fn trim_ows(b: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    /// The two spellings of the hop-by-hop list agree, whatever the case of the name.
+    #[test]
+    fn hop_by_hop_names_agree() {
+        use super::{field_kind, is_hop_by_hop, FieldKind};
+        for name in [
+            "te",
+            "Date",
+            "upgrade",
+            "Connection",
+            "keep-alive",
+            "content-length",
+            "Proxy-Connection",
+            "transfer-encoding",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "trailer",
+            "x-forwarded-for",
+            "host",
+            "via",
+            "x-te",
+        ] {
+            let k = http::HeaderName::from_bytes(name.as_bytes()).expect("name");
+            let by_bytes = field_kind(name.as_bytes());
+            assert_eq!(
+                is_hop_by_hop(&k),
+                matches!(by_bytes, FieldKind::HopByHop | FieldKind::TransferEncoding),
+                "{name}"
+            );
+            assert_eq!(
+                field_kind(name.to_ascii_uppercase().as_bytes()),
+                by_bytes,
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn chunk_sizes_are_hex() {
         let mut out = Vec::new();

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -153,26 +153,30 @@ pub fn add_forwarding(
     via: &HeaderValue,
     https: bool,
 ) {
-    if h.contains_key(&X_FORWARDED_FOR) {
-        let mut xff = h
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .fold(String::new(), |mut acc, v| {
-                if !acc.is_empty() {
-                    acc.push_str(", ");
-                }
-                acc.push_str(v);
-                acc
-            });
-        xff.push_str(", ");
-        xff.push_str(peer.to_str().unwrap_or(""));
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert(X_FORWARDED_FOR.clone(), v);
+    // One lookup per field (entries, not a check then an insert): these run on every request.
+    match h.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut prior) => {
+            let mut xff =
+                prior
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .fold(String::new(), |mut acc, v| {
+                        if !acc.is_empty() {
+                            acc.push_str(", ");
+                        }
+                        acc.push_str(v);
+                        acc
+                    });
+            xff.push_str(", ");
+            xff.push_str(peer.to_str().unwrap_or(""));
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                prior.insert(v);
+            }
         }
-    } else {
         // The common case: no proxy before us; share the connection's value, no allocation.
-        h.insert(X_FORWARDED_FOR.clone(), peer.clone());
+        Entry::Vacant(e) => {
+            e.insert(peer.clone());
+        }
     }
     let proto = if https { "https" } else { "http" };
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -184,17 +188,21 @@ pub fn add_forwarding(
             h.remove(&X_FORWARDED_HOST);
         }
     }
-    match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            if let Ok(v) = HeaderValue::from_str(&format!(
-                "{prior}, {}",
-                via.to_str().unwrap_or("1.1 frontdesk")
-            )) {
-                h.insert(header::VIA, v);
+    match h.entry(header::VIA) {
+        Entry::Occupied(mut prior) => match prior.get().to_str() {
+            Ok(p) => {
+                let ours = via.to_str().unwrap_or("1.1 frontdesk");
+                if let Ok(v) = HeaderValue::from_str(&format!("{p}, {ours}")) {
+                    prior.insert(v);
+                }
             }
-        }
-        None => {
-            h.insert(header::VIA, via.clone());
+            // Not text: ours replaces it.
+            Err(_) => {
+                prior.insert(via.clone());
+            }
+        },
+        Entry::Vacant(e) => {
+            e.insert(via.clone());
         }
     }
 }

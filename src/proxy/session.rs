@@ -50,6 +50,8 @@ struct Matched<'s> {
     rule: crate::route::MatchedRule<'s>,
     /// The request's host, as forwarded (`Host`, or the target's authority).
     host: Option<HeaderValue>,
+    /// `host` is the request's own `Host` field.
+    host_in_headers: bool,
 }
 
 /// An HTTP/1.1 upgrade the client asked for: its connection, and the protocol.
@@ -309,7 +311,9 @@ impl<'c> Session<'c> {
         table: &'s crate::route::RouteTable<Route>,
         req: &Request<Body>,
     ) -> Result<Matched<'s>, GatewayError> {
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+        let in_headers = req.headers().get(header::HOST).cloned();
+        let host_in_headers = in_headers.is_some();
+        let host = in_headers.or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -336,6 +340,7 @@ impl<'c> Session<'c> {
             strip_len: m.strip_len,
             rule: m.rule(),
             host,
+            host_in_headers,
         })
     }
 
@@ -524,8 +529,13 @@ impl<'c> Session<'c> {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             head.headers.insert(header::UPGRADE, u.protocol.clone());
         }
-        if let Some(h) = &m.host {
-            head.headers.insert(header::HOST, h.clone());
+        match &m.host {
+            // Unless a plugin ran, the request's own `Host` is the one to send.
+            Some(_) if m.host_in_headers && cx.is_none() => {}
+            Some(h) => {
+                head.headers.insert(header::HOST, h.clone());
+            }
+            None => {}
         }
         head.uri = upstream_uri(&head.uri, m.route, m.strip_len)?;
         head.version = Version::HTTP_11;

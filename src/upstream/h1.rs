@@ -497,11 +497,12 @@ fn parse_head(
         for h in parsed.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| "invalid response field name")?;
-            match http1::field_kind(name.as_str().as_bytes()) {
-                FieldKind::ContentLength => f.content_length(h.value)?,
-                FieldKind::TransferEncoding => f.transfer_encoding(h.value),
-                FieldKind::Connection => names_fields |= f.connection(h.value),
-                _ => {}
+            if name == header::CONTENT_LENGTH {
+                f.content_length(h.value)?;
+            } else if name == header::TRANSFER_ENCODING {
+                f.transfer_encoding(h.value);
+            } else if name == header::CONNECTION {
+                names_fields |= f.connection(h.value);
             }
             fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
         }
@@ -642,7 +643,9 @@ fn raw_fields(
             FieldKind::Other if needs_map(name) => return Ok(None),
             FieldKind::Other => {}
         }
-        lines.extend(name.iter().map(u8::to_ascii_lowercase));
+        let at = lines.len();
+        lines.extend_from_slice(name);
+        lines[at..].make_ascii_lowercase();
         lines.extend_from_slice(b": ");
         lines.extend_from_slice(h.value);
         lines.extend_from_slice(b"\r\n");
