@@ -1037,6 +1037,7 @@ impl Aggregate {
                 ..CallReport::default()
             }),
             raw_fields: None,
+            added: Default::default(),
         };
         let called = c.upstream.call(req, &mut opts).await;
         reports.extend(opts.report);

@@ -66,6 +66,7 @@ impl UpstreamHandle {
                 ..CallReport::default()
             }),
             raw_fields: None,
+            added: Default::default(),
         };
         let called = self.upstream.call(req, &mut opts).await;
         if let Some(report) = opts.report {

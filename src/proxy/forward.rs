@@ -207,6 +207,36 @@ pub fn add_forwarding(
     }
 }
 
+/// True when `h` holds a field [`add_forwarding`] appends to or sets (`X-Forwarded-*`, `Via`,
+/// `X-Request-Id`): one pass over the names, no lookups.
+pub fn names_forwarding(h: &HeaderMap) -> bool {
+    h.keys().any(|k| {
+        *k == header::VIA
+            || *k == X_FORWARDED_FOR
+            || *k == X_FORWARDED_PROTO
+            || *k == X_FORWARDED_HOST
+            || *k == X_REQUEST_ID
+    })
+}
+
+/// The fields [`add_forwarding`] sets on a request that has none of them
+/// ([`names_forwarding`] is false), in the same order, pushed to `out` instead of a map.
+pub fn forwarding_fields(
+    out: &mut crate::upstream::AddedFields,
+    peer: &HeaderValue,
+    host: Option<&HeaderValue>,
+    via: &HeaderValue,
+    https: bool,
+) {
+    let proto = if https { "https" } else { "http" };
+    out.push((X_FORWARDED_FOR.clone(), peer.clone()));
+    out.push((X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto)));
+    if let Some(host) = host {
+        out.push((X_FORWARDED_HOST.clone(), host.clone()));
+    }
+    out.push((header::VIA, via.clone()));
+}
+
 /// The client address as a header value (IPv4-mapped IPv6 shown as IPv4), shared by every
 /// request of a connection.
 pub fn peer_value(peer: IpAddr) -> HeaderValue {
@@ -244,6 +274,33 @@ pub(crate) fn generate_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Beside the map or in it, a request without forwarding fields gets the same ones.
+    #[test]
+    fn forwarding_fields_are_what_add_forwarding_sets() {
+        let peer = HeaderValue::from_static("192.0.2.1");
+        let via = HeaderValue::from_static("1.1 gw");
+        let host = HeaderValue::from_static("shop.example");
+        for (host, https) in [(Some(&host), false), (None, true)] {
+            let mut map = HeaderMap::new();
+            map.insert(header::HOST, HeaderValue::from_static("shop.example"));
+            assert!(!names_forwarding(&map));
+            let mut beside = crate::upstream::AddedFields::new();
+            forwarding_fields(&mut beside, &peer, host, &via, https);
+            let mut by_map = map.clone();
+            add_forwarding(&mut by_map, &peer, host, &via, https);
+            for (n, v) in &beside {
+                map.append(n.clone(), v.clone());
+            }
+            let list = |m: &HeaderMap| {
+                m.iter()
+                    .map(|(n, v)| format!("{n}: {v:?}"))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(list(&map), list(&by_map));
+            assert!(names_forwarding(&by_map));
+        }
+    }
 
     #[test]
     fn removes_headers_named_in_connection() {

@@ -24,7 +24,7 @@ use crate::observe::Exchange;
 use crate::plugin::{Ctx, Flow, PhaseError, RequestHead, Summary};
 use crate::route::RequestKey;
 use crate::snapshot::{Route, Snapshot, Target};
-use crate::upstream::{BodySent, CallOptions, Upstream};
+use crate::upstream::{AddedFields, BodySent, CallOptions, Upstream};
 
 /// One exchange, from the request head to the end of the response body.
 pub(super) struct Session<'c> {
@@ -515,15 +515,28 @@ impl<'c> Session<'c> {
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let conn = self.conn;
         let plugins = &m.route.plugins;
-        forward::add_forwarding(
-            &mut head.headers,
-            &conn.peer_value,
-            m.host.as_ref(),
-            &snap.via,
-            conn.listener.tls.is_some(),
-        );
-        head.headers
-            .insert(forward::X_REQUEST_ID.clone(), self.request_id.clone());
+        let https = conn.listener.tls.is_some();
+        let mut added = AddedFields::new();
+        if cx.is_none()
+            && upstream.writes_added_fields()
+            && !forward::names_forwarding(&head.headers)
+        {
+            // No plugin will read the forwarding fields and the client sent none to append to:
+            // the connection writes them after the request's own, and the map is not touched.
+            let host = m.host.as_ref();
+            forward::forwarding_fields(&mut added, &conn.peer_value, host, &snap.via, https);
+            added.push((forward::X_REQUEST_ID.clone(), self.request_id.clone()));
+        } else {
+            forward::add_forwarding(
+                &mut head.headers,
+                &conn.peer_value,
+                m.host.as_ref(),
+                &snap.via,
+                https,
+            );
+            head.headers
+                .insert(forward::X_REQUEST_ID.clone(), self.request_id.clone());
+        }
         if let Some(u) = &upgrade {
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -558,6 +571,7 @@ impl<'c> Session<'c> {
             body_sent,
             report: self.ex.as_mut().map(|ex| std::mem::take(&mut ex.call)),
             raw_fields: raw.then_some(forward::is_consumer_name as fn(&[u8]) -> bool),
+            added,
         };
         let called = upstream
             .call(Request::from_parts(head, body), &mut opts)

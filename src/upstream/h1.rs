@@ -279,11 +279,12 @@ pub async fn send(
     req: Request<Body>,
     back: GiveBack,
     raw: Option<NeedsMap>,
+    added: &[(HeaderName, HeaderValue)],
 ) -> Result<(Response<Body>, Option<RawFields>), Failure> {
     let (parts, body) = req.into_parts();
     let head_request = parts.method == Method::HEAD;
     conn.out.buf.clear();
-    let framing = encode_head(&mut conn.out.buf, &parts, &body);
+    let framing = encode_head(&mut conn.out.buf, &parts, added, &body);
     let mut tx = Tx {
         body: (framing != Framing::None).then_some(body),
         framing,
@@ -380,8 +381,14 @@ pub async fn send(
     Ok((resp.map(|_| Body::new(body)), raw))
 }
 
-/// Writes the request line and fields; returns the body's framing.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &Body) -> Framing {
+/// Writes the request line and fields, then `added` (fields the map does not hold); returns the
+/// body's framing.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    added: &[(HeaderName, HeaderValue)],
+    body: &Body,
+) -> Framing {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -396,7 +403,11 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &Body) -> 
         .get(header::CONTENT_LENGTH)
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    for (name, value) in &parts.headers {
+    for (name, value) in parts
+        .headers
+        .iter()
+        .chain(added.iter().map(|(n, v)| (n, v)))
+    {
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && declared.is_none())
         {

@@ -194,7 +194,15 @@ pub struct CallOptions {
     /// header map, except for the field names this picks out. Native HTTP/1 connections only;
     /// others always fill the map.
     pub raw_fields: Option<h1::NeedsMap>,
+    /// Fields to send after the request's own, which its map does not hold: the native HTTP/1
+    /// client writes them as they are, any other connection puts them in the map first (see
+    /// [`Upstream::writes_added_fields`]).
+    pub added: AddedFields,
 }
+
+/// Fields a caller adds to a request beside its map ([`CallOptions::added`]); room for the
+/// proxy's own (`X-Forwarded-*`, `Via`, `X-Request-Id`) without an allocation.
+pub type AddedFields = smallvec::SmallVec<[(http::HeaderName, http::HeaderValue); 6]>;
 
 /// Waits for the request body to be sent, and keeps the client's fault if it failed. Survives
 /// attempts: a request that comes back unsent (a failed connect, a pooled connection that had
@@ -427,6 +435,13 @@ impl Upstream {
     /// Whether requests are sent over HTTP/2.
     pub fn is_h2(&self) -> bool {
         self.connector.is_h2()
+    }
+
+    /// Whether [`CallOptions::added`] is written without touching the request's map (the native
+    /// HTTP/1 client) and nothing here reads those fields from the map first (no hashing by a
+    /// header).
+    pub fn writes_added_fields(&self) -> bool {
+        self.connector.is_native_h1() && !matches!(self.hash_key, Some(HashKey::Header(_)))
     }
 
     /// Whether the circuit breaker is open now.
@@ -755,7 +770,7 @@ impl Upstream {
                 tokio::time::sleep(timeout).await;
             };
             let sent = tokio::select! {
-                r = conn.send(req, ep.pool_key, s.max_idle, opts.raw_fields) => r,
+                r = conn.send(req, ep.pool_key, s.max_idle, opts.raw_fields, &opts.added) => r,
                 () = timer => {
                     // A body that failed (stalled, say) leaves the upstream waiting for it.
                     return Err(opts.body_sent.fault().map_or(Failed::Timeout, Failed::Client));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use frontdesk_config::UpstreamProtocol;
-use http::{Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
@@ -88,10 +88,17 @@ impl Conn {
         key: u64,
         max_idle: usize,
         raw: Option<h1::NeedsMap>,
+        added: &[(HeaderName, HeaderValue)],
     ) -> Result<Sent, ConnFailure> {
+        let mut req = req;
+        if !matches!(self, Conn::Native(_)) {
+            // Only the native client writes fields beside the map.
+            for (n, v) in added {
+                req.headers_mut().insert(n.clone(), v.clone());
+            }
+        }
         let (r, conn) = match self {
             Conn::H1(mut s) => {
-                let mut req = req;
                 chunk_unknown_length(&mut req);
                 (s.try_send_request(req).await, Conn::H1(s))
             }
@@ -100,7 +107,7 @@ impl Conn {
                 let back = h1::GiveBack { key, max_idle };
                 // Boxed: inline, its state would enlarge every request's future, which is moved
                 // (copied) several times on its way into the connection's task.
-                let sending = crate::inplace::pinned(|| h1::send(conn, req, back, raw));
+                let sending = crate::inplace::pinned(|| h1::send(conn, req, back, raw, added));
                 return match sending.await {
                     Ok((resp, raw)) => Ok(Sent {
                         resp,
@@ -359,6 +366,11 @@ impl Connector {
     /// Whether connections speak HTTP/2.
     pub fn is_h2(&self) -> bool {
         matches!(self.protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c)
+    }
+
+    /// Whether connections are the native HTTP/1.1 client's.
+    pub fn is_native_h1(&self) -> bool {
+        self.native && !self.is_h2()
     }
 
     /// Opens a connection to `ep` and starts its driver task; TCP connect and TLS handshake
