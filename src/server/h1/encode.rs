@@ -191,17 +191,22 @@ mod tests {
         exact: Option<u64>,
         req: ForRequest,
     ) -> (String, Out, bool) {
+        let map = map_of(headers);
+        let mut out = Vec::new();
+        let status = StatusCode::from_u16(status).expect("status");
+        let (f, keep) = head(&mut out, status, &map, None, exact, req, true);
+        (String::from_utf8(out).expect("utf8"), f, keep)
+    }
+
+    fn map_of(fields: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
-        for (k, v) in headers {
+        for (k, v) in fields {
             map.append(
                 http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
                 v.parse().expect("value"),
             );
         }
-        let mut out = Vec::new();
-        let status = StatusCode::from_u16(status).expect("status");
-        let (f, keep) = head(&mut out, status, &map, None, exact, req, true);
-        (String::from_utf8(out).expect("utf8"), f, keep)
+        map
     }
 
     /// The same head written from lines (an upstream's fields, as the native client gives
@@ -225,13 +230,7 @@ mod tests {
                 .and_then(|(_, v)| v.parse().ok()),
             has_date: headers.iter().any(|(k, _)| *k == "date"),
         };
-        let mut map = HeaderMap::new();
-        for (k, v) in own {
-            map.append(
-                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                v.parse().expect("value"),
-            );
-        }
+        let map = map_of(own);
         let mut out = Vec::new();
         let status = StatusCode::from_u16(status).expect("status");
         let (f, keep) = head(&mut out, status, &map, Some(&raw), exact, req, true);
