@@ -310,7 +310,7 @@ pub struct RawFields {
     pub has_date: bool,
 }
 
-/// Trims optional whitespace/// Trims optional whitespace (SP, HTAB: RFC 9110 §5.6.3) on both sides.
+/// Trims optional whitespace (SP, HTAB: RFC 9110 §5.6.3) on both sides.
 pub fn trim_ows(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
