@@ -40,6 +40,8 @@ pub struct ResponseBody {
     /// responses have exactly one, the record), the others after it.
     on_end: Option<EndCallback>,
     more_on_end: Vec<EndCallback>,
+    /// The request's record, finished after the callbacks.
+    record: Option<(std::sync::Arc<Snapshot>, Box<Exchange>)>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -60,6 +62,7 @@ impl ResponseBody {
             sent: 0,
             on_end: None,
             more_on_end: Vec::new(),
+            record: None,
         }
     }
 
@@ -98,10 +101,10 @@ impl ResponseBody {
 
     /// Attaches the request's record, finished by the snapshot's observer when the body is done
     /// or dropped. The request's own snapshot moves here (not a clone).
-    pub fn observed(self, snap: std::sync::Arc<Snapshot>, exchange: Box<Exchange>) -> Self {
-        self.on_end(Box::new(move |end: Ended| {
-            snap.observer.finish(exchange, end.sent)
-        }))
+    pub fn observed(mut self, snap: std::sync::Arc<Snapshot>, exchange: Box<Exchange>) -> Self {
+        // Its own slot rather than an end callback: no box and no indirect call per request.
+        self.record = Some((snap, exchange));
+        self
     }
 
     fn end(&mut self, complete: bool) {
@@ -120,6 +123,10 @@ impl ResponseBody {
         }
         for f in self.more_on_end.drain(..) {
             f(ended);
+        }
+        // Last, as when it was the last callback attached (the session attaches it last).
+        if let Some((snap, exchange)) = self.record.take() {
+            snap.observer.finish(exchange, ended.sent);
         }
     }
 }

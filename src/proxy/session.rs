@@ -239,7 +239,10 @@ impl<'c> Session<'c> {
                 ));
             }
         }
-        let body_limit = self.conn.listener.max_body.unwrap_or(u64::MAX);
+        // Without a limit there is nothing to compare the declared length with.
+        let Some(body_limit) = self.conn.listener.max_body else {
+            return Ok(());
+        };
         if let Some(len) = req
             .headers()
             .get(header::CONTENT_LENGTH)
