@@ -1,8 +1,20 @@
-# Shared by bench/run.sh, bench/auth.sh and bench/observe.sh: process control, preflight, the nginx upstream,
-# one measured wrk run. Source it after setting TAG (log prefix), OUT (scratch dir), BENCH, ROOT,
-# CONNECTIONS, ROUNDS, PROXY_CPU, LOAD_CPU, FRONTDESK_BIN and UPSTREAM_BODY. The sourcing script
+# Shared by bench/run.sh, bench/auth.sh, bench/observe.sh and bench/grpc.sh: process control, preflight, the nginx upstream,
+# one measured wrk run, the load options' defaults. Source it after setting TAG (log prefix), OUT
+# (scratch dir), BENCH, ROOT and UPSTREAM_BODY. The sourcing script
 # defines run_wrk NAME DURATION OUTFILE and label_of NAME, and sets PROXY_PID (and, for measure,
 # the pid whose CPU is counted) before measuring.
+
+# ------------------------------------------------------------ load options --
+# The defaults every script shares (each script's header lists them with its own options).
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-50}
+WARMUP=${WARMUP:-3s}
+WRK_THREADS=${WRK_THREADS:-1}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+FRONTDESK_BIN=${FRONTDESK_BIN:-}
+FRONTDESK_DESC="FRONTDESK_BIN=$FRONTDESK_BIN"
 
 log() { printf '[%s] %s\n' "$TAG" "$*" >&2; }
 die() { printf '[%s] error: %s\n' "$TAG" "$*" >&2; exit 1; }

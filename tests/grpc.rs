@@ -35,17 +35,7 @@ routes:
 
 #[tokio::test]
 async fn unary_and_streaming_grpc_calls_pass_unchanged_with_their_trailers() {
-    let (reporter, service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("orders", tonic_health::ServingStatus::Serving)
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (reporter, upstream) = common::health_upstream().await;
     let (_gw, mut client) = through_gateway(upstream).await;
 
     // Unary: the status arrives in the trailers; without them tonic reports an error.

@@ -20,25 +20,8 @@ use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tonic_health::server::HealthReporter;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// A tonic health service on h2c; `orders` is serving.
-async fn health_upstream() -> (HealthReporter, SocketAddr) {
-    let (reporter, service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("orders", tonic_health::ServingStatus::Serving)
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (reporter, addr)
-}
 
 /// The route of the docs' CORS recipe: `grpc_web` and `cors` in front of an h2c upstream.
 fn grpc_config(upstream: SocketAddr) -> String {
@@ -87,7 +70,7 @@ fn check(service: &str) -> HealthCheckRequest {
 
 #[tokio::test]
 async fn tonic_web_client_unary_and_streaming_over_http1_and_grpc_on_the_same_route() {
-    let (mut reporter, upstream) = health_upstream().await;
+    let (mut reporter, upstream) = common::health_upstream().await;
     let gw = gateway(&grpc_config(upstream)).await;
     let mut client = web_client(gw.addr);
 
@@ -210,7 +193,7 @@ fn decode_text(text: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn cors_preflights_pass_and_browsers_may_read_the_status() {
-    let (_reporter, upstream) = health_upstream().await;
+    let (_reporter, upstream) = common::health_upstream().await;
     let gw = gateway(&grpc_config(upstream)).await;
     let http = common::client();
 
@@ -525,7 +508,7 @@ async fn the_official_js_client_in_text_mode_unary_and_streaming() {
     let Some(script) = node_client() else {
         return;
     };
-    let (mut reporter, upstream) = health_upstream().await;
+    let (mut reporter, upstream) = common::health_upstream().await;
     let gw = gateway(&grpc_config(upstream)).await;
     let base = format!("http://{}", gw.addr);
 

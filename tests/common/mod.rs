@@ -513,3 +513,21 @@ pub async fn metrics_text(gw: &TestGateway) -> String {
         .await
         .expect("text")
 }
+
+/// A tonic health service on h2c; `orders` is serving.
+pub async fn health_upstream() -> (tonic_health::server::HealthReporter, SocketAddr) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("orders", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (reporter, addr)
+}
