@@ -329,3 +329,16 @@ pub trait Plugin: Send + Sync + 'static {
     /// body's completion: it must not block; spawn a task for any I/O.
     fn log(&self, _summary: &Summary, _cx: &Ctx) {}
 }
+
+/// A `Content-Type` value's media type without its parameters, lower-cased
+/// (`Application/JSON; charset=utf-8` gives `application/json`); `None` when it is not text.
+pub fn media_type(v: &http::HeaderValue) -> Option<String> {
+    let v = v.to_str().ok()?;
+    Some(
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}

@@ -15,8 +15,8 @@ mod registry;
 mod upstream_handle;
 
 pub use api::{
-    Ctx, Flow, Phases, Plugin, PluginError, PluginResponse, RequestHead, ResponseHead, Summary,
-    VerifiedClaims,
+    media_type, Ctx, Flow, Phases, Plugin, PluginError, PluginResponse, RequestHead, ResponseHead,
+    Summary, VerifiedClaims,
 };
 pub use body::{BodyAction, BodyFilter, BufferCap, Buffered, FrameSink, OverCap};
 pub use chain::{

@@ -142,15 +142,12 @@ fn is_grpc(h: &HeaderMap) -> bool {
 /// format (XML, multipart, binary). `curl -d` sends `application/x-www-form-urlencoded`, so
 /// that one is read as JSON too.
 fn json_body(h: &HeaderMap) -> bool {
-    let Some(ct) = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(t) = h
+        .get(header::CONTENT_TYPE)
+        .and_then(crate::plugin::media_type)
+    else {
         return true;
     };
-    let t = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
     !(t.ends_with("/xml")
         || t.ends_with("+xml")
         || t.starts_with("multipart/")

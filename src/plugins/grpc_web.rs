@@ -66,13 +66,7 @@ struct Call {
 /// for any other content type. Parameters (`; charset=...`) are dropped; names are compared
 /// without regard to case.
 fn parse_content_type(v: &HeaderValue) -> Option<(bool, String)> {
-    let v = v.to_str().ok()?;
-    let media = v
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let media = crate::plugin::media_type(v)?;
     let rest = media.strip_prefix("application/grpc-web")?;
     let (text, sub) = match rest.strip_prefix("-text") {
         Some(sub) => (true, sub),
@@ -87,13 +81,7 @@ fn parse_content_type(v: &HeaderValue) -> Option<(bool, String)> {
 /// The gRPC-Web content type of an upstream answer: its gRPC subtype (`application/grpc+json`
 /// gives `+json`) or else the client's, in the client's mode. `None` when the answer is not gRPC.
 fn web_content_type(upstream: &HeaderValue, call: &Call) -> Option<HeaderValue> {
-    let v = upstream.to_str().ok()?;
-    let media = v
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let media = crate::plugin::media_type(upstream)?;
     let sub = media.strip_prefix("application/grpc")?;
     if !(sub.is_empty() || sub.starts_with('+')) {
         // `application/grpc-web` already, or something else.
