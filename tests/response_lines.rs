@@ -36,6 +36,8 @@ fn answer(case: &str) -> Vec<u8> {
         "odd" => b"HTTP/1.1 200 OK\nX-Tab:a\tb\nX-Obs: caf\xc3\xa9 \xff\nContent-Length: 2\n\nok",
         "unframed" => b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil close",
         "badlength" => b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\nok",
+        // The upstream's own request id: the gateway's replaces it.
+        "ownid" => b"HTTP/1.1 200 OK\r\nX-Request-ID: from-upstream\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok",
         _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
     };
     text.to_vec()
@@ -148,6 +150,7 @@ async fn an_upstream_head_reaches_the_client_alike_with_and_without_plugins() {
         "odd",
         "unframed",
         "badlength",
+        "ownid",
     ];
     let hyper = std::env::var("FRONTDESK_HTTP1").is_ok_and(|v| v.trim() == "hyper");
     for method in ["GET", "HEAD"] {
@@ -216,6 +219,10 @@ async fn an_upstream_head_reaches_the_client_alike_with_and_without_plugins() {
                     assert!(plain.contains("\r\nx-obs: café \u{fffd}"), "{plain}");
                 }
                 "badlength" => assert!(head.starts_with("http/1.1 502"), "{plain}"),
+                "ownid" => {
+                    assert!(!head.contains("from-upstream"), "{method} {case}\n{plain}");
+                    assert!(head.contains("\r\nx-a: 1"), "{method} {case}\n{plain}");
+                }
                 _ => {}
             }
         }

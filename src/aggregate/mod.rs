@@ -1039,7 +1039,7 @@ impl Aggregate {
             raw_fields: None,
             added: Default::default(),
         };
-        let called = c.upstream.call(req, &mut opts).await;
+        let called = c.upstream.call(Box::new(req), &mut opts).await;
         reports.extend(opts.report);
         let (resp, lease) = called.map_err(|e| call_failure(&e))?;
         let status = resp.status();

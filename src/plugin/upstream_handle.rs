@@ -68,7 +68,7 @@ impl UpstreamHandle {
             raw_fields: None,
             added: Default::default(),
         };
-        let called = self.upstream.call(req, &mut opts).await;
+        let called = self.upstream.call(Box::new(req), &mut opts).await;
         if let Some(report) = opts.report {
             cx.calls.push(report);
         }

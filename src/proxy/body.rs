@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body::{Frame, SizeHint};
 
 use crate::body::{Body, BodyError};
@@ -36,12 +37,15 @@ pub struct ResponseBody {
     /// the end (the connection goes back to the pool only then).
     lease: Option<Lease>,
     sent: u64,
-    /// Called once, in order, when the body ends or is dropped: the first one inline (most
-    /// responses have exactly one, the record), the others after it.
+    /// Called once when the body ends or is dropped: the callbacks attached, chained in order.
+    /// Only plugins attach any (the record has its own slot); one box, not a list, as every
+    /// response moves this body several times and each move copies what it holds inline.
     on_end: Option<EndCallback>,
-    more_on_end: Vec<EndCallback>,
     /// The request's record, finished after the callbacks.
     record: Option<(std::sync::Arc<Snapshot>, Box<Exchange>)>,
+    /// The request id, for the native HTTP/1 server to write after the map's fields (which then
+    /// hold no `X-Request-Id`); other servers find it in the map.
+    request_id: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -61,8 +65,8 @@ impl ResponseBody {
             lease: None,
             sent: 0,
             on_end: None,
-            more_on_end: Vec::new(),
             record: None,
+            request_id: None,
         }
     }
 
@@ -89,22 +93,35 @@ impl ResponseBody {
         self.lease.as_ref()?.raw_fields()
     }
 
+    /// Carries the request id for the server to write ([`ResponseBody::request_id`]), instead
+    /// of the response's map: no map is allocated for a response that has no other field in it.
+    pub fn set_request_id(&mut self, id: HeaderValue) {
+        self.request_id = Some(id);
+    }
+
+    /// The request id to write after the map's fields, if the session put it here (a valid
+    /// field value).
+    pub fn request_id(&self) -> Option<&[u8]> {
+        self.request_id.as_ref().map(HeaderValue::as_bytes)
+    }
+
     /// Runs `f` once the body ends or is dropped.
     pub fn on_end(mut self, f: EndCallback) -> Self {
-        if self.on_end.is_none() {
-            self.on_end = Some(f);
-        } else {
-            self.more_on_end.push(f);
-        }
+        self.on_end = Some(match self.on_end.take() {
+            None => f,
+            Some(first) => Box::new(move |ended| {
+                first(ended);
+                f(ended);
+            }),
+        });
         self
     }
 
     /// Attaches the request's record, finished by the snapshot's observer when the body is done
     /// or dropped. The request's own snapshot moves here (not a clone).
-    pub fn observed(mut self, snap: std::sync::Arc<Snapshot>, exchange: Box<Exchange>) -> Self {
+    pub fn observe(&mut self, snap: std::sync::Arc<Snapshot>, exchange: Box<Exchange>) {
         // Its own slot rather than an end callback: no box and no indirect call per request.
         self.record = Some((snap, exchange));
-        self
     }
 
     fn end(&mut self, complete: bool) {
@@ -119,9 +136,6 @@ impl ResponseBody {
             complete,
         };
         if let Some(f) = self.on_end.take() {
-            f(ended);
-        }
-        for f in self.more_on_end.drain(..) {
             f(ended);
         }
         // Last, as when it was the last callback attached (the session attaches it last).

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
+use crate::upstream::h1::RawRule;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -113,12 +115,25 @@ fn is_consumer_header(k: &HeaderName) -> bool {
     is_consumer_name(k.as_str().as_bytes())
 }
 
-/// [`is_consumer_header`] on a name as it came (any case): the fields of an upstream's response
-/// that must go through [`strip_hop_by_hop`] on a header map (`upstream::h1::NeedsMap`).
-pub fn is_consumer_name(name: &[u8]) -> bool {
+/// [`is_consumer_header`] on a name as it came (any case).
+fn is_consumer_name(name: &[u8]) -> bool {
     const PREFIX: &[u8] = b"x-consumer-";
     (name.len() > PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX))
         || name.eq_ignore_ascii_case(crate::plugin::X_ANONYMOUS_CONSUMER.as_str().as_bytes())
+}
+
+/// What the proxy does with an upstream response's field when the fields come as lines
+/// ([`crate::upstream::CallOptions::raw_fields`]): consumer fields go through
+/// [`strip_hop_by_hop`] on a map, the upstream's request id makes way for the gateway's (which
+/// the server writes; on a map it replaces the upstream's), the rest pass.
+pub fn raw_rule(name: &[u8]) -> RawRule {
+    if name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes()) {
+        RawRule::Drop
+    } else if is_consumer_name(name) {
+        RawRule::Map
+    } else {
+        RawRule::Keep
+    }
 }
 
 /// The hop-by-hop fields of RFC 9110 §7.6.1 (besides `Connection`) and their legacy relatives.

@@ -46,7 +46,8 @@ pub struct ConnInfo {
     /// [`ClientCert`] for what it guarantees.
     pub client_cert: Option<Arc<ClientCert>>,
     /// The downstream codec writes an upstream response's fields as lines
-    /// ([`crate::upstream::Lease::raw_fields`]): the native HTTP/1 server.
+    /// ([`crate::upstream::Lease::raw_fields`]) and the request id from the response body
+    /// ([`body::ResponseBody::request_id`]): the native HTTP/1 server.
     pub raw_heads: bool,
 }
 

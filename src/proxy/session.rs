@@ -24,6 +24,7 @@ use crate::observe::Exchange;
 use crate::plugin::{Ctx, Flow, PhaseError, RequestHead, Summary};
 use crate::route::RequestKey;
 use crate::snapshot::{Route, Snapshot, Target};
+use crate::upstream::h1::FieldRule;
 use crate::upstream::{AddedFields, BodySent, CallOptions, Upstream};
 
 /// One exchange, from the request head to the end of the response body.
@@ -199,16 +200,22 @@ impl<'c> Session<'c> {
         snap: Arc<Snapshot>,
         mut resp: Response<ResponseBody>,
     ) -> Response<ResponseBody> {
-        resp.headers_mut()
-            .insert(forward::X_REQUEST_ID.clone(), self.request_id);
-        match self.ex {
-            Some(mut ex) => {
-                ex.status = resp.status().as_u16();
-                // The snapshot moves into the body: no shared reference count is touched.
-                resp.map(|b| b.observed(snap, ex))
-            }
-            None => resp,
+        // The native HTTP/1 server writes it after the map's fields: a response whose fields came
+        // as lines then needs no map at all. One already in the map (an upstream's, a plugin's)
+        // is replaced where it stands.
+        // Set in place: moving the response costs more than the field.
+        if self.conn.raw_heads && !resp.headers().contains_key(&forward::X_REQUEST_ID) {
+            resp.body_mut().set_request_id(self.request_id);
+        } else {
+            resp.headers_mut()
+                .insert(forward::X_REQUEST_ID.clone(), self.request_id);
         }
+        if let Some(mut ex) = self.ex {
+            ex.status = resp.status().as_u16();
+            // The snapshot moves into the body: no shared reference count is touched.
+            resp.body_mut().observe(snap, ex);
+        }
+        resp
     }
 
     fn error_response(&mut self, e: &GatewayError) -> Response<ResponseBody> {
@@ -573,11 +580,11 @@ impl<'c> Session<'c> {
             preserve_host: m.route.preserve_host,
             body_sent,
             report: self.ex.as_mut().map(|ex| std::mem::take(&mut ex.call)),
-            raw_fields: raw.then_some(forward::is_consumer_name as fn(&[u8]) -> bool),
+            raw_fields: raw.then_some(forward::raw_rule as FieldRule),
             added,
         };
         let called = upstream
-            .call(Request::from_parts(head, body), &mut opts)
+            .call(Box::new(Request::from_parts(head, body)), &mut opts)
             .await;
         if let (Some(ex), Some(report)) = (self.ex.as_mut(), opts.report) {
             ex.call = report;

@@ -281,7 +281,7 @@ fn native_setup(
     park_after: Option<Duration>,
 ) -> h1::Setup {
     let mut info = ConnInfo::new(peer, spec.clone(), tunnels, client_cert);
-    // The native codec writes an upstream's response lines as they are.
+    // The native codec writes an upstream's response lines as they are, and the request id.
     info.raw_heads = true;
     h1::Setup {
         info: Arc::new(info),

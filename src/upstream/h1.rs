@@ -273,15 +273,15 @@ enum TxError {
 /// Sends `req` on `conn` and reads the response head. The response body reads from the
 /// connection (and sends what is left of a request body the upstream answered early); at its
 /// clean end the connection goes to `back`. With `raw`, the response's fields may come back as
-/// [`RawFields`] instead of in its header map (see [`NeedsMap`]).
+/// [`RawFields`] instead of in its header map (see [`FieldRule`]).
 pub async fn send(
     mut conn: Box<H1>,
-    req: Request<Body>,
+    req: Box<Request<Body>>,
     back: GiveBack,
-    raw: Option<NeedsMap>,
+    raw: Option<FieldRule>,
     added: &[(HeaderName, HeaderValue)],
 ) -> Result<(Response<Body>, Option<RawFields>), Failure> {
-    let (parts, body) = req.into_parts();
+    let (parts, body) = (*req).into_parts();
     let head_request = parts.method == Method::HEAD;
     conn.out.buf.clear();
     let framing = encode_head(&mut conn.out.buf, &parts, added, &body);
@@ -457,9 +457,20 @@ enum Parsed {
     Head(Head),
 }
 
-/// Which response fields a caller must see in a header map: when one of a head's field names
-/// passes this test, the head is parsed into a map even though [`RawFields`] were asked for.
-pub type NeedsMap = fn(&[u8]) -> bool;
+/// What a caller of [`RawFields`] does with a response field other than the connection's own,
+/// by its name as it came (any case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawRule {
+    /// Passed on as it is.
+    Keep,
+    /// Left out: the caller writes its own (the request id).
+    Drop,
+    /// Only a header map will do: the head is parsed into one although lines were asked for.
+    Map,
+}
+
+/// The caller's [`RawRule`] for each response field name.
+pub type FieldRule = fn(&[u8]) -> RawRule;
 
 /// Parses a response head at the start of `buf`, consuming it when complete. With `raw`, a
 /// head whose fields need nothing but the connection's own removed comes back as
@@ -468,7 +479,7 @@ fn parse_head(
     buf: &mut BytesMut,
     fields: &mut Vec<(HeaderName, usize, usize)>,
     head_request: bool,
-    raw: Option<NeedsMap>,
+    raw: Option<FieldRule>,
 ) -> Result<Option<Parsed>, BoxError> {
     if buf.is_empty() {
         return Ok(None);
@@ -495,7 +506,7 @@ fn parse_head(
     }
     let mut f = Framed::default();
     let raw = match raw.filter(|_| code != 101) {
-        Some(needs_map) => raw_fields(parsed.headers, len, needs_map, &mut f)?,
+        Some(rule) => raw_fields(parsed.headers, len, rule, &mut f)?,
         None => None,
     };
     let mut headers = HeaderMap::new();
@@ -620,15 +631,16 @@ impl Framed {
     }
 }
 
-/// The fields of a head of `len` bytes as [`RawFields`], or `None` when the head needs a map:
-/// a field `needs_map` names, a `TE`, a `Connection` naming more than `close`/`keep-alive`,
+/// The fields of a head of `len` bytes as [`RawFields`] (without those `rule` drops), or `None`
+/// when the head needs a map:
+/// a field `rule` sends to a map, a `TE`, a `Connection` naming more than `close`/`keep-alive`,
 /// `Transfer-Encoding` beside `Content-Length`. Names are lower-cased as a header map would
 /// write them; values are written as they came (`httparse` allowed only what a `HeaderValue`
 /// allows: visible ASCII, SP, HTAB, obs-text).
 fn raw_fields(
     headers: &[httparse::Header<'_>],
     len: usize,
-    needs_map: NeedsMap,
+    rule: FieldRule,
     f: &mut Framed,
 ) -> Result<Option<RawFields>, BoxError> {
     // Each line grows by two bytes at most (`name:value\n` becomes `name: value\r\n`).
@@ -651,8 +663,11 @@ fn raw_fields(
             }
             FieldKind::ContentLength => f.content_length(h.value)?,
             FieldKind::Date => has_date = true,
-            FieldKind::Other if needs_map(name) => return Ok(None),
-            FieldKind::Other => {}
+            FieldKind::Other => match rule(name) {
+                RawRule::Keep => {}
+                RawRule::Drop => continue,
+                RawRule::Map => return Ok(None),
+            },
         }
         let at = lines.len();
         lines.extend_from_slice(name);

@@ -191,9 +191,9 @@ pub struct CallOptions {
     /// any) names each attempt's span in the `traceparent` sent upstream.
     pub report: Option<CallReport>,
     /// The caller can take the response's fields as lines ([`Lease::raw_fields`]) instead of a
-    /// header map, except for the field names this picks out. Native HTTP/1 connections only;
-    /// others always fill the map.
-    pub raw_fields: Option<h1::NeedsMap>,
+    /// header map, with the fields this rule drops left out, unless it sends one to a map.
+    /// Native HTTP/1 connections only; others always fill the map.
+    pub raw_fields: Option<h1::FieldRule>,
     /// Fields to send after the request's own, which its map does not hold: the native HTTP/1
     /// client writes them as they are, any other connection puts them in the map first (see
     /// [`Upstream::writes_added_fields`]).
@@ -250,9 +250,13 @@ impl BodySent {
 }
 
 /// What a successful call holds until its response body is done: the connection to give back
-/// and the in-flight counts to release.
+/// and the in-flight counts to release. Boxed: the response and its body move from the call to
+/// the server several times, and each move copies what they hold inline.
 #[derive(Debug)]
-pub struct Lease {
+pub struct Lease(Box<LeaseParts>);
+
+#[derive(Debug)]
+struct LeaseParts {
     pool: Option<PoolReturn>,
     _endpoint: Option<EndpointInflight>,
     _upstream: Option<InflightToken>,
@@ -263,12 +267,12 @@ impl Lease {
     /// The response's fields as lines, when [`CallOptions::raw_fields`] asked for them and the
     /// connection gave them: the response's header map then holds none of the upstream's.
     pub fn raw_fields(&self) -> Option<&crate::http1::RawFields> {
-        self.raw.as_ref()
+        self.0.raw.as_ref()
     }
 
     /// The response completed: the connection may carry another request.
     pub fn finish(mut self) {
-        if let Some(p) = self.pool.take() {
+        if let Some(p) = self.0.pool.take() {
             p.give_back();
         }
     }
@@ -294,8 +298,8 @@ impl Drop for EndpointInflight {
 /// How one attempt ended, when it did not produce a response to return.
 enum Failed {
     /// The request was never sent and comes back.
-    Connect(ConnectError, Request<Body>),
-    Reset(BoxError, Option<Request<Body>>),
+    Connect(ConnectError, Box<Request<Body>>),
+    Reset(BoxError, Option<Box<Request<Body>>>),
     Timeout,
     /// The client's body failed: nothing to hold against the endpoint.
     Client(ClientBodyError),
@@ -522,7 +526,7 @@ impl Upstream {
     /// takes one retry from the budget. A retried status is returned as is when no retry is left.
     pub async fn call(
         &self,
-        req: Request<Body>,
+        req: Box<Request<Body>>,
         opts: &mut CallOptions,
     ) -> Result<(Response<Body>, Lease), CallError> {
         let mut admission = match &self.breaker {
@@ -552,7 +556,7 @@ impl Upstream {
             }
         }
         result.map(|(resp, mut lease)| {
-            lease._upstream = admission.as_mut().and_then(|a| a.token.take());
+            lease.0._upstream = admission.as_mut().and_then(|a| a.token.take());
             (resp, lease)
         })
     }
@@ -561,7 +565,7 @@ impl Upstream {
     /// may be its half-open probe); `last` is set to the index of each target tried.
     async fn attempts(
         &self,
-        req: Request<Body>,
+        req: Box<Request<Body>>,
         opts: &mut CallOptions,
         probe: Option<(&CircuitBreaker, &breaker::Admission<'_>)>,
         last: &mut Option<usize>,
@@ -634,12 +638,12 @@ impl Upstream {
                     if !retry {
                         return Ok((
                             resp,
-                            Lease {
+                            Lease(Box::new(LeaseParts {
                                 pool,
                                 _endpoint: inflight,
                                 _upstream: None,
                                 raw,
-                            },
+                            })),
                         ));
                     }
                     tracing::debug!(upstream = %self.name, endpoint = %ep.authority, %status, "retrying");
@@ -731,7 +735,7 @@ impl Upstream {
     async fn attempt(
         &self,
         ep: &Endpoint,
-        mut req: Request<Body>,
+        mut req: Box<Request<Body>>,
         opts: &mut CallOptions,
     ) -> Result<pool::Sent, Failed> {
         let h2 = self.connector.is_h2();
@@ -872,8 +876,8 @@ impl Replay {
         }
     }
 
-    fn request(&self) -> Request<Body> {
-        let mut r = Request::new(Body::empty());
+    fn request(&self) -> Box<Request<Body>> {
+        let mut r = Box::new(Request::new(Body::empty()));
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.headers_mut() = self.headers.clone();

@@ -54,7 +54,7 @@ pub struct ConnFailure {
     /// What the connection reported.
     pub error: BoxError,
     /// The request, when no byte of it was sent.
-    pub unsent: Option<Request<Body>>,
+    pub unsent: Option<Box<Request<Body>>>,
     /// The client's body failed, as the connection knows without looking inside `error`.
     pub client: Option<ClientBodyError>,
 }
@@ -84,13 +84,12 @@ impl Conn {
     /// connection's response body takes care of that itself).
     pub async fn send(
         self,
-        req: Request<Body>,
+        mut req: Box<Request<Body>>,
         key: u64,
         max_idle: usize,
-        raw: Option<h1::NeedsMap>,
+        raw: Option<h1::FieldRule>,
         added: &[(HeaderName, HeaderValue)],
     ) -> Result<Sent, ConnFailure> {
-        let mut req = req;
         if !matches!(self, Conn::Native(_)) {
             // Only the native client writes fields beside the map.
             for (n, v) in added {
@@ -100,9 +99,9 @@ impl Conn {
         let (r, conn) = match self {
             Conn::H1(mut s) => {
                 chunk_unknown_length(&mut req);
-                (s.try_send_request(req).await, Conn::H1(s))
+                (s.try_send_request(*req).await, Conn::H1(s))
             }
-            Conn::H2(mut s) => (s.try_send_request(req).await, Conn::H2(s)),
+            Conn::H2(mut s) => (s.try_send_request(*req).await, Conn::H2(s)),
             Conn::Native(conn) => {
                 let back = h1::GiveBack { key, max_idle };
                 // Boxed: inline, its state would enlarge every request's future, which is moved
@@ -116,7 +115,7 @@ impl Conn {
                     }),
                     Err(h1::Failure::Reset(error, unsent)) => Err(ConnFailure {
                         error,
-                        unsent: unsent.map(|r| *r),
+                        unsent,
                         client: None,
                     }),
                     Err(h1::Failure::Client(e)) => Err(ConnFailure {
@@ -140,7 +139,7 @@ impl Conn {
                 })
             }
             Err(mut e) => {
-                let unsent = e.take_message();
+                let unsent = e.take_message().map(Box::new);
                 let error = e.into_error();
                 Err(ConnFailure {
                     client: ClientBodyError::within(&error),

@@ -20,6 +20,14 @@ pub enum Out {
     Close,
 }
 
+/// Fields written beside the response's map, which holds none of them: an upstream's fields as
+/// lines before the map's, the request id after them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Beside<'a> {
+    pub raw: Option<&'a RawFields>,
+    pub request_id: Option<&'a [u8]>,
+}
+
 /// What the request said that shapes the response head.
 #[derive(Clone, Copy, Debug)]
 pub struct ForRequest {
@@ -34,17 +42,18 @@ pub struct ForRequest {
 /// Writes the status line and header fields; returns the body framing and whether the
 /// connection stays open after this response. `keep_alive` is what the request and the
 /// connection allow; a `Connection: close` from the response turns it off. `exact` is the
-/// body's exact length when known. `raw` are an upstream's fields as lines, written before the
-/// map's (which then holds only the gateway's own).
+/// body's exact length when known. With `beside.raw` the map holds only the gateway's own
+/// fields.
 pub fn head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
-    raw: Option<&RawFields>,
+    beside: Beside<'_>,
     exact: Option<u64>,
     req: ForRequest,
     mut keep_alive: bool,
 ) -> (Out, bool) {
+    let raw = beside.raw;
     let code = status.as_u16();
     let bodyless = (100..200).contains(&code) || code == 204 || code == 304;
     let declared = match raw {
@@ -115,6 +124,11 @@ pub fn head(
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(id) = beside.request_id {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(id);
         out.extend_from_slice(b"\r\n");
     }
     match framing {
@@ -194,7 +208,7 @@ mod tests {
         let map = map_of(headers);
         let mut out = Vec::new();
         let status = StatusCode::from_u16(status).expect("status");
-        let (f, keep) = head(&mut out, status, &map, None, exact, req, true);
+        let (f, keep) = head(&mut out, status, &map, Beside::default(), exact, req, true);
         (String::from_utf8(out).expect("utf8"), f, keep)
     }
 
@@ -210,11 +224,11 @@ mod tests {
     }
 
     /// The same head written from lines (an upstream's fields, as the native client gives
-    /// them), with `own` in the map.
+    /// them), with the request id `id` beside them.
     fn text_raw(
         status: u16,
         headers: &[(&str, &str)],
-        own: &[(&str, &str)],
+        id: &str,
         exact: Option<u64>,
         req: ForRequest,
     ) -> (String, Out, bool) {
@@ -230,10 +244,21 @@ mod tests {
                 .and_then(|(_, v)| v.parse().ok()),
             has_date: headers.iter().any(|(k, _)| *k == "date"),
         };
-        let map = map_of(own);
+        let beside = Beside {
+            raw: Some(&raw),
+            request_id: Some(id.as_bytes()),
+        };
         let mut out = Vec::new();
         let status = StatusCode::from_u16(status).expect("status");
-        let (f, keep) = head(&mut out, status, &map, Some(&raw), exact, req, true);
+        let (f, keep) = head(
+            &mut out,
+            status,
+            &HeaderMap::new(),
+            beside,
+            exact,
+            req,
+            true,
+        );
         (String::from_utf8(out).expect("utf8"), f, keep)
     }
 
@@ -276,11 +301,10 @@ mod tests {
             ),
         ];
         for (status, fields, exact, req) in cases {
-            let own = [("x-request-id", "abc")];
             let mut all = fields.to_vec();
-            all.extend(own);
+            all.push(("x-request-id", "abc"));
             let by_map = text(*status, &all, *exact, *req);
-            let by_lines = text_raw(*status, fields, &own, *exact, *req);
+            let by_lines = text_raw(*status, fields, "abc", *exact, *req);
             // Both heads made their own `Date` (if any) within the same second, or not.
             let strip = |t: &str| {
                 t.lines()

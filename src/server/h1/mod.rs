@@ -683,7 +683,10 @@ impl<T: Stream> Conn<T> {
             &mut self.out.buf,
             parts.status,
             &parts.headers,
-            body.raw_fields(),
+            encode::Beside {
+                raw: body.raw_fields(),
+                request_id: body.request_id(),
+            },
             exact,
             answer,
             keep_alive,
