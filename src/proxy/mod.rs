@@ -71,9 +71,11 @@ impl ConnInfo {
 }
 
 /// Handles one downstream request against one snapshot. Never fails: errors become responses.
+/// The request comes boxed: it moves through several layers of futures, and each move of an
+/// inline request copies its whole head.
 pub async fn handle(
     snap: Arc<Snapshot>,
-    req: Request<Body>,
+    req: Box<Request<Body>>,
     conn: &ConnInfo,
 ) -> Response<ResponseBody> {
     let mut s = session::Session::begin(&snap, &req, conn);

@@ -90,7 +90,7 @@ impl<'c> Session<'c> {
     pub(super) async fn run(
         &mut self,
         snap: &Snapshot,
-        mut req: Request<Body>,
+        mut req: Box<Request<Body>>,
     ) -> Response<ResponseBody> {
         let upgrade = if req.version() == Version::HTTP_11 {
             forward::wants_upgrade(req.headers()).and_then(|protocol| {
@@ -115,9 +115,9 @@ impl<'c> Session<'c> {
         // only such configs pay for its state.
         let mut identified = None;
         if let Some(stage) = &snap.identity_stage {
-            match Box::pin(self.identify(stage, req)).await {
+            match Box::pin(self.identify(stage, *req)).await {
                 Ok((r, cx)) => {
-                    req = r;
+                    req = Box::new(r);
                     identified = Some(cx);
                 }
                 Err(answer) => return answer,
@@ -417,11 +417,11 @@ impl<'c> Session<'c> {
         &mut self,
         snap: &Snapshot,
         m: Matched<'_>,
-        req: Request<Body>,
+        req: Box<Request<Body>>,
         upgrade: Option<Upgrade>,
         cx: &mut Option<Ctx>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let (mut head, body) = req.into_parts();
+        let (mut head, body) = (*req).into_parts();
         let bodiless = head.method == http::Method::HEAD;
         // Before the plugins: they see no hop-by-hop headers and no client-made consumer headers.
         forward::strip_hop_by_hop(&mut head.headers);

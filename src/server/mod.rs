@@ -385,7 +385,7 @@ async fn respond(
     // The edge: hyper's body becomes the gateway's, once.
     let mut req = req.map(crate::body::Body::from_client);
     crate::body::Upgrade::convert(req.extensions_mut());
-    let resp = proxy::handle(snap, req, &conn.info).await;
+    let resp = proxy::handle(snap, Box::new(req), &conn.info).await;
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         conn.shared.mark_upgraded();
     }

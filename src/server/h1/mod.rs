@@ -229,7 +229,7 @@ impl<T: Stream, F: Future<Output = Response<ResponseBody>> + Send> Drive<T> for 
 
 /// A parsed request with what the codec needs to serve it.
 struct Incoming {
-    req: Request<Body>,
+    req: Box<Request<Body>>,
     feed: Option<Feed>,
     upgrade: Option<oneshot::Sender<UpgradedIo>>,
     answer: ForRequest,
@@ -419,7 +419,7 @@ impl<T: Stream> Conn<T> {
                 .map_err(|_| bad("control characters in a header value"))?;
             headers.append(name, value);
         }
-        let mut req = Request::new(Body::empty());
+        let mut req = Box::new(Request::new(Body::empty()));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.version_mut() = if traits.http10 {
