@@ -1042,6 +1042,7 @@ impl Aggregate {
         let called = c.upstream.call(Box::new(req), &mut opts).await;
         reports.extend(opts.report);
         let (resp, lease) = called.map_err(|e| call_failure(&e))?;
+        let resp = *resp;
         let status = resp.status();
         if !status.is_success() {
             return Err(Failure {

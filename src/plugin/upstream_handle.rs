@@ -73,6 +73,7 @@ impl UpstreamHandle {
             cx.calls.push(report);
         }
         let (resp, lease) = called?;
+        let resp = *resp;
         Ok(resp.map(|b| crate::upstream::leased(b, lease)))
     }
 }

@@ -79,8 +79,9 @@ pub async fn handle(
     conn: &ConnInfo,
 ) -> Response<ResponseBody> {
     let mut s = session::Session::begin(&snap, &req, conn);
-    let resp = s.run(&snap, req).await;
-    s.finish(snap, resp)
+    let mut resp = s.run(&snap, req).await;
+    s.finish(snap, &mut resp);
+    resp
 }
 
 /// The upstream's request target in origin form: the (maybe stripped) path and the query.

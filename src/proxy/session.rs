@@ -195,11 +195,7 @@ impl<'c> Session<'c> {
 
     /// Ends the session's head: the request id goes back to the client, and the record (if any)
     /// rides the body until it ends.
-    pub(super) fn finish(
-        self,
-        snap: Arc<Snapshot>,
-        mut resp: Response<ResponseBody>,
-    ) -> Response<ResponseBody> {
+    pub(super) fn finish(self, snap: Arc<Snapshot>, resp: &mut Response<ResponseBody>) {
         // The native HTTP/1 server writes it after the map's fields: a response whose fields came
         // as lines then needs no map at all. One already in the map (an upstream's, a plugin's)
         // is replaced where it stands.
@@ -215,7 +211,6 @@ impl<'c> Session<'c> {
             // The snapshot moves into the body: no shared reference count is touched.
             resp.body_mut().observe(snap, ex);
         }
-        resp
     }
 
     fn error_response(&mut self, e: &GatewayError) -> Response<ResponseBody> {
@@ -635,7 +630,7 @@ impl<'c> Session<'c> {
             }
             forward::strip_hop_by_hop(headers);
         }
-        self.respond(m.route, resp, Some(lease), head_request, cx.as_mut())
+        self.respond(m.route, *resp, Some(lease), head_request, cx.as_mut())
             .await
     }
 

@@ -280,7 +280,7 @@ pub async fn send(
     back: GiveBack,
     raw: Option<FieldRule>,
     added: &[(HeaderName, HeaderValue)],
-) -> Result<(Response<Body>, Option<RawFields>), Failure> {
+) -> Result<(Box<Response<Body>>, Option<RawFields>), Failure> {
     let (parts, body) = (*req).into_parts();
     let head_request = parts.method == Method::HEAD;
     conn.out.buf.clear();
@@ -360,14 +360,14 @@ pub async fn send(
         let _ = up_tx.send(Box::new(crate::body::Rewind::new(rbuf.freeze(), io)));
         resp.extensions_mut()
             .insert(crate::body::Upgrade::native(rx));
-        return Ok((resp, raw));
+        return Ok((Box::new(resp), raw));
     }
     let reusable = keep_alive && sent;
     if decoder.is_done() && tx.body.is_none() {
         if reusable && conn.rbuf.is_empty() {
             back.give(conn);
         }
-        return Ok((resp, raw));
+        return Ok((Box::new(resp), raw));
     }
     let body = RespBody {
         conn: Some(conn),
@@ -378,7 +378,7 @@ pub async fn send(
         back: Some(back),
         failed: false,
     };
-    Ok((resp.map(|_| Body::new(body)), raw))
+    Ok((Box::new(resp.map(|_| Body::new(body))), raw))
 }
 
 /// Writes the request line and fields, then `added` (fields the map does not hold); returns the

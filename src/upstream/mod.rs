@@ -528,7 +528,7 @@ impl Upstream {
         &self,
         req: Box<Request<Body>>,
         opts: &mut CallOptions,
-    ) -> Result<(Response<Body>, Lease), CallError> {
+    ) -> Result<(Box<Response<Body>>, Lease), CallError> {
         let mut admission = match &self.breaker {
             Some(b) => Some(b.admit().map_err(|r| match r {
                 Refusal::Open => CallError::CircuitOpen,
@@ -569,7 +569,7 @@ impl Upstream {
         opts: &mut CallOptions,
         probe: Option<(&CircuitBreaker, &breaker::Admission<'_>)>,
         last: &mut Option<usize>,
-    ) -> Result<(Response<Body>, Lease), CallError> {
+    ) -> Result<(Box<Response<Body>>, Lease), CallError> {
         self.budget.record_request();
         // A copy to send again after a failure that consumed the request; only made when a
         // policy could use it, so the default path copies nothing.

@@ -61,7 +61,8 @@ pub struct ConnFailure {
 
 /// A response as a connection hands it over.
 pub struct Sent {
-    pub resp: Response<Body>,
+    /// Boxed: it moves through every layer of the call, and a pointer is cheaper to move.
+    pub resp: Box<Response<Body>>,
     /// Where an HTTP/1 connection (hyper's) goes back when the response is done.
     pub pool: Option<PoolReturn>,
     /// The response's fields as lines, when asked for (native HTTP/1 connections only).
@@ -133,7 +134,7 @@ impl Conn {
                 let pool =
                     matches!(conn, Conn::H1(_)).then(|| PoolReturn::new(key, max_idle, conn));
                 Ok(Sent {
-                    resp: resp.map(Body::from_upstream),
+                    resp: Box::new(resp.map(Body::from_upstream)),
                     pool,
                     raw: None,
                 })
