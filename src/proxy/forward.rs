@@ -12,6 +12,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `Via`, as a static (a constant's reference is not one: it has a destructor).
+static VIA: HeaderName = header::VIA;
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the right-most
 /// `X-Forwarded-For` entry that is not a trusted proxy (entries left of it could be forged by the
@@ -244,12 +246,12 @@ pub fn forwarding_fields(
     https: bool,
 ) {
     let proto = if https { "https" } else { "http" };
-    out.push((X_FORWARDED_FOR.clone(), peer.clone()));
-    out.push((X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto)));
+    out.push((&X_FORWARDED_FOR, peer.clone()));
+    out.push((&X_FORWARDED_PROTO, HeaderValue::from_static(proto)));
     if let Some(host) = host {
-        out.push((X_FORWARDED_HOST.clone(), host.clone()));
+        out.push((&X_FORWARDED_HOST, host.clone()));
     }
-    out.push((header::VIA, via.clone()));
+    out.push((&VIA, via.clone()));
 }
 
 /// The client address as a header value (IPv4-mapped IPv6 shown as IPv4), shared by every
@@ -305,7 +307,7 @@ mod tests {
             let mut by_map = map.clone();
             add_forwarding(&mut by_map, &peer, host, &via, https);
             for (n, v) in &beside {
-                map.append(n.clone(), v.clone());
+                map.append(*n, v.clone());
             }
             let list = |m: &HeaderMap| {
                 m.iter()

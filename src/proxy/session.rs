@@ -530,7 +530,7 @@ impl<'c> Session<'c> {
             // the connection writes them after the request's own, and the map is not touched.
             let host = m.host.as_ref();
             forward::forwarding_fields(&mut added, &conn.peer_value, host, &snap.via, https);
-            added.push((forward::X_REQUEST_ID.clone(), self.request_id.clone()));
+            added.push((&forward::X_REQUEST_ID, self.request_id.clone()));
         } else {
             forward::add_forwarding(
                 &mut head.headers,

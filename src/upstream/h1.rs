@@ -279,7 +279,7 @@ pub async fn send(
     req: Box<Request<Body>>,
     back: GiveBack,
     raw: Option<FieldRule>,
-    added: &[(HeaderName, HeaderValue)],
+    added: &[super::AddedField],
 ) -> Result<(Box<Response<Body>>, Option<RawFields>), Failure> {
     let (parts, body) = (*req).into_parts();
     let head_request = parts.method == Method::HEAD;
@@ -386,7 +386,7 @@ pub async fn send(
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::request::Parts,
-    added: &[(HeaderName, HeaderValue)],
+    added: &[super::AddedField],
     body: &Body,
 ) -> Framing {
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -406,7 +406,7 @@ fn encode_head(
     for (name, value) in parts
         .headers
         .iter()
-        .chain(added.iter().map(|(n, v)| (n, v)))
+        .chain(added.iter().map(|(n, v)| (*n, v)))
     {
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && declared.is_none())

@@ -201,8 +201,13 @@ pub struct CallOptions {
 }
 
 /// Fields a caller adds to a request beside its map ([`CallOptions::added`]); room for the
-/// proxy's own (`X-Forwarded-*`, `Via`, `X-Request-Id`) without an allocation.
-pub type AddedFields = smallvec::SmallVec<[(http::HeaderName, http::HeaderValue); 6]>;
+/// proxy's own (`X-Forwarded-For`, `-Proto`, `-Host`, `Via`, `X-Request-Id`) without an
+/// allocation. Names are statics: a name by reference keeps the options small, and they are
+/// moved into every call.
+pub type AddedFields = smallvec::SmallVec<[AddedField; 5]>;
+
+/// One of [`AddedFields`].
+pub type AddedField = (&'static http::HeaderName, http::HeaderValue);
 
 /// Waits for the request body to be sent, and keeps the client's fault if it failed. Survives
 /// attempts: a request that comes back unsent (a failed connect, a pooled connection that had

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use frontdesk_config::UpstreamProtocol;
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{Request, Response};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
@@ -89,12 +89,12 @@ impl Conn {
         key: u64,
         max_idle: usize,
         raw: Option<h1::FieldRule>,
-        added: &[(HeaderName, HeaderValue)],
+        added: &[super::AddedField],
     ) -> Result<Sent, ConnFailure> {
         if !matches!(self, Conn::Native(_)) {
             // Only the native client writes fields beside the map.
             for (n, v) in added {
-                req.headers_mut().insert(n.clone(), v.clone());
+                req.headers_mut().insert(*n, v.clone());
             }
         }
         let (r, conn) = match self {
