@@ -46,8 +46,9 @@ impl From<FieldError> for GatewayError {
 /// `:authority`), it wins: a `Host` naming anything else is replaced by it (RFC 9112 §3.2.2;
 /// RFC 9113 §8.3.1 lets the authority win), so routing, plugins and the upstream all see the one
 /// host the target names. An empty `Host` (RFC 9112 §3.2 allows it when the target has no
-/// authority) passes and routes like no `Host`.
-pub fn check_host<B>(req: &mut Request<B>) -> Result<(), FieldError> {
+/// authority) passes and routes like no `Host`. Returns the `Host` field the request then has,
+/// so that routing need not look it up again.
+pub fn check_host<B>(req: &mut Request<B>) -> Result<Option<HeaderValue>, FieldError> {
     let mut all = req.headers().get_all(HOST).iter();
     let host = all.next();
     if all.next().is_some() {
@@ -61,7 +62,7 @@ pub fn check_host<B>(req: &mut Request<B>) -> Result<(), FieldError> {
         _ => {}
     }
     let Some(authority) = req.uri().authority() else {
-        return Ok(());
+        return Ok(host.cloned());
     };
     if !valid_host(authority.as_str().as_bytes()) {
         return Err(FieldError::InvalidAuthority);
@@ -74,9 +75,10 @@ pub fn check_host<B>(req: &mut Request<B>) -> Result<(), FieldError> {
         // Valid host characters only (checked above): always a valid header value.
         let value =
             HeaderValue::from_str(authority.as_str()).map_err(|_| FieldError::InvalidAuthority)?;
-        req.headers_mut().insert(HOST, value);
+        req.headers_mut().insert(HOST, value.clone());
+        return Ok(Some(value));
     }
-    Ok(())
+    Ok(host.cloned())
 }
 
 /// True when `headers` carry no `Content-Length`, or ones that all say the same valid length

@@ -277,12 +277,26 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
 
 /// A fresh request id: 32 random lowercase hex digits.
 pub(crate) fn generate_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
+    // Both digits of a byte at once: a table of 256 pairs.
+    const PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
+    let random = [
+        fastrand::u64(..).to_le_bytes(),
+        fastrand::u64(..).to_le_bytes(),
+    ];
     let mut out = [0u8; 32];
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
+    for i in 0..16 {
+        let [hi, lo] = PAIRS[usize::from(random[i / 8][i % 8])];
+        out[2 * i] = hi;
+        out[2 * i + 1] = lo;
     }
     // 32 lowercase hex digits: always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
@@ -370,5 +384,22 @@ mod tests {
         let fresh = request_id(&h);
         assert_eq!(fresh.len(), 32);
         assert_ne!(fresh, "bad id!");
+    }
+
+    #[test]
+    fn fresh_ids_are_32_hex_digits_and_differ() {
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| generate_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        // Every digit value shows up somewhere, in every position: no digit is stuck.
+        for at in 0..32 {
+            let seen: std::collections::HashSet<u8> =
+                ids.iter().map(|v| v.as_bytes()[at]).collect();
+            assert_eq!(seen.len(), 16, "position {at}: {seen:?}");
+        }
+        assert!(
+            ids.iter()
+                .all(|v| v.len() == 32
+                    && v.as_bytes().iter().all(|b| b"0123456789abcdef".contains(b)))
+        );
     }
 }

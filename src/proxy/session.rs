@@ -92,7 +92,11 @@ impl<'c> Session<'c> {
         snap: &Snapshot,
         mut req: Box<Request<Body>>,
     ) -> Response<ResponseBody> {
-        let upgrade = if req.version() == Version::HTTP_11 {
+        // Only a request the codec can hand over carries the extension: the fields are looked
+        // up only then.
+        let upgrade = if req.version() == Version::HTTP_11
+            && req.extensions().get::<crate::body::Upgrade>().is_some()
+        {
             forward::wants_upgrade(req.headers()).and_then(|protocol| {
                 Some(Upgrade {
                     client: req.extensions_mut().remove::<crate::body::Upgrade>()?,
@@ -102,9 +106,10 @@ impl<'c> Session<'c> {
         } else {
             None
         };
-        if let Err(e) = self.check(&mut req) {
-            return self.error_response(&e);
-        }
+        let mut host = match self.check(&mut req) {
+            Ok(host) => host,
+            Err(e) => return self.error_response(&e),
+        };
         if self.conn.listener.redirect_https {
             return match redirect::to_https(snap, &req) {
                 Ok(r) => r,
@@ -118,6 +123,8 @@ impl<'c> Session<'c> {
             match Box::pin(self.identify(stage, *req)).await {
                 Ok((r, cx)) => {
                     req = Box::new(r);
+                    // The identity stage's plugins may have set it.
+                    host = req.headers().get(header::HOST).cloned();
                     identified = Some(cx);
                 }
                 Err(answer) => return answer,
@@ -127,7 +134,7 @@ impl<'c> Session<'c> {
             true => &snap.routes,
             false => self.profile_table(snap, &req, identified.as_ref()),
         };
-        let matched = match self.route(table, &req) {
+        let matched = match self.route(table, &req, host) {
             Ok(m) => m,
             Err(e) => return self.error_response(&e),
         };
@@ -220,11 +227,11 @@ impl<'c> Session<'c> {
         error_response::for_request(e, Some(&self.request_id), self.grpc)
     }
 
-    /// Checks what every request must be before anything reads it.
-    fn check(&self, req: &mut Request<Body>) -> Result<(), GatewayError> {
+    /// Checks what every request must be before anything reads it; returns its `Host` field.
+    fn check(&self, req: &mut Request<Body>) -> Result<Option<HeaderValue>, GatewayError> {
         // Before anything reads the host (routing, the HTTPS redirect, plugins, forwarding): one
         // valid host, and the target's authority wins over a `Host` that differs.
-        fields::check_host(req)?;
+        let host = fields::check_host(req)?;
         let limits = &self.conn.listener.limits;
         if req.version() == Version::HTTP_2 {
             // HTTP/1 heads were checked below hyper; HTTP/2 heads are checked here.
@@ -243,7 +250,7 @@ impl<'c> Session<'c> {
         }
         // Without a limit there is nothing to compare the declared length with.
         let Some(body_limit) = self.conn.listener.max_body else {
-            return Ok(());
+            return Ok(host);
         };
         if let Some(len) = req
             .headers()
@@ -257,7 +264,7 @@ impl<'c> Session<'c> {
                 ));
             }
         }
-        Ok(())
+        Ok(host)
     }
 
     /// Finds the request's route.
@@ -315,8 +322,8 @@ impl<'c> Session<'c> {
         &mut self,
         table: &'s crate::route::RouteTable<Route>,
         req: &Request<Body>,
+        in_headers: Option<HeaderValue>,
     ) -> Result<Matched<'s>, GatewayError> {
-        let in_headers = req.headers().get(header::HOST).cloned();
         let host_in_headers = in_headers.is_some();
         let host = in_headers.or_else(|| {
             req.uri()

@@ -100,7 +100,7 @@ impl GroupIndex {
     /// Pushes the lists of prefix rules that may match `path` (also for shadowing checks).
     pub(crate) fn prefixes<'s>(&'s self, path: &str, out: &mut Lists<'s>) {
         self.prefixes.prefixes_for(path, out);
-        out.push(&self.odd_prefixes);
+        push(out, &self.odd_prefixes);
     }
 
     /// Pushes the lists of template rules that may match `path` (for shadowing checks).

@@ -357,6 +357,14 @@ impl<R> RouteTable<R> {
         }
         let mut lists = index::Lists::new();
         ix.templates_and_prefixes(req.path, &mut lists);
+        if lists.len() <= 1 {
+            // One list (a table with only `/` prefixes, say) is in order already: no merge.
+            let only = lists.first().copied().unwrap_or_default();
+            return only
+                .iter()
+                .chain(ix.regexes())
+                .find_map(|&pos| self.try_entry(group.list[pos], req));
+        }
         Merged::new(lists)
             .chain(ix.regexes().iter().copied())
             .find_map(|pos| self.try_entry(group.list[pos], req))
