@@ -118,6 +118,27 @@ pub fn check_h2(uri: &Uri, headers: &HeaderMap) -> Result<(), FieldError> {
 /// percent-encoding no real host name uses: names a upstream or a log reader could split or
 /// decode differently are refused instead.
 fn valid_host(b: &[u8]) -> bool {
+    const BAD: u8 = 0;
+    const NAME: u8 = 1;
+    const DOT: u8 = 2;
+    const COLON: u8 = 3;
+    // What each byte is in a host name: one load per byte instead of a chain of compares.
+    const HOST_CLASS: [u8; 256] = {
+        let mut t = [BAD; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = match b {
+                b'.' => DOT,
+                b':' => COLON,
+                b'-' | b'_' => NAME,
+                _ if b.is_ascii_alphanumeric() => NAME,
+                _ => BAD,
+            };
+            c += 1;
+        }
+        t
+    };
     let (host, port) = if b.first() == Some(&b'[') {
         let Some(end) = b.iter().position(|&c| c == b']') else {
             return false;
@@ -137,14 +158,14 @@ fn valid_host(b: &[u8]) -> bool {
         let mut split = b.len();
         let mut after_dot = true;
         for (i, &c) in b.iter().enumerate() {
-            match c {
-                b':' => {
+            match HOST_CLASS[usize::from(c)] {
+                NAME => after_dot = false,
+                DOT if after_dot => return false,
+                DOT => after_dot = true,
+                COLON => {
                     split = i;
                     break;
                 }
-                b'.' if after_dot => return false,
-                b'.' => after_dot = true,
-                c if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' => after_dot = false,
                 _ => return false,
             }
         }

@@ -129,6 +129,10 @@ fn is_consumer_name(name: &[u8]) -> bool {
 /// [`strip_hop_by_hop`] on a map, the upstream's request id makes way for the gateway's (which
 /// the server writes; on a map it replaces the upstream's), the rest pass.
 pub fn raw_rule(name: &[u8]) -> RawRule {
+    // Every name picked out starts with `x-`: most fields are decided by their first byte.
+    if !matches!(name.first(), Some(b'x' | b'X')) {
+        return RawRule::Keep;
+    }
     if name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes()) {
         RawRule::Drop
     } else if is_consumer_name(name) {

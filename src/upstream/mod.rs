@@ -541,12 +541,12 @@ impl Upstream {
             })?),
             None => None,
         };
-        let started = Instant::now();
         let mut last = None;
+        let mut span = Span::default();
         let probe = self.breaker.as_ref().zip(admission.as_ref());
-        let result = self.attempts(req, opts, probe, &mut last).await;
+        let result = self.attempts(req, opts, probe, &mut last, &mut span).await;
         if let Some(r) = &mut opts.report {
-            r.duration = Some(started.elapsed());
+            r.duration = Some(span.duration());
         }
         if let (Some(b), Some(a)) = (&self.breaker, &mut admission) {
             let ok = match &result {
@@ -567,13 +567,15 @@ impl Upstream {
     }
 
     /// The tries of one request. `probe` is the breaker and this request's admission (which
-    /// may be its half-open probe); `last` is set to the index of each target tried.
+    /// may be its half-open probe); `last` is set to the index of each target tried, `span` to
+    /// when the first try started and the last one ended.
     async fn attempts(
         &self,
         req: Box<Request<Body>>,
         opts: &mut CallOptions,
         probe: Option<(&CircuitBreaker, &breaker::Admission<'_>)>,
         last: &mut Option<usize>,
+        span: &mut Span,
     ) -> Result<(Box<Response<Body>>, Lease), CallError> {
         self.budget.record_request();
         // A copy to send again after a failure that consumed the request; only made when a
@@ -604,17 +606,22 @@ impl Upstream {
             // Always counted (one atomic add): least_request reads it, and so does the admin API.
             let inflight = Some(EndpointInflight::new(&ep.state));
             let mut req = req;
-            let span = opts.report.as_mut().and_then(|r| {
+            let trace_span = opts.report.as_mut().and_then(|r| {
                 r.target = Some(ep.url.clone());
                 let trace = r.trace.as_ref()?;
                 let span_id = trace::new_span_id();
                 trace.inject(req.headers_mut(), &span_id);
                 Some((span_id, trace.sampled))
             });
-            let (t0, wall) = (Instant::now(), span.map(|_| SystemTime::now()));
-            let result = self.attempt(ep, req, opts).await;
-            let took = t0.elapsed();
-            if let (Some((span_id, true)), Some(start), Some(r)) = (span, wall, &mut opts.report) {
+            let (t0, wall) = (Instant::now(), trace_span.map(|_| SystemTime::now()));
+            span.first.get_or_insert(t0);
+            let result = self.attempt(ep, req, opts, t0).await;
+            let end = Instant::now();
+            span.last = Some(end);
+            let took = end.saturating_duration_since(t0);
+            if let (Some((span_id, true)), Some(start), Some(r)) =
+                (trace_span, wall, &mut opts.report)
+            {
                 let (status, error) = match &result {
                     Ok(sent) => (Some(sent.resp.status().as_u16()), None),
                     Err(f) => (None, Some(f.kind())),
@@ -736,17 +743,19 @@ impl Upstream {
         }
     }
 
-    /// One try on `ep`; failures before sending hand the request back.
+    /// One try on `ep`, started at `t0`; failures before sending hand the request back.
     async fn attempt(
         &self,
         ep: &Endpoint,
         mut req: Box<Request<Body>>,
         opts: &mut CallOptions,
+        t0: Instant,
     ) -> Result<pool::Sent, Failed> {
         let h2 = self.connector.is_h2();
         self.prepare(ep, &mut req, opts.preserve_host, h2);
         let s = &self.pool_settings;
-        let mut pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout);
+        // `t0` stands for "now" while nothing has waited since: a clock read is not free.
+        let mut pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout, t0);
         loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
@@ -763,7 +772,7 @@ impl Upstream {
             };
             if conn.ready().await.is_err() {
                 if reused {
-                    pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout);
+                    pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout, Instant::now());
                     continue;
                 }
                 let e = ConnectError::Io(std::io::Error::new(
@@ -774,9 +783,15 @@ impl Upstream {
             }
             let timeout = self.timeout;
             let body_sent = &mut opts.body_sent;
+            // A pooled connection and no body to wait for: the timer starts now, which `t0`
+            // still is.
+            let start = (reused && body_sent.rx.is_none()).then_some(t0);
             let timer = async move {
                 body_sent.wait().await;
-                tokio::time::sleep(timeout).await;
+                match start {
+                    Some(t0) => tokio::time::sleep_until((t0 + timeout).into()).await,
+                    None => tokio::time::sleep(timeout).await,
+                }
             };
             let sent = tokio::select! {
                 r = conn.send(req, ep.pool_key, s.max_idle, opts.raw_fields, &opts.added) => r,
@@ -804,7 +819,8 @@ impl Upstream {
                         // on without a byte of answer), so sending it again is safe.
                         Some(r) if reused => {
                             req = r;
-                            pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout);
+                            pooled =
+                                pool::checkout(ep.pool_key, h2, s.idle_timeout, Instant::now());
                         }
                         unsent => return Err(Failed::Reset(error, unsent)),
                     }
@@ -859,6 +875,22 @@ impl Upstream {
         // Full jitter between half and all of the delay spreads retries of many clients.
         let jittered = exp.mul_f64(0.5 + fastrand::f64() * 0.5);
         tokio::time::sleep(jittered).await;
+    }
+}
+
+/// When a call's first try started and its last one ended.
+#[derive(Default)]
+struct Span {
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Span {
+    fn duration(&self) -> Duration {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) => last.saturating_duration_since(first),
+            _ => Duration::ZERO,
+        }
     }
 }
 

@@ -264,8 +264,13 @@ thread_local! {
 }
 
 /// Takes a live connection for `key`: the most recently used idle HTTP/1 connection, or this
-/// thread's HTTP/2 connection. Stale ones are dropped.
-pub(crate) fn checkout(key: u64, h2: bool, idle_timeout: Duration) -> Option<Conn> {
+/// thread's HTTP/2 connection. Stale ones (idle longer than `idle_timeout` at `now`) are dropped.
+pub(crate) fn checkout(
+    key: u64,
+    h2: bool,
+    idle_timeout: Duration,
+    now: std::time::Instant,
+) -> Option<Conn> {
     if h2 {
         return SHARED_H2.with(|m| {
             let mut m = m.borrow_mut();
@@ -283,7 +288,7 @@ pub(crate) fn checkout(key: u64, h2: bool, idle_timeout: Duration) -> Option<Con
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&key)?;
         while let Some(c) = list.pop() {
-            if c.since.elapsed() > idle_timeout {
+            if Instant::from_std(now).saturating_duration_since(c.since) > idle_timeout {
                 continue;
             }
             match c.conn {

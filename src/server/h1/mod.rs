@@ -344,19 +344,23 @@ impl<T: Stream> Conn<T> {
         }
     }
 
-    /// Polls the connection's timer, set to `deadline` (re-armed only when it moved).
+    /// Polls the connection's timer for `deadline`. A deadline later than the one armed is
+    /// not re-armed at once (that would be a timer-wheel update per keep-alive request, as each
+    /// idle wait ends later than the last): the timer fires at the earlier one and is re-armed
+    /// for the real deadline then. An earlier deadline is re-armed at once. It never fires late.
     fn poll_timer(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
-        match &mut self.timer {
-            Some(t) => {
-                if t.deadline() != deadline {
-                    t.as_mut().reset(deadline);
-                }
-            }
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        let t = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if t.deadline() > deadline {
+            t.as_mut().reset(deadline);
         }
-        match &mut self.timer {
-            Some(t) => t.as_mut().poll(cx),
-            None => Poll::Pending,
+        loop {
+            std::task::ready!(t.as_mut().poll(cx));
+            if t.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            t.as_mut().reset(deadline);
         }
     }
 
