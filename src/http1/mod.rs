@@ -236,6 +236,58 @@ pub enum FieldKind {
     Other,
 }
 
+/// Which kinds of fields a request head named, as its codec saw them: the proxy skips lookups
+/// of fields the head cannot hold. Conservative: a kind marked may still be absent, one not
+/// marked is absent. [`Seen::ALL`] when the codec did not look (every lookup is made).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen(u8);
+
+impl Seen {
+    /// Nothing seen yet.
+    pub const NONE: Seen = Seen(0);
+    /// Unknown: anything may be there.
+    pub const ALL: Seen = Seen(u8::MAX);
+    const X: u8 = 1;
+    const CONTENT_TYPE: u8 = 2;
+    const HOP_BY_HOP: u8 = 4;
+    const VIA: u8 = 8;
+
+    /// Notes a field name, as it came (any case).
+    pub fn note(&mut self, name: &[u8]) {
+        self.0 |= match name.len() {
+            // `x-` fields: the request id, `X-Forwarded-*`, the consumer fields only the
+            // gateway may set (all looked up or stripped by name).
+            n if n > 2 && name[1] == b'-' && matches!(name[0], b'x' | b'X') => Self::X,
+            3 if name.eq_ignore_ascii_case(b"via") => Self::VIA,
+            12 if name.eq_ignore_ascii_case(b"content-type") => Self::CONTENT_TYPE,
+            _ => match field_kind(name) {
+                FieldKind::Other | FieldKind::ContentLength | FieldKind::Date => 0,
+                _ => Self::HOP_BY_HOP,
+            },
+        };
+    }
+
+    /// It may hold an `x-` field (`X-Request-Id`, `X-Forwarded-*`, `X-Consumer-*`).
+    pub fn x_fields(self) -> bool {
+        self.0 & Self::X != 0
+    }
+
+    /// It may hold a `Content-Type`.
+    pub fn content_type(self) -> bool {
+        self.0 & Self::CONTENT_TYPE != 0
+    }
+
+    /// It may hold a field the proxy strips from a request: hop-by-hop or consumer fields.
+    pub fn strippable(self) -> bool {
+        self.0 & (Self::HOP_BY_HOP | Self::X) != 0
+    }
+
+    /// It may hold a forwarding field (`X-Forwarded-*`, `Via`, `X-Request-Id`).
+    pub fn forwarding(self) -> bool {
+        self.0 & (Self::VIA | Self::X) != 0
+    }
+}
+
 /// The kind of field `name`; one comparison at most (by length first).
 pub fn field_kind(name: &[u8]) -> FieldKind {
     let is = |known: &[u8]| name.eq_ignore_ascii_case(known);

@@ -390,6 +390,84 @@ mod tests {
         assert_ne!(fresh, "bad id!");
     }
 
+    /// A lookup the session skips when the codec saw no field of its kind (`http1::Seen`) would
+    /// have found nothing: every name these rules act on is marked.
+    #[test]
+    fn what_the_codec_marks_covers_every_name_the_proxy_acts_on() {
+        for name in [
+            "te",
+            "TE",
+            "connection",
+            "Keep-Alive",
+            "upgrade",
+            "proxy-connection",
+            "transfer-encoding",
+            "Proxy-Authenticate",
+            "proxy-authorization",
+            "x-consumer-name",
+            "X-Consumer-Custom-Id",
+            "x-anonymous-consumer",
+            "x-forwarded-for",
+            "X-Forwarded-Proto",
+            "x-forwarded-host",
+            "via",
+            "VIA",
+            "x-request-id",
+            "X-Request-ID",
+            "content-type",
+            "Content-Type",
+            "host",
+            "accept",
+            "x-other",
+            "trailer",
+            "date",
+            "content-length",
+        ] {
+            let mut seen = crate::http1::Seen::NONE;
+            seen.note(name.as_bytes());
+            let mut map = HeaderMap::new();
+            let value = if name.eq_ignore_ascii_case("connection") {
+                "close, x-other"
+            } else if name.eq_ignore_ascii_case("content-type") {
+                "application/grpc"
+            } else {
+                "v1"
+            };
+            map.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_static(value),
+            );
+            let mut stripped = map.clone();
+            strip_hop_by_hop(&mut stripped);
+            if stripped.len() != map.len() {
+                assert!(seen.strippable(), "{name}: stripped, not marked");
+            }
+            if names_forwarding(&map) {
+                assert!(seen.forwarding(), "{name}: forwarding, not marked");
+            }
+            if request_id(&map) == "v1" {
+                assert!(seen.x_fields(), "{name}: a request id, not marked");
+            }
+            if crate::proxy::error_response::is_grpc(&map) {
+                assert!(seen.content_type(), "{name}: a content type, not marked");
+            }
+        }
+        assert_eq!(crate::http1::Seen::NONE, {
+            let mut s = crate::http1::Seen::NONE;
+            for n in [
+                "host",
+                "accept",
+                "user-agent",
+                "content-length",
+                "date",
+                "trailer",
+            ] {
+                s.note(n.as_bytes());
+            }
+            s
+        });
+    }
+
     #[test]
     fn fresh_ids_are_32_hex_digits_and_differ() {
         let ids: std::collections::HashSet<_> = (0..1000).map(|_| generate_id()).collect();

@@ -72,13 +72,15 @@ impl ConnInfo {
 
 /// Handles one downstream request against one snapshot. Never fails: errors become responses.
 /// The request comes boxed: it moves through several layers of futures, and each move of an
-/// inline request copies its whole head.
+/// inline request copies its whole head. `seen` is what its codec saw of its fields
+/// ([`crate::http1::Seen::ALL`] when it did not look).
 pub async fn handle(
     snap: Arc<Snapshot>,
     req: Box<Request<Body>>,
     conn: &ConnInfo,
+    seen: crate::http1::Seen,
 ) -> Response<ResponseBody> {
-    let mut s = session::Session::begin(&snap, &req, conn);
+    let mut s = session::Session::begin(&snap, &req, conn, seen);
     let mut resp = s.run(&snap, req).await;
     s.finish(snap, &mut resp);
     resp

@@ -17,6 +17,7 @@ use super::{
 use crate::aggregate::{Aggregate, AggregateRequest};
 use crate::body::{Body, BodyError};
 use crate::error::{ErrorSource, GatewayError};
+use crate::http1::Seen;
 
 /// RFC 9211's response field, as the `cache` plugin sets it.
 static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
@@ -41,6 +42,8 @@ pub(super) struct Session<'c> {
     bytes_in: Option<Arc<AtomicU64>>,
     /// When the head arrived, for a plugin's logging phase on an unobserved request.
     started: Option<Instant>,
+    /// The kinds of fields the request's head named, while only the proxy has changed it.
+    seen: Seen,
 }
 
 /// A request that matched a route.
@@ -62,9 +65,18 @@ struct Upgrade {
 }
 
 impl<'c> Session<'c> {
-    /// Starts the session of `req`, received on `conn`.
-    pub(super) fn begin(snap: &Snapshot, req: &Request<Body>, conn: &'c ConnInfo) -> Self {
-        let mut request_id = forward::request_id(req.headers());
+    /// Starts the session of `req`, received on `conn`; `seen` is what its codec saw of its
+    /// fields.
+    pub(super) fn begin(
+        snap: &Snapshot,
+        req: &Request<Body>,
+        conn: &'c ConnInfo,
+        seen: Seen,
+    ) -> Self {
+        let mut request_id = match seen.x_fields() {
+            true => forward::request_id(req.headers()),
+            false => forward::generate_id(),
+        };
         // Unique per request: HPACK must not index it (HTTP/2 both ways). Indexed, every value
         // would be inserted into the connection's dynamic table and evict one that repeats.
         request_id.set_sensitive(true);
@@ -78,11 +90,12 @@ impl<'c> Session<'c> {
         Session {
             conn,
             request_id,
-            grpc: error_response::is_grpc(req.headers()),
+            grpc: seen.content_type() && error_response::is_grpc(req.headers()),
             downstream_h1: req.version() < Version::HTTP_2,
             ex,
             bytes_in: None,
             started: None,
+            seen,
         }
     }
 
@@ -123,6 +136,8 @@ impl<'c> Session<'c> {
             match Box::pin(self.identify(stage, *req)).await {
                 Ok((r, cx)) => {
                     req = Box::new(r);
+                    // Its plugins may have changed any field.
+                    self.seen = Seen::ALL;
                     // The identity stage's plugins may have set it.
                     host = req.headers().get(header::HOST).cloned();
                     identified = Some(cx);
@@ -426,7 +441,9 @@ impl<'c> Session<'c> {
         let (mut head, body) = (*req).into_parts();
         let bodiless = head.method == http::Method::HEAD;
         // Before the plugins: they see no hop-by-hop headers and no client-made consumer headers.
-        forward::strip_hop_by_hop(&mut head.headers);
+        if self.seen.strippable() {
+            forward::strip_hop_by_hop(&mut head.headers);
+        }
         let plugins = &m.route.plugins;
         if let Some(cx) = cx.as_mut() {
             match plugins
@@ -531,7 +548,7 @@ impl<'c> Session<'c> {
         let mut added = AddedFields::new();
         if cx.is_none()
             && upstream.writes_added_fields()
-            && !forward::names_forwarding(&head.headers)
+            && !(self.seen.forwarding() && forward::names_forwarding(&head.headers))
         {
             // No plugin will read the forwarding fields and the client sent none to append to:
             // the connection writes them after the request's own, and the map is not touched.

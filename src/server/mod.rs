@@ -385,7 +385,8 @@ async fn respond(
     // The edge: hyper's body becomes the gateway's, once.
     let mut req = req.map(crate::body::Body::from_client);
     crate::body::Upgrade::convert(req.extensions_mut());
-    let resp = proxy::handle(snap, Box::new(req), &conn.info).await;
+    // hyper's codecs say nothing of the fields: every lookup is made.
+    let resp = proxy::handle(snap, Box::new(req), &conn.info, crate::http1::Seen::ALL).await;
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         conn.shared.mark_upgraded();
     }

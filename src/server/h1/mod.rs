@@ -230,6 +230,8 @@ impl<T: Stream, F: Future<Output = Response<ResponseBody>> + Send> Drive<T> for 
 /// A parsed request with what the codec needs to serve it.
 struct Incoming {
     req: Box<Request<Body>>,
+    /// The kinds of fields its head named.
+    seen: crate::http1::Seen,
     feed: Option<Feed>,
     upgrade: Option<oneshot::Sender<UpgradedIo>>,
     answer: ForRequest,
@@ -405,7 +407,9 @@ impl<T: Stream> Conn<T> {
             Method::from_bytes(p.method.as_bytes()).map_err(|_| bad("malformed request line"))?;
         let target = (p.target.as_ptr() as usize - base, p.target.len());
         self.fields.clear();
+        let mut seen = crate::http1::Seen::NONE;
         for h in p.headers {
+            seen.note(h.name.as_bytes());
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| bad("malformed header name"))?;
             self.fields
@@ -460,6 +464,7 @@ impl<T: Stream> Conn<T> {
         };
         Ok(Some(Incoming {
             req,
+            seen,
             feed,
             upgrade,
             answer,
@@ -481,6 +486,7 @@ impl<T: Stream> Conn<T> {
     fn begin(&self, incoming: Incoming) -> Pin<Box<dyn Drive<T>>> {
         let Incoming {
             req,
+            seen,
             feed,
             answer,
             keep_alive,
@@ -490,7 +496,7 @@ impl<T: Stream> Conn<T> {
         let snap = self.setup.live.load_full();
         let info = self.setup.info.clone();
         crate::inplace::pinned(|| Exchange {
-            handler: async move { proxy::handle(snap, req, &info).await },
+            handler: async move { proxy::handle(snap, req, &info, seen).await },
             feed,
             sending: None,
             answer,
