@@ -281,10 +281,13 @@ pub async fn send(
     raw: Option<FieldRule>,
     added: &[super::AddedField],
 ) -> Result<(Box<Response<Body>>, Option<RawFields>), Failure> {
-    let (parts, body) = (*req).into_parts();
-    let head_request = parts.method == Method::HEAD;
+    // The head stays in its box (kept to hand back unsent): moved out, it would be copied into
+    // this future and back.
+    let mut req = req;
+    let body = std::mem::take(req.body_mut());
+    let head_request = req.method() == Method::HEAD;
     conn.out.buf.clear();
-    let framing = encode_head(&mut conn.out.buf, &parts, added, &body);
+    let framing = encode_head(&mut conn.out.buf, &req, added, &body);
     let mut tx = Tx {
         body: (framing != Framing::None).then_some(body),
         framing,
@@ -295,8 +298,8 @@ pub async fn send(
         trailers: None,
         written: 0,
     };
-    let replayable = framing == Framing::None && parts.method.is_idempotent();
-    let mut parts = Some(parts);
+    let replayable = framing == Framing::None && req.method().is_idempotent();
+    let mut kept = Some(req);
     let mut sent = false;
     let head = poll_fn(|cx| loop {
         if !sent {
@@ -307,9 +310,13 @@ pub async fn send(
                 }
                 Poll::Ready(Err(TxError::Io(e))) => {
                     // Nothing written: the request goes back whole, to be sent elsewhere.
-                    let unsent = (tx.written == 0).then(|| parts.take()).flatten().map(|p| {
-                        Box::new(Request::from_parts(p, tx.body.take().unwrap_or_default()))
-                    });
+                    let unsent = (tx.written == 0)
+                        .then(|| kept.take())
+                        .flatten()
+                        .map(|mut r| {
+                            *r.body_mut() = tx.body.take().unwrap_or_default();
+                            r
+                        });
                     return Poll::Ready(Err(Failure::Reset(Box::new(e), unsent)));
                 }
                 Poll::Pending => {}
@@ -317,7 +324,7 @@ pub async fn send(
         }
         // Kept while the request could still be sent again (see `closed_unanswered`).
         if tx.written > 0 && !replayable {
-            parts = None;
+            kept = None;
         }
         match parse_head(&mut conn.rbuf, &mut conn.fields, head_request, raw) {
             Ok(Some(Parsed::Informational)) => continue,
@@ -341,9 +348,8 @@ pub async fn send(
         // as it was reused. A request without a body and of a method that may be repeated
         // (RFC 9110 §9.2.2) comes back to be sent on another connection.
         let unsent = (replayable && conn.rbuf.is_empty())
-            .then(|| parts.take())
-            .flatten()
-            .map(|p| Box::new(Request::from_parts(p, Body::empty())));
+            .then(|| kept.take())
+            .flatten();
         return Poll::Ready(Err(Failure::Reset(closed, unsent)));
     })
     .await?;
@@ -385,26 +391,26 @@ pub async fn send(
 /// body's framing.
 fn encode_head(
     out: &mut Vec<u8>,
-    parts: &http::request::Parts,
+    req: &Request<Body>,
     added: &[super::AddedField],
     body: &Body,
 ) -> Framing {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(if target.is_empty() {
         b"/"
     } else {
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let declared = parts
-        .headers
+    let declared = req
+        .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    for (name, value) in parts
-        .headers
+    for (name, value) in req
+        .headers()
         .iter()
         .chain(added.iter().map(|(n, v)| (*n, v)))
     {
@@ -421,7 +427,7 @@ fn encode_head(
     let framing = if let Some(n) = declared {
         Framing::Length(n)
     } else if body.is_end_stream() {
-        if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+        if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         Framing::None
