@@ -434,23 +434,21 @@ impl<'c> Session<'c> {
         &mut self,
         snap: &Snapshot,
         m: Matched<'_>,
-        req: Box<Request<Body>>,
+        mut req: Box<Request<Body>>,
         upgrade: Option<Upgrade>,
         cx: &mut Option<Ctx>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
-        let (mut head, body) = (*req).into_parts();
-        let bodiless = head.method == http::Method::HEAD;
+        let bodiless = req.method() == http::Method::HEAD;
         // Before the plugins: they see no hop-by-hop headers and no client-made consumer headers.
         if self.seen.strippable() {
-            forward::strip_hop_by_hop(&mut head.headers);
+            forward::strip_hop_by_hop(req.headers_mut());
         }
         let plugins = &m.route.plugins;
         if let Some(cx) = cx.as_mut() {
-            match plugins
-                .request_filter(&mut head, cx)
-                .await
-                .map_err(plugin_error)?
-            {
+            let (mut head, body) = take_parts(&mut req);
+            let flow = plugins.request_filter(&mut head, cx).await;
+            *req = Request::from_parts(head, body);
+            match flow.map_err(plugin_error)? {
                 Flow::Continue => {}
                 Flow::Respond(answer) => {
                     return self
@@ -461,12 +459,12 @@ impl<'c> Session<'c> {
         }
         match &m.route.target {
             Target::Upstream(upstream) => {
-                self.forward(snap, &m, upstream, head, body, upgrade, bodiless, cx)
+                self.forward(snap, &m, upstream, req, upgrade, bodiless, cx)
                     .await
             }
             Target::Aggregate(agg) => {
                 // Boxed: only aggregate routes pay for its state in their futures.
-                Box::pin(self.aggregate(&m, agg, head, body, bodiless, cx)).await
+                Box::pin(self.aggregate(&m, agg, req, bodiless, cx)).await
             }
             Target::Respond => Err(GatewayError::internal(
                 "the route has no upstream and no plugin answered",
@@ -480,14 +478,15 @@ impl<'c> Session<'c> {
         &mut self,
         m: &Matched<'_>,
         agg: &Arc<Aggregate>,
-        mut head: RequestHead,
-        body: Body,
+        mut req: Box<Request<Body>>,
         head_request: bool,
         cx: &mut Option<Ctx>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        let body = std::mem::take(req.body_mut());
         let (body, _sent) = self
-            .request_body(m.route, &mut head, body, cx.as_mut())
+            .request_body(m.route, &mut req, body, cx.as_mut())
             .await?;
+        let (head, _) = (*req).into_parts();
         let conn = self.conn;
         let (client_ip, params) = match cx.as_ref() {
             Some(cx) => (cx.client_ip, cx.path_params.clone()),
@@ -536,8 +535,7 @@ impl<'c> Session<'c> {
         snap: &Snapshot,
         m: &Matched<'_>,
         upstream: &Upstream,
-        mut head: RequestHead,
-        body: Body,
+        mut req: Box<Request<Body>>,
         upgrade: Option<Upgrade>,
         head_request: bool,
         cx: &mut Option<Ctx>,
@@ -548,7 +546,7 @@ impl<'c> Session<'c> {
         let mut added = AddedFields::new();
         if cx.is_none()
             && upstream.writes_added_fields()
-            && !(self.seen.forwarding() && forward::names_forwarding(&head.headers))
+            && !(self.seen.forwarding() && forward::names_forwarding(req.headers()))
         {
             // No plugin will read the forwarding fields and the client sent none to append to:
             // the connection writes them after the request's own, and the map is not touched.
@@ -557,54 +555,54 @@ impl<'c> Session<'c> {
             added.push((&forward::X_REQUEST_ID, self.request_id.clone()));
         } else {
             forward::add_forwarding(
-                &mut head.headers,
+                req.headers_mut(),
                 &conn.peer_value,
                 m.host.as_ref(),
                 &snap.via,
                 https,
             );
-            head.headers
+            req.headers_mut()
                 .insert(forward::X_REQUEST_ID.clone(), self.request_id.clone());
         }
         if let Some(u) = &upgrade {
-            head.headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            head.headers.insert(header::UPGRADE, u.protocol.clone());
+            let headers = req.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, u.protocol.clone());
         }
         match &m.host {
             // Unless a plugin ran, the request's own `Host` is the one to send.
             Some(_) if m.host_in_headers && cx.is_none() => {}
             Some(h) => {
-                head.headers.insert(header::HOST, h.clone());
+                req.headers_mut().insert(header::HOST, h.clone());
             }
             None => {}
         }
-        head.uri = upstream_uri(&head.uri, m.route, m.strip_len)?;
-        head.version = Version::HTTP_11;
+        *req.uri_mut() = upstream_uri(req.uri(), m.route, m.strip_len)?;
+        *req.version_mut() = Version::HTTP_11;
         if let Some(cx) = cx.as_mut() {
-            plugins
-                .upstream_request_filter(&mut head, cx)
-                .await
-                .map_err(plugin_error)?;
+            let (mut head, body) = take_parts(&mut req);
+            let done = plugins.upstream_request_filter(&mut head, cx).await;
+            *req = Request::from_parts(head, body);
+            done.map_err(plugin_error)?;
         }
+        let body = std::mem::take(req.body_mut());
         let (body, body_sent) = self
-            .request_body(m.route, &mut head, body, cx.as_mut())
+            .request_body(m.route, &mut req, body, cx.as_mut())
             .await?;
+        *req.body_mut() = body;
 
         // Without plugins nothing reads the response's fields before the client does: a native
         // HTTP/1 client connection can write them as the upstream sent them, without a map.
         let raw = conn.raw_heads && cx.is_none() && upgrade.is_none();
         let mut opts = CallOptions {
-            hash: upstream.hash_of(&head.headers, head.uri.path(), conn.peer.ip()),
+            hash: upstream.hash_of(req.headers(), req.uri().path(), conn.peer.ip()),
             preserve_host: m.route.preserve_host,
             body_sent,
             report: self.ex.as_mut().map(|ex| std::mem::take(&mut ex.call)),
             raw_fields: raw.then_some(forward::raw_rule as FieldRule),
             added,
         };
-        let called = upstream
-            .call(Box::new(Request::from_parts(head, body)), &mut opts)
-            .await;
+        let called = upstream.call(req, &mut opts).await;
         if let (Some(ex), Some(report)) = (self.ex.as_mut(), opts.report) {
             ex.call = report;
         }
@@ -664,7 +662,7 @@ impl<'c> Session<'c> {
     async fn request_body(
         &mut self,
         route: &Route,
-        head: &mut RequestHead,
+        req: &mut Request<Body>,
         body: Body,
         cx: Option<&mut Ctx>,
     ) -> Result<(Body, BodySent), GatewayError> {
@@ -690,9 +688,10 @@ impl<'c> Session<'c> {
         if let (true, Some(cx)) = (has_phase, cx) {
             // Boxed: inline, its state would enlarge every request's future (HTTP/2 moves each
             // request's future into a task), routes without body phases included.
-            body = Box::pin(plugins.request_body(head, body, cx))
-                .await
-                .map_err(|e| self.phase_error(e))?;
+            let (mut head, empty) = take_parts(req);
+            let filtered = Box::pin(plugins.request_body(&mut head, body, cx)).await;
+            *req = Request::from_parts(head, empty);
+            body = filtered.map_err(|e| self.phase_error(e))?;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         Ok((body.on_end(tx), BodySent::new(rx)))
@@ -782,4 +781,11 @@ impl<'c> Session<'c> {
         }
         resp
     }
+}
+
+/// Takes a request apart for a plugin phase, which sees its head ([`RequestHead`]); the request
+/// is left empty, to be put back together after the phase. Only routes with plugins pay for
+/// this: the others keep the request whole (and boxed) from the codec to the upstream.
+fn take_parts(req: &mut Request<Body>) -> (RequestHead, Body) {
+    std::mem::replace(req, Request::new(Body::empty())).into_parts()
 }
