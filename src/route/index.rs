@@ -151,6 +151,10 @@ impl Trie<PrefixNode> {
             return;
         };
         let mut node = 0;
+        if self.nodes[node].children.is_empty() {
+            // Only `/` prefixes (or none): no segment to look at.
+            return;
+        }
         for seg in rest.split('/') {
             match self.nodes[node].children.get(seg) {
                 Some(&child) => {
@@ -209,6 +213,10 @@ impl Trie<TemplateNode> {
             push(out, &n.end);
             return;
         };
+        if n.literal.is_empty() && n.param.is_none() {
+            // Nothing below (a table without templates has only this root): no segment to split.
+            return;
+        }
         let (head, tail) = match rest.split_once('/') {
             Some((head, tail)) => (head, Some(tail)),
             None => (rest, None),
