@@ -34,7 +34,12 @@ impl Window {
 
     /// The slot for now, cleared first if it still holds an old period.
     fn slot(&self) -> (usize, u64) {
-        let period = now_ms() / self.slot_ms;
+        self.slot_at(now_ms())
+    }
+
+    /// The slot for `now` ([`now_ms`]), cleared first if it still holds an old period.
+    fn slot_at(&self, now: u64) -> (usize, u64) {
+        let period = now / self.slot_ms;
         let i = (period % SLOTS as u64) as usize;
         let seen = self.epoch[i].load(Ordering::Acquire);
         if seen != period
@@ -51,7 +56,11 @@ impl Window {
     }
 
     fn add(&self, a: u64, b: u64) {
-        let (i, _) = self.slot();
+        self.add_at(now_ms(), a, b);
+    }
+
+    fn add_at(&self, now: u64, a: u64, b: u64) {
+        let (i, _) = self.slot_at(now);
         if a != 0 {
             self.a[i].fetch_add(a, Ordering::AcqRel);
         }
@@ -108,9 +117,9 @@ impl Default for RetryBudget {
 }
 
 impl RetryBudget {
-    /// Counts a request's first try.
-    pub fn record_request(&self) {
-        self.window.add(1, 0);
+    /// Counts a request's first try, made at `now` ([`super::health::ms_at`]).
+    pub fn record_request_at(&self, now: u64) {
+        self.window.add_at(now, 1, 0);
     }
 
     /// Takes one retry from the budget; false when the budget is spent.
@@ -342,7 +351,7 @@ mod tests {
     fn budget_allows_the_floor_then_twenty_percent() {
         let b = RetryBudget::default();
         for _ in 0..100 {
-            b.record_request();
+            b.record_request_at(now_ms());
         }
         // 10 per second always, then 20% of 100 requests in the window.
         let allowed = (0..100).filter(|_| b.try_retry()).count();

@@ -20,9 +20,14 @@ use crate::body::Body;
 
 /// Milliseconds since the first call, plus one (so 0 can mean "never").
 pub(crate) fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at `now`, a time read a moment ago: a caller that has one saves a clock read.
+pub(crate) fn ms_at(now: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    let epoch = *EPOCH.get_or_init(|| now);
+    u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX - 1) + 1
 }
 
 /// Health and load of one endpoint.

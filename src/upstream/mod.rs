@@ -577,7 +577,7 @@ impl Upstream {
         last: &mut Option<usize>,
         span: &mut Span,
     ) -> Result<(Box<Response<Body>>, Lease), CallError> {
-        self.budget.record_request();
+        let mut recorded = false;
         // A copy to send again after a failure that consumed the request; only made when a
         // policy could use it, so the default path copies nothing.
         let replay = (self.retries.retries_sent()
@@ -615,6 +615,13 @@ impl Upstream {
             });
             let (t0, wall) = (Instant::now(), trace_span.map(|_| SystemTime::now()));
             span.first.get_or_insert(t0);
+            if !recorded {
+                // The first try's start times the request for the budget: no clock read of its
+                // own.
+                recorded = true;
+                self.budget
+                    .record_request_at(health::ms_at(tokio::time::Instant::from_std(t0)));
+            }
             let result = self.attempt(ep, req, opts, t0).await;
             let end = Instant::now();
             span.last = Some(end);
