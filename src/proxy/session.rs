@@ -136,9 +136,8 @@ impl<'c> Session<'c> {
             match Box::pin(self.identify(stage, *req)).await {
                 Ok((r, cx)) => {
                     req = Box::new(r);
-                    // Its plugins may have changed any field.
+                    // Its plugins may have changed any field, `Host` included.
                     self.seen = Seen::ALL;
-                    // The identity stage's plugins may have set it.
                     host = req.headers().get(header::HOST).cloned();
                     identified = Some(cx);
                 }
@@ -220,8 +219,7 @@ impl<'c> Session<'c> {
     pub(super) fn finish(self, snap: Arc<Snapshot>, resp: &mut Response<ResponseBody>) {
         // The native HTTP/1 server writes it after the map's fields: a response whose fields came
         // as lines then needs no map at all. One already in the map (an upstream's, a plugin's)
-        // is replaced where it stands.
-        // Set in place: moving the response costs more than the field.
+        // is replaced where it stands. Both set in place: moving the response costs more.
         if self.conn.raw_heads && !resp.headers().contains_key(&forward::X_REQUEST_ID) {
             resp.body_mut().set_request_id(self.request_id);
         } else {

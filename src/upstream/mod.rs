@@ -542,7 +542,7 @@ impl Upstream {
             None => None,
         };
         let mut last = None;
-        let mut span = Span::default();
+        let mut span = TriesSpan::default();
         let probe = self.breaker.as_ref().zip(admission.as_ref());
         let result = self.attempts(req, opts, probe, &mut last, &mut span).await;
         if let Some(r) = &mut opts.report {
@@ -575,7 +575,7 @@ impl Upstream {
         opts: &mut CallOptions,
         probe: Option<(&CircuitBreaker, &breaker::Admission<'_>)>,
         last: &mut Option<usize>,
-        span: &mut Span,
+        span: &mut TriesSpan,
     ) -> Result<(Box<Response<Body>>, Lease), CallError> {
         let mut recorded = false;
         // A copy to send again after a failure that consumed the request; only made when a
@@ -791,7 +791,7 @@ impl Upstream {
             let timeout = self.timeout;
             let body_sent = &mut opts.body_sent;
             // A pooled connection and no body to wait for: the timer starts now, which `t0`
-            // still is.
+            // still is (only checkouts ran since).
             let start = (reused && body_sent.rx.is_none()).then_some(t0);
             let timer = async move {
                 body_sent.wait().await;
@@ -887,12 +887,12 @@ impl Upstream {
 
 /// When a call's first try started and its last one ended.
 #[derive(Default)]
-struct Span {
+struct TriesSpan {
     first: Option<Instant>,
     last: Option<Instant>,
 }
 
-impl Span {
+impl TriesSpan {
     fn duration(&self) -> Duration {
         match (self.first, self.last) {
             (Some(first), Some(last)) => last.saturating_duration_since(first),
