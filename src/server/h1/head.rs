@@ -62,6 +62,8 @@ pub struct Traits {
     pub upgrade: bool,
     /// `TE: trailers`: the client accepts trailers in a chunked response.
     pub trailers: bool,
+    /// The kinds of fields the head names, for the proxy's lookups.
+    pub seen: crate::http1::Seen,
 }
 
 /// A complete head, parsed in place.
@@ -222,9 +224,11 @@ fn traits(headers: &[httparse::Header<'_>], http10: bool) -> Result<Traits, Refu
     let mut te: Option<&[u8]> = None;
     let (mut close, mut keep, mut upgrade_token, mut upgrade_field) = (false, false, false, false);
     let (mut expect_continue, mut trailers) = (false, false);
+    let mut seen = crate::http1::Seen::NONE;
     for h in headers {
         let value = trim_ows(h.value);
         let name = h.name.as_bytes();
+        seen.note(name);
         // Dispatch on length first: most fields are none of these.
         match name.len() {
             14 if name.eq_ignore_ascii_case(b"content-length") => {
@@ -293,6 +297,7 @@ fn traits(headers: &[httparse::Header<'_>], http10: bool) -> Result<Traits, Refu
         expect_continue: expect_continue && !http10,
         upgrade: upgrade_token && upgrade_field && !http10,
         trailers,
+        seen,
     })
 }
 

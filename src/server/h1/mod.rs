@@ -407,9 +407,7 @@ impl<T: Stream> Conn<T> {
             Method::from_bytes(p.method.as_bytes()).map_err(|_| bad("malformed request line"))?;
         let target = (p.target.as_ptr() as usize - base, p.target.len());
         self.fields.clear();
-        let mut seen = crate::http1::Seen::NONE;
         for h in p.headers {
-            seen.note(h.name.as_bytes());
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| bad("malformed header name"))?;
             self.fields
@@ -464,7 +462,7 @@ impl<T: Stream> Conn<T> {
         };
         Ok(Some(Incoming {
             req,
-            seen,
+            seen: traits.seen,
             feed,
             upgrade,
             answer,
