@@ -12,6 +12,8 @@
 #             e.g. OBSERVE='{ metrics: { enabled: false } }' or
 #             OBSERVE='{ access_log: { output: /tmp/access.log } }'
 #   H2=1      count h2c requests (HTTP/2 prior knowledge) instead of HTTP/1.1 ones
+#   CALLGRIND_FLAGS  extra callgrind options, e.g. "--cache-sim=yes --branch-sim=yes" to count
+#             simulated cache misses and mispredicted branches per request as well
 #   PROXY=nginx  count nginx as the proxy instead (bench/nginx-proxy.conf, one process: no master,
 #             its access log on as in run.sh), the same load and upstream: the baseline
 #
@@ -49,10 +51,10 @@ if [ "${PROXY:-frontdesk}" = nginx ]; then
         -e "s|@UPSTREAM_KEEPALIVE@|64|; s|@LISTEN_FLAGS@|$FLAGS|; s|@GZIP@||; s|@CACHE@||" \
         -e "/ssl_certificate/d; /proxy_cache_path/d" "$BENCH/nginx-proxy.conf" >"$OUT/nginx-proxy.conf"
     mkdir -p "$OUT/nginx-proxy-tmp"
-    valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out.%p" nginx -g "master_process off;" \
+    valgrind --tool=callgrind ${CALLGRIND_FLAGS:-} --callgrind-out-file="$OUT/cg.out.%p" nginx -g "master_process off;" \
         -p "$OUT" -e "$OUT/nginx-proxy.error.log" -c "$OUT/nginx-proxy.conf" >"$OUT/frontdesk.log" 2>&1 &
 else
-    valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out.%p" "$BIN" run -c "$OUT/frontdesk.yaml" >"$OUT/frontdesk.log" 2>&1 &
+    valgrind --tool=callgrind ${CALLGRIND_FLAGS:-} --callgrind-out-file="$OUT/cg.out.%p" "$BIN" run -c "$OUT/frontdesk.yaml" >"$OUT/frontdesk.log" 2>&1 &
 fi
 VPID=$!
 PIDS+=("$VPID")

@@ -56,6 +56,8 @@ stop_pid() {
 
 # CPU ticks (utime + stime, fields 14 and 15 of /proc/PID/stat) of one process, all threads.
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+# User-space CPU ticks (utime, field 14) of one process: with cpu_ticks, the kernel's share.
+user_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12}'; }
 alive() { # alive NAME PID...: die unless all PIDs still run.
     local name=$1 pid
     shift

@@ -64,6 +64,12 @@ cpu_ticks_sum() {
     for pid in "$@"; do total=$((total + $(cpu_ticks "$pid"))); done
     echo "$total"
 }
+# Sum of user_ticks over several PIDs.
+user_ticks_sum() {
+    local total=0 pid
+    for pid in "$@"; do total=$((total + $(user_ticks "$pid"))); done
+    echo "$total"
+}
 # status_kb PID FIELD: a kB value from /proc/PID/status (VmRSS, VmHWM).
 status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 # Direct children of PID (no procps needed).
@@ -307,7 +313,7 @@ declare -A R_CPUPCT R_RPS R_P50 R_P99 R_CPU100K R_CPUREQ R_HWM R_IDLE_KIB R_ERR
 
 # bench_proxy NAME PORT SCENARIO: one row of the table, keyed "SCENARIO/NAME".
 bench_proxy() {
-    local name=$1 port=$2 scenario=$3 body out before after key="$3/$1"
+    local name=$1 port=$2 scenario=$3 body out before after user_before user_after key="$3/$1"
     log "=== $scenario: $name on 127.0.0.1:$port (cpu $PROXY_CPU) ==="
     "start_$name" "$port" "$scenario"
 
@@ -360,9 +366,11 @@ bench_proxy() {
     out=$OUT/load-$scenario-$name.txt
     alive "$name" "${CPU_PIDS[@]}"
     before=$(cpu_ticks_sum "${CPU_PIDS[@]}")
+    user_before=$(user_ticks_sum "${CPU_PIDS[@]}")
     run_load "$scenario" "$port" "$DURATION" "$out"
     alive "$name" "${CPU_PIDS[@]}"
     after=$(cpu_ticks_sum "${CPU_PIDS[@]}")
+    user_after=$(user_ticks_sum "${CPU_PIDS[@]}")
     R_HWM[$key]=$(status_kb "$MEM_PID" VmHWM)
 
     parse_load "$scenario" "$out"
@@ -377,7 +385,9 @@ bench_proxy() {
     R_CPUREQ[$key]=$(awk -v s="$secs" -v r="$L_REQS" 'BEGIN {printf "%.9f", s / r}')
     # Proxy CPU use over the run (100% = the proxy core was saturated).
     R_CPUPCT[$key]=$(awk -v s="$secs" -v ms="$L_RUN_MS" 'BEGIN {printf "%.0f", (ms > 0 ? s * 100000 / ms : 0)}')
-    log "$key: $L_REQS requests, ${R_RPS[$key]} req/s, ${secs}s CPU, ${R_ERR[$key]} errors"
+    local user_pct
+    user_pct=$(awk -v u="$((user_after - user_before))" -v t="$((after - before))" 'BEGIN {printf "%.0f", (t > 0 ? u * 100 / t : 0)}')
+    log "$key: $L_REQS requests, ${R_RPS[$key]} req/s, ${secs}s CPU (${user_pct}% in user space), ${R_ERR[$key]} errors"
     ((R_ERR[$key] == 0)) || log "warning: $key: ${R_ERR[$key]} errors, see $out"
 
     # Idle memory is measured once per proxy, on plain HTTP/1.1.
