@@ -645,6 +645,52 @@ routes:
     assert_eq!(statuses, vec![200, 504]);
 }
 
+/// A pooled connection keeps its response timer armed between requests (re-armed lazily): the
+/// deadline of an earlier request must neither cut a later one short nor let it wait forever.
+#[tokio::test]
+async fn a_reused_connection_times_out_each_request_from_its_own_start() {
+    let up = upstream(|req| async move {
+        match req.uri().path() {
+            "/wait" => tokio::time::sleep(Duration::from_millis(600)).await,
+            "/hang" => tokio::time::sleep(Duration::from_secs(30)).await,
+            _ => {}
+        }
+        Response::new(full("ok"))
+    })
+    .await;
+    let gw = gateway(&config(&format!(
+        r#"
+upstreams:
+  users:
+    targets: [{{ url: "{}" }}]
+    timeouts: {{ response: 1s }}
+routes:
+  - {{ name: r, match: {{ paths: ["/"] }}, upstream: users }}
+"#,
+        up.url()
+    )))
+    .await;
+    let c = client();
+    for _ in 0..2 {
+        let (status, _) = body_of(c.get(gw.url("/fast")).send().await.unwrap()).await;
+        assert_eq!(status, 200);
+    }
+    // The last request armed the connection's timer a second out; this one starts 0.6 s later
+    // and answers 0.6 s after that, past the old deadline but within its own.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, body) = body_of(c.get(gw.url("/wait")).send().await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    // And a request that gets no answer is cut, on the same (reused) connection.
+    let started = std::time::Instant::now();
+    let resp = c.get(gw.url("/hang")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "cut by the timeout, not the upstream"
+    );
+    assert_eq!(up.requests(), 4);
+}
+
 #[tokio::test]
 async fn cookie_and_client_ip_keys_pin_requests_to_one_target() {
     let ups = [echo("t0").await, echo("t1").await, echo("t2").await];

@@ -8,8 +8,39 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::future::Future as _;
+
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
+
+/// A connection's one timer, re-armed lazily. A deadline later than the one armed does not
+/// re-arm it at once (that would be a timer-wheel update per keep-alive request, as each wait
+/// ends later than the last): the timer fires at the earlier one and is re-armed for the real
+/// deadline then. An earlier deadline re-arms it at once. It never fires late.
+///
+/// An armed timer whose wait is over still holds the waker of the task that polled it last,
+/// which it wakes (once, for nothing) when its old deadline passes.
+#[derive(Debug, Default)]
+pub struct LazyTimer(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl LazyTimer {
+    /// Ready once `deadline` has passed.
+    pub fn poll_until(&mut self, cx: &mut Context<'_>, deadline: tokio::time::Instant) -> Poll<()> {
+        let t = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if t.deadline() > deadline {
+            t.as_mut().reset(deadline);
+        }
+        loop {
+            std::task::ready!(t.as_mut().poll(cx));
+            if t.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            t.as_mut().reset(deadline);
+        }
+    }
+}
 
 /// Reads once from `stream` into the spare capacity of `buf` (reserving [`READ_CHUNK`] when
 /// little is left). `Ok(0)`: EOF.

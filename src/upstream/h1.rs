@@ -110,6 +110,9 @@ pub struct H1 {
     out: Outbox,
     /// Field names and value ranges of the response head being parsed (reused).
     fields: Vec<(HeaderName, usize, usize)>,
+    /// The response timer of the requests it carries (kept armed between them: see
+    /// [`crate::http1::LazyTimer`]).
+    timer: crate::http1::LazyTimer,
 }
 
 impl std::fmt::Debug for H1 {
@@ -142,6 +145,8 @@ pub enum Failure {
     Reset(BoxError, Option<Box<Request<Body>>>),
     /// The client's body failed while it was being sent.
     Client(ClientBodyError),
+    /// No response head by the deadline `send` was given.
+    Timeout,
 }
 
 impl H1 {
@@ -152,6 +157,7 @@ impl H1 {
             rbuf: BytesMut::new(),
             out: Outbox::default(),
             fields: Vec::new(),
+            timer: crate::http1::LazyTimer::default(),
         })
     }
 
@@ -274,12 +280,16 @@ enum TxError {
 /// connection (and sends what is left of a request body the upstream answered early); at its
 /// clean end the connection goes to `back`. With `raw`, the response's fields may come back as
 /// [`RawFields`] instead of in its header map (see [`FieldRule`]).
+///
+/// With a `deadline`, a response head that has not arrived by then fails the request
+/// ([`Failure::Timeout`], the connection closed); without, the caller keeps the time.
 pub async fn send(
     mut conn: Box<H1>,
     req: Box<Request<Body>>,
     back: GiveBack,
     raw: Option<FieldRule>,
     added: &[super::AddedField],
+    deadline: Option<std::time::Instant>,
 ) -> Result<(Box<Response<Body>>, Option<RawFields>), Failure> {
     // The head stays in its box (kept to hand back unsent): moved out, it would be copied into
     // this future and back.
@@ -342,7 +352,14 @@ pub async fn send(
             Poll::Ready(Ok(0)) => "the upstream closed the connection before answering".into(),
             Poll::Ready(Ok(_)) => continue,
             Poll::Ready(Err(e)) => Box::new(e),
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                return match deadline {
+                    Some(d) if conn.timer.poll_until(cx, d.into()).is_ready() => {
+                        Poll::Ready(Err(Failure::Timeout))
+                    }
+                    _ => Poll::Pending,
+                }
+            }
         };
         // Closed or reset with not a byte of an answer: an idle connection the upstream closed
         // as it was reused. A request without a body and of a method that may be repeated

@@ -223,7 +223,7 @@ async fn probe(ep: &Endpoint, connector: &Connector, path: &str) -> bool {
         *req.version_mut() = http::Version::HTTP_2;
     }
     // Probe connections are not pooled (`max_idle` 0).
-    match conn.send(Box::new(req), 0, 0, None, &[]).await {
+    match conn.send(Box::new(req), 0, 0, None, &[], None).await {
         Ok(sent) => {
             let s = sent.resp.status();
             s.is_success() || s.is_redirection() || s == StatusCode::NOT_MODIFIED

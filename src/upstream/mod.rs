@@ -793,7 +793,13 @@ impl Upstream {
             // A pooled connection and no body to wait for: the timer starts now, which `t0`
             // still is (only checkouts ran since).
             let start = (reused && body_sent.rx.is_none()).then_some(t0);
+            // A native connection keeps that timer itself, armed between its requests (a timer
+            // per request costs a timer-wheel insert and removal).
+            let kept = start.filter(|_| conn.keeps_time()).map(|t0| t0 + timeout);
             let timer = async move {
+                if kept.is_some() {
+                    return std::future::pending().await;
+                }
                 body_sent.wait().await;
                 match start {
                     Some(t0) => tokio::time::sleep_until((t0 + timeout).into()).await,
@@ -801,7 +807,7 @@ impl Upstream {
                 }
             };
             let sent = tokio::select! {
-                r = conn.send(req, ep.pool_key, s.max_idle, opts.raw_fields, &opts.added) => r,
+                r = conn.send(req, ep.pool_key, s.max_idle, opts.raw_fields, &opts.added, kept) => r,
                 () = timer => {
                     // A body that failed (stalled, say) leaves the upstream waiting for it.
                     return Err(opts.body_sent.fault().map_or(Failed::Timeout, Failed::Client));
@@ -809,10 +815,12 @@ impl Upstream {
             };
             match sent {
                 Ok(sent) => return Ok(sent),
+                Err(ConnFailure { timeout: true, .. }) => return Err(Failed::Timeout),
                 Err(ConnFailure {
                     error,
                     unsent,
                     client,
+                    timeout: false,
                 }) => {
                     // A connection that failed because the client's body did is no fault of
                     // the endpoint's: HTTP/1 connections carry the body's error, HTTP/2 ones

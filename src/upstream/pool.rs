@@ -57,6 +57,8 @@ pub struct ConnFailure {
     pub unsent: Option<Box<Request<Body>>>,
     /// The client's body failed, as the connection knows without looking inside `error`.
     pub client: Option<ClientBodyError>,
+    /// The response deadline the connection kept passed.
+    pub timeout: bool,
 }
 
 /// A response as a connection hands it over.
@@ -80,6 +82,12 @@ impl Conn {
         }
     }
 
+    /// True when the connection keeps a response deadline itself (`send`'s `deadline`): a
+    /// native one, whose timer stays armed between requests. Others ignore the deadline.
+    pub fn keeps_time(&self) -> bool {
+        matches!(self, Conn::Native(_))
+    }
+
     /// Sends `req`; on failure the request comes back if it was never written. With the
     /// response comes where an HTTP/1 connection goes back when the response is done (a native
     /// connection's response body takes care of that itself).
@@ -90,6 +98,7 @@ impl Conn {
         max_idle: usize,
         raw: Option<h1::FieldRule>,
         added: &[super::AddedField],
+        deadline: Option<std::time::Instant>,
     ) -> Result<Sent, ConnFailure> {
         if !matches!(self, Conn::Native(_)) {
             // Only the native client writes fields beside the map.
@@ -107,7 +116,8 @@ impl Conn {
                 let back = h1::GiveBack { key, max_idle };
                 // Boxed: inline, its state would enlarge every request's future, which is moved
                 // (copied) several times on its way into the connection's task.
-                let sending = crate::inplace::pinned(|| h1::send(conn, req, back, raw, added));
+                let sending =
+                    crate::inplace::pinned(|| h1::send(conn, req, back, raw, added, deadline));
                 return match sending.await {
                     Ok((resp, raw)) => Ok(Sent {
                         resp,
@@ -118,11 +128,19 @@ impl Conn {
                         error,
                         unsent,
                         client: None,
+                        timeout: false,
                     }),
                     Err(h1::Failure::Client(e)) => Err(ConnFailure {
                         error: e.to_string().into(),
                         unsent: None,
                         client: Some(e),
+                        timeout: false,
+                    }),
+                    Err(h1::Failure::Timeout) => Err(ConnFailure {
+                        error: "no response head in time".into(),
+                        unsent: None,
+                        client: None,
+                        timeout: true,
                     }),
                 };
             }
@@ -146,6 +164,7 @@ impl Conn {
                     client: ClientBodyError::within(&error),
                     error: error.into(),
                     unsent,
+                    timeout: false,
                 })
             }
         }

@@ -105,7 +105,7 @@ struct Conn<T> {
     /// The client sent EOF while bytes remained to serve.
     read_closed: bool,
     /// The connection's one timer: idle, head, or send timeout (never two at once).
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer: crate::http1::LazyTimer,
     /// A write is waiting on the client since the send timeout was armed, until this deadline.
     send_stalled: bool,
     send_deadline: Instant,
@@ -125,7 +125,7 @@ pub fn serve<T: Stream>(
         out: Outbox::default(),
         fields: Vec::new(),
         read_closed: false,
-        timer: None,
+        timer: crate::http1::LazyTimer::default(),
         send_stalled: false,
         send_deadline: Instant::now(),
     };
@@ -135,10 +135,13 @@ pub fn serve<T: Stream>(
 impl<T: Stream> Conn<T> {
     async fn run(mut self, stop: &mut watch::Receiver<bool>) {
         let c = &mut self;
+        // The stop signal as idle waits see it: one waiter for the connection's life (a
+        // `changed()` per head would add itself to the watch's list and leave it each time).
+        let mut stopped = std::pin::pin!(changed(stop.clone()));
         loop {
             // Everything the exchange holds lives in one box (made as soon as the head is parsed):
             // an idle connection's task stays small.
-            let (mut ex, upgrade) = match c.next_head(stop).await {
+            let (mut ex, upgrade) = match c.next_head(stopped.as_mut()).await {
                 Next::Request(ex, upgrade) => (ex, upgrade),
                 Next::Close => return,
                 Next::Refuse(r) => {
@@ -183,6 +186,11 @@ impl<T: Stream> Conn<T> {
             }
         }
     }
+}
+
+/// Ready when `stop` changes (or its sender is gone).
+async fn changed(mut stop: watch::Receiver<bool>) {
+    let _ = stop.changed().await;
 }
 
 pin_project_lite::pin_project! {
@@ -265,12 +273,11 @@ struct Feed {
 impl<T: Stream> Conn<T> {
     /// Waits for the next request head: parses what is buffered first (pipelining), else reads
     /// with the idle timer until the first byte, then the head timer.
-    async fn next_head(&mut self, stop: &mut watch::Receiver<bool>) -> Next<T> {
+    async fn next_head(&mut self, mut stopped: Pin<&mut impl Future<Output = ()>>) -> Next<T> {
         let limits = self.setup.info.listener.limits;
         let mut head_deadline: Option<Instant> = None;
         let mut idle_deadline: Option<Instant> = None;
         let mut parked = false;
-        let mut changed = std::pin::pin!(stop.changed());
         loop {
             if !self.rbuf.is_empty() {
                 match self.try_head() {
@@ -321,7 +328,8 @@ impl<T: Stream> Conn<T> {
                         _ => Woke::Deadline,
                     });
                 }
-                if idle && changed.as_mut().poll(cx).is_ready() {
+                // Ready once at most: the connection closes then.
+                if idle && stopped.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Woke::Stop);
                 }
                 Poll::Pending
@@ -346,24 +354,9 @@ impl<T: Stream> Conn<T> {
         }
     }
 
-    /// Polls the connection's timer for `deadline`. A deadline later than the one armed is
-    /// not re-armed at once (that would be a timer-wheel update per keep-alive request, as each
-    /// idle wait ends later than the last): the timer fires at the earlier one and is re-armed
-    /// for the real deadline then. An earlier deadline is re-armed at once. It never fires late.
+    /// Polls the connection's timer for `deadline` ([`crate::http1::LazyTimer`]).
     fn poll_timer(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
-        let t = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if t.deadline() > deadline {
-            t.as_mut().reset(deadline);
-        }
-        loop {
-            std::task::ready!(t.as_mut().poll(cx));
-            if t.deadline() >= deadline {
-                return Poll::Ready(());
-            }
-            t.as_mut().reset(deadline);
-        }
+        self.timer.poll_until(cx, deadline)
     }
 
     /// Frees the buffers of an idle connection.
