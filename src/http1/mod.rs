@@ -4,11 +4,10 @@
 
 pub mod decode;
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-use std::future::Future as _;
 
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
