@@ -790,20 +790,21 @@ impl Upstream {
             }
             let timeout = self.timeout;
             let body_sent = &mut opts.body_sent;
-            // A pooled connection and no body to wait for: the timer starts now, which `t0`
-            // still is (only checkouts ran since).
-            let start = (reused && body_sent.rx.is_none()).then_some(t0);
+            // A pooled connection and no body to wait for: the timer runs from the try's start
+            // `t0` (on the first pass only checkouts ran since; a pooled connection found closed
+            // and replaced spent its time within the try).
+            let deadline = (reused && body_sent.rx.is_none()).then(|| t0 + timeout);
             // A native connection keeps that timer itself, armed between its requests (a timer
             // per request costs a timer-wheel insert and removal).
-            let kept = start.filter(|_| conn.keeps_time()).map(|t0| t0 + timeout);
+            let kept = deadline.filter(|_| conn.keeps_time());
             let timer = async move {
-                if kept.is_some() {
-                    return std::future::pending().await;
-                }
-                body_sent.wait().await;
-                match start {
-                    Some(t0) => tokio::time::sleep_until((t0 + timeout).into()).await,
-                    None => tokio::time::sleep(timeout).await,
+                match (kept, deadline) {
+                    (Some(_), _) => std::future::pending().await,
+                    (None, Some(d)) => tokio::time::sleep_until(d.into()).await,
+                    (None, None) => {
+                        body_sent.wait().await;
+                        tokio::time::sleep(timeout).await;
+                    }
                 }
             };
             let sent = tokio::select! {
