@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{closed_port, config, echo, full, gateway, raw, read_response, upstream, Upstream};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn limited_gateway(up: &Upstream, limits: &str) -> common::TestGateway {
@@ -132,6 +132,34 @@ async fn idle_keep_alive_is_closed_after_idle_timeout_but_head_timeout_does_not_
         waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
         "closed after {waited:?}"
     );
+}
+
+#[tokio::test]
+async fn shutdown_closes_an_idle_keep_alive_connection_that_served_requests() {
+    // Each idle wait after the first on a connection sees the stop signal through the waiter
+    // the first one registered: the third wait here must still notice the shutdown at once,
+    // not after the drain timeout (5s) or the idle timeout (30s).
+    let up = echo("u").await;
+    let gw = limited_gateway(&up, "{ idle_timeout: 30s }").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for path in ["/1", "/2"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    }
+    let g = gw.gw.clone();
+    let shutdown = tokio::spawn(async move { g.shutdown().await });
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the idle connection was not closed on shutdown: {read:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(3), shutdown)
+        .await
+        .expect("shutdown waited for the idle connection (drain timeout)")
+        .unwrap();
 }
 
 #[tokio::test]

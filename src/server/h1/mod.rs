@@ -135,13 +135,16 @@ pub fn serve<T: Stream>(
 impl<T: Stream> Conn<T> {
     async fn run(mut self, stop: &mut watch::Receiver<bool>) {
         let c = &mut self;
-        // The stop signal as idle waits see it: one waiter for the connection's life (a
-        // `changed()` per head would add itself to the watch's list and leave it each time).
-        let mut stopped = std::pin::pin!(changed(stop.clone()));
+        let stop: &watch::Receiver<bool> = stop;
+        let mut stopped = StopWait {
+            changed: std::pin::pin!(changed(stop.clone())),
+            stop,
+            waker: None,
+        };
         loop {
             // Everything the exchange holds lives in one box (made as soon as the head is parsed):
             // an idle connection's task stays small.
-            let (mut ex, upgrade) = match c.next_head(stopped.as_mut()).await {
+            let (mut ex, upgrade) = match c.next_head(&mut stopped).await {
                 Next::Request(ex, upgrade) => (ex, upgrade),
                 Next::Close => return,
                 Next::Refuse(r) => {
@@ -191,6 +194,35 @@ impl<T: Stream> Conn<T> {
 /// Ready when `stop` changes (or its sender is gone).
 async fn changed(mut stop: watch::Receiver<bool>) {
     let _ = stop.changed().await;
+}
+
+/// The stop signal as a connection's idle waits see it: one waiter for the connection's life (a
+/// `changed()` per head would add itself to the watch's list and leave it each time), polled
+/// only when the task's waker is not the one it holds. Polling it again with the same waker
+/// would only lock the watch's list to store that waker again; `has_changed` (an atomic load)
+/// tells instead.
+struct StopWait<'s, F> {
+    changed: Pin<&'s mut F>,
+    /// The receiver `changed` was cloned from (its seen version is the same).
+    stop: &'s watch::Receiver<bool>,
+    /// The waker `changed` last registered.
+    waker: Option<std::task::Waker>,
+}
+
+impl<F: Future<Output = ()>> StopWait<'_, F> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return match self.stop.has_changed() {
+                Ok(false) => Poll::Pending,
+                _ => Poll::Ready(()),
+            };
+        }
+        let polled = self.changed.as_mut().poll(cx);
+        if polled.is_pending() {
+            self.waker = Some(cx.waker().clone());
+        }
+        polled
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -273,7 +305,7 @@ struct Feed {
 impl<T: Stream> Conn<T> {
     /// Waits for the next request head: parses what is buffered first (pipelining), else reads
     /// with the idle timer until the first byte, then the head timer.
-    async fn next_head(&mut self, mut stopped: Pin<&mut impl Future<Output = ()>>) -> Next<T> {
+    async fn next_head(&mut self, stopped: &mut StopWait<'_, impl Future<Output = ()>>) -> Next<T> {
         let limits = self.setup.info.listener.limits;
         let mut head_deadline: Option<Instant> = None;
         let mut idle_deadline: Option<Instant> = None;
@@ -329,7 +361,7 @@ impl<T: Stream> Conn<T> {
                     });
                 }
                 // Ready once at most: the connection closes then.
-                if idle && stopped.as_mut().poll(cx).is_ready() {
+                if idle && stopped.poll(cx).is_ready() {
                     return Poll::Ready(Woke::Stop);
                 }
                 Poll::Pending
@@ -538,6 +570,9 @@ impl<T: Stream> Conn<T> {
         let mut handler = ex.handler;
         let (feed, sending) = (ex.feed, ex.sending);
         let (answer, keep_alive) = (*ex.answer, *ex.keep_alive);
+        // The client's socket returned `Pending` in this poll: its readiness is registered with
+        // this waker, so asking again before returning would only ask the reactor once more.
+        let mut watched = false;
         loop {
             // The request body, as far as the reader asks for it.
             let mut fed = false;
@@ -549,7 +584,8 @@ impl<T: Stream> Conn<T> {
                     }
                     Poll::Pending => {}
                 }
-            } else if !self.read_closed
+            } else if !watched
+                && !self.read_closed
                 && self.rbuf.len() < self.setup.info.listener.limits.max_head + READ_CHUNK
                 && !feed
                     .as_ref()
@@ -566,7 +602,7 @@ impl<T: Stream> Conn<T> {
                         }
                     }
                     Poll::Ready(Ok(_)) => continue,
-                    Poll::Pending => {}
+                    Poll::Pending => watched = true,
                 }
             }
             let Some(s) = sending.as_mut() else {
