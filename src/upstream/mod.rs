@@ -808,6 +808,9 @@ impl Upstream {
                 }
             };
             let sent = tokio::select! {
+                // The answer first when both are ready (and no random pick, which costs a
+                // thread-local lookup per request).
+                biased;
                 r = conn.send(req, ep.pool_key, s.max_idle, opts.raw_fields, &opts.added, kept) => r,
                 () = timer => {
                     // A body that failed (stalled, say) leaves the upstream waiting for it.
