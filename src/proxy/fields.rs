@@ -33,6 +33,7 @@ pub enum FieldError {
 }
 
 impl From<FieldError> for GatewayError {
+    #[cold]
     fn from(e: FieldError) -> Self {
         GatewayError::downstream(StatusCode::BAD_REQUEST, e.to_string())
     }

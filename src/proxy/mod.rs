@@ -105,6 +105,7 @@ fn upstream_uri(uri: &Uri, route: &Route, strip_len: usize) -> Result<Uri, Gatew
     })
 }
 
+#[cold]
 fn plugin_error(e: PluginError) -> GatewayError {
     let mut g = GatewayError::plugin(e.status, e.message);
     g.headers = e.headers;
@@ -115,6 +116,7 @@ fn plugin_error(e: PluginError) -> GatewayError {
 /// also closes an HTTP/1 connection: where its next request would start cannot be known. (After
 /// a body over the limit, hyper drains what is left of it when that is little, and the
 /// connection goes on.)
+#[cold]
 fn client_body_error(e: ClientBodyError, downstream_h1: bool) -> GatewayError {
     if let ClientBodyError::Refused(status, message) = &e {
         // A plugin refused the body: its status and message, as for a refused head.

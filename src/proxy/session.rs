@@ -233,6 +233,7 @@ impl<'c> Session<'c> {
         }
     }
 
+    #[cold]
     fn error_response(&mut self, e: &GatewayError) -> Response<ResponseBody> {
         if let Some(ex) = &mut self.ex {
             ex.error = Some(e.kind);
@@ -726,6 +727,7 @@ impl<'c> Session<'c> {
         Ok(Response::from_parts(parts, body))
     }
 
+    #[cold]
     fn phase_error(&self, e: PhaseError) -> GatewayError {
         match e {
             PhaseError::Plugin(p) => plugin_error(p),

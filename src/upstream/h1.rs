@@ -492,6 +492,17 @@ pub enum RawRule {
     Map,
 }
 
+/// A malformed response's error, made out of line: the parse's hot path stays dense.
+#[cold]
+fn fail(msg: &'static str) -> BoxError {
+    msg.into()
+}
+
+#[cold]
+fn bad_head(e: httparse::Error) -> BoxError {
+    format!("invalid response head: {e}").into()
+}
+
 /// The caller's [`RawRule`] for each response field name.
 pub type FieldRule = fn(&[u8]) -> RawRule;
 
@@ -518,10 +529,10 @@ fn parse_head(
     ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("invalid response head: {e}").into()),
+        Err(e) => return Err(bad_head(e)),
     };
     let code = parsed.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
+    let status = StatusCode::from_u16(code).map_err(|_| fail("invalid response status"))?;
     let http10 = parsed.version == Some(0);
     if (100..200).contains(&code) && code != 101 {
         let _ = buf.split_to(len);
@@ -541,7 +552,7 @@ fn parse_head(
         let mut names_fields = false;
         for h in parsed.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| "invalid response field name")?;
+                .map_err(|_| fail("invalid response field name"))?;
             if name == header::CONTENT_LENGTH {
                 f.content_length(h.value)?;
             } else if name == header::TRANSFER_ENCODING {
@@ -567,7 +578,7 @@ fn parse_head(
                 continue;
             }
             let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
-                .map_err(|_| "invalid response field value")?;
+                .map_err(|_| fail("invalid response field value"))?;
             headers.append(name, value);
         }
     } else {
@@ -631,7 +642,7 @@ impl Framed {
     fn content_length(&mut self, value: &[u8]) -> Result<(), BoxError> {
         let n = http1::content_length(value).ok_or("invalid Content-Length in the response")?;
         if self.content_length.is_some_and(|c| c != n) {
-            return Err("conflicting Content-Length in the response".into());
+            return Err(fail("conflicting Content-Length in the response"));
         }
         self.content_length = Some(n);
         Ok(())

@@ -699,6 +699,7 @@ impl<T: Stream> Conn<T> {
         }
     }
 
+    #[cold]
     fn feed_failed(&mut self, f: &mut Feed, e: ClientBodyError) -> Poll<()> {
         f.broken = true;
         if let Some(tx) = f.tx.take() {
