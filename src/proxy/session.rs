@@ -651,8 +651,15 @@ impl<'c> Session<'c> {
             }
             forward::strip_hop_by_hop(headers);
         }
-        self.respond(m.route, *resp, Some(lease), head_request, cx.as_mut())
-            .await
+        match cx.as_mut() {
+            // No plugin to run: the response is wrapped where it is (an `await` on `respond`
+            // would first copy it into that future).
+            None => Ok(proxied(resp, Some(lease))),
+            Some(cx) => {
+                self.respond(m.route, *resp, Some(lease), head_request, Some(cx))
+                    .await
+            }
+        }
     }
 
     /// The request body on its way upstream: the listener's limit and stall timer, the byte
@@ -720,11 +727,7 @@ impl<'c> Session<'c> {
                 .map_err(plugin_error)?,
             None => {}
         }
-        let mut body = ResponseBody::new(body);
-        if let Some(lease) = lease {
-            body = body.leasing(lease);
-        }
-        Ok(Response::from_parts(parts, body))
+        Ok(Response::from_parts(parts, response_body(body, lease)))
     }
 
     #[cold]
@@ -788,4 +791,24 @@ impl<'c> Session<'c> {
 /// this: the others keep the request whole (and boxed) from the codec to the upstream.
 fn take_parts(req: &mut Request<Body>) -> (RequestHead, Body) {
     std::mem::replace(req, Request::new(Body::empty())).into_parts()
+}
+
+/// The client's response for an upstream's, with nothing run on it.
+// Taken boxed as the upstream hands it over: the call passes a pointer, not the response.
+#[allow(clippy::boxed_local)]
+fn proxied(
+    resp: Box<Response<Body>>,
+    lease: Option<crate::upstream::Lease>,
+) -> Response<ResponseBody> {
+    let (parts, body) = (*resp).into_parts();
+    Response::from_parts(parts, response_body(body, lease))
+}
+
+/// A response body that holds the upstream connection's `lease` until it ends.
+fn response_body(body: Body, lease: Option<crate::upstream::Lease>) -> ResponseBody {
+    let body = ResponseBody::new(body);
+    match lease {
+        Some(lease) => body.leasing(lease),
+        None => body,
+    }
 }
