@@ -630,6 +630,7 @@ impl<'c> Session<'c> {
         // close-delimited when the length is unknown (a streaming filter), without trailers, and
         // closing the client's connection. hyper still answers HTTP/1.0 clients in HTTP/1.0.
         *resp.version_mut() = Version::HTTP_11;
+        let no_content = resp.status() == StatusCode::NO_CONTENT;
         let headers = resp.headers_mut();
         // With the fields as lines, the connection's own were left out already and the map is
         // empty.
@@ -648,6 +649,11 @@ impl<'c> Session<'c> {
                     "the upstream sent an invalid Content-Length",
                     false,
                 ));
+            }
+            if no_content {
+                // RFC 9110 §8.6: a 204 carries no `Content-Length` (hyper's servers would pass
+                // the upstream's on; the native one leaves it out of the lines itself).
+                headers.remove(header::CONTENT_LENGTH);
             }
             forward::strip_hop_by_hop(headers);
         }
