@@ -217,6 +217,12 @@ impl<'c> Session<'c> {
     /// Ends the session's head: the request id goes back to the client, and the record (if any)
     /// rides the body until it ends.
     pub(super) fn finish(self, snap: Arc<Snapshot>, resp: &mut Response<ResponseBody>) {
+        if resp.status() == StatusCode::NO_CONTENT {
+            // RFC 9110 §8.6: a 204 carries no `Content-Length`, whoever made it (an upstream, a
+            // plugin). hyper's servers would pass it on; the native one drops it from the lines
+            // it writes too (`server::h1::encode`).
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         // The native HTTP/1 server writes it after the map's fields: a response whose fields came
         // as lines then needs no map at all. One already in the map (an upstream's, a plugin's)
         // is replaced where it stands. Both set in place: moving the response costs more.
@@ -630,7 +636,6 @@ impl<'c> Session<'c> {
         // close-delimited when the length is unknown (a streaming filter), without trailers, and
         // closing the client's connection. hyper still answers HTTP/1.0 clients in HTTP/1.0.
         *resp.version_mut() = Version::HTTP_11;
-        let no_content = resp.status() == StatusCode::NO_CONTENT;
         let headers = resp.headers_mut();
         // With the fields as lines, the connection's own were left out already and the map is
         // empty.
@@ -649,11 +654,6 @@ impl<'c> Session<'c> {
                     "the upstream sent an invalid Content-Length",
                     false,
                 ));
-            }
-            if no_content {
-                // RFC 9110 §8.6: a 204 carries no `Content-Length` (hyper's servers would pass
-                // the upstream's on; the native one leaves it out of the lines itself).
-                headers.remove(header::CONTENT_LENGTH);
             }
             forward::strip_hop_by_hop(headers);
         }

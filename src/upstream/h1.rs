@@ -498,6 +498,7 @@ fn fail(msg: &'static str) -> BoxError {
     msg.into()
 }
 
+/// A response head `httparse` refused, out of line like [`fail`].
 #[cold]
 fn bad_head(e: httparse::Error) -> BoxError {
     format!("invalid response head: {e}").into()
@@ -640,7 +641,8 @@ struct Framed {
 
 impl Framed {
     fn content_length(&mut self, value: &[u8]) -> Result<(), BoxError> {
-        let n = http1::content_length(value).ok_or("invalid Content-Length in the response")?;
+        let n = http1::content_length(value)
+            .ok_or_else(|| fail("invalid Content-Length in the response"))?;
         if self.content_length.is_some_and(|c| c != n) {
             return Err(fail("conflicting Content-Length in the response"));
         }
