@@ -555,6 +555,12 @@ async fn routes_are_listed_in_match_order_with_their_plugins() {
     assert_eq!(v2["match"]["paths"], json!([{ "prefix": "/users" }]));
     assert_eq!(v[0]["upstream"], Value::Null);
     assert_eq!(v[0]["plugins"], json!(["respond"]));
+    // Only aggregate routes list calls (tests/aggregate.rs).
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r.get("aggregate").is_none()));
 }
 
 #[tokio::test]

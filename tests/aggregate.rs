@@ -908,6 +908,44 @@ async fn explain_lists_the_calls() {
     assert_eq!(call("items")["after"], json!(["orders"]));
     assert_eq!(call("items")["max_parallel"], 8);
 
+    // `GET /routes` names the calls' upstreams too (its `upstream` is null), paths as written.
+    let routes: Value = client()
+        .get(format!("http://{admin}/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let route = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "home-screen")
+        .unwrap();
+    assert_eq!(route["upstream"], Value::Null);
+    let listed: Vec<(&str, &str, &str)> = route["aggregate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap(),
+                c["upstream"].as_str().unwrap(),
+                c["path"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("items", "catalog", "/items/{id}"),
+            ("orders", "orders", "/orders?user={user}&limit=5"),
+            ("profile", "users", "/users/{user}"),
+            ("recs", "recs", "/for/{profile.body.segment}"),
+        ]
+    );
+
     // The CLI prints the same, offline.
     let out = std::process::Command::new(common::bin())
         .args(["explain", "-c"])

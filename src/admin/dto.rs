@@ -175,8 +175,12 @@ pub struct RouteView {
     /// Its match rules as configured.
     #[serde(rename = "match")]
     pub matcher: MatchConfig,
-    /// The upstream it forwards to; `null` when a plugin answers.
+    /// The upstream it forwards to; `null` when a plugin or an aggregate answers.
     pub upstream: Option<String>,
+    /// An aggregate route's calls (each with its upstream), as `GET /explain` shows them
+    /// without a request: paths as written. Absent on other routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Vec<crate::route::AggregateCall>>,
     /// Whether the matched prefix is removed before forwarding.
     pub strip_prefix: bool,
     /// Plugin kinds in run order, global ones included.
@@ -200,6 +204,10 @@ pub fn routes(snap: &Snapshot) -> Vec<RouteView> {
                     name: route.name.to_string(),
                     matcher: cfg.matcher.clone(),
                     upstream: route.target.upstream().map(|u| u.name.to_string()),
+                    aggregate: match &route.target {
+                        crate::snapshot::Target::Aggregate(agg) => Some(agg.explain(&[])),
+                        _ => None,
+                    },
                     strip_prefix: route.strip_prefix,
                     plugins: route.plugins.kinds().map(str::to_string).collect(),
                     profile: profile.map(str::to_string),
