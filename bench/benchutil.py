@@ -264,6 +264,7 @@ def summarize(tsv):
         s[route] = {
             "rps": median([r["rps"] for r in rs]),
             "per_round": [r["rps"] for r in rs],
+            "per_round_cpureq": [r["cpu"] / r["reqs"] if r["reqs"] else 0.0 for r in rs],
             "p50": median([r["p50"] for r in rs]),
             "p99": median([r["p99"] for r in rs]),
             "cpu100k": cpu / reqs * 100000 if reqs else 0.0,
@@ -309,6 +310,12 @@ def ratio_report(tsv, base_name):
             route, base_name, x["rps"] / base["rps"],
             x["cpureq"] / base["cpureq"] if base["cpureq"] else 0.0,
             " ".join("%.3f" % v for v in paired)))
+        # Each round's own ratio: the two ran minutes apart at most, on the same machine state.
+        cpu = [a / b for a, b in zip(x["per_round_cpureq"], base["per_round_cpureq"]) if b]
+        if cpu:
+            print("%s/%s: cpu per request per round %s, median %.3f, %d of %d rounds at or below 1" % (
+                route, base_name, " ".join("%.3f" % v for v in cpu), median(cpu),
+                sum(v <= 1 for v in cpu), len(cpu)))
 
 
 def auth_report(tsv, target):

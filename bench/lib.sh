@@ -1,4 +1,4 @@
-# Shared by bench/run.sh, bench/auth.sh, bench/observe.sh and bench/grpc.sh: process control, preflight, the nginx upstream,
+# Shared by bench/run.sh, bench/versus.sh, bench/auth.sh, bench/observe.sh and bench/grpc.sh: process control, preflight, the nginx upstream,
 # one measured wrk run, the load options' defaults. Source it after setting TAG (log prefix), OUT
 # (scratch dir), BENCH, ROOT and UPSTREAM_BODY. The sourcing script
 # defines run_wrk NAME DURATION OUTFILE and label_of NAME, and sets PROXY_PID (and, for measure,
@@ -74,6 +74,14 @@ to_ms() {
         printf "%.3f", n }'
 }
 wait_port() { util wait "$1" 30 "$2"; }
+# Direct children of PID (no procps needed).
+children_of() {
+    local stat
+    for stat in /proc/[0-9]*/stat; do
+        sed 's/^.*) //' "$stat" 2>/dev/null | awk -v p="$1" -v f="$stat" \
+            '$2 == p {split(f, a, "/"); print a[3]}'
+    done
+}
 
 # ---------------------------------------------------------------- preflight --
 # install_and_pin [EXTRA_APT_PACKAGE...]: the load tools (apt-get as root when missing) and the

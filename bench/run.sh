@@ -72,14 +72,6 @@ user_ticks_sum() {
 }
 # status_kb PID FIELD: a kB value from /proc/PID/status (VmRSS, VmHWM).
 status_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
-# Direct children of PID (no procps needed).
-children_of() {
-    local stat
-    for stat in /proc/[0-9]*/stat; do
-        sed 's/^.*) //' "$stat" 2>/dev/null | awk -v p="$1" -v f="$stat" \
-            '$2 == p {split(f, a, "/"); print a[3]}'
-    done
-}
 
 # --------------------------------------------------------------- preflight --
 preflight() {

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Frontdesk builds against nginx on the plain HTTP/1.1 proxy row, interleaved: every proxy runs
+# at once on the same pinned core, and each round loads them one at a time for DURATION, in an
+# order that rotates from round to round. A machine whose speed drifts (a VM's neighbours) then
+# slows every proxy alike within a round, and the per-round ratios stay comparable where
+# back-to-back `run.sh` runs spread by ±15%. See bench/README.md.
+#
+#   BUILDS="release=target/release/frontdesk pgo=target/pgo/release/frontdesk" bench/versus.sh
+#   bench/versus.sh                    # one build: FRONTDESK_BIN, or `cargo build --release`
+#
+# The proxies are configured as in run.sh's http row: bench/frontdesk.yaml (metrics and the
+# JSON access log on) and bench/nginx-proxy.conf (one worker, buffered access log, upstream
+# keep-alive), the same nginx upstream on LOAD_CPU.
+#
+# Options (environment): BUILDS (NAME=BINARY pairs; names are letters, digits and _), DURATION
+# (10s), ROUNDS (3), CONNECTIONS (50), WARMUP (3s), WRK_THREADS (1), PROXY_CPU (0), LOAD_CPU (1),
+# FRONTDESK_BIN (the build when BUILDS is unset).
+#
+# Prints each proxy's figures over all rounds, then each build against nginx: CPU per request
+# over all rounds, and per round with their median. Scratch files go to bench/out/versus/.
+set -euo pipefail
+export LC_ALL=C
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH/.." && pwd)
+OUT=$BENCH/out/versus
+UPSTREAM_BODY="hello from upstream"
+cd "$ROOT"
+TAG=versus
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh"
+
+declare -A PORT PID BIN
+
+# start_frontdesk NAME: one Frontdesk build with run.sh's http config, on its own port.
+start_frontdesk() {
+    local name=$1 dir=$OUT/$1
+    mkdir -p "$dir"
+    sed -e "s|@PORT@|${PORT[$name]}|; s|@UPSTREAM_PORT@|$UPSTREAM_PORT|; s|@OUT@|$dir|" \
+        "$BENCH/frontdesk.yaml" >"$dir/frontdesk.yaml"
+    ! grep -q '@[A-Z_]*@' "$dir/frontdesk.yaml" || die "unfilled placeholder in $dir/frontdesk.yaml"
+    taskset -c "$PROXY_CPU" "${BIN[$name]}" run -c "$dir/frontdesk.yaml" >>"$dir/frontdesk.log" 2>&1 &
+    PID[$name]=$!
+    STARTED_PIDS+=("${PID[$name]}")
+    wait_port "${PORT[$name]}" "${PID[$name]}" || die "frontdesk $name did not start, see $dir/frontdesk.log"
+    log "frontdesk $name (${BIN[$name]}) on 127.0.0.1:${PORT[$name]} (pid ${PID[$name]}, cpu $PROXY_CPU)"
+}
+
+# start_nginx: the nginx proxy of run.sh's http row; its worker's CPU is what is counted.
+start_nginx() {
+    sed -e "s|@OUT@|$OUT|g; s|@NOFILE@|$NOFILE|; s|@WORKER_CONNECTIONS@|$((2 * CONNECTIONS + 1024))|" \
+        -e "s|@PORT@|${PORT[nginx]}|; s|@UPSTREAM_PORT@|$UPSTREAM_PORT|; s|@UPSTREAM_KEEPALIVE@|$((CONNECTIONS + 64))|" \
+        -e "s|@LISTEN_FLAGS@||; s|@GZIP@||; s|@CACHE@||" -e "/ssl_certificate/d; /proxy_cache_path/d" \
+        "$BENCH/nginx-proxy.conf" >"$OUT/nginx-proxy.conf"
+    ! grep -q '@[A-Z_]*@' "$OUT/nginx-proxy.conf" || die "unfilled placeholder in $OUT/nginx-proxy.conf"
+    mkdir -p "$OUT/nginx-proxy-tmp"
+    taskset -c "$PROXY_CPU" nginx -p "$OUT" -e "$OUT/nginx-proxy.error.log" -c "$OUT/nginx-proxy.conf" \
+        >>"$OUT/nginx-proxy.stderr" 2>&1 &
+    local master=$!
+    STARTED_PIDS+=("$master")
+    wait_port "${PORT[nginx]}" "$master" || die "nginx proxy did not start, see $OUT/nginx-proxy.error.log"
+    local children
+    read -ra children <<<"$(children_of "$master" | tr '\n' ' ')"
+    ((${#children[@]} == 1)) || die "expected one nginx worker, found: ${children[*]}"
+    STARTED_PIDS+=("${children[0]}")
+    PID[nginx]=${children[0]}
+    log "nginx proxy on 127.0.0.1:${PORT[nginx]} (worker pid ${PID[nginx]}, cpu $PROXY_CPU)"
+}
+
+run_wrk() {
+    taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency \
+        "http://127.0.0.1:${PORT[$1]}/" >"$3" 2>&1 || die "wrk failed: $(cat "$3")"
+}
+
+label_of() { if [[ $1 == nginx ]]; then echo nginx; else echo frontdesk; fi; }
+
+preflight_common
+if [[ -z ${BUILDS:-} ]]; then
+    build_frontdesk
+    BUILDS="frontdesk=$FRONTDESK_BIN"
+fi
+NAMES=()
+for pair in $BUILDS; do
+    name=${pair%%=*}
+    [[ $pair == *=* && $name =~ ^[A-Za-z0-9_]+$ && $name != nginx ]] ||
+        die "BUILDS takes NAME=BINARY pairs (names of letters, digits and _, not nginx): $pair"
+    BIN[$name]=${pair#*=}
+    [[ -x ${BIN[$name]} ]] || die "$name: ${BIN[$name]} is not executable"
+    NAMES+=("$name")
+done
+NAMES+=(nginx)
+read -ra ports <<<"$(util ports $((${#NAMES[@]} + 1)))"
+UPSTREAM_PORT=${ports[0]}
+for i in "${!NAMES[@]}"; do PORT[${NAMES[$i]}]=${ports[$((i + 1))]}; done
+start_upstream
+for name in "${NAMES[@]}"; do
+    if [[ $name == nginx ]]; then start_nginx; else start_frontdesk "$name"; fi
+    body=$(util get "${PORT[$name]}") || die "GET / through $name failed"
+    [[ $body == "$UPSTREAM_BODY" ]] || die "$name answered an unexpected body: $body"
+done
+for name in "${NAMES[@]}"; do
+    log "warm-up $name $WARMUP"
+    run_wrk "$name" "$WARMUP" "$OUT/wrk-$name-warmup.txt"
+done
+: >"$OUT/rounds.tsv"
+for ((rnd = 1; rnd <= ROUNDS; rnd++)); do
+    # Rotated: no proxy always runs first (or right after the same other one).
+    n=${#NAMES[@]}
+    for ((k = 0; k < n; k++)); do
+        name=${NAMES[$(((k + rnd - 1) % n))]}
+        PROXY_PID=${PID[$name]}
+        measure "$rnd" "$name"
+    done
+done
+
+{
+    echo
+    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(uname -srm)  $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+    echo "# $(nginx -v 2>&1)  $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')  builds: $BUILDS"
+    echo "# every proxy on cpu $PROXY_CPU (one worker each), loaded one at a time;" \
+        "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (HTTP/1.1 keep-alive) per proxy and round, $ROUNDS rounds" \
+        "(order rotated; after $WARMUP warm-up each) + upstream on cpu $LOAD_CPU"
+    echo
+    util ratio-report "$OUT/rounds.tsv" nginx
+} | tee "$OUT/summary.txt"
