@@ -74,6 +74,14 @@ to_ms() {
         printf "%.3f", n }'
 }
 wait_port() { util wait "$1" 30 "$2"; }
+# fill TEMPLATE DEST KEY=VALUE...: replace @KEY@ placeholders.
+fill() {
+    local template=$1 dest=$2 kv args=()
+    shift 2
+    for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+    sed "${args[@]}" "$template" >"$dest"
+    if grep -q '@[A-Z_]*@' "$dest"; then die "unfilled placeholder in $dest"; fi
+}
 # Direct children of PID (no procps needed).
 children_of() {
     local stat

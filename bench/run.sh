@@ -133,14 +133,6 @@ frontdesk_only() { [[ $1 == agg3 || $1 == xform || $1 == xformjq ]]; }
 is_transform() { [[ $1 == xform || $1 == xformjq ]]; }
 base_of() { if [[ $1 == agg3 ]]; then echo json1; else echo json; fi; }
 
-# fill TEMPLATE DEST KEY=VALUE...: replace @KEY@ placeholders.
-fill() {
-    local template=$1 dest=$2 kv args=()
-    shift 2
-    for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-    sed "${args[@]}" "$template" >"$dest"
-    if grep -q '@[A-Z_]*@' "$dest"; then die "unfilled placeholder in $dest"; fi
-}
 
 
 # ------------------------------------------------------------------ proxies --

@@ -36,9 +36,7 @@ declare -A PORT PID BIN
 start_frontdesk() {
     local name=$1 dir=$OUT/$1
     mkdir -p "$dir"
-    sed -e "s|@PORT@|${PORT[$name]}|; s|@UPSTREAM_PORT@|$UPSTREAM_PORT|; s|@OUT@|$dir|" \
-        "$BENCH/frontdesk.yaml" >"$dir/frontdesk.yaml"
-    ! grep -q '@[A-Z_]*@' "$dir/frontdesk.yaml" || die "unfilled placeholder in $dir/frontdesk.yaml"
+    fill "$BENCH/frontdesk.yaml" "$dir/frontdesk.yaml" PORT="${PORT[$name]}" UPSTREAM_PORT="$UPSTREAM_PORT" OUT="$dir"
     taskset -c "$PROXY_CPU" "${BIN[$name]}" run -c "$dir/frontdesk.yaml" >>"$dir/frontdesk.log" 2>&1 &
     PID[$name]=$!
     STARTED_PIDS+=("${PID[$name]}")
@@ -48,11 +46,11 @@ start_frontdesk() {
 
 # start_nginx: the nginx proxy of run.sh's http row; its worker's CPU is what is counted.
 start_nginx() {
-    sed -e "s|@OUT@|$OUT|g; s|@NOFILE@|$NOFILE|; s|@WORKER_CONNECTIONS@|$((2 * CONNECTIONS + 1024))|" \
-        -e "s|@PORT@|${PORT[nginx]}|; s|@UPSTREAM_PORT@|$UPSTREAM_PORT|; s|@UPSTREAM_KEEPALIVE@|$((CONNECTIONS + 64))|" \
-        -e "s|@LISTEN_FLAGS@||; s|@GZIP@||; s|@CACHE@||" -e "/ssl_certificate/d; /proxy_cache_path/d" \
-        "$BENCH/nginx-proxy.conf" >"$OUT/nginx-proxy.conf"
-    ! grep -q '@[A-Z_]*@' "$OUT/nginx-proxy.conf" || die "unfilled placeholder in $OUT/nginx-proxy.conf"
+    # Plain HTTP: the certificate lines and the cache zone are left out.
+    grep -v -e ssl_certificate -e proxy_cache_path "$BENCH/nginx-proxy.conf" >"$OUT/nginx-proxy.template"
+    fill "$OUT/nginx-proxy.template" "$OUT/nginx-proxy.conf" OUT="$OUT" NOFILE="$NOFILE" \
+        WORKER_CONNECTIONS=$((2 * CONNECTIONS + 1024)) PORT="${PORT[nginx]}" UPSTREAM_PORT="$UPSTREAM_PORT" \
+        UPSTREAM_KEEPALIVE=$((CONNECTIONS + 64)) LISTEN_FLAGS= GZIP= CACHE=
     mkdir -p "$OUT/nginx-proxy-tmp"
     taskset -c "$PROXY_CPU" nginx -p "$OUT" -e "$OUT/nginx-proxy.error.log" -c "$OUT/nginx-proxy.conf" \
         >>"$OUT/nginx-proxy.stderr" 2>&1 &

@@ -909,14 +909,8 @@ async fn explain_lists_the_calls() {
     assert_eq!(call("items")["max_parallel"], 8);
 
     // `GET /routes` names the calls' upstreams too (its `upstream` is null), paths as written.
-    let routes: Value = client()
-        .get(format!("http://{admin}/routes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, _, routes) = get(format!("http://{admin}/routes")).await;
+    assert_eq!(status, 200);
     let route = routes
         .as_array()
         .unwrap()
