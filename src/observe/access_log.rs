@@ -317,6 +317,7 @@ fn push_str(buf: &mut Vec<u8>, s: Option<&str>) {
         // Rare (request ids and paths come from clients): the full escaper.
         let _ = serde_json::to_writer(&mut *buf, s);
     } else {
+        buf.reserve(s.len() + 2);
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());
         buf.push(b'"');
@@ -332,25 +333,47 @@ fn needs_escape(s: &[u8]) -> bool {
     // A byte of `x` below `n` (n <= 0x80) sets its high bit in the result; bytes >= 0x80 never do.
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
     let zero = |x: u64| below(x, 1);
-    let special = |w: [u8; 8]| {
-        let x = u64::from_ne_bytes(w);
+    let special = |x: u64| {
         below(x, 0x20) | zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\')))
             != 0
     };
+    let word = |w: &[u8]| u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
     let mut words = s.chunks_exact(8);
     for w in &mut words {
-        if special(w.try_into().unwrap_or([0; 8])) {
+        if special(word(w)) {
             return true;
         }
     }
-    // The last few bytes as one more word, padded with a letter (most strings here are short).
     let rest = words.remainder();
-    let mut last = [b'a'; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    special(last)
+    if rest.is_empty() {
+        return false;
+    }
+    if s.len() >= 8 {
+        // The last eight bytes, overlapping the words already checked: a yes/no needs no more.
+        return special(word(&s[s.len() - 8..]));
+    }
+    // A short string (most here): its bytes shifted into a word of letters, with no copy call.
+    let mut x = ONES * u64::from(b'a');
+    for &b in rest {
+        x = (x << 8) | u64::from(b);
+    }
+    special(x)
 }
 
 fn push_u64(buf: &mut Vec<u8>, n: u64) {
+    // Most numbers of a line are below 1,000 (status, address octets, small byte counts and
+    // milliseconds): their digits pushed one by one, without a formatter and a copy call.
+    if n < 1000 {
+        let n = n as u32; // below 1,000
+        if n >= 100 {
+            buf.push(b'0' + (n / 100) as u8);
+        }
+        if n >= 10 {
+            buf.push(b'0' + (n / 10 % 10) as u8);
+        }
+        buf.push(b'0' + (n % 10) as u8);
+        return;
+    }
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
@@ -446,9 +469,19 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_written_as_their_decimal_digits() {
+        let mut buf = Vec::new();
+        for n in (0..20_000u64).chain([u64::from(u32::MAX), u64::MAX - 1, u64::MAX]) {
+            buf.clear();
+            super::push_u64(&mut buf, n);
+            assert_eq!(buf, n.to_string().as_bytes(), "{n}");
+        }
+    }
+
+    #[test]
     fn the_escape_check_finds_every_byte_json_escapes_at_every_position() {
         let must = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
-        for len in [1usize, 7, 8, 9, 16, 23] {
+        for len in [1usize, 2, 3, 5, 7, 8, 9, 12, 15, 16, 17, 23] {
             for at in 0..len {
                 for b in 0..=255u8 {
                     let mut s = vec![b'a'; len];
