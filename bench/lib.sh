@@ -170,27 +170,53 @@ start_upstream() {
     log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT (pid $UPSTREAM_PID, cpu $LOAD_CPU)"
 }
 
-# measure ROUND ROUTE: one measured wrk run, one line appended to rounds.tsv.
+# parse_load SCENARIO OUTFILE: sets L_REQS L_RPS L_P50 L_P99 L_ERR L_RUN_MS from h2load's output (h2c, h2)
+# or wrk's (any other scenario).
+parse_load() {
+    local f=$2
+    case $1 in
+        h2c | h2)
+            # "requests: 331639 total, 331689 started, 331639 done, 331639 succeeded, 0 failed, 0 errored, 0 timeout"
+            # "status codes: 331639 2xx, 0 3xx, 0 4xx, 0 5xx"; "finished in 10.00s, 33163.90 req/s, 1.46MB/s"
+            # h2load prints no percentiles: p50 is the mean time per request, p99 is n/a.
+            L_REQS=$(awk '/^requests:/ {print $8}' "$f")
+            L_RPS=$(awk '/^finished in/ {print $4}' "$f")
+            L_P50=$(awk '/^time for request:/ {print $6}' "$f")
+            L_P50=$(to_ms "$L_P50")
+            L_P99=-1
+            L_ERR=$(awk '/^requests:/ {n += $10 + $12 + $14}
+                /^status codes:/ {n += $5 + $7 + $9} END {print n + 0}' "$f")
+            L_RUN_MS=$(to_ms "$(awk '/^finished in/ {sub(/,$/, "", $3); print $3}' "$f")")
+            ;;
+        *)
+            L_REQS=$(awk '/ requests in / {print $1}' "$f")
+            L_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+            L_P50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
+            L_P99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
+            L_ERR=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
+                /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$f")
+            L_RUN_MS=$(to_ms "$(awk '/ requests in / {sub(/,$/, "", $4); print $4}' "$f")")
+            ;;
+    esac
+}
+
+
+# measure ROUND ROUTE: one measured load run (`run_wrk`; its output parsed as LOAD_KIND's, wrk's
+# unless LOAD_KIND is h2c or h2), one line appended to rounds.tsv.
 measure() {
-    local rnd=$1 route=$2 out before after reqs rps p50 p99 err run_ms secs
+    local rnd=$1 route=$2 out before after secs
     out=$OUT/wrk-$route-$rnd.txt
     alive frontdesk "$PROXY_PID"
     before=$(cpu_ticks "$PROXY_PID")
     run_wrk "$route" "$DURATION" "$out"
     alive frontdesk "$PROXY_PID"
     after=$(cpu_ticks "$PROXY_PID")
-    reqs=$(awk '/ requests in / {print $1}' "$out")
-    [[ -n $reqs && $reqs -gt 0 ]] || die "$route round $rnd: no requests completed, see $out"
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
-    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
-    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
-    err=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
-        /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")
-    run_ms=$(to_ms "$(awk '/ requests in / {sub(/,$/, "", $4); print $4}' "$out")")
+    parse_load "${LOAD_KIND:-http}" "$out"
+    [[ -n $L_REQS && $L_REQS -gt 0 ]] || die "$route round $rnd: no requests completed, see $out"
     secs=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rnd" "$route" "$(label_of "$route")" \
-        "$reqs" "$rps" "$p50" "$p99" "$secs" "$run_ms" "$err" >>"$OUT/rounds.tsv"
-    log "round $rnd $route: $reqs requests, $rps req/s, ${secs}s CPU, $err errors"
-    ((err == 0)) || log "warning: $route round $rnd: $err errors, see $out"
+        "$L_REQS" "$L_RPS" "$L_P50" "$L_P99" "$secs" "$L_RUN_MS" "$L_ERR" >>"$OUT/rounds.tsv"
+    log "round $rnd $route: $L_REQS requests, $L_RPS req/s, ${secs}s CPU, $L_ERR errors"
+    ((L_ERR == 0)) || log "warning: $route round $rnd: $L_ERR errors, see $out"
 }
 

@@ -239,35 +239,6 @@ run_load() { # run_load SCENARIO PORT DURATION OUTFILE
     esac
 }
 
-# parse_load SCENARIO OUTFILE: sets L_REQS L_RPS L_P50 L_P99 L_ERR L_RUN_MS from wrk or h2load output.
-parse_load() {
-    local f=$2
-    case $1 in
-        http | https | gzip | cache1k | cache100k | agg3 | json1 | json | xform | xformjq)
-            L_REQS=$(awk '/ requests in / {print $1}' "$f")
-            L_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$f")
-            L_P50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
-            L_P99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
-            L_ERR=$(awk '/Non-2xx or 3xx responses:/ {n += $NF}
-                /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$f")
-            L_RUN_MS=$(to_ms "$(awk '/ requests in / {sub(/,$/, "", $4); print $4}' "$f")")
-            ;;
-        h2c | h2)
-            # "requests: 331639 total, 331689 started, 331639 done, 331639 succeeded, 0 failed, 0 errored, 0 timeout"
-            # "status codes: 331639 2xx, 0 3xx, 0 4xx, 0 5xx"; "finished in 10.00s, 33163.90 req/s, 1.46MB/s"
-            # h2load prints no percentiles: p50 is the mean time per request, p99 is n/a.
-            L_REQS=$(awk '/^requests:/ {print $8}' "$f")
-            L_RPS=$(awk '/^finished in/ {print $4}' "$f")
-            L_P50=$(awk '/^time for request:/ {print $6}' "$f")
-            L_P50=$(to_ms "$L_P50")
-            L_P99=-1
-            L_ERR=$(awk '/^requests:/ {n += $10 + $12 + $14}
-                /^status codes:/ {n += $5 + $7 + $9} END {print n + 0}' "$f")
-            L_RUN_MS=$(to_ms "$(awk '/^finished in/ {sub(/,$/, "", $3); print $3}' "$f")")
-            ;;
-    esac
-}
-
 # Idle keep-alive test: RSS growth of MEM_PID per idle connection.
 idle_test() {
     local name=$1 port=$2 before after line ok failed open

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Frontdesk builds against nginx on the plain HTTP/1.1 proxy row, interleaved: every proxy runs
+# Frontdesk builds against nginx on the plain proxy rows (HTTP/1.1 or h2c), interleaved: every proxy runs
 # at once on the same pinned core, and each round loads them one at a time for DURATION, in an
 # order that rotates from round to round. A machine whose speed drifts (a VM's neighbours) then
 # slows every proxy alike within a round, and the per-round ratios stay comparable where
@@ -7,12 +7,14 @@
 #
 #   BUILDS="release=target/release/frontdesk pgo=target/pgo/release/frontdesk" bench/versus.sh
 #   bench/versus.sh                    # one build: FRONTDESK_BIN, or `cargo build --release`
+#   SCENARIO=h2c bench/versus.sh       # HTTP/2 prior knowledge (h2load) instead of HTTP/1.1 (wrk)
 #
-# The proxies are configured as in run.sh's http row: bench/frontdesk.yaml (metrics and the
+# The proxies are configured as in run.sh's http and h2c rows: bench/frontdesk.yaml (metrics and the
 # JSON access log on) and bench/nginx-proxy.conf (one worker, buffered access log, upstream
 # keep-alive), the same nginx upstream on LOAD_CPU.
 #
-# Options (environment): BUILDS (NAME=BINARY pairs; names are letters, digits and _), DURATION
+# Options (environment): SCENARIO (http or h2c; default http), BUILDS (NAME=BINARY pairs; names are
+# letters, digits and _), DURATION
 # (10s), ROUNDS (3), CONNECTIONS (50), WARMUP (3s), WRK_THREADS (1), PROXY_CPU (0), LOAD_CPU (1),
 # FRONTDESK_BIN (the build when BUILDS is unset).
 #
@@ -20,6 +22,8 @@
 # over all rounds, and per round with their median. Scratch files go to bench/out/versus/.
 set -euo pipefail
 export LC_ALL=C
+
+SCENARIO=${SCENARIO:-http}
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH/.." && pwd)
@@ -50,7 +54,7 @@ start_nginx() {
     grep -v -e ssl_certificate -e proxy_cache_path "$BENCH/nginx-proxy.conf" >"$OUT/nginx-proxy.template"
     fill "$OUT/nginx-proxy.template" "$OUT/nginx-proxy.conf" OUT="$OUT" NOFILE="$NOFILE" \
         WORKER_CONNECTIONS=$((2 * CONNECTIONS + 1024)) PORT="${PORT[nginx]}" UPSTREAM_PORT="$UPSTREAM_PORT" \
-        UPSTREAM_KEEPALIVE=$((CONNECTIONS + 64)) LISTEN_FLAGS= GZIP= CACHE=
+        UPSTREAM_KEEPALIVE=$((CONNECTIONS + 64)) LISTEN_FLAGS="$([[ $SCENARIO == h2c ]] && echo http2)" GZIP= CACHE=
     mkdir -p "$OUT/nginx-proxy-tmp"
     taskset -c "$PROXY_CPU" nginx -p "$OUT" -e "$OUT/nginx-proxy.error.log" -c "$OUT/nginx-proxy.conf" \
         >>"$OUT/nginx-proxy.stderr" 2>&1 &
@@ -65,14 +69,37 @@ start_nginx() {
     log "nginx proxy on 127.0.0.1:${PORT[nginx]} (worker pid ${PID[nginx]}, cpu $PROXY_CPU)"
 }
 
+# run_wrk NAME DURATION OUTFILE: the load on one proxy (wrk, or h2load for h2c).
 run_wrk() {
-    taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency \
-        "http://127.0.0.1:${PORT[$1]}/" >"$3" 2>&1 || die "wrk failed: $(cat "$3")"
+    if [[ $SCENARIO == h2c ]]; then
+        taskset -c "$LOAD_CPU" h2load -t"$WRK_THREADS" -c"$CONNECTIONS" -m1 -D "$2" \
+            "http://127.0.0.1:${PORT[$1]}/" >"$3" 2>&1 || die "h2load failed: $(cat "$3")"
+    else
+        taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency \
+            "http://127.0.0.1:${PORT[$1]}/" >"$3" 2>&1 || die "wrk failed: $(cat "$3")"
+    fi
+}
+
+# check NAME: the proxy answers the upstream's body (h2c: one HTTP/2 request through h2load).
+check() {
+    if [[ $SCENARIO == h2c ]]; then
+        h2load -n 1 -c 1 "http://127.0.0.1:${PORT[$1]}/" >"$OUT/check-$1.txt" 2>&1 || true
+        grep -q '^status codes: 1 2xx' "$OUT/check-$1.txt" || die "HTTP/2 GET / through $1 failed, see $OUT/check-$1.txt"
+        return
+    fi
+    local body
+    body=$(util get "${PORT[$1]}") || die "GET / through $1 failed"
+    [[ $body == "$UPSTREAM_BODY" ]] || die "$1 answered an unexpected body: $body"
 }
 
 label_of() { if [[ $1 == nginx ]]; then echo nginx; else echo frontdesk; fi; }
 
-preflight_common
+case $SCENARIO in
+    http) ;;
+    h2c) LOAD_KIND=h2c ;;
+    *) die "SCENARIO is http or h2c, not $SCENARIO" ;;
+esac
+if [[ $SCENARIO == h2c ]] && ! command -v h2load >/dev/null; then preflight_common nghttp2-client; else preflight_common; fi
 if [[ -z ${BUILDS:-} ]]; then
     build_frontdesk
     BUILDS="frontdesk=$FRONTDESK_BIN"
@@ -93,8 +120,7 @@ for i in "${!NAMES[@]}"; do PORT[${NAMES[$i]}]=${ports[$((i + 1))]}; done
 start_upstream
 for name in "${NAMES[@]}"; do
     if [[ $name == nginx ]]; then start_nginx; else start_frontdesk "$name"; fi
-    body=$(util get "${PORT[$name]}") || die "GET / through $name failed"
-    [[ $body == "$UPSTREAM_BODY" ]] || die "$name answered an unexpected body: $body"
+    check "$name"
 done
 for name in "${NAMES[@]}"; do
     log "warm-up $name $WARMUP"
@@ -116,7 +142,8 @@ done
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(uname -srm)  $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "# $(nginx -v 2>&1)  $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')  builds: $BUILDS"
     echo "# every proxy on cpu $PROXY_CPU (one worker each), loaded one at a time;" \
-        "wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION (HTTP/1.1 keep-alive) per proxy and round, $ROUNDS rounds" \
+        "$(if [[ $SCENARIO == h2c ]]; then echo "h2load -m1 (h2c; p50 is its mean, no p99)"; else echo "wrk (HTTP/1.1 keep-alive)"; fi)" \
+        "-t$WRK_THREADS -c$CONNECTIONS -d$DURATION per proxy and round, $ROUNDS rounds" \
         "(order rotated; after $WARMUP warm-up each) + upstream on cpu $LOAD_CPU"
     echo
     util ratio-report "$OUT/rounds.tsv" nginx
