@@ -155,6 +155,17 @@ build_frontdesk() {
     [[ -x $FRONTDESK_BIN ]] || die "$FRONTDESK_BIN not found after build"
 }
 
+# A throwaway self-signed ECDSA P-256 certificate for 127.0.0.1, shared by both proxies.
+make_cert() {
+    CERT_DIR=$(mktemp -d)
+    TEMP_DIRS+=("$CERT_DIR")
+    CERT=$CERT_DIR/cert.pem
+    KEY=$CERT_DIR/key.pem
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test,IP:127.0.0.1" \
+        -keyout "$KEY" -out "$CERT" >"$OUT/openssl.log" 2>&1 || die "openssl failed, see $OUT/openssl.log"
+}
+
 # ---------------------------------------------------------------- upstream --
 start_upstream() {
     sed -e "s|@OUT@|$OUT|g" -e "s|@PORT@|$UPSTREAM_PORT|g" -e "s|@BODY@|$UPSTREAM_BODY\\\\n|g" \

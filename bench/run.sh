@@ -92,17 +92,6 @@ preflight() {
     fresh_out
 }
 
-# A throwaway self-signed ECDSA P-256 certificate for 127.0.0.1, shared by both proxies.
-make_cert() {
-    CERT_DIR=$(mktemp -d)
-    TEMP_DIRS+=("$CERT_DIR")
-    CERT=$CERT_DIR/cert.pem
-    KEY=$CERT_DIR/key.pem
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-        -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test,IP:127.0.0.1" \
-        -keyout "$KEY" -out "$CERT" >"$OUT/openssl.log" 2>&1 || die "openssl failed, see $OUT/openssl.log"
-}
-
 # The gzip row's 10 KiB JSON, and the cache rows' 1 KiB and 100 KiB files, served by the upstream
 # nginx from $OUT/static (see nginx-upstream.conf).
 make_json() {

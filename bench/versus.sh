@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Frontdesk builds against nginx on the plain proxy rows (HTTP/1.1 or h2c), interleaved: every proxy runs
+# Frontdesk builds against nginx on the plain proxy rows, interleaved: every proxy runs
 # at once on the same pinned core, and each round loads them one at a time for DURATION, in an
 # order that rotates from round to round. A machine whose speed drifts (a VM's neighbours) then
 # slows every proxy alike within a round, and the per-round ratios stay comparable where
@@ -9,11 +9,11 @@
 #   bench/versus.sh                    # one build: FRONTDESK_BIN, or `cargo build --release`
 #   SCENARIO=h2c bench/versus.sh       # HTTP/2 prior knowledge (h2load) instead of HTTP/1.1 (wrk)
 #
-# The proxies are configured as in run.sh's http and h2c rows: bench/frontdesk.yaml (metrics and the
-# JSON access log on) and bench/nginx-proxy.conf (one worker, buffered access log, upstream
-# keep-alive), the same nginx upstream on LOAD_CPU.
+# The proxies are configured as in run.sh's rows of the same name: bench/frontdesk.yaml (or
+# frontdesk-tls.yaml; metrics and the JSON access log on) and bench/nginx-proxy.conf (one worker,
+# buffered access log, upstream keep-alive), the same nginx upstream on LOAD_CPU.
 #
-# Options (environment): SCENARIO (http or h2c; default http), BUILDS (NAME=BINARY pairs; names are
+# Options (environment): SCENARIO (http, https, h2c or h2: run.sh's rows; default http), BUILDS (NAME=BINARY pairs; names are
 # letters, digits and _), DURATION
 # (10s), ROUNDS (3), CONNECTIONS (50), WARMUP (3s), WRK_THREADS (1), PROXY_CPU (0), LOAD_CPU (1),
 # FRONTDESK_BIN (the build when BUILDS is unset).
@@ -40,7 +40,12 @@ declare -A PORT PID BIN
 start_frontdesk() {
     local name=$1 dir=$OUT/$1
     mkdir -p "$dir"
-    fill "$BENCH/frontdesk.yaml" "$dir/frontdesk.yaml" PORT="${PORT[$name]}" UPSTREAM_PORT="$UPSTREAM_PORT" OUT="$dir"
+    if [[ $TLS == 1 ]]; then
+        fill "$BENCH/frontdesk-tls.yaml" "$dir/frontdesk.yaml" PORT="${PORT[$name]}" UPSTREAM_PORT="$UPSTREAM_PORT" \
+            OUT="$dir" CERT="$CERT" KEY="$KEY"
+    else
+        fill "$BENCH/frontdesk.yaml" "$dir/frontdesk.yaml" PORT="${PORT[$name]}" UPSTREAM_PORT="$UPSTREAM_PORT" OUT="$dir"
+    fi
     taskset -c "$PROXY_CPU" "${BIN[$name]}" run -c "$dir/frontdesk.yaml" >>"$dir/frontdesk.log" 2>&1 &
     PID[$name]=$!
     STARTED_PIDS+=("${PID[$name]}")
@@ -50,11 +55,13 @@ start_frontdesk() {
 
 # start_nginx: the nginx proxy of run.sh's http row; its worker's CPU is what is counted.
 start_nginx() {
-    # Plain HTTP: the certificate lines and the cache zone are left out.
-    grep -v -e ssl_certificate -e proxy_cache_path "$BENCH/nginx-proxy.conf" >"$OUT/nginx-proxy.template"
+    local flags=
+    case $SCENARIO in h2c) flags=http2 ;; https) flags=ssl ;; h2) flags="ssl http2" ;; esac
+    # No cache zone (no row here caches).
+    grep -v -e proxy_cache_path "$BENCH/nginx-proxy.conf" >"$OUT/nginx-proxy.template"
     fill "$OUT/nginx-proxy.template" "$OUT/nginx-proxy.conf" OUT="$OUT" NOFILE="$NOFILE" \
         WORKER_CONNECTIONS=$((2 * CONNECTIONS + 1024)) PORT="${PORT[nginx]}" UPSTREAM_PORT="$UPSTREAM_PORT" \
-        UPSTREAM_KEEPALIVE=$((CONNECTIONS + 64)) LISTEN_FLAGS="$([[ $SCENARIO == h2c ]] && echo http2)" GZIP= CACHE=
+        UPSTREAM_KEEPALIVE=$((CONNECTIONS + 64)) LISTEN_FLAGS="$flags" GZIP= CACHE= CERT="$CERT" KEY="$KEY"
     mkdir -p "$OUT/nginx-proxy-tmp"
     taskset -c "$PROXY_CPU" nginx -p "$OUT" -e "$OUT/nginx-proxy.error.log" -c "$OUT/nginx-proxy.conf" \
         >>"$OUT/nginx-proxy.stderr" 2>&1 &
@@ -69,37 +76,44 @@ start_nginx() {
     log "nginx proxy on 127.0.0.1:${PORT[nginx]} (worker pid ${PID[nginx]}, cpu $PROXY_CPU)"
 }
 
-# run_wrk NAME DURATION OUTFILE: the load on one proxy (wrk, or h2load for h2c).
+# run_wrk NAME DURATION OUTFILE: the load on one proxy (wrk; h2load for h2c and h2).
 run_wrk() {
-    if [[ $SCENARIO == h2c ]]; then
+    if [[ $H2 == 1 ]]; then
         taskset -c "$LOAD_CPU" h2load -t"$WRK_THREADS" -c"$CONNECTIONS" -m1 -D "$2" \
-            "http://127.0.0.1:${PORT[$1]}/" >"$3" 2>&1 || die "h2load failed: $(cat "$3")"
+            "$URL_SCHEME://127.0.0.1:${PORT[$1]}/" >"$3" 2>&1 || die "h2load failed: $(cat "$3")"
     else
         taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency \
-            "http://127.0.0.1:${PORT[$1]}/" >"$3" 2>&1 || die "wrk failed: $(cat "$3")"
+            "$URL_SCHEME://127.0.0.1:${PORT[$1]}/" >"$3" 2>&1 || die "wrk failed: $(cat "$3")"
     fi
 }
 
-# check NAME: the proxy answers the upstream's body (h2c: one HTTP/2 request through h2load).
+# check NAME: the proxy answers the upstream's body (HTTP/2: one request through h2load).
 check() {
-    if [[ $SCENARIO == h2c ]]; then
-        h2load -n 1 -c 1 "http://127.0.0.1:${PORT[$1]}/" >"$OUT/check-$1.txt" 2>&1 || true
+    if [[ $H2 == 1 ]]; then
+        h2load -n 1 -c 1 "$URL_SCHEME://127.0.0.1:${PORT[$1]}/" >"$OUT/check-$1.txt" 2>&1 || true
         grep -q '^status codes: 1 2xx' "$OUT/check-$1.txt" || die "HTTP/2 GET / through $1 failed, see $OUT/check-$1.txt"
         return
     fi
     local body
-    body=$(util get "${PORT[$1]}") || die "GET / through $1 failed"
+    body=$(util get "${PORT[$1]}" "$URL_SCHEME") || die "GET / through $1 failed"
     [[ $body == "$UPSTREAM_BODY" ]] || die "$1 answered an unexpected body: $body"
 }
 
 label_of() { if [[ $1 == nginx ]]; then echo nginx; else echo frontdesk; fi; }
 
 case $SCENARIO in
-    http) ;;
-    h2c) LOAD_KIND=h2c ;;
-    *) die "SCENARIO is http or h2c, not $SCENARIO" ;;
+    http | https | h2c | h2) ;;
+    *) die "SCENARIO is http, https, h2c or h2, not $SCENARIO" ;;
 esac
-if [[ $SCENARIO == h2c ]] && ! command -v h2load >/dev/null; then preflight_common nghttp2-client; else preflight_common; fi
+LOAD_KIND=$SCENARIO
+H2=0 TLS=0 URL_SCHEME=http
+[[ $SCENARIO == h2c || $SCENARIO == h2 ]] && H2=1
+[[ $SCENARIO == https || $SCENARIO == h2 ]] && TLS=1 URL_SCHEME=https
+extra=()
+[[ $H2 == 1 ]] && ! command -v h2load >/dev/null && extra+=(nghttp2-client)
+command -v openssl >/dev/null || extra+=(openssl)
+preflight_common "${extra[@]+"${extra[@]}"}"
+make_cert
 if [[ -z ${BUILDS:-} ]]; then
     build_frontdesk
     BUILDS="frontdesk=$FRONTDESK_BIN"
@@ -142,7 +156,7 @@ done
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)  $(uname -srm)  $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "# $(nginx -v 2>&1)  $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')  builds: $BUILDS"
     echo "# every proxy on cpu $PROXY_CPU (one worker each), loaded one at a time;" \
-        "$(if [[ $SCENARIO == h2c ]]; then echo "h2load -m1 (h2c; p50 is its mean, no p99)"; else echo "wrk (HTTP/1.1 keep-alive)"; fi)" \
+        "$(if [[ $H2 == 1 ]]; then echo "h2load -m1 ($SCENARIO; p50 is its mean, no p99)"; else echo "wrk ($SCENARIO, HTTP/1.1 keep-alive)"; fi)" \
         "-t$WRK_THREADS -c$CONNECTIONS -d$DURATION per proxy and round, $ROUNDS rounds" \
         "(order rotated; after $WARMUP warm-up each) + upstream on cpu $LOAD_CPU"
     echo
