@@ -7,16 +7,16 @@
 #
 #   BUILDS="release=target/release/frontdesk pgo=target/pgo/release/frontdesk" bench/versus.sh
 #   bench/versus.sh                    # one build: FRONTDESK_BIN, or `cargo build --release`
-#   SCENARIO=h2c bench/versus.sh       # HTTP/2 prior knowledge (h2load) instead of HTTP/1.1 (wrk)
+#   SCENARIO=h2c bench/versus.sh       # HTTP/2 prior knowledge (h2load); also https, h2 (TLS)
 #
 # The proxies are configured as in run.sh's rows of the same name: bench/frontdesk.yaml (or
 # frontdesk-tls.yaml; metrics and the JSON access log on) and bench/nginx-proxy.conf (one worker,
 # buffered access log, upstream keep-alive), the same nginx upstream on LOAD_CPU.
 #
-# Options (environment): SCENARIO (http, https, h2c or h2: run.sh's rows; default http), BUILDS (NAME=BINARY pairs; names are
-# letters, digits and _), DURATION
-# (10s), ROUNDS (3), CONNECTIONS (50), WARMUP (3s), WRK_THREADS (1), PROXY_CPU (0), LOAD_CPU (1),
-# FRONTDESK_BIN (the build when BUILDS is unset).
+# Options (environment): SCENARIO (http, https, h2c or h2; default http), BUILDS (NAME=BINARY
+# pairs; names are letters, digits and _), DURATION (10s), ROUNDS (3), CONNECTIONS (50), WARMUP
+# (3s), WRK_THREADS (1), PROXY_CPU (0), LOAD_CPU (1), FRONTDESK_BIN (the build when BUILDS is
+# unset).
 #
 # Prints each proxy's figures over all rounds, then each build against nginx: CPU per request
 # over all rounds, and per round with their median. Scratch files go to bench/out/versus/.
@@ -36,7 +36,7 @@ source "$BENCH/lib.sh"
 
 declare -A PORT PID BIN
 
-# start_frontdesk NAME: one Frontdesk build with run.sh's http config, on its own port.
+# start_frontdesk NAME: one Frontdesk build with run.sh's config for the row, on its own port.
 start_frontdesk() {
     local name=$1 dir=$OUT/$1
     mkdir -p "$dir"
