@@ -226,3 +226,34 @@ async fn an_upstream_head_reaches_the_client_alike_with_and_without_plugins() {
         }
     }
 }
+
+/// Over HTTP/2 too (hyper's server, the same session): a `204` reaches the client without the
+/// upstream's `Content-Length`, with and without plugins.
+#[tokio::test]
+async fn a_204_has_no_content_length_over_http2() {
+    let up = raw_upstream().await;
+    let gw = gateway(&config(&format!(
+        "upstreams: {{ u: {{ targets: [{{ url: \"http://{up}\" }}] }} }}\nroutes:\n  - {{ name: plain, match: {{ paths: [\"/plain\"] }}, upstream: u }}\n  - {{ name: plugged, match: {{ paths: [\"/plugged\"] }}, upstream: u, plugins: {{ headers: {{ request: {{ set: {{ x-probe: \"1\" }} }} }} }} }}\n"
+    )))
+    .await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for route in ["plain", "plugged"] {
+        let resp = h2
+            .get(format!("http://{}/{route}/nocontent", gw.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 204, "{route}");
+        assert_eq!(resp.headers()["x-a"], "1", "{route}");
+        assert!(
+            resp.headers().get("content-length").is_none(),
+            "{route}: {:?}",
+            resp.headers()
+        );
+    }
+}
