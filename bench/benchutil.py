@@ -242,19 +242,20 @@ def median(xs):
 
 
 def summarize(tsv):
-    """Per-round rows (round route label reqs rps p50_ms p99_ms cpu_s run_ms errors) -> printed
-    table; returns the per-route summary and the route order."""
+    """Per-round rows (round route label reqs rps p50_ms p99_ms cpu_s run_ms errors [user_s]) ->
+    printed table; returns the per-route summary and the route order."""
     rows = {}
     order = []
     with open(tsv) as f:
         for line in f:
-            rnd, route, label, reqs, rps, p50, p99, cpu, run_ms, err = line.split()
+            rnd, route, label, reqs, rps, p50, p99, cpu, run_ms, err, *rest = line.split()
             if route not in rows:
                 rows[route] = {"label": label, "rounds": []}
                 order.append(route)
             rows[route]["rounds"].append({
                 "reqs": int(reqs), "rps": float(rps), "p50": float(p50), "p99": float(p99),
-                "cpu": float(cpu), "run_ms": float(run_ms), "err": int(err)})
+                "cpu": float(cpu), "run_ms": float(run_ms), "err": int(err),
+                "user": float(rest[0]) if rest else None})
     s = {}
     for route in order:
         rs = rows[route]["rounds"]
@@ -265,6 +266,11 @@ def summarize(tsv):
             "rps": median([r["rps"] for r in rs]),
             "per_round": [r["rps"] for r in rs],
             "per_round_cpureq": [r["cpu"] / r["reqs"] if r["reqs"] else 0.0 for r in rs],
+            # User-space CPU per request, per round (None when the rows carry no user column).
+            "per_round_userreq": [r["user"] / r["reqs"] if r["reqs"] and r["user"] is not None
+                                  else None for r in rs],
+            "user_share": (sum(r["user"] for r in rs) / cpu
+                           if cpu and all(r["user"] is not None for r in rs) else None),
             "p50": median([r["p50"] for r in rs]),
             "p99": median([r["p99"] for r in rs]),
             "cpu100k": cpu / reqs * 100000 if reqs else 0.0,
@@ -316,6 +322,18 @@ def ratio_report(tsv, base_name):
             print("%s/%s: cpu per request per round %s, median %.3f, %d of %d rounds at or below 1" % (
                 route, base_name, " ".join("%.3f" % v for v in cpu), median(cpu),
                 sum(v <= 1 for v in cpu), len(cpu)))
+        # The same split in user space and the kernel: which side of the system call line differs.
+        pairs = list(zip(x["per_round_userreq"], base["per_round_userreq"],
+                         x["per_round_cpureq"], base["per_round_cpureq"]))
+        if pairs and all(u is not None and bu for u, bu, _, _ in pairs):
+            user = [u / bu for u, bu, _, _ in pairs]
+            kernel = [(c - u) / (bc - bu) for u, bu, c, bc in pairs if bc > bu]
+            print("%s/%s: user-space cpu per request per round %s, median %.3f (user share %.0f%% vs %.0f%%)" % (
+                route, base_name, " ".join("%.3f" % v for v in user), median(user),
+                100 * x["user_share"], 100 * base["user_share"]))
+            if kernel:
+                print("%s/%s: kernel cpu per request per round %s, median %.3f" % (
+                    route, base_name, " ".join("%.3f" % v for v in kernel), median(kernel)))
 
 
 def auth_report(tsv, target):

@@ -213,21 +213,25 @@ parse_load() {
 
 
 # measure ROUND ROUTE: one measured load run (`run_wrk`; its output parsed as LOAD_KIND's, wrk's
-# unless LOAD_KIND is h2c or h2), one line appended to rounds.tsv.
+# unless LOAD_KIND is h2c or h2), one line appended to rounds.tsv (its CPU in all, and in user space).
 measure() {
-    local rnd=$1 route=$2 out before after secs
+    local rnd=$1 route=$2 out before after user_before user_after secs user_secs
     out=$OUT/wrk-$route-$rnd.txt
     alive frontdesk "$PROXY_PID"
     before=$(cpu_ticks "$PROXY_PID")
+    user_before=$(user_ticks "$PROXY_PID")
     run_wrk "$route" "$DURATION" "$out"
     alive frontdesk "$PROXY_PID"
     after=$(cpu_ticks "$PROXY_PID")
+    user_after=$(user_ticks "$PROXY_PID")
     parse_load "${LOAD_KIND:-http}" "$out"
     [[ -n $L_REQS && $L_REQS -gt 0 ]] || die "$route round $rnd: no requests completed, see $out"
     secs=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rnd" "$route" "$(label_of "$route")" \
-        "$L_REQS" "$L_RPS" "$L_P50" "$L_P99" "$secs" "$L_RUN_MS" "$L_ERR" >>"$OUT/rounds.tsv"
-    log "round $rnd $route: $L_REQS requests, $L_RPS req/s, ${secs}s CPU, $L_ERR errors"
+    user_secs=$(awk -v t="$((user_after - user_before))" -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz}')
+    # The last column, user-space CPU, splits the total: the kernel's share is the rest.
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rnd" "$route" "$(label_of "$route")" \
+        "$L_REQS" "$L_RPS" "$L_P50" "$L_P99" "$secs" "$L_RUN_MS" "$L_ERR" "$user_secs" >>"$OUT/rounds.tsv"
+    log "round $rnd $route: $L_REQS requests, $L_RPS req/s, ${secs}s CPU (${user_secs}s user), $L_ERR errors"
     ((L_ERR == 0)) || log "warning: $route round $rnd: $L_ERR errors, see $out"
 }
 
