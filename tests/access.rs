@@ -8,7 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    client, config, echo, echo_json, gateway, raw, read_response, read_until_close, Upstream,
+    client, config, echo, echo_json, gateway, h2c_client, raw, read_response, read_until_close,
+    Upstream,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -495,11 +496,7 @@ async fn request_size_cuts_a_streamed_http2_body_and_the_listener_limit_still_ap
     let up = common::counting().await;
     // The listener's 600 bytes are below the plugin's 1 KiB: the smaller wins.
     let gw = size_gateway(&up, "    limits: { max_request_body: 600B }\n").await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     let stream = |n: usize| {
         let chunks = (0..n).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 300])));
         reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))

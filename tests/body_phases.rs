@@ -510,18 +510,10 @@ async fn gateway(upstreams: &str, routes: &str) -> common::TestGateway {
     common::gateway(&common::config(&format!("{upstreams}routes:\n{routes}"))).await
 }
 
-fn h2_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap()
-}
-
 fn clients() -> [(reqwest::Client, reqwest::Version); 2] {
     [
         (common::client(), reqwest::Version::HTTP_11),
-        (h2_client(), reqwest::Version::HTTP_2),
+        (common::h2c_client(), reqwest::Version::HTTP_2),
     ]
 }
 
@@ -1566,7 +1558,7 @@ async fn a_response_filter_failing_mid_stream_breaks_the_body_off() {
         "the chunked body must not end cleanly: {text:?}"
     );
     // HTTP/2: the stream is reset, and the client sees an error rather than an end.
-    let mut resp = h2_client().get(gw.url("/x")).send().await.unwrap();
+    let mut resp = common::h2c_client().get(gw.url("/x")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
         .await

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{config, full, gateway, upstream, TestGateway, Upstream};
+use common::{config, full, gateway, h2c_client, upstream, TestGateway, Upstream};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -1096,11 +1096,7 @@ async fn purges_by_key_and_prefix_on_one_instance_reach_the_other() {
 async fn http2_clients_get_hits_and_coalesced_answers_too() {
     let o = origin().await;
     let gw = cached(&o, "").await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("h2 client");
+    let h2 = h2c_client();
     let p = "/h2?h=cache-control:max-age%3D600&wait=200";
     let mut tasks = Vec::new();
     for _ in 0..20 {

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, config, gateway_in, TestGateway};
+use common::{client, config, gateway_in, h2c_client, TestGateway};
 use serde_json::{json, Value};
 
 /// A running test service and a gateway whose route `/` transcodes to it with `plugin` (YAML
@@ -665,11 +665,7 @@ async fn native_grpc_on_the_same_route_passes_untouched_and_http2_clients_transc
     assert_eq!((item.id, item.name.as_str()), (5, "item-5"));
 
     // JSON over HTTP/2 (prior knowledge, h2c).
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     let resp = h2.get(s.gw.url("/v1/items/6")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{client, config, counting, full, gateway, upstream, Upstream};
+use common::{client, config, counting, full, gateway, h2c_client, upstream, Upstream};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::Response;
@@ -604,11 +604,7 @@ async fn an_http2_stream_waiting_on_a_slow_upstream_is_not_cut_by_send_timeout()
     })
     .await;
     let gw = gateway(&config(&guarded_config(&up.url(), "send_timeout: 1s"))).await;
-    let c = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let c = h2c_client();
     let resp = c.get(gw.url("/slow")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.text().await.unwrap(), "first,second");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, config, echo, echo_json, gateway};
+use common::{client, config, echo, echo_json, gateway, h2c_client};
 
 #[tokio::test]
 async fn routes_by_host_path_method_and_header_and_strips_prefix() {
@@ -242,11 +242,7 @@ async fn serves_http2_cleartext_with_prior_knowledge_on_the_same_port() {
         up.url()
     )))
     .await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     let resp = h2.get(gw.url("/h2?q=1")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     let v = echo_json(resp).await;

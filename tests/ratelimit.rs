@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::redis::{RedisCluster, RedisServer};
-use common::{client, config, echo, gateway, spawn_bin, upstream, BinGateway, Upstream};
+use common::{
+    client, config, echo, gateway, h2c_client, spawn_bin, upstream, BinGateway, Upstream,
+};
 use frontdesk::config::{Dur, RedisConfig};
 use frontdesk::limit::gcra::{self, Params};
 use frontdesk::limit::redis::RedisStore;
@@ -712,11 +714,7 @@ async fn a_concurrency_slot_is_released_when_the_client_goes_away_or_the_body_en
     wait_admitted(&c, &quick).await;
 
     // HTTP/2: the client resets its stream; the connection stays.
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     let resp = h2.get(gw.url("/hold")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut resp = resp;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, config, echo, echo_json, full, gateway, read_response, upstream};
+use common::{client, config, echo, echo_json, full, gateway, h2c_client, read_response, upstream};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -39,15 +39,7 @@ async fn reload_under_continuous_load_loses_no_request() {
     for i in 0..4 {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         let url = gw.url("/load");
-        let c = if i % 2 == 0 {
-            client()
-        } else {
-            reqwest::Client::builder()
-                .no_proxy()
-                .http2_prior_knowledge()
-                .build()
-                .unwrap()
-        };
+        let c = if i % 2 == 0 { client() } else { h2c_client() };
         clients.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match c.get(&url).send().await {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{config, gateway};
+use common::{config, gateway, h2c_client};
 
 /// The canned answers, by the last path segment of the request.
 fn answer(case: &str) -> Vec<u8> {
@@ -124,6 +124,15 @@ fn comparable(answer: &str) -> String {
         .join("\r\n")
 }
 
+/// A gateway with two routes to the upstream at `up`: `/plain` without plugins and `/plugged` with
+/// a `headers` plugin touching only the request (the answer goes through the plugin chain untouched).
+async fn plain_and_plugged(up: SocketAddr) -> common::TestGateway {
+    gateway(&config(&format!(
+        "upstreams: {{ u: {{ targets: [{{ url: \"http://{up}\" }}] }} }}\nroutes:\n  - {{ name: plain, match: {{ paths: [\"/plain\"] }}, upstream: u }}\n  - {{ name: plugged, match: {{ paths: [\"/plugged\"] }}, upstream: u, plugins: {{ headers: {{ request: {{ set: {{ x-probe: \"1\" }} }} }} }} }}\n"
+    )))
+    .await
+}
+
 fn head_of(answer: &str) -> &str {
     answer.split("\r\n\r\n").next().unwrap_or("")
 }
@@ -131,11 +140,7 @@ fn head_of(answer: &str) -> &str {
 #[tokio::test]
 async fn an_upstream_head_reaches_the_client_alike_with_and_without_plugins() {
     let up = raw_upstream().await;
-    // `headers` touching only the request: the answer goes through the plugin chain untouched.
-    let gw = gateway(&config(&format!(
-        "upstreams: {{ u: {{ targets: [{{ url: \"http://{up}\" }}] }} }}\nroutes:\n  - {{ name: plain, match: {{ paths: [\"/plain\"] }}, upstream: u }}\n  - {{ name: plugged, match: {{ paths: [\"/plugged\"] }}, upstream: u, plugins: {{ headers: {{ request: {{ set: {{ x-probe: \"1\" }} }} }} }} }}\n"
-    )))
-    .await;
+    let gw = plain_and_plugged(up).await;
     let cases = [
         "hop",
         "named",
@@ -232,15 +237,8 @@ async fn an_upstream_head_reaches_the_client_alike_with_and_without_plugins() {
 #[tokio::test]
 async fn a_204_has_no_content_length_over_http2() {
     let up = raw_upstream().await;
-    let gw = gateway(&config(&format!(
-        "upstreams: {{ u: {{ targets: [{{ url: \"http://{up}\" }}] }} }}\nroutes:\n  - {{ name: plain, match: {{ paths: [\"/plain\"] }}, upstream: u }}\n  - {{ name: plugged, match: {{ paths: [\"/plugged\"] }}, upstream: u, plugins: {{ headers: {{ request: {{ set: {{ x-probe: \"1\" }} }} }} }} }}\n"
-    )))
-    .await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let gw = plain_and_plugged(up).await;
+    let h2 = h2c_client();
     for route in ["plain", "plugged"] {
         let resp = h2
             .get(format!("http://{}/{route}/nocontent", gw.addr))

@@ -118,11 +118,7 @@ async fn event_stream_is_forwarded_chunk_by_chunk_http1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_stream_is_forwarded_chunk_by_chunk_http2() {
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("h2 client");
+    let h2 = common::h2c_client();
     check_event_stream(h2, reqwest::Version::HTTP_2).await;
 }
 

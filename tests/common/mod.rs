@@ -174,6 +174,15 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// An HTTP/2 cleartext client (prior knowledge: h2c on a plain listener), without a proxy.
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2c client")
+}
+
 /// Sends raw bytes and reads until the server closes or `wait` passes.
 pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
