@@ -8,6 +8,7 @@ pub mod admin;
 pub mod aggregate;
 pub mod body;
 pub mod cache;
+pub mod clock;
 pub mod consumer;
 pub mod demo;
 pub mod error;

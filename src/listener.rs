@@ -127,7 +127,11 @@ impl RunningListener {
                                 .cloned()
                                 .unwrap_or_else(|| spec.clone());
                             let (live, tunnels) = (live.clone(), tunnels.clone());
-                            tokio::spawn(server::serve(stream, peer, current, live, tunnels, drain.clone()));
+                            // Every poll of the connection is one turn of the clock (`clock`): its
+                            // requests read the time once per poll, not once per use.
+                            tokio::spawn(crate::clock::Turned::new(server::serve(
+                                stream, peer, current, live, tunnels, drain.clone(),
+                            )));
                         }
                         Err(e) => {
                             // Out of file descriptors and similar: back off instead of spinning.

@@ -192,6 +192,8 @@ fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         // One worker: a current-thread runtime has no work-stealing overhead.
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // An idle worker hands over the access-log lines it has batched.
+            .on_thread_park(frontdesk::observe::access_log::thread_parks)
             .build()
     } else {
         // 0: one per core this process may run on (available_parallelism honours the CPU
@@ -204,6 +206,7 @@ fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()
+            .on_thread_park(frontdesk::observe::access_log::thread_parks)
             .build()
     };
     rt.context("cannot start the async runtime")

@@ -625,10 +625,9 @@ async fn lines_of(path: &std::path::Path, n: usize) -> Vec<String> {
     }
 }
 
-#[tokio::test]
-async fn sigusr1_reopens_a_rotated_access_log() {
-    let up = echo("svc").await;
-    let gw = spawn_bin(&config(&format!(
+/// One route to `url`, its access log written to `access.log` beside the config.
+fn logged_to_file(url: &str) -> String {
+    config(&format!(
         r#"
 observability:
   access_log: {{ output: access.log }}
@@ -636,9 +635,14 @@ upstreams:
   svc: {{ targets: [{{ url: "{url}" }}] }}
 routes:
   - {{ name: r, match: {{ paths: ["/"] }}, upstream: svc }}
-"#,
-        url = up.url()
-    )));
+"#
+    ))
+}
+
+#[tokio::test]
+async fn sigusr1_reopens_a_rotated_access_log() {
+    let up = echo("svc").await;
+    let gw = spawn_bin(&logged_to_file(&up.url()));
     let c = client();
     let get = |path: &'static str| c.get(format!("http://{}{path}", gw.addr)).send();
     for _ in 0..2 {
@@ -706,4 +710,51 @@ routes:
         (before..=before + 60.0).contains(&at),
         "last success at {at}, the reload was at {before}"
     );
+}
+
+/// Workers render access-log lines into batches of their own and hand them over when idle, when
+/// a batch fills, or when the process stops: a burst over many connections and two workers,
+/// followed at once by SIGTERM, loses no line and duplicates none.
+#[tokio::test]
+async fn every_line_of_a_burst_reaches_the_file_when_sigterm_follows_at_once() {
+    let up = echo("svc").await;
+    let yaml = logged_to_file(&up.url()).replacen("server: {", "server: { worker_threads: 2,", 1);
+    let gw = spawn_bin(&yaml);
+    let addr = gw.addr;
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            tokio::spawn(async move {
+                let c = client();
+                for i in 0..60 {
+                    let resp = c
+                        .get(format!("http://{addr}/burst/{t}/{i}"))
+                        .send()
+                        .await
+                        .expect("response");
+                    assert_eq!(resp.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    gw.signal("TERM");
+    let mut gw = gw;
+    let (status, gw) = tokio::task::spawn_blocking(move || (gw.child.wait().expect("wait"), gw))
+        .await
+        .expect("join");
+    assert!(status.success(), "clean exit: {status:?}");
+    let text = std::fs::read_to_string(gw.dir.path().join("access.log")).expect("log");
+    let mut paths: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+            v["path"].as_str().expect("path").to_string()
+        })
+        .collect();
+    assert_eq!(paths.len(), 480, "one line per request");
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 480, "no line twice");
 }

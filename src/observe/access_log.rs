@@ -1,43 +1,72 @@
-//! The access log: one JSON line per request, formatted and written by a dedicated thread.
+//! The access log: one JSON line per request, rendered on the thread that finished the request
+//! and written by a dedicated thread.
 //!
-//! Requests hand their finished record to a bounded channel and never wait: when the writer
-//! falls behind (a slow disk, a blocked stdout) lines are dropped and counted in
-//! `frontdesk_access_log_dropped_total`. Secrets never reach it: no headers are logged, and the
-//! path is logged without its query (where API keys may travel).
+//! A runtime worker keeps the lines it renders in a batch of its own (a thread-local buffer) and
+//! hands the batch over as one chunk when it holds [`CHUNK`] bytes, when its first line is
+//! [`MAX_AGE`] old, or when the worker parks (goes idle): the runtime calls [`thread_parks`]. So
+//! the record of a request never crosses threads (it is freed where it was allocated) and the
+//! queue is touched once per chunk, not per line. A thread that never parks (any thread of a
+//! runtime without the hook: tests, tools, blocking threads) hands each line over at once.
+//!
+//! Requests never wait on the writer: when it falls behind (a slow disk, a blocked stdout) chunks
+//! are dropped and their lines counted in `frontdesk_access_log_dropped_total`. Secrets never
+//! reach it: no headers are logged, and the path is logged without its query (where API keys
+//! may travel).
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use frontdesk_config::AccessLogConfig;
 
 use super::metrics::Metrics;
 use super::Exchange;
 
-/// Lines waiting for the writer at most; beyond this they are dropped.
-const QUEUE: usize = 16 * 1024;
+/// Chunks waiting for the writer at most; beyond this they are dropped.
+const QUEUE: usize = 4 * 1024;
 
-/// What the writer receives: lines, and flush requests (acknowledged once every line queued
-/// before them is written).
+/// A batch is handed over once it holds this many bytes (about 30 lines).
+pub const CHUNK: usize = 8 * 1024;
+
+/// A batch is handed over, at its next line, once its first line is this old; a worker that
+/// goes idle hands it over at once.
+pub const MAX_AGE: Duration = Duration::from_millis(20);
+
+/// What the writer receives: rendered lines, and flush requests (acknowledged once every chunk
+/// queued before them is written).
 enum Msg {
-    Line(Line),
+    Chunk(Vec<u8>),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
-/// A finished exchange on its way to the writer.
-struct Line {
-    ex: Box<Exchange>,
-    bytes_out: u64,
-    duration: Duration,
-}
-
-/// A running access log (its writer thread ends when the last handle is dropped).
-pub struct AccessLog {
-    cfg: AccessLogConfig,
+/// One access log's queue, shared by its handle and the batches holding its lines.
+struct Sink {
     tx: SyncSender<Msg>,
     metrics: Arc<Metrics>,
+    /// Threads holding a batch of this log's lines not yet handed over (a shutdown waits for
+    /// none).
+    holding: AtomicUsize,
+}
+
+impl Sink {
+    /// Queues a chunk of `lines` lines; never blocks.
+    fn send(&self, chunk: Vec<u8>, lines: u64) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Msg::Chunk(chunk))
+        {
+            self.metrics.access_log_dropped(lines);
+        }
+    }
+}
+
+/// A running access log (its writer thread ends when the last handle, and the last batch
+/// holding its lines, are gone).
+pub struct AccessLog {
+    cfg: AccessLogConfig,
+    sink: Arc<Sink>,
     /// Asks the writer to reopen its file before the next write (SIGUSR1).
     reopen: Arc<AtomicBool>,
 }
@@ -61,18 +90,27 @@ impl AccessLog {
             .spawn(move || write_loop(&rx, out, &output, &flag))?;
         Ok(AccessLog {
             cfg: cfg.clone(),
-            tx,
-            metrics,
+            sink: Arc::new(Sink {
+                tx,
+                metrics,
+                holding: AtomicUsize::new(0),
+            }),
             reopen,
         })
     }
 
-    /// Waits, at most `wait`, until every line queued so far is written and flushed (shutdown:
-    /// the process must not exit with lines still queued).
+    /// Waits, at most `wait`, until every line rendered so far is written and flushed
+    /// (shutdown: the process must not exit with lines still queued). Lines still in a worker's
+    /// batch are waited for: the worker hands them over when it goes idle.
     pub fn flush(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while self.sink.holding.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let (ack, done) = std::sync::mpsc::channel();
-        if send_within(&self.tx, Msg::Flush(ack), wait) {
-            let _ = done.recv_timeout(wait);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if send_within(&self.sink.tx, Msg::Flush(ack), left) {
+            let _ = done.recv_timeout(left);
         }
     }
 
@@ -87,26 +125,130 @@ impl AccessLog {
         &self.cfg
     }
 
-    /// Queues the line of a finished exchange; never blocks.
+    /// Renders the line of a finished exchange into this thread's batch (or, on a thread that
+    /// does not batch, queues it at once); never blocks.
     pub fn write(&self, ex: Box<Exchange>, bytes_out: u64, duration: Duration) {
-        let line = Line {
-            ex,
-            bytes_out,
-            duration,
-        };
-        match self.tx.try_send(Msg::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.metrics.access_log_dropped();
+        LOCAL.with(|local| {
+            let Ok(mut local) = local.try_borrow_mut() else {
+                // Only reachable if rendering re-entered the log; never lose the line silently.
+                self.sink.metrics.access_log_dropped(1);
+                return;
+            };
+            let local = &mut *local;
+            if !local.parks {
+                let mut line = Vec::with_capacity(384);
+                local.renderer.render(&ex, bytes_out, duration, &mut line);
+                self.sink.send(line, 1);
+                return;
             }
-        }
+            if local
+                .batch
+                .as_ref()
+                .is_some_and(|b| !Arc::ptr_eq(&b.sink, &self.sink))
+            {
+                // The log was replaced (a reload): the old one gets its lines first.
+                local.hand_over();
+            }
+            let now = crate::clock::now();
+            let batch = local.batch.get_or_insert_with(|| Batch {
+                sink: self.sink.clone(),
+                buf: Vec::with_capacity(CHUNK + 512),
+                lines: 0,
+                first: now,
+            });
+            if batch.lines == 0 {
+                batch.first = now;
+                batch.sink.holding.fetch_add(1, Ordering::AcqRel);
+            }
+            local
+                .renderer
+                .render(&ex, bytes_out, duration, &mut batch.buf);
+            batch.lines += 1;
+            if batch.buf.len() >= CHUNK || now.saturating_duration_since(batch.first) >= MAX_AGE {
+                local.send_batch();
+            }
+        });
     }
 }
 
+/// The lines a worker rendered and has not handed over yet.
+struct Batch {
+    sink: Arc<Sink>,
+    buf: Vec<u8>,
+    lines: u64,
+    /// When its first line was rendered.
+    first: Instant,
+}
+
+/// This thread's part of the access log.
+struct Local {
+    /// The runtime parks this thread when it is idle ([`thread_parks`] was called): it may
+    /// batch, as the park hands the batch over.
+    parks: bool,
+    batch: Option<Batch>,
+    renderer: Renderer,
+}
+
+impl Local {
+    /// Hands the batch's lines over, keeping the batch (and its buffer's capacity) for more.
+    fn send_batch(&mut self) {
+        let Some(b) = &mut self.batch else { return };
+        if b.lines == 0 {
+            return;
+        }
+        let chunk = std::mem::replace(&mut b.buf, Vec::with_capacity(CHUNK + 512));
+        b.sink.send(chunk, b.lines);
+        b.lines = 0;
+        b.sink.holding.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Hands the batch's lines over and lets go of its log (so a replaced log's writer can end).
+    fn hand_over(&mut self) {
+        if let Some(b) = &mut self.batch {
+            if b.lines > 0 {
+                let chunk = std::mem::take(&mut b.buf);
+                b.sink.send(chunk, b.lines);
+                b.lines = 0;
+                b.sink.holding.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.batch = None;
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        // The thread ends (a runtime shutting down): its lines still go out.
+        self.hand_over();
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = const {
+        RefCell::new(Local {
+            parks: false,
+            batch: None,
+            renderer: Renderer::new(),
+        })
+    };
+}
+
+/// The runtime's hook for a worker about to park (`on_thread_park`): hands over the lines this
+/// thread has batched, and from now on lets it batch.
+pub fn thread_parks() {
+    // A destroyed thread-local (the thread is ending) has nothing left to hand over.
+    let _ = LOCAL.try_with(|local| {
+        if let Ok(mut local) = local.try_borrow_mut() {
+            local.parks = true;
+            local.hand_over();
+        }
+    });
+}
+
 /// How long the writer sleeps when the queue is empty. It never blocks on the queue: a blocked
-/// receiver would make every request's send a wake-up (a futex call and a context switch), which
+/// receiver would make every send a wake-up (a futex call and a context switch), which
 /// measured as more than half the cost of a request (bench/observe.sh). Lines reach the output
-/// at most this late.
+/// at most this late after they are handed over.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 
 /// The output named by `access_log.output`: stdout, stderr, or a file opened for appending.
@@ -142,8 +284,6 @@ fn send_within(tx: &SyncSender<Msg>, mut msg: Msg, wait: Duration) -> bool {
 fn write_loop(rx: &Receiver<Msg>, out: Box<dyn Write + Send>, output: &str, reopen: &AtomicBool) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut failed = false;
-    let mut buf = Vec::with_capacity(512);
-    let mut renderer = Renderer::new();
     let reopen_if_asked = |out: &mut std::io::BufWriter<Box<dyn Write + Send>>| {
         if reopen.swap(false, Ordering::Relaxed) {
             let _ = out.flush();
@@ -163,12 +303,10 @@ fn write_loop(rx: &Receiver<Msg>, out: Box<dyn Write + Send>, output: &str, reop
                     }
                     let _ = ack.send(());
                 }
-                Ok(Msg::Line(line)) => {
-                    // Checked per line: a line queued after the signal goes to the new file.
+                Ok(Msg::Chunk(chunk)) => {
+                    // Checked per chunk: lines handed over after the signal go to the new file.
                     reopen_if_asked(&mut out);
-                    buf.clear();
-                    renderer.render(&line, &mut buf);
-                    if let Err(e) = out.write_all(&buf) {
+                    if let Err(e) = out.write_all(&chunk) {
                         if !failed {
                             tracing::error!(error = %e, "cannot write the access log");
                             failed = true;
@@ -203,17 +341,16 @@ struct Renderer {
 }
 
 impl Renderer {
-    fn new() -> Self {
+    const fn new() -> Self {
         Renderer {
             second: u64::MAX,
             second_text: String::new(),
         }
     }
 
-    /// Appends the JSON line of `line` (with its newline) to `buf`. Keys are documented in
-    /// docs/observability.md.
-    fn render(&mut self, line: &Line, buf: &mut Vec<u8>) {
-        let ex = &line.ex;
+    /// Appends the JSON line of `ex` (with its newline) to `buf`: `bytes_out` body bytes sent,
+    /// `duration` from its start to its end. Keys are documented in docs/observability.md.
+    fn render(&mut self, ex: &Exchange, bytes_out: u64, duration: Duration, buf: &mut Vec<u8>) {
         let since = ex.ts.duration_since(UNIX_EPOCH).unwrap_or_default();
         if since.as_secs() != self.second {
             self.second = since.as_secs();
@@ -257,7 +394,7 @@ impl Renderer {
             .map_or(0, |b| b.load(Ordering::Relaxed));
         push_u64(buf, bytes_in);
         buf.extend_from_slice(b",\"bytes_out\":");
-        push_u64(buf, line.bytes_out);
+        push_u64(buf, bytes_out);
         buf.extend_from_slice(b",\"client_ip\":");
         match ex.client_ip {
             Some(std::net::IpAddr::V4(v4)) => {
@@ -295,7 +432,7 @@ impl Renderer {
         buf.extend_from_slice(b",\"upstream_target\":");
         push_str(buf, ex.call.target.as_deref());
         buf.extend_from_slice(b",\"duration_ms\":");
-        push_ms(buf, line.duration);
+        push_ms(buf, duration);
         buf.extend_from_slice(b",\"upstream_duration_ms\":");
         match ex.call.duration {
             Some(d) => push_ms(buf, d),
@@ -408,8 +545,11 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
+    use std::sync::atomic::Ordering;
+
+    use super::super::metrics::Metrics;
     use super::super::{CallReport, Exchange};
-    use super::{Line, Renderer};
+    use super::{AccessLog, Renderer, CHUNK, MAX_AGE};
 
     fn exchange(path: &str, request_id: &'static str) -> Box<Exchange> {
         Box::new(Exchange {
@@ -447,12 +587,12 @@ mod tests {
         let mut buf = Vec::new();
         for (path, id) in [("/plain", "abc"), ("/a\"b\\c\u{1}", "id\"x")] {
             buf.clear();
-            let line = Line {
-                ex: exchange(path, id),
-                bytes_out: 311,
-                duration: Duration::from_micros(2_114),
-            };
-            r.render(&line, &mut buf);
+            r.render(
+                &exchange(path, id),
+                311,
+                Duration::from_micros(2_114),
+                &mut buf,
+            );
             assert_eq!(buf.last(), Some(&b'\n'));
             let v: serde_json::Value = serde_json::from_slice(&buf).expect("valid JSON");
             assert_eq!(v["path"], path);
@@ -466,6 +606,134 @@ mod tests {
             assert_eq!(v["route"], serde_json::Value::Null);
             assert_eq!(v["error"], "no_route");
         }
+    }
+
+    /// A log writing to a file in a fresh directory.
+    fn file_log(dir: &std::path::Path, name: &str) -> (AccessLog, std::path::PathBuf) {
+        let path = dir.join(name);
+        let cfg: frontdesk_config::AccessLogConfig =
+            serde_json::from_value(serde_json::json!({ "output": path.to_str().unwrap() }))
+                .expect("config");
+        let log = AccessLog::start(&cfg, std::sync::Arc::new(Metrics::default())).expect("start");
+        (log, path)
+    }
+
+    fn lines(path: &std::path::Path) -> usize {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    /// Waits (at most 5 s) until `path` holds `n` lines.
+    fn wait_lines(path: &std::path::Path, n: usize) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while lines(path) < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lines(path)
+    }
+
+    #[test]
+    fn a_thread_that_never_parks_hands_each_line_over_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, path) = file_log(dir.path(), "a.log");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..3 {
+                    log.write(exchange("/x", "id"), i, Duration::ZERO);
+                    assert_eq!(wait_lines(&path, i as usize + 1), i as usize + 1);
+                }
+            });
+        });
+    }
+
+    #[test]
+    fn a_parking_worker_batches_until_it_parks_fills_a_chunk_or_its_first_line_ages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, path) = file_log(dir.path(), "a.log");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // The runtime's hook marks the thread as one that parks.
+                super::thread_parks();
+                for _ in 0..3 {
+                    log.write(exchange("/held", "id"), 1, Duration::ZERO);
+                }
+                // Three times the writer's idle wait: still held, and waited for by a flush.
+                std::thread::sleep(super::IDLE_WAIT * 3);
+                assert_eq!(
+                    lines(&path),
+                    0,
+                    "lines stay in the batch until it is handed over"
+                );
+                assert_eq!(log.sink.holding.load(Ordering::Acquire), 1);
+                super::thread_parks();
+                assert_eq!(wait_lines(&path, 3), 3, "parking hands the batch over");
+                assert_eq!(log.sink.holding.load(Ordering::Acquire), 0);
+
+                // A full chunk goes without a park.
+                let mut n = 3;
+                let before = std::fs::metadata(&path).unwrap().len();
+                while std::fs::metadata(&path).unwrap().len() == before {
+                    log.write(exchange("/full", "id"), 1, Duration::ZERO);
+                    n += 1;
+                    assert!(
+                        n < 3 + 2 * CHUNK / 100,
+                        "a chunk's worth of lines was never sent"
+                    );
+                    if n % 16 == 0 {
+                        std::thread::sleep(super::IDLE_WAIT * 2);
+                    }
+                }
+                let sent = lines(&path);
+                assert!(sent > 3 + 10, "the chunk held many lines ({sent})");
+                super::thread_parks();
+                assert_eq!(wait_lines(&path, n), n);
+
+                // An old first line: the next line hands both over.
+                log.write(exchange("/old", "id"), 1, Duration::ZERO);
+                std::thread::sleep(MAX_AGE + Duration::from_millis(5));
+                log.write(exchange("/old", "id"), 1, Duration::ZERO);
+                assert_eq!(wait_lines(&path, n + 2), n + 2);
+                super::thread_parks();
+            });
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        for l in text.lines() {
+            serde_json::from_str::<serde_json::Value>(l).expect("whole JSON lines");
+        }
+    }
+
+    #[test]
+    fn a_flush_waits_for_batches_and_a_replaced_log_gets_its_own_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, old_path) = file_log(dir.path(), "old.log");
+        let (new, new_path) = file_log(dir.path(), "new.log");
+        let parked = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                super::thread_parks();
+                old.write(exchange("/old", "id"), 1, Duration::ZERO);
+                // The log is replaced (a reload): the old one's batch goes to the old file.
+                new.write(exchange("/new", "id"), 1, Duration::ZERO);
+                assert_eq!(wait_lines(&old_path, 1), 1);
+                assert_eq!(lines(&new_path), 0);
+                std::thread::sleep(Duration::from_millis(100));
+                parked.store(true, Ordering::SeqCst);
+                super::thread_parks();
+            });
+            // A shutdown's flush, while the worker still holds a line: it returns only once
+            // the worker parked and the line is written.
+            std::thread::sleep(Duration::from_millis(20));
+            new.flush(Duration::from_secs(5));
+            assert!(parked.load(Ordering::SeqCst));
+            assert_eq!(lines(&new_path), 1, "flushed");
+        });
+        let old_text = std::fs::read_to_string(&old_path).unwrap();
+        assert!(old_text.contains("\"path\":\"/old\""));
+        assert!(std::fs::read_to_string(&new_path)
+            .unwrap()
+            .contains("\"path\":\"/new\""));
     }
 
     #[test]

@@ -408,9 +408,9 @@ impl Metrics {
         }
     }
 
-    /// Counts an access-log line dropped because the writer fell behind.
-    pub fn access_log_dropped(&self) {
-        self.access_log_dropped.fetch_add(1, Ordering::Relaxed);
+    /// Counts access-log lines dropped because the writer fell behind.
+    pub fn access_log_dropped(&self, lines: u64) {
+        self.access_log_dropped.fetch_add(lines, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (OpenMetrics 1.0) of every metric, with the gauges read

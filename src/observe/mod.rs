@@ -241,10 +241,10 @@ impl Observer {
             .map(|ratio| TraceContext::from_headers(req.headers(), ratio));
         let keep_path = self.access_log.is_some() || trace.as_ref().is_some_and(|t| t.sampled);
         Some(Box::new(Exchange {
-            started: Instant::now(),
+            started: crate::clock::now(),
             // Only logs and spans show the wall clock; metrics need the monotonic one alone.
             ts: if keep_path {
-                SystemTime::now()
+                crate::clock::wall()
             } else {
                 SystemTime::UNIX_EPOCH
             },
@@ -296,7 +296,7 @@ impl Observer {
 
     /// Records a finished exchange: `bytes_out` body bytes were sent.
     pub fn finish(&self, ex: Box<Exchange>, bytes_out: u64) {
-        let duration = ex.started.elapsed();
+        let duration = crate::clock::now().saturating_duration_since(ex.started);
         if self.metrics_on {
             let series = ex.route.as_ref().unwrap_or(self.metrics.unmatched());
             series.observe(metrics::method_label(&ex.method), ex.status, duration);

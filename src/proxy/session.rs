@@ -416,7 +416,7 @@ impl<'c> Session<'c> {
         if let Some(ex) = &mut self.ex {
             ex.client_ip = Some(client_ip);
         } else if logs {
-            self.started = Some(Instant::now());
+            self.started = Some(crate::clock::now());
         }
         Ctx {
             request_id: self.request_id.clone(),
@@ -769,7 +769,7 @@ impl<'c> Session<'c> {
                 .as_ref()
                 .map(|ex| ex.started)
                 .or(self.started)
-                .unwrap_or_else(Instant::now);
+                .unwrap_or_else(crate::clock::now);
             let bytes_in = self.bytes_in.clone();
             return resp.map(|b| {
                 b.on_end(Box::new(move |end| {
@@ -778,7 +778,7 @@ impl<'c> Session<'c> {
                         bytes_received: bytes_in
                             .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed)),
                         bytes_sent: end.sent,
-                        duration: started.elapsed(),
+                        duration: crate::clock::now().saturating_duration_since(started),
                         completed: end.complete,
                     };
                     chain.log(&summary, &cx);

@@ -14,7 +14,7 @@ use hyper::service::service_fn;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
@@ -456,6 +456,21 @@ where
     Some(guarded)
 }
 
+/// Spawns hyper's task per HTTP/2 stream the way the listener spawns a connection's: each poll
+/// is one turn of the clock ([`crate::clock`]).
+#[derive(Clone, Copy, Debug)]
+struct TurnExecutor;
+
+impl<F> hyper::rt::Executor<F> for TurnExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(crate::clock::Turned::new(fut));
+    }
+}
+
 async fn serve_h2<T, S>(io: GuardedIo<T>, svc: S, peer: SocketAddr, mut stop: watch::Receiver<bool>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -463,7 +478,7 @@ where
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    let mut h2 = http2::Builder::new(TurnExecutor);
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(100)
         // Bounds what one connection buffers: a stream holds at most 64 KiB to send to a client

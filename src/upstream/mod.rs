@@ -18,7 +18,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use frontdesk_config::{
     ActiveHealthConfig, PassiveHealthConfig, RetryOn, UpstreamConfig, UpstreamProtocol,
@@ -28,6 +28,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response
 use tokio::sync::oneshot;
 
 use crate::body::{Body, BoxError, ClientBodyError};
+use crate::clock;
 use crate::error::ErrorKind;
 use crate::observe::metrics::UpstreamSeries;
 use crate::observe::{trace, Attempt, CallReport};
@@ -613,7 +614,7 @@ impl Upstream {
                 trace.inject(req.headers_mut(), &span_id);
                 Some((span_id, trace.sampled))
             });
-            let (t0, wall) = (Instant::now(), trace_span.map(|_| SystemTime::now()));
+            let (t0, wall) = (clock::now(), trace_span.map(|_| clock::wall()));
             span.first.get_or_insert(t0);
             if !recorded {
                 // The first try's start times the request for the budget: no clock read of its
@@ -623,7 +624,7 @@ impl Upstream {
                     .record_request_at(health::ms_at(tokio::time::Instant::from_std(t0)));
             }
             let result = self.attempt(ep, req, opts, t0).await;
-            let end = Instant::now();
+            let end = clock::now();
             span.last = Some(end);
             let took = end.saturating_duration_since(t0);
             if let (Some((span_id, true)), Some(start), Some(r)) =
@@ -779,7 +780,7 @@ impl Upstream {
             };
             if conn.ready().await.is_err() {
                 if reused {
-                    pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout, Instant::now());
+                    pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout, clock::now());
                     continue;
                 }
                 let e = ConnectError::Io(std::io::Error::new(
@@ -838,8 +839,7 @@ impl Upstream {
                         // on without a byte of answer), so sending it again is safe.
                         Some(r) if reused => {
                             req = r;
-                            pooled =
-                                pool::checkout(ep.pool_key, h2, s.idle_timeout, Instant::now());
+                            pooled = pool::checkout(ep.pool_key, h2, s.idle_timeout, clock::now());
                         }
                         unsent => return Err(Failed::Reset(error, unsent)),
                     }

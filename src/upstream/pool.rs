@@ -200,7 +200,7 @@ pub(super) fn give_back_native(key: u64, max_idle: usize, conn: Box<H1>) {
         if list.len() < max_idle {
             list.push(IdleConn {
                 conn: Idle::Native(conn),
-                since: Instant::now(),
+                since: crate::clock::tokio_now(),
             });
         }
     });
@@ -238,7 +238,7 @@ impl PoolReturn {
             if list.len() < self.max_idle {
                 list.push(IdleConn {
                     conn: Idle::Hyper(sender),
-                    since: Instant::now(),
+                    since: crate::clock::tokio_now(),
                 });
             }
         });

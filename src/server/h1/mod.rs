@@ -35,6 +35,7 @@ use self::encode::{ForRequest, Out};
 use self::head::{Framing, HeaderSlots, Refusal};
 use self::pipe::PipeTx;
 use crate::body::{Body, BodyError, ClientBodyError, UpgradedIo};
+use crate::clock;
 use crate::http1::decode::{Decoded, Decoder};
 use crate::http1::Outbox;
 use crate::proxy::{self, error_response, ResponseBody};
@@ -321,7 +322,7 @@ impl<T: Stream> Conn<T> {
                     Ok(None) => {
                         let only_blank = self.rbuf.iter().all(|&b| b == b'\r' || b == b'\n');
                         if !only_blank && head_deadline.is_none() {
-                            head_deadline = Some(Instant::now() + limits.head_timeout);
+                            head_deadline = Some(clock::tokio_now() + limits.head_timeout);
                         }
                     }
                 }
@@ -339,9 +340,8 @@ impl<T: Stream> Conn<T> {
                 }
                 let deadline = match head_deadline {
                     Some(d) => d,
-                    None => {
-                        *idle_deadline.get_or_insert_with(|| Instant::now() + limits.idle_timeout)
-                    }
+                    None => *idle_deadline
+                        .get_or_insert_with(|| clock::tokio_now() + limits.idle_timeout),
                 };
                 // Idle with nothing buffered: park after a short while.
                 let park_at = match (self.setup.park_after, parked) {
