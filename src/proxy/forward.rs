@@ -302,8 +302,11 @@ pub(crate) fn generate_id() -> HeaderValue {
         out[2 * i] = hi;
         out[2 * i + 1] = lo;
     }
-    // 32 lowercase hex digits: always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // 32 lowercase hex digits: always a valid header value. Owned by a `Bytes` from the start:
+    // the id is cloned into the log record and the response, and a copied-in (`Vec`-backed)
+    // value would allocate again at its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
