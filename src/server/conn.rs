@@ -29,6 +29,7 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::http1::LazyTimer;
 use crate::observe::metrics::ListenerSeries;
 use crate::proxy::{error_response, ResponseBody};
 use crate::snapshot::HeadLimits;
@@ -38,7 +39,7 @@ const FAR_FUTURE_SECS: u64 = 30 * 365 * 24 * 3600;
 
 /// `after` from now; a duration too long for the clock means no deadline, never a panic.
 pub(crate) fn deadline_after(after: Duration) -> Instant {
-    let now = Instant::now();
+    let now = crate::clock::tokio_now();
     now.checked_add(after)
         .unwrap_or_else(|| now + Duration::from_secs(FAR_FUTURE_SECS))
 }
@@ -261,8 +262,12 @@ pub struct GuardedIo<T> {
     shared: Arc<ConnShared>,
     mode: Mode,
     scan: Scan,
-    timer: Option<Pin<Box<Sleep>>>,
-    timer_armed: bool,
+    /// The one timer (idle, head, park, HTTP/2 send watch), re-armed lazily: an HTTP/2
+    /// connection switches between its idle and send deadlines twice per request, and each
+    /// switch would otherwise be a timer-wheel update.
+    timer: LazyTimer,
+    /// The armed deadline, `None` when disarmed.
+    deadline: Option<Instant>,
     /// Idle HTTP/1 connections are parked after this long: hyper's connection state (its read
     /// and write buffers) is dropped and only the socket is kept until the next request.
     park_after: Option<Duration>,
@@ -306,8 +311,8 @@ impl<T> GuardedIo<T> {
             shared,
             mode: Mode::Detect,
             scan: Scan::Idle,
-            timer: None,
-            timer_armed: false,
+            timer: LazyTimer::default(),
+            deadline: None,
             park_after: None,
             timer_parks: false,
             parked: false,
@@ -341,7 +346,7 @@ impl<T> GuardedIo<T> {
                 self.polls_seen = self.shared.body_polls.load(Ordering::Relaxed);
                 self.arm(t);
             }
-            None => self.timer_armed = false,
+            None => self.deadline = None,
         }
     }
 
@@ -397,7 +402,7 @@ impl<T> GuardedIo<T> {
     /// Takes the stream back from a parked hyper connection, with the bytes hyper had not used.
     pub fn unpark(&mut self, leftover: bytes::Bytes) {
         self.parked = false;
-        self.timer_armed = false;
+        self.deadline = None;
         self.prefix = (!leftover.is_empty()).then_some(leftover);
     }
 
@@ -421,18 +426,17 @@ impl<T> GuardedIo<T> {
     }
 
     fn arm(&mut self, after: Duration) {
-        let deadline = deadline_after(after);
-        match &mut self.timer {
-            Some(t) => t.as_mut().reset(deadline),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-        self.timer_armed = true;
+        self.deadline = Some(deadline_after(after));
+    }
+
+    fn timer_armed(&self) -> bool {
+        self.deadline.is_some()
     }
 
     fn timer_fired(&mut self, cx: &mut Context<'_>) -> bool {
-        match (&mut self.timer, self.timer_armed) {
-            (Some(t), true) => t.as_mut().poll(cx).is_ready(),
-            _ => false,
+        match self.deadline {
+            Some(d) => self.timer.poll_until(cx, d).is_ready(),
+            None => false,
         }
     }
 
@@ -543,7 +547,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
                 }
                 Scan::Busy => {
                     if this.shared.in_flight() {
-                        this.timer_armed = false;
+                        this.deadline = None;
                         let before = buf.filled().len();
                         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
                         let n = (buf.filled().len() - before) as u64;
@@ -555,7 +559,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
                 }
                 Scan::Idle if this.mode == Mode::Http2 => {
                     let busy = this.shared.in_flight();
-                    if busy != this.h2_busy || !this.timer_armed {
+                    if busy != this.h2_busy || !this.timer_armed() {
                         this.h2_busy = busy;
                         this.arm_h2();
                     }
@@ -573,14 +577,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> GuardedIo<T> {
                             if matches!(other, Poll::Ready(Ok(()))) && !this.h2_busy {
                                 // Activity: restart the idle clock. Bytes from the client say
                                 // nothing about whether it takes what is sent to it.
-                                this.timer_armed = false;
+                                this.deadline = None;
                             }
                             other
                         }
                     };
                 }
                 Scan::Idle | Scan::Head { .. } => {
-                    if matches!(this.scan, Scan::Idle) && !this.timer_armed {
+                    if matches!(this.scan, Scan::Idle) && !this.timer_armed() {
                         this.enter_idle();
                     }
                     let before = buf.filled().len();
@@ -644,7 +648,7 @@ impl<T> GuardedIo<T> {
                 Mode::Http1
             };
             if self.mode == Mode::Http2 {
-                self.timer_armed = false;
+                self.deadline = None;
                 return Ok(());
             }
         }
@@ -688,7 +692,7 @@ impl<T> GuardedIo<T> {
                 };
                 self.shared.heads.fetch_add(1, Ordering::AcqRel);
                 self.scan = Scan::Busy;
-                self.timer_armed = false;
+                self.deadline = None;
                 Ok(())
             }
             None => {
@@ -781,7 +785,7 @@ impl GuardedIo<tokio::net::TcpStream> {
             Poll::Pending
         })
         .await;
-        self.timer_armed = false;
+        self.deadline = None;
         wake
     }
 
@@ -910,7 +914,7 @@ mod tests {
         let mut io = GuardedIo::new(tokio::io::empty(), limits(), Arc::default());
         io.arm(Duration::MAX);
         io.arm(Duration::from_secs(u64::MAX));
-        assert!(io.timer_armed);
+        assert!(io.timer_armed());
     }
 
     #[test]
