@@ -189,30 +189,32 @@ struct Local {
     renderer: Renderer,
 }
 
-impl Local {
-    /// Hands the batch's lines over, keeping the batch (and its buffer's capacity) for more.
-    fn send_batch(&mut self) {
-        let Some(b) = &mut self.batch else { return };
-        if b.lines == 0 {
+impl Batch {
+    /// Hands the lines over (if any), leaving `next()` as the buffer for more.
+    fn send(&mut self, next: impl FnOnce() -> Vec<u8>) {
+        if self.lines == 0 {
             return;
         }
-        let chunk = std::mem::replace(&mut b.buf, Vec::with_capacity(CHUNK + 512));
-        b.sink.send(chunk, b.lines);
-        b.lines = 0;
-        b.sink.holding.fetch_sub(1, Ordering::AcqRel);
+        let chunk = std::mem::replace(&mut self.buf, next());
+        self.sink.send(chunk, self.lines);
+        self.lines = 0;
+        self.sink.holding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Local {
+    /// Hands the batch's lines over, keeping the batch (with a fresh buffer) for more.
+    fn send_batch(&mut self) {
+        if let Some(b) = &mut self.batch {
+            b.send(|| Vec::with_capacity(CHUNK + 512));
+        }
     }
 
     /// Hands the batch's lines over and lets go of its log (so a replaced log's writer can end).
     fn hand_over(&mut self) {
-        if let Some(b) = &mut self.batch {
-            if b.lines > 0 {
-                let chunk = std::mem::take(&mut b.buf);
-                b.sink.send(chunk, b.lines);
-                b.lines = 0;
-                b.sink.holding.fetch_sub(1, Ordering::AcqRel);
-            }
+        if let Some(mut b) = self.batch.take() {
+            b.send(Vec::new);
         }
-        self.batch = None;
     }
 }
 
