@@ -25,8 +25,10 @@ use frontdesk_config::AccessLogConfig;
 use super::metrics::Metrics;
 use super::Exchange;
 
-/// Chunks waiting for the writer at most; beyond this they are dropped.
-const QUEUE: usize = 4 * 1024;
+/// Chunks waiting for the writer at most; beyond this they are dropped. Full chunks are
+/// [`CHUNK`] bytes and partial ones exactly their lines, so a writer that stalls holds at most
+/// ~9 MiB of lines.
+const QUEUE: usize = 1024;
 
 /// A batch is handed over once it holds this many bytes (about 30 lines).
 pub const CHUNK: usize = 8 * 1024;
@@ -152,7 +154,6 @@ impl AccessLog {
             let now = crate::clock::now();
             let batch = local.batch.get_or_insert_with(|| Batch {
                 sink: self.sink.clone(),
-                buf: Vec::with_capacity(CHUNK + 512),
                 lines: 0,
                 first: now,
             });
@@ -160,21 +161,23 @@ impl AccessLog {
                 batch.first = now;
                 batch.sink.holding.fetch_add(1, Ordering::AcqRel);
             }
+            if local.buf.capacity() == 0 {
+                local.buf.reserve_exact(CHUNK + 512);
+            }
             local
                 .renderer
-                .render(&ex, bytes_out, duration, &mut batch.buf);
+                .render(&ex, bytes_out, duration, &mut local.buf);
             batch.lines += 1;
-            if batch.buf.len() >= CHUNK || now.saturating_duration_since(batch.first) >= MAX_AGE {
+            if local.buf.len() >= CHUNK || now.saturating_duration_since(batch.first) >= MAX_AGE {
                 local.send_batch();
             }
         });
     }
 }
 
-/// The lines a worker rendered and has not handed over yet.
+/// The lines a worker rendered and has not handed over yet (in its [`Local::buf`]).
 struct Batch {
     sink: Arc<Sink>,
-    buf: Vec<u8>,
     lines: u64,
     /// When its first line was rendered.
     first: Instant,
@@ -186,35 +189,36 @@ struct Local {
     /// batch, as the park hands the batch over.
     parks: bool,
     batch: Option<Batch>,
+    /// The batch's rendered lines; kept (with its capacity) from batch to batch.
+    buf: Vec<u8>,
     renderer: Renderer,
 }
 
-impl Batch {
-    /// Hands the lines over (if any), leaving `next()` as the buffer for more.
-    fn send(&mut self, next: impl FnOnce() -> Vec<u8>) {
-        if self.lines == 0 {
+impl Local {
+    /// Hands the batch's lines over, keeping the batch for more: a full buffer as it is (a
+    /// fresh one takes its place), a partial one as an exact-size copy (the buffer stays, and a
+    /// queue of small batches holds no unused capacity).
+    fn send_batch(&mut self) {
+        let Some(b) = &mut self.batch else { return };
+        if b.lines == 0 {
             return;
         }
-        let chunk = std::mem::replace(&mut self.buf, next());
-        self.sink.send(chunk, self.lines);
-        self.lines = 0;
-        self.sink.holding.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Local {
-    /// Hands the batch's lines over, keeping the batch (with a fresh buffer) for more.
-    fn send_batch(&mut self) {
-        if let Some(b) = &mut self.batch {
-            b.send(|| Vec::with_capacity(CHUNK + 512));
-        }
+        let chunk = if self.buf.len() >= CHUNK {
+            std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + 512))
+        } else {
+            let exact = self.buf.clone();
+            self.buf.clear();
+            exact
+        };
+        b.sink.send(chunk, b.lines);
+        b.lines = 0;
+        b.sink.holding.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Hands the batch's lines over and lets go of its log (so a replaced log's writer can end).
     fn hand_over(&mut self) {
-        if let Some(mut b) = self.batch.take() {
-            b.send(Vec::new);
-        }
+        self.send_batch();
+        self.batch = None;
     }
 }
 
@@ -230,6 +234,7 @@ thread_local! {
         RefCell::new(Local {
             parks: false,
             batch: None,
+            buf: Vec::new(),
             renderer: Renderer::new(),
         })
     };
@@ -736,6 +741,32 @@ mod tests {
         assert!(std::fs::read_to_string(&new_path)
             .unwrap()
             .contains("\"path\":\"/new\""));
+    }
+
+    #[test]
+    fn a_batch_the_queue_cannot_take_counts_all_its_lines_as_dropped() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let metrics = std::sync::Arc::new(Metrics::default());
+        let sink = super::Sink {
+            tx,
+            metrics: metrics.clone(),
+            holding: std::sync::atomic::AtomicUsize::new(0),
+        };
+        sink.send(b"a\n".to_vec(), 1);
+        assert_eq!(metrics.access_log_dropped_total(), 0, "room for one");
+        sink.send(b"b\nc\nd\n".to_vec(), 3);
+        assert_eq!(
+            metrics.access_log_dropped_total(),
+            3,
+            "a full queue drops the batch"
+        );
+        drop(rx);
+        sink.send(b"e\n".to_vec(), 1);
+        assert_eq!(
+            metrics.access_log_dropped_total(),
+            4,
+            "so does a writer that is gone"
+        );
     }
 
     #[test]

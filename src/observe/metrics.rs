@@ -413,6 +413,11 @@ impl Metrics {
         self.access_log_dropped.fetch_add(lines, Ordering::Relaxed);
     }
 
+    /// Access-log lines dropped so far.
+    pub fn access_log_dropped_total(&self) -> u64 {
+        self.access_log_dropped.load(Ordering::Relaxed)
+    }
+
     /// The Prometheus text exposition (OpenMetrics 1.0) of every metric, with the gauges read
     /// from `gauges` (endpoint health, breakers, store errors: the running snapshot).
     pub fn render(self: &Arc<Self>, gauges: Arc<dyn Gauges>) -> String {
