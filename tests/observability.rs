@@ -758,3 +758,23 @@ async fn every_line_of_a_burst_reaches_the_file_when_sigterm_follows_at_once() {
     paths.dedup();
     assert_eq!(paths.len(), 480, "no line twice");
 }
+
+/// A path with the characters JSON must escape (`"` and `\` pass the URI parser) is logged as
+/// it arrived, without its query, on a valid JSON line.
+#[tokio::test]
+async fn a_path_with_quotes_and_backslashes_is_logged_escaped() {
+    let up = echo("svc").await;
+    let gw = gateway(&logged_to_file(&up.url())).await;
+    let reply = raw(
+        gw.addr,
+        b"GET /a\"b\\c?key=hidden HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let lines = lines_of(&gw.dir.path().join("access.log"), 1).await;
+    assert_eq!(lines.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).expect("a JSON line");
+    assert_eq!(v["path"], "/a\"b\\c");
+    assert!(!lines[0].contains("hidden"), "no query: {}", lines[0]);
+}

@@ -98,8 +98,9 @@ pub struct Exchange {
     pub listener: Arc<str>,
     /// The request method.
     pub method: Method,
-    /// The request path without the query (only kept when the access log or traces need it).
-    pub path: Option<String>,
+    /// The request's target as it arrived (only kept when the access log or traces need its
+    /// path): a clone shares the request's bytes, where a copy of the path would allocate.
+    pub uri: Option<http::Uri>,
     /// `Host` (or the URI authority), for traces.
     pub host: Option<HeaderValue>,
     /// The HTTP version.
@@ -141,6 +142,11 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// The request path without the query, when it was kept.
+    pub fn path(&self) -> Option<&str> {
+        self.uri.as_ref().map(http::Uri::path)
+    }
+
     /// The matched route's name.
     pub fn route_name(&self) -> Option<&Arc<str>> {
         self.route.as_ref().map(|r| &r.name)
@@ -250,7 +256,7 @@ impl Observer {
             },
             listener: listener.clone(),
             method: req.method().clone(),
-            path: keep_path.then(|| req.uri().path().to_string()),
+            uri: keep_path.then(|| req.uri().clone()),
             host: trace.as_ref().filter(|t| t.sampled).and_then(|_| {
                 req.headers().get(http::header::HOST).cloned().or_else(|| {
                     req.uri()

@@ -478,8 +478,8 @@ fn push_server(attrs: &mut Vec<KeyValue>, authority: &str) {
 fn server_attributes(method: &Semconv, ex: &Exchange) -> Vec<KeyValue> {
     let mut attrs = Vec::with_capacity(16);
     method.push(&mut attrs);
-    if let Some(p) = &ex.path {
-        attrs.push(KeyValue::new("url.path", p.clone()));
+    if let Some(p) = ex.path() {
+        attrs.push(KeyValue::new("url.path", p.to_string()));
     }
     attrs.push(KeyValue::new(
         "url.scheme",
