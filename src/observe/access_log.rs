@@ -641,69 +641,74 @@ mod tests {
         lines(path)
     }
 
-    #[test]
-    fn a_thread_that_never_parks_hands_each_line_over_at_once() {
+    /// Runs `f` with a log to a fresh file, on a fresh thread (whose thread-local batch state
+    /// starts clean), and returns the file's path and its directory.
+    fn on_a_fresh_thread(
+        f: impl FnOnce(&AccessLog, &std::path::Path) + Send,
+    ) -> (std::path::PathBuf, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let (log, path) = file_log(dir.path(), "a.log");
         std::thread::scope(|s| {
-            s.spawn(|| {
-                for i in 0..3 {
-                    log.write(exchange("/x", "id"), i, Duration::ZERO);
-                    assert_eq!(wait_lines(&path, i as usize + 1), i as usize + 1);
-                }
-            });
+            s.spawn(|| f(&log, &path));
+        });
+        (path, dir)
+    }
+
+    #[test]
+    fn a_thread_that_never_parks_hands_each_line_over_at_once() {
+        on_a_fresh_thread(|log, path| {
+            for i in 0..3 {
+                log.write(exchange("/x", "id"), i, Duration::ZERO);
+                assert_eq!(wait_lines(path, i as usize + 1), i as usize + 1);
+            }
         });
     }
 
     #[test]
     fn a_parking_worker_batches_until_it_parks_fills_a_chunk_or_its_first_line_ages() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, path) = file_log(dir.path(), "a.log");
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // The runtime's hook marks the thread as one that parks.
-                super::thread_parks();
-                for _ in 0..3 {
-                    log.write(exchange("/held", "id"), 1, Duration::ZERO);
-                }
-                // Three times the writer's idle wait: still held, and waited for by a flush.
-                std::thread::sleep(super::IDLE_WAIT * 3);
-                assert_eq!(
-                    lines(&path),
-                    0,
-                    "lines stay in the batch until it is handed over"
+        let (path, _dir) = on_a_fresh_thread(|log, path| {
+            // The runtime's hook marks the thread as one that parks.
+            super::thread_parks();
+            for _ in 0..3 {
+                log.write(exchange("/held", "id"), 1, Duration::ZERO);
+            }
+            // Three times the writer's idle wait: still held, and waited for by a flush.
+            std::thread::sleep(super::IDLE_WAIT * 3);
+            assert_eq!(
+                lines(path),
+                0,
+                "lines stay in the batch until it is handed over"
+            );
+            assert_eq!(log.sink.holding.load(Ordering::Acquire), 1);
+            super::thread_parks();
+            assert_eq!(wait_lines(path, 3), 3, "parking hands the batch over");
+            assert_eq!(log.sink.holding.load(Ordering::Acquire), 0);
+
+            // A full chunk goes without a park.
+            let mut n = 3;
+            let before = std::fs::metadata(path).unwrap().len();
+            while std::fs::metadata(path).unwrap().len() == before {
+                log.write(exchange("/full", "id"), 1, Duration::ZERO);
+                n += 1;
+                assert!(
+                    n < 3 + 2 * CHUNK / 100,
+                    "a chunk's worth of lines was never sent"
                 );
-                assert_eq!(log.sink.holding.load(Ordering::Acquire), 1);
-                super::thread_parks();
-                assert_eq!(wait_lines(&path, 3), 3, "parking hands the batch over");
-                assert_eq!(log.sink.holding.load(Ordering::Acquire), 0);
-
-                // A full chunk goes without a park.
-                let mut n = 3;
-                let before = std::fs::metadata(&path).unwrap().len();
-                while std::fs::metadata(&path).unwrap().len() == before {
-                    log.write(exchange("/full", "id"), 1, Duration::ZERO);
-                    n += 1;
-                    assert!(
-                        n < 3 + 2 * CHUNK / 100,
-                        "a chunk's worth of lines was never sent"
-                    );
-                    if n % 16 == 0 {
-                        std::thread::sleep(super::IDLE_WAIT * 2);
-                    }
+                if n % 16 == 0 {
+                    std::thread::sleep(super::IDLE_WAIT * 2);
                 }
-                let sent = lines(&path);
-                assert!(sent > 3 + 10, "the chunk held many lines ({sent})");
-                super::thread_parks();
-                assert_eq!(wait_lines(&path, n), n);
+            }
+            let sent = lines(path);
+            assert!(sent > 3 + 10, "the chunk held many lines ({sent})");
+            super::thread_parks();
+            assert_eq!(wait_lines(path, n), n);
 
-                // An old first line: the next line hands both over.
-                log.write(exchange("/old", "id"), 1, Duration::ZERO);
-                std::thread::sleep(MAX_AGE + Duration::from_millis(5));
-                log.write(exchange("/old", "id"), 1, Duration::ZERO);
-                assert_eq!(wait_lines(&path, n + 2), n + 2);
-                super::thread_parks();
-            });
+            // An old first line: the next line hands both over.
+            log.write(exchange("/old", "id"), 1, Duration::ZERO);
+            std::thread::sleep(MAX_AGE + Duration::from_millis(5));
+            log.write(exchange("/old", "id"), 1, Duration::ZERO);
+            assert_eq!(wait_lines(path, n + 2), n + 2);
+            super::thread_parks();
         });
         let text = std::fs::read_to_string(&path).unwrap();
         for l in text.lines() {
