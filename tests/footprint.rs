@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use frontdesk::server::{serve, HeadLimits};
 use frontdesk::snapshot::{ListenerSpec, Snapshot};
 
@@ -57,7 +59,9 @@ async fn the_task_of_an_idle_connection_stays_small() {
     // buffers are freed when it parks): the request in flight is boxed.
     let native_size = std::mem::size_of_val(&native);
     eprintln!("native HTTP/1 connection task: {native_size} bytes");
-    assert!(native_size <= 1024, "native task is {native_size} bytes");
+    // 968 bytes in release before its `async fn` (which keeps its arguments twice: the
+    // connection state was in it as passed and as moved) became an `async move` block; 736 now.
+    assert!(native_size <= 768, "native task is {native_size} bytes");
     drop(native);
     // The task a plain native connection holds (first byte, HTTP/2 detection, then the codec),
     // and the hyper codec's, whose connection state is boxed per busy period: if either grows
@@ -72,7 +76,8 @@ async fn the_task_of_an_idle_connection_stays_small() {
     );
     let size = std::mem::size_of_val(&*task);
     eprintln!("native serve task: {size} bytes");
-    assert!(size <= 1344, "native serve task is {size} bytes");
+    // 1,304 bytes in release before (1,536 with mimalloc's size classes), 856 now.
+    assert!(size <= 896, "native serve task is {size} bytes");
     drop(task);
     let mut hyper_spec = (*spec).clone();
     hyper_spec.http1 = frontdesk::config::model::Http1Codec::Hyper;
@@ -88,4 +93,59 @@ async fn the_task_of_an_idle_connection_stays_small() {
     let size = std::mem::size_of_val(&*task);
     eprintln!("hyper serve task: {size} bytes");
     assert!(size <= 1024, "hyper serve task is {size} bytes");
+}
+
+/// A TLS connection's task: the handshake and the protocol run in their own boxes, so the task
+/// itself stays small (one future used to hold the acceptor, the TLS stream twice and HTTP/2's
+/// state: ~9 KiB per connection, HTTP/1.1 ones included).
+#[tokio::test]
+async fn the_task_of_a_tls_connection_holds_no_phase_inline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = common::pki::Ca::new("footprint CA");
+    let (cert, key) = ca.leaf(dir.path(), "leaf", &["footprint.test"]);
+    let tls_cfg: frontdesk::config::model::ListenerTlsConfig = serde_json::from_value(
+        serde_json::json!({ "certificates": [{ "cert": cert, "key": key }] }),
+    )
+    .expect("tls config");
+    let (tls, _) = frontdesk::tls::server::ServerTls::build(&tls_cfg).expect("server tls");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let spec = ListenerSpec {
+        name: "t".into(),
+        address: addr,
+        limits: HeadLimits {
+            max_head: 32 * 1024,
+            max_headers: 100,
+            max_uri: 8 * 1024,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        },
+        max_body: None,
+        transfer: Default::default(),
+        tls: Some(Arc::new(tls)),
+        redirect_https: false,
+        trusted_proxies: Vec::new(),
+        bound: Default::default(),
+        series: Default::default(),
+        http1: Default::default(),
+    };
+    let cfg = frontdesk::config::load_str("version: 1\n", &|_| None)
+        .expect("config")
+        .config;
+    let snap = Snapshot::build(cfg, None).expect("snapshot").0;
+    let live = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
+    let task = serve(
+        stream,
+        addr,
+        Arc::new(spec),
+        live,
+        Default::default(),
+        Default::default(),
+    );
+    let size = std::mem::size_of_val(&*task);
+    eprintln!("TLS serve task: {size} bytes");
+    assert!(size <= 256, "TLS serve task is {size} bytes");
 }

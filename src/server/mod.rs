@@ -151,13 +151,22 @@ pub fn serve(
     tunnels: Arc<Tunnels>,
     drain: Drain,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    if spec.tls.is_none() && spec.http1 == Http1Codec::Native {
-        return Box::pin(async move {
-            let Some((_token, _open, stop)) = admit(&stream, &spec, &drain) else {
-                return;
-            };
-            serve_native_plain(stream, peer, spec, live, tunnels, stop).await;
-        });
+    if let Some(tls) = spec.tls.clone() {
+        let Some(admitted) = admit(&stream, &spec, &drain) else {
+            return Box::pin(std::future::ready(()));
+        };
+        return Box::pin(serve_tls(stream, peer, tls, spec, live, tunnels, admitted));
+    }
+    if spec.http1 == Http1Codec::Native {
+        // Admitted here, so the task holds no more than the path needs (a future that owns
+        // `drain` as well as what `admit` made of it would carry both).
+        let Some(admitted) = admit(&stream, &spec, &drain) else {
+            // Zero-sized: no allocation.
+            return Box::pin(std::future::ready(()));
+        };
+        return Box::pin(serve_native_plain(
+            stream, peer, spec, live, tunnels, admitted,
+        ));
     }
     Box::pin(serve_guarded(stream, peer, spec, live, tunnels, drain))
 }
@@ -179,7 +188,7 @@ fn admit(
     Some((token, open, stop))
 }
 
-/// [`serve`] for TLS listeners and the hyper codec.
+/// [`serve`] for plain listeners with the hyper codec.
 async fn serve_guarded(
     stream: TcpStream,
     peer: SocketAddr,
@@ -191,11 +200,6 @@ async fn serve_guarded(
     let Some((_token, _open, mut stop)) = admit(&stream, &spec, &drain) else {
         return;
     };
-    if let Some(tls) = spec.tls.clone() {
-        // Boxed, so the plain path's task does not grow by the TLS path's state.
-        Box::pin(serve_tls(stream, peer, tls, spec, live, tunnels, stop)).await;
-        return;
-    }
     let shared = Arc::new(ConnShared::default());
     let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
         .with_parking(PARK_AFTER)
@@ -235,41 +239,50 @@ async fn serve_guarded(
 /// A plain connection with the native HTTP/1 codec: the first bytes say HTTP/2 (prior
 /// knowledge, served by hyper under the guard) or HTTP/1 (served by [`h1::serve`], which parks
 /// idle connections itself).
-async fn serve_native_plain(
+///
+/// Not an `async fn`: rustc keeps an async fn's arguments twice in its future (as passed, and
+/// moved into the body); an `async move` block uses what it captured in place. This future is
+/// the whole task of an idle connection.
+#[allow(clippy::manual_async_fn)] // see above: `async fn` would keep the arguments twice
+fn serve_native_plain(
     stream: TcpStream,
     peer: SocketAddr,
     spec: Arc<ListenerSpec>,
     live: Arc<Live>,
     tunnels: Arc<Tunnels>,
-    mut stop: watch::Receiver<bool>,
-) {
-    // Nothing is allocated for the connection until its first byte.
-    let first = tokio::select! {
-        r = tokio::time::timeout(spec.limits.idle_timeout, stream.readable()) => matches!(r, Ok(Ok(()))),
-        _ = stop.changed() => false,
-    };
-    if !first {
-        return;
-    }
-    if conn::is_http2_preface(&stream).await {
-        let shared = Arc::new(ConnShared::default());
-        let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
-            .with_send_timeout(spec.transfer.send_timeout)
-            .counting(spec.series.clone());
-        io.set_http2();
-        let info = Conn::new(peer, spec, shared, tunnels, None);
-        let handler = move |req| {
-            let snap = live.load_full();
-            respond(snap, req, info.clone())
+    mut admitted: (DrainToken, OpenConnection, watch::Receiver<bool>),
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        // Used where it was captured (the drain token and the count go when the future does).
+        let stop = &mut admitted.2;
+        // Nothing is allocated for the connection until its first byte.
+        let first = tokio::select! {
+            r = tokio::time::timeout(spec.limits.idle_timeout, stream.readable()) => matches!(r, Ok(Ok(()))),
+            _ = stop.changed() => false,
         };
-        // Boxed (in its own statement): inline, hyper's HTTP/2 connection state would make
-        // every HTTP/1 connection's task as large.
-        let h2 = Box::pin(serve_h2(io, boxed_service(handler), peer, stop));
-        h2.await;
-        return;
+        if !first {
+            return;
+        }
+        if conn::is_http2_preface(&stream).await {
+            let shared = Arc::new(ConnShared::default());
+            let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
+                .with_send_timeout(spec.transfer.send_timeout)
+                .counting(spec.series.clone());
+            io.set_http2();
+            let info = Conn::new(peer, spec, shared, tunnels, None);
+            let handler = move |req| {
+                let snap = live.load_full();
+                respond(snap, req, info.clone())
+            };
+            // Boxed (in its own statement): inline, hyper's HTTP/2 connection state would make
+            // every HTTP/1 connection's task as large.
+            let h2 = Box::pin(serve_h2(io, boxed_service(handler), peer, stop.clone()));
+            h2.await;
+            return;
+        }
+        let setup = native_setup(&spec, peer, live, tunnels, None, Some(PARK_AFTER));
+        h1::serve(stream, setup, stop).await;
     }
-    let setup = native_setup(&spec, peer, live, tunnels, None, Some(PARK_AFTER));
-    h1::serve(stream, setup, &mut stop).await;
 }
 
 fn native_setup(
@@ -290,17 +303,46 @@ fn native_setup(
     }
 }
 
+/// A connection's future after a phase that ended it, or what serves it next.
+type Phase<'a> = Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>>;
+
 /// The TLS half of [`serve`]: handshake, then HTTP/2 (ALPN `h2`) or HTTP/1.1 until the
 /// connection ends. Never parked.
-async fn serve_tls(
+///
+/// The handshake and the protocol each run in their own box, so the task holds neither's state
+/// beyond its phase: the handshake's (the TLS acceptor, ~1.5 KiB) is freed when it ends, and an
+/// HTTP/1.1 connection holds its codec (~2 KiB, the TLS stream in it) and not HTTP/2's. Before,
+/// one future held the largest of all of them and the TLS stream twice (~9 KiB per connection).
+#[allow(clippy::manual_async_fn)] // see above: `async fn` would keep the arguments twice
+fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Arc<ServerTls>,
     spec: Arc<ListenerSpec>,
     live: Arc<Live>,
     tunnels: Arc<Tunnels>,
-    mut stop: watch::Receiver<bool>,
-) {
+    mut admitted: (DrainToken, OpenConnection, watch::Receiver<bool>),
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        // Used where it was captured (the drain token and the count go when the future does).
+        let stop = &mut admitted.2;
+        let next = Box::pin(tls_handshake(stream, peer, tls, spec, live, tunnels, stop)).await;
+        if let Some(serving) = next {
+            serving.await;
+        }
+    }
+}
+
+/// [`serve_tls`]'s first phase: the handshake, then the protocol's future (not yet polled).
+async fn tls_handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<ServerTls>,
+    spec: Arc<ListenerSpec>,
+    live: Arc<Live>,
+    tunnels: Arc<Tunnels>,
+    stop: &mut watch::Receiver<bool>,
+) -> Phase<'_> {
     // The acceptor is loaded now, so a certificate swap affects only later handshakes.
     let handshake = tls.acceptor().accept(stream);
     let stream = tokio::select! {
@@ -308,27 +350,26 @@ async fn serve_tls(
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
+                return None;
             }
             Err(_) => {
                 tracing::debug!(%peer, "TLS handshake timed out");
-                return;
+                return None;
             }
         },
-        _ = stop.changed() => return,
+        _ = stop.changed() => return None,
     };
     let negotiated = match negotiated(stream.get_ref().1) {
         Ok(n) => n,
         Err(e) => {
             // Verified but unreadable: refuse rather than serve a client we cannot identify.
             tracing::warn!(%peer, error = %e, "closing a TLS connection");
-            return;
+            return None;
         }
     };
     if !negotiated.h2 && spec.http1 == Http1Codec::Native {
         let setup = native_setup(&spec, peer, live, tunnels, negotiated.client_cert, None);
-        h1::serve(stream, setup, &mut stop).await;
-        return;
+        return Some(Box::pin(h1::serve(stream, setup, stop)));
     }
     let shared = Arc::new(ConnShared::default());
     let mut io = GuardedIo::new(stream, spec.limits, shared.clone())
@@ -341,11 +382,17 @@ async fn serve_tls(
     };
     if negotiated.h2 {
         io.set_http2();
-        serve_h2(io, boxed_service(handler), peer, stop).await;
-        return;
+        return Some(Box::pin(serve_h2(
+            io,
+            boxed_service(handler),
+            peer,
+            stop.clone(),
+        )));
     }
     // Without parking the guard never hands the stream back: this serves until the end.
-    let _ = serve_h1(io, boxed_service(handler), peer, &mut stop).await;
+    Some(Box::pin(async move {
+        let _ = serve_h1(io, boxed_service(handler), peer, stop).await;
+    }))
 }
 
 /// The hyper service: each request's future boxed where it is built. hyper moves the service's

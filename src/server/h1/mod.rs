@@ -134,59 +134,65 @@ pub fn serve<T: Stream>(
 }
 
 impl<T: Stream> Conn<T> {
-    async fn run(mut self, stop: &mut watch::Receiver<bool>) {
-        let c = &mut self;
-        let stop: &watch::Receiver<bool> = stop;
-        let mut stopped = StopWait {
-            changed: std::pin::pin!(changed(stop.clone())),
-            stop,
-            waker: None,
-        };
-        loop {
-            // Everything the exchange holds lives in one box (made as soon as the head is parsed):
-            // an idle connection's task stays small.
-            let (mut ex, upgrade) = match c.next_head(&mut stopped).await {
-                Next::Request(ex, upgrade) => (ex, upgrade),
-                Next::Close => return,
-                Next::Refuse(r) => {
-                    c.boxed(|c| Box::pin(c.refuse(r))).await;
+    // Not an `async fn`: rustc stores an async fn's arguments twice in its future (as passed,
+    // and moved into the body), which doubled the connection state in every connection's task
+    // (232 bytes). An `async move` block uses what it captured in place.
+    #[allow(clippy::manual_async_fn)]
+    fn run(mut self, stop: &mut watch::Receiver<bool>) -> impl Future<Output = ()> + Send + '_ {
+        async move {
+            let c = &mut self;
+            let stop: &watch::Receiver<bool> = stop;
+            let mut stopped = StopWait {
+                changed: std::pin::pin!(changed(stop.clone())),
+                stop,
+                waker: None,
+            };
+            loop {
+                // Everything the exchange holds lives in one box (made as soon as the head is parsed):
+                // an idle connection's task stays small.
+                let (mut ex, upgrade) = match c.next_head(&mut stopped).await {
+                    Next::Request(ex, upgrade) => (ex, upgrade),
+                    Next::Close => return,
+                    Next::Refuse(r) => {
+                        c.boxed(|c| Box::pin(c.refuse(r))).await;
+                        return;
+                    }
+                };
+                let step = poll_fn(|cx| ex.as_mut().drive(c, cx, stop)).await;
+                let feed = ex.as_mut().take_feed();
+                drop(ex);
+                let keep_alive = match step {
+                    Step::Sent { keep_alive } => keep_alive,
+                    Step::Upgraded => {
+                        let Some(tx) = upgrade else { return };
+                        let Conn {
+                            io, rbuf, setup, ..
+                        } = self;
+                        let listener = &setup.info.listener;
+                        let io = tunnel::Watched::new(
+                            io,
+                            listener.transfer.send_timeout,
+                            listener.series.clone(),
+                        );
+                        let _ = tx.send(Box::new(crate::body::Rewind::new(rbuf.freeze(), io)));
+                        return;
+                    }
+                    Step::Broken => return,
+                };
+                // The response is out: what is left of the request body decides whether the
+                // connection can go on.
+                let keep_alive = match feed {
+                    Some(f) if f.broken => false,
+                    Some(mut f) if keep_alive && !f.decoder.is_done() => {
+                        f.tx = None;
+                        c.boxed(|c| Box::pin(c.drain(&mut f))).await
+                    }
+                    _ => keep_alive,
+                };
+                if !keep_alive || stop.has_changed().unwrap_or(true) {
+                    Box::pin(c.close()).await;
                     return;
                 }
-            };
-            let step = poll_fn(|cx| ex.as_mut().drive(c, cx, stop)).await;
-            let feed = ex.as_mut().take_feed();
-            drop(ex);
-            let keep_alive = match step {
-                Step::Sent { keep_alive } => keep_alive,
-                Step::Upgraded => {
-                    let Some(tx) = upgrade else { return };
-                    let Conn {
-                        io, rbuf, setup, ..
-                    } = self;
-                    let listener = &setup.info.listener;
-                    let io = tunnel::Watched::new(
-                        io,
-                        listener.transfer.send_timeout,
-                        listener.series.clone(),
-                    );
-                    let _ = tx.send(Box::new(crate::body::Rewind::new(rbuf.freeze(), io)));
-                    return;
-                }
-                Step::Broken => return,
-            };
-            // The response is out: what is left of the request body decides whether the
-            // connection can go on.
-            let keep_alive = match feed {
-                Some(f) if f.broken => false,
-                Some(mut f) if keep_alive && !f.decoder.is_done() => {
-                    f.tx = None;
-                    c.boxed(|c| Box::pin(c.drain(&mut f))).await
-                }
-                _ => keep_alive,
-            };
-            if !keep_alive || stop.has_changed().unwrap_or(true) {
-                Box::pin(c.close()).await;
-                return;
             }
         }
     }
