@@ -389,9 +389,11 @@ async fn tls_handshake(
             stop.clone(),
         )));
     }
-    // Without parking the guard never hands the stream back: this serves until the end.
+    // Without parking the guard never hands the stream back: this serves until the end. Its own
+    // box, awaited through a pointer: a block that made the future would keep its arguments too.
+    let mut h1 = Box::pin(serve_h1(io, boxed_service(handler), peer, stop));
     Some(Box::pin(async move {
-        let _ = serve_h1(io, boxed_service(handler), peer, stop).await;
+        let _ = h1.as_mut().await;
     }))
 }
 
@@ -417,27 +419,35 @@ where
 /// service fails with `PROTOCOL_ERROR`, which hyper sends as RST_STREAM; nothing is forwarded and
 /// the connection's other streams go on. Every other request gets a response (never an error:
 /// on HTTP/1 an error would close the connection without an answer).
-async fn respond(
+// Not an `async fn`, which would keep the request twice in every request's future.
+#[allow(clippy::manual_async_fn)]
+fn respond(
     snap: Arc<Snapshot>,
     req: hyper::Request<hyper::body::Incoming>,
     conn: Arc<Conn>,
-) -> Result<hyper::Response<GuardedBody>, h2::Error> {
-    if req.version() == http::Version::HTTP_2 {
-        if let Err(e) = proxy::fields::check_h2(req.uri(), req.headers()) {
-            tracing::debug!(peer = %conn.info.peer, error = %e, "malformed HTTP/2 request; stream reset");
-            return Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
+) -> impl std::future::Future<Output = Result<hyper::Response<GuardedBody>, h2::Error>> + Send {
+    async move {
+        if req.version() == http::Version::HTTP_2 {
+            if let Err(e) = proxy::fields::check_h2(req.uri(), req.headers()) {
+                tracing::debug!(peer = %conn.info.peer, error = %e, "malformed HTTP/2 request; stream reset");
+                return Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
+            }
         }
+        let guard = conn.shared.start_request();
+        // The edge: hyper's body becomes the gateway's, once (built in place in its box, not in a
+        // local the future would keep).
+        let req = Box::new({
+            let mut req = req.map(crate::body::Body::from_client);
+            crate::body::Upgrade::convert(req.extensions_mut());
+            req
+        });
+        // hyper's codecs say nothing of the fields: every lookup is made.
+        let resp = proxy::handle(snap, req, &conn.info, crate::http1::Seen::ALL).await;
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            conn.shared.mark_upgraded();
+        }
+        Ok(resp.map(|body| GuardedBody::new(body, guard)))
     }
-    let guard = conn.shared.start_request();
-    // The edge: hyper's body becomes the gateway's, once.
-    let mut req = req.map(crate::body::Body::from_client);
-    crate::body::Upgrade::convert(req.extensions_mut());
-    // hyper's codecs say nothing of the fields: every lookup is made.
-    let resp = proxy::handle(snap, Box::new(req), &conn.info, crate::http1::Seen::ALL).await;
-    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        conn.shared.mark_upgraded();
-    }
-    Ok(resp.map(|body| GuardedBody::new(body, guard)))
 }
 
 fn io_idle(io: &GuardedIo<TcpStream>) -> Duration {
@@ -461,46 +471,52 @@ async fn park(
 
 /// Serves HTTP/1 on `io` until the connection closes (`None`) or goes idle and is parked
 /// (`Some`, with the socket back).
-async fn serve_h1<T, S>(
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep `io` twice (1.5 KiB over TLS)
+fn serve_h1<T, S>(
     io: GuardedIo<T>,
     svc: S,
     peer: SocketAddr,
     stop: &mut watch::Receiver<bool>,
-) -> Option<GuardedIo<T>>
+) -> impl std::future::Future<Output = Option<GuardedIo<T>>> + Send + '_
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = GuardedBody> + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = GuardedBody>
+        + Unpin
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let limits = io.limits();
-    let mut h1 = http1::Builder::new();
-    // Head limits and timers are the guard's; hyper's buffer only needs to hold one head.
-    h1.max_buf_size((limits.max_head + 4096).max(8192))
-        .header_read_timeout(None);
-    if limits.max_headers != 100 {
-        h1.max_headers(limits.max_headers);
-    }
-    let mut conn = h1.serve_connection(TokioIo::new(io), svc).with_upgrades();
-    let result = tokio::select! {
-        r = &mut conn => r,
-        _ = stop.changed() => {
-            std::pin::Pin::new(&mut conn).graceful_shutdown();
-            (&mut conn).await
+    async move {
+        let limits = io.limits();
+        let mut h1 = http1::Builder::new();
+        // Head limits and timers are the guard's; hyper's buffer only needs to hold one head.
+        h1.max_buf_size((limits.max_head + 4096).max(8192))
+            .header_read_timeout(None);
+        if limits.max_headers != 100 {
+            h1.max_headers(limits.max_headers);
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-        return None;
+        let mut conn = h1.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        let result = tokio::select! {
+            r = &mut conn => r,
+            _ = stop.changed() => {
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                (&mut conn).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            return None;
+        }
+        // Upgraded connections have left hyper for a tunnel; closed ones are done.
+        let parts = conn.into_parts()?;
+        let mut guarded = parts.io.into_inner();
+        if !guarded.is_parked() || *stop.borrow() {
+            return None;
+        }
+        guarded.unpark(parts.read_buf);
+        Some(guarded)
     }
-    // Upgraded connections have left hyper for a tunnel; closed ones are done.
-    let parts = conn.into_parts()?;
-    let mut guarded = parts.io.into_inner();
-    if !guarded.is_parked() || *stop.borrow() {
-        return None;
-    }
-    guarded.unpark(parts.read_buf);
-    Some(guarded)
 }
 
 /// Spawns hyper's task per HTTP/2 stream the way the listener spawns a connection's: each poll
@@ -518,33 +534,41 @@ where
     }
 }
 
-async fn serve_h2<T, S>(io: GuardedIo<T>, svc: S, peer: SocketAddr, mut stop: watch::Receiver<bool>)
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep `io` twice (1.5 KiB over TLS)
+fn serve_h2<T, S>(
+    io: GuardedIo<T>,
+    svc: S,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = GuardedBody>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = GuardedBody> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut h2 = http2::Builder::new(TurnExecutor);
-    h2.timer(TokioTimer::new())
-        .max_concurrent_streams(100)
-        // Bounds what one connection buffers: a stream holds at most 64 KiB to send to a client
-        // that reads slowly (hyper's default: 400 KiB), and a client may send 256 KiB per stream
-        // and 1 MiB per connection ahead of an upstream that reads slowly.
-        .max_send_buf_size(64 * 1024)
-        .initial_stream_window_size(256 * 1024)
-        .initial_connection_window_size(1024 * 1024)
-        .max_header_list_size(u32::try_from(io.limits().max_head).unwrap_or(u32::MAX));
-    let conn = h2.serve_connection(TokioIo::new(io), svc);
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    async move {
+        let mut h2 = http2::Builder::new(TurnExecutor);
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(100)
+            // Bounds what one connection buffers: a stream holds at most 64 KiB to send to a client
+            // that reads slowly (hyper's default: 400 KiB), and a client may send 256 KiB per stream
+            // and 1 MiB per connection ahead of an upstream that reads slowly.
+            .max_send_buf_size(64 * 1024)
+            .initial_stream_window_size(256 * 1024)
+            .initial_connection_window_size(1024 * 1024)
+            .max_header_list_size(u32::try_from(io.limits().max_head).unwrap_or(u32::MAX));
+        let conn = h2.serve_connection(TokioIo::new(io), svc);
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
     }
 }
