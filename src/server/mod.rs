@@ -253,8 +253,10 @@ fn serve_native_plain(
     mut admitted: (DrainToken, OpenConnection, watch::Receiver<bool>),
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        // Used where it was captured (the drain token and the count go when the future does).
-        let stop = &mut admitted.2;
+        // Used where it was captured, and whole: a block that named only the receiver would
+        // capture only that field (edition 2021), dropping the drain token and the count as the
+        // task starts.
+        let (_token, _open, stop) = &mut admitted;
         // Nothing is allocated for the connection until its first byte.
         let first = tokio::select! {
             r = tokio::time::timeout(spec.limits.idle_timeout, stream.readable()) => matches!(r, Ok(Ok(()))),
@@ -324,8 +326,10 @@ fn serve_tls(
     mut admitted: (DrainToken, OpenConnection, watch::Receiver<bool>),
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        // Used where it was captured (the drain token and the count go when the future does).
-        let stop = &mut admitted.2;
+        // Used where it was captured, and whole: a block that named only the receiver would
+        // capture only that field (edition 2021), dropping the drain token and the count as the
+        // task starts.
+        let (_token, _open, stop) = &mut admitted;
         let next = Box::pin(tls_handshake(stream, peer, tls, spec, live, tunnels, stop)).await;
         if let Some(serving) = next {
             serving.await;
