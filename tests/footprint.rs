@@ -9,6 +9,7 @@ mod common;
 
 use frontdesk::server::{serve, HeadLimits};
 use frontdesk::snapshot::{ListenerSpec, Snapshot};
+use futures_util::FutureExt;
 
 #[tokio::test]
 async fn the_task_of_an_idle_connection_stays_small() {
@@ -66,19 +67,25 @@ async fn the_task_of_an_idle_connection_stays_small() {
     // The task a plain native connection holds (first byte, HTTP/2 detection, then the codec),
     // and the hyper codec's, whose connection state is boxed per busy period: if either grows
     // (a path inlined again), every idle connection pays for it (tens of KiB before this guard).
+    let drain = frontdesk::server::Drain::default();
     let task = serve(
         stream,
         addr,
         spec.clone(),
         live.clone(),
         Default::default(),
-        Default::default(),
+        drain.clone(),
     );
+    holds_its_drain_token(&drain, task.as_ref().get_ref());
     let size = std::mem::size_of_val(&*task);
     eprintln!("native serve task: {size} bytes");
     // 1,304 bytes in release before (1,536 with mimalloc's size classes), 856 now.
     assert!(size <= 896, "native serve task is {size} bytes");
     drop(task);
+    assert!(
+        drain.wait_idle().now_or_never().is_some(),
+        "the token went with the task"
+    );
     let mut hyper_spec = (*spec).clone();
     hyper_spec.http1 = frontdesk::config::model::Http1Codec::Hyper;
     let third = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -137,15 +144,32 @@ async fn the_task_of_a_tls_connection_holds_no_phase_inline() {
         .config;
     let snap = Snapshot::build(cfg, None).expect("snapshot").0;
     let live = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
+    let drain = frontdesk::server::Drain::default();
     let task = serve(
         stream,
         addr,
         Arc::new(spec),
         live,
         Default::default(),
-        Default::default(),
+        drain.clone(),
     );
+    holds_its_drain_token(&drain, task.as_ref().get_ref());
     let size = std::mem::size_of_val(&*task);
     eprintln!("TLS serve task: {size} bytes");
     assert!(size <= 256, "TLS serve task is {size} bytes");
+    drop(task);
+    assert!(
+        drain.wait_idle().now_or_never().is_some(),
+        "the token went with the task"
+    );
+}
+
+/// A connection counts for its listener's drain from the moment its task exists until the task
+/// is gone: a future that captured only part of what admitted it would let a shutdown stop
+/// waiting for a connection still serving.
+fn holds_its_drain_token<T: ?Sized>(drain: &frontdesk::server::Drain, _task: &T) {
+    assert!(
+        drain.wait_idle().now_or_never().is_none(),
+        "the drain does not count the connection"
+    );
 }
