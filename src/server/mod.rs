@@ -305,7 +305,7 @@ fn native_setup(
     }
 }
 
-/// A connection's future after a phase that ended it, or what serves it next.
+/// What serves a connection next: `None` when the phase before ended it.
 type Phase<'a> = Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>>;
 
 /// The TLS half of [`serve`]: handshake, then HTTP/2 (ALPN `h2`) or HTTP/1.1 until the
