@@ -18,31 +18,7 @@ async fn the_task_of_an_idle_connection_stays_small() {
         .expect("bind");
     let addr = l.local_addr().expect("addr");
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let spec = ListenerSpec {
-        name: "t".into(),
-        address: addr,
-        limits: HeadLimits {
-            max_head: 32 * 1024,
-            max_headers: 100,
-            max_uri: 8 * 1024,
-            head_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-        },
-        max_body: None,
-        transfer: Default::default(),
-        tls: None,
-        redirect_https: false,
-        trusted_proxies: Vec::new(),
-        bound: Default::default(),
-        series: Default::default(),
-        http1: Default::default(),
-    };
-    let cfg = frontdesk::config::load_str("version: 1\n", &|_| None)
-        .expect("config")
-        .config;
-    let snap = Snapshot::build(cfg, None).expect("snapshot").0;
-    let live = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
-    let spec = Arc::new(spec);
+    let (spec, live) = listener(addr, None);
     let setup = frontdesk::server::h1::Setup {
         info: Arc::new(frontdesk::proxy::ConnInfo::new(
             addr,
@@ -120,39 +96,9 @@ async fn the_task_of_a_tls_connection_holds_no_phase_inline() {
         .expect("bind");
     let addr = l.local_addr().expect("addr");
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let spec = ListenerSpec {
-        name: "t".into(),
-        address: addr,
-        limits: HeadLimits {
-            max_head: 32 * 1024,
-            max_headers: 100,
-            max_uri: 8 * 1024,
-            head_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-        },
-        max_body: None,
-        transfer: Default::default(),
-        tls: Some(Arc::new(tls)),
-        redirect_https: false,
-        trusted_proxies: Vec::new(),
-        bound: Default::default(),
-        series: Default::default(),
-        http1: Default::default(),
-    };
-    let cfg = frontdesk::config::load_str("version: 1\n", &|_| None)
-        .expect("config")
-        .config;
-    let snap = Snapshot::build(cfg, None).expect("snapshot").0;
-    let live = Arc::new(arc_swap::ArcSwap::from_pointee(snap));
+    let (spec, live) = listener(addr, Some(Arc::new(tls)));
     let drain = frontdesk::server::Drain::default();
-    let task = serve(
-        stream,
-        addr,
-        Arc::new(spec),
-        live,
-        Default::default(),
-        drain.clone(),
-    );
+    let task = serve(stream, addr, spec, live, Default::default(), drain.clone());
     holds_its_drain_token(&drain, task.as_ref().get_ref());
     let size = std::mem::size_of_val(&*task);
     eprintln!("TLS serve task: {size} bytes");
@@ -172,4 +118,38 @@ fn holds_its_drain_token<T: ?Sized>(drain: &frontdesk::server::Drain, _task: &T)
         drain.wait_idle().now_or_never().is_none(),
         "the drain does not count the connection"
     );
+}
+
+/// A listener at `addr` (TLS with `tls`) and a snapshot of an empty config.
+fn listener(
+    addr: std::net::SocketAddr,
+    tls: Option<Arc<frontdesk::tls::server::ServerTls>>,
+) -> (Arc<ListenerSpec>, Arc<arc_swap::ArcSwap<Snapshot>>) {
+    let spec = ListenerSpec {
+        name: "t".into(),
+        address: addr,
+        limits: HeadLimits {
+            max_head: 32 * 1024,
+            max_headers: 100,
+            max_uri: 8 * 1024,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        },
+        max_body: None,
+        transfer: Default::default(),
+        tls,
+        redirect_https: false,
+        trusted_proxies: Vec::new(),
+        bound: Default::default(),
+        series: Default::default(),
+        http1: Default::default(),
+    };
+    let cfg = frontdesk::config::load_str("version: 1\n", &|_| None)
+        .expect("config")
+        .config;
+    let snap = Snapshot::build(cfg, None).expect("snapshot").0;
+    (
+        Arc::new(spec),
+        Arc::new(arc_swap::ArcSwap::from_pointee(snap)),
+    )
 }
