@@ -12,7 +12,6 @@
 //! is checked (status, protocol, size, the gzip'd one decoded, the cached one a hit), so a load
 //! that stopped exercising a path fails instead of training on errors. Shared by the `pgo-train`
 //! example and `tests/pgo_train.rs`.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
