@@ -246,17 +246,10 @@ pub async fn try_read_response<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// A port that nothing listens on, and nothing else in this process will: the port stays bound
-/// (without listening, so a connection is refused) until the process ends. A port merely freed
-/// could be taken by another test's listener meanwhile; a gateway's own listener there made a
-/// "dead" upstream a proxy loop that ended in `431`.
+/// A port that nothing listens on.
 pub async fn closed_port() -> SocketAddr {
-    let s = tokio::net::TcpSocket::new_v4().expect("socket");
-    s.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let addr = s.local_addr().expect("addr");
-    // Kept for the rest of the process: dropping it would free the port again.
-    std::mem::forget(s);
-    addr
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
 }
 
 /// Parses the upstream echo JSON.
